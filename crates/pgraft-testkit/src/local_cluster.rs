@@ -1,0 +1,572 @@
+//! A cluster of real PostgreSQL servers with the pgraft extension, in one directory.
+//!
+//! Layout of a cluster directory:
+//!
+//! ```text
+//! DIR/cluster.json        the state file: cluster id, install, members (see ClusterState)
+//! DIR/proxy.sock          control socket of the partition proxy; proxy.pid, proxy.log
+//! DIR/nodeN/pgdata        PGDATA of member N; DIR/nodeN/postgres.log its server log
+//! DIR/nodeN/raft          pgraft.data_dir of member N
+//! DIR/nodeN/.s.PGSQL.*    its Unix socket
+//! ```
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::node::Node;
+use crate::pg_install::PgInstall;
+use crate::ports::free_port;
+use crate::procs::{alive, processes_in, signal};
+use crate::proxy::ProxyClient;
+use crate::server_user::ServerUser;
+use crate::wait::wait_until;
+
+const STATE_FILE: &str = "cluster.json";
+const PROXY_SOCKET: &str = "proxy.sock";
+const PROXY_PID: &str = "proxy.pid";
+
+/// What `up` is asked to build.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// How many members.
+    pub nodes: u64,
+    /// The cluster directory; created if missing, must not hold a cluster yet.
+    pub dir: PathBuf,
+    /// The first Raft port; members get consecutive ports. Free ports when `None`.
+    pub raft_port: Option<u16>,
+    /// The first PostgreSQL port; members get consecutive ports. Free ports when `None`.
+    pub pg_port: Option<u16>,
+    /// Start the servers with the extension preloaded, but run no SQL.
+    pub no_init: bool,
+    /// The PostgreSQL installation (into which the extension was installed).
+    pub pg_config: PathBuf,
+    /// The program that serves `local proxy --dir DIR` (the `pgraftctl` binary).
+    pub proxy_exe: PathBuf,
+}
+
+impl Default for UpOptions {
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            dir: PathBuf::from("pgraft-local"),
+            raft_port: None,
+            pg_port: None,
+            no_init: false,
+            pg_config: PathBuf::from(PgInstall::DEFAULT_PG_CONFIG),
+            proxy_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("pgraftctl")),
+        }
+    }
+}
+
+/// The state file of a cluster directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// `pgraft.cluster_id` of every member: unique per cluster directory.
+    pub cluster_id: String,
+    /// The PostgreSQL installation the servers run from.
+    pub pg_config: PathBuf,
+    /// The program that serves the partition proxy.
+    pub proxy_exe: PathBuf,
+    /// The members.
+    pub nodes: Vec<Node>,
+}
+
+/// One line of `pgraftctl local status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The member.
+    pub node_id: u64,
+    /// PostgreSQL's port.
+    pub pg_port: u16,
+    /// The advertised Raft port.
+    pub raft_port: u16,
+    /// Whether the postmaster is alive.
+    pub running: bool,
+    /// The postmaster's process id while it runs.
+    pub pid: Option<i32>,
+    /// Whether the partition proxy cuts this member off.
+    pub partitioned: bool,
+    /// The pgraft extension version created in database `postgres`, if any.
+    pub extension: Option<String>,
+    /// What went wrong when asking the server, if it runs but did not answer.
+    pub error: Option<String>,
+}
+
+/// A local cluster: its directory, state and the account that runs its servers.
+pub struct LocalCluster {
+    dir: PathBuf,
+    state: ClusterState,
+    install: PgInstall,
+    user: ServerUser,
+}
+
+impl LocalCluster {
+    /// Creates, starts and (unless `no_init`) bootstraps a cluster.
+    pub fn up(opts: &UpOptions) -> Result<Self> {
+        if opts.nodes == 0 || opts.nodes > 64 {
+            bail!("--nodes must be between 1 and 64, got {}", opts.nodes);
+        }
+        let install = PgInstall::from_pg_config(&opts.pg_config)?;
+        install.check_extension_installed()?;
+        let user = ServerUser::for_invoker()?;
+        fs::create_dir_all(&opts.dir).with_context(|| format!("create {}", opts.dir.display()))?;
+        let dir = opts.dir.canonicalize().with_context(|| format!("resolve {}", opts.dir.display()))?;
+        if dir.join(STATE_FILE).exists() {
+            bail!(
+                "{} already holds a local cluster; `pgraftctl local down --dir {0}` stops it, \
+                 `start` restarts it, or pick another directory",
+                dir.display()
+            );
+        }
+        check_reachable(&dir, &user)?;
+
+        let ports = |first: Option<u16>, what: &str| -> Result<Vec<u16>> {
+            (0..opts.nodes)
+                .map(|i| match first {
+                    Some(p) => u16::try_from(u64::from(p) + i)
+                        .map_err(|_| anyhow!("{what} ports starting at {p} run past 65535")),
+                    None => free_port(),
+                })
+                .collect()
+        };
+        let raft_ports = ports(opts.raft_port, "Raft")?;
+        let pg_ports = ports(opts.pg_port, "PostgreSQL")?;
+        let nodes: Vec<Node> = (1..=opts.nodes)
+            .map(|id| {
+                let i = (id - 1) as usize;
+                Node::new(id, pg_ports[i], raft_ports[i], dir.join(format!("node{id}")))
+            })
+            .collect();
+        let state = ClusterState {
+            cluster_id: cluster_id_for(&dir),
+            pg_config: opts.pg_config.clone(),
+            proxy_exe: opts.proxy_exe.clone(),
+            nodes,
+        };
+        let cluster = Self { dir, state, install, user };
+        cluster.save_state()?;
+        for n in &cluster.state.nodes {
+            cluster.initdb(n)?;
+        }
+        cluster.ensure_proxy()?;
+        for n in &cluster.state.nodes {
+            cluster.start_node(n)?;
+        }
+        if !opts.no_init {
+            cluster.bootstrap()?;
+        }
+        Ok(cluster)
+    }
+
+    /// Opens the cluster that lives in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let dir = dir.canonicalize().with_context(|| format!("no cluster directory {}", dir.display()))?;
+        let path = dir.join(STATE_FILE);
+        let text = fs::read_to_string(&path)
+            .with_context(|| format!("{} holds no local cluster (no {STATE_FILE})", dir.display()))?;
+        let state: ClusterState =
+            serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+        let install = PgInstall::from_pg_config(&state.pg_config)?;
+        let user = ServerUser::for_invoker()?;
+        Ok(Self { dir, state, install, user })
+    }
+
+    /// The cluster directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The members, in node id order.
+    pub fn nodes(&self) -> &[Node] {
+        &self.state.nodes
+    }
+
+    /// The cluster's state as recorded in its directory.
+    pub fn state(&self) -> &ClusterState {
+        &self.state
+    }
+
+    /// One member by id.
+    pub fn node(&self, id: u64) -> Result<&Node> {
+        self.state.nodes.iter().find(|n| n.node_id == id).ok_or_else(|| {
+            anyhow!(
+                "node {id} is not a member of the local cluster in {} (members: 1..={})",
+                self.dir.display(),
+                self.state.nodes.len()
+            )
+        })
+    }
+
+    /// A superuser connection to member `id`.
+    pub fn connect(&self, id: u64) -> Result<postgres::Client> {
+        let n = self.node(id)?;
+        postgres::Client::connect(&format!("{} connect_timeout=10", n.conninfo), postgres::NoTls)
+            .with_context(|| format!("connect to node {id} ({})", n.conninfo))
+    }
+
+    /// The postmaster's pid of member `id`, if it runs.
+    pub fn postmaster_pid(&self, id: u64) -> Result<Option<i32>> {
+        let n = self.node(id)?;
+        Ok(read_postmaster_pid(&n.data_dir).filter(|pid| alive(*pid)))
+    }
+
+    /// Kills member `id`'s postmaster with SIGKILL and waits until it is gone.
+    pub fn kill(&self, id: u64) -> Result<()> {
+        let Some(pid) = self.postmaster_pid(id)? else {
+            bail!("node {id} is not running");
+        };
+        signal(pid, libc::SIGKILL).with_context(|| format!("kill -9 {pid} (node {id})"))?;
+        wait_until(
+            &format!("the postmaster of node {id} to die"),
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || Ok((!alive(pid)).then_some(())),
+        )
+    }
+
+    /// Starts member `id` again (after `kill` or a stop).
+    pub fn start(&self, id: u64) -> Result<()> {
+        self.ensure_proxy()?;
+        let n = self.node(id)?.clone();
+        self.start_node(&n)
+    }
+
+    /// Starts every member that is not running, and the proxy.
+    pub fn start_all(&self) -> Result<()> {
+        self.ensure_proxy()?;
+        for n in &self.state.nodes {
+            if self.postmaster_pid(n.node_id)?.is_none() {
+                self.start_node(n)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops member `id` cleanly (fast shutdown).
+    pub fn stop(&self, id: u64) -> Result<()> {
+        let n = self.node(id)?;
+        self.pg_ctl_stop(n)
+    }
+
+    /// Cuts member `id` off from the other members on the Raft ports; SQL still works.
+    pub fn partition(&self, id: u64) -> Result<()> {
+        self.node(id)?;
+        self.proxy().request(&format!("partition {id}")).map(|_| ())
+    }
+
+    /// Undoes `partition` for one member, or for all when `id` is `None`.
+    pub fn heal(&self, id: Option<u64>) -> Result<()> {
+        match id {
+            Some(id) => {
+                self.node(id)?;
+                self.proxy().request(&format!("heal {id}")).map(|_| ())
+            }
+            None => self.proxy().request("heal").map(|_| ()),
+        }
+    }
+
+    /// What each member is doing.
+    pub fn status(&self) -> Result<Vec<NodeStatus>> {
+        let cut = self.proxy().cut().unwrap_or_default();
+        let mut out = Vec::new();
+        for n in &self.state.nodes {
+            let pid = self.postmaster_pid(n.node_id)?;
+            let mut st = NodeStatus {
+                node_id: n.node_id,
+                pg_port: n.pg_port,
+                raft_port: n.raft_port,
+                running: pid.is_some(),
+                pid,
+                partitioned: cut.contains(&n.node_id),
+                extension: None,
+                error: None,
+            };
+            if pid.is_some() {
+                match self.connect(n.node_id).and_then(|mut c| {
+                    c.query_opt("SELECT extversion FROM pg_extension WHERE extname = 'pgraft'", &[])
+                        .context("query pg_extension")
+                }) {
+                    Ok(row) => st.extension = row.map(|r| r.get(0)),
+                    Err(e) => st.error = Some(format!("{e:#}")),
+                }
+            }
+            out.push(st);
+        }
+        Ok(out)
+    }
+
+    /// Stops every server and the proxy, and waits until no process of the directory is left.
+    pub fn down(&self) -> Result<()> {
+        let mut errors = Vec::new();
+        for n in &self.state.nodes {
+            if let Err(e) = self.pg_ctl_stop(n) {
+                errors.push(format!("node {}: {e:#}", n.node_id));
+            }
+        }
+        if self.proxy().request("stop").is_err() {
+            if let Some(pid) = self.proxy_pid() {
+                let _ = signal(pid, libc::SIGKILL);
+            }
+        }
+        // Whatever survived a clean stop (orphans of a killed postmaster, a stuck proxy).
+        let me = std::process::id() as i32;
+        let left = wait_until(
+            "the cluster's processes to exit",
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            || {
+                let pids: Vec<i32> = processes_in(&self.dir).into_iter().filter(|p| *p != me).collect();
+                if pids.is_empty() {
+                    return Ok(Some(()));
+                }
+                for p in &pids {
+                    let _ = signal(*p, libc::SIGKILL);
+                }
+                Ok(None)
+            },
+        );
+        if let Err(e) = left {
+            errors.push(format!("{e:#}"));
+        }
+        let _ = fs::remove_file(self.dir.join(PROXY_PID));
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            bail!("down finished with errors: {}", errors.join("; "))
+        }
+    }
+
+    // ---- internals -------------------------------------------------------------------
+
+    fn save_state(&self) -> Result<()> {
+        let path = self.dir.join(STATE_FILE);
+        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
+        let text = serde_json::to_string_pretty(&self.state).context("serialise the cluster state")?;
+        fs::write(&tmp, text + "\n").with_context(|| format!("write {}", tmp.display()))?;
+        fs::rename(&tmp, &path).with_context(|| format!("rename to {}", path.display()))
+    }
+
+    fn proxy(&self) -> ProxyClient {
+        ProxyClient::new(self.dir.join(PROXY_SOCKET))
+    }
+
+    fn proxy_pid(&self) -> Option<i32> {
+        fs::read_to_string(self.dir.join(PROXY_PID)).ok()?.trim().parse().ok()
+    }
+
+    /// Starts the partition proxy unless it already answers.
+    fn ensure_proxy(&self) -> Result<()> {
+        if self.proxy().request("status").is_ok() {
+            return Ok(());
+        }
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("proxy.log"))
+            .context("open proxy.log")?;
+        let mut cmd = Command::new(&self.state.proxy_exe);
+        cmd.args(["local", "proxy", "--dir"])
+            .arg(&self.dir)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("dup proxy.log")?)
+            .stderr(log);
+        // SAFETY: setsid is async-signal-safe; it detaches the proxy from our session so a
+        // Ctrl-C on the terminal that ran `up` does not take it down.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("start the partition proxy ({})", self.state.proxy_exe.display()))?;
+        fs::write(self.dir.join(PROXY_PID), format!("{}\n", child.id())).context("write proxy.pid")?;
+        let pid = child.id() as i32;
+        // The child is reaped by init once we exit; we never wait for it.
+        std::mem::forget(child);
+        wait_until(
+            "the partition proxy to answer",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || {
+                if !alive(pid) {
+                    let log = fs::read_to_string(self.dir.join("proxy.log")).unwrap_or_default();
+                    bail!("the partition proxy exited: {}", log.lines().last().unwrap_or("no output"));
+                }
+                Ok(self.proxy().request("status").ok().map(|_| ()))
+            },
+        )
+    }
+
+    fn run_as(&self, program: &Path, args: &[&str], what: &str) -> Result<String> {
+        let out = self
+            .user
+            .command(program)
+            .args(args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("{what}: run {}", program.display()))?;
+        if !out.status.success() {
+            bail!(
+                "{what} failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim(),
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn initdb(&self, n: &Node) -> Result<()> {
+        let node_dir = n.node_dir();
+        fs::create_dir_all(&node_dir).with_context(|| format!("create {}", node_dir.display()))?;
+        fs::set_permissions(&node_dir, fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("chmod {}", node_dir.display()))?;
+        self.user.chown(&node_dir)?;
+        let data = n.data_dir.to_string_lossy();
+        self.run_as(
+            &self.install.bin("initdb"),
+            &["-D", &data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync", "--no-instructions"],
+            &format!("initdb for node {}", n.node_id),
+        )?;
+        let conf = n.data_dir.join("postgresql.conf");
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(&conf)
+            .with_context(|| format!("open {}", conf.display()))?;
+        f.write_all(n.postgresql_conf(&self.state.cluster_id).as_bytes())
+            .with_context(|| format!("append to {}", conf.display()))?;
+        Ok(())
+    }
+
+    fn start_node(&self, n: &Node) -> Result<()> {
+        // Children of a killed postmaster exit when they notice its death; a new postmaster
+        // refuses to start while they still hold the old shared memory.
+        let data = n.data_dir.clone();
+        let leftovers = wait_until(
+            "old server processes to exit",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || Ok(processes_in(&data).is_empty().then_some(())),
+        );
+        if leftovers.is_err() {
+            for p in processes_in(&data) {
+                let _ = signal(p, libc::SIGKILL);
+            }
+        }
+        let log = n.log_file.to_string_lossy();
+        let data = n.data_dir.to_string_lossy();
+        self.run_as(
+            &self.install.bin("pg_ctl"),
+            &["-D", &data, "-l", &log, "-w", "-t", "60", "start"],
+            &format!("start node {}", n.node_id),
+        )
+        .with_context(|| format!("see {}", n.log_file.display()))?;
+        Ok(())
+    }
+
+    fn pg_ctl_stop(&self, n: &Node) -> Result<()> {
+        if read_postmaster_pid(&n.data_dir).filter(|p| alive(*p)).is_none() {
+            return Ok(());
+        }
+        let data = n.data_dir.to_string_lossy();
+        let pg_ctl = self.install.bin("pg_ctl");
+        let fast =
+            self.run_as(&pg_ctl, &["-D", &data, "-m", "fast", "-w", "-t", "30", "stop"], "pg_ctl stop");
+        if fast.is_err() {
+            self.run_as(
+                &pg_ctl,
+                &["-D", &data, "-m", "immediate", "-w", "-t", "30", "stop"],
+                "pg_ctl stop -m immediate",
+            )
+            .with_context(|| format!("stop node {}", n.node_id))?;
+        }
+        Ok(())
+    }
+
+    /// The reference bootstrap: every member runs `CREATE EXTENSION pgraft; SELECT
+    /// pgraft_init()`, node 1 becomes leader of a one-member cluster, then adds the others.
+    fn bootstrap(&self) -> Result<()> {
+        let init = |id: u64| -> Result<()> {
+            let mut c = self.connect(id)?;
+            c.batch_execute("CREATE EXTENSION IF NOT EXISTS pgraft; SELECT pgraft_init();")
+                .with_context(|| format!("CREATE EXTENSION pgraft; SELECT pgraft_init() on node {id}"))
+        };
+        init(1)?;
+        wait_until(
+            "node 1 to lead its one-member cluster",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                let mut c = self.connect(1)?;
+                Ok(c.query_one("SELECT pgraft_is_leader()", &[])?.get::<_, bool>(0).then_some(()))
+            },
+        )?;
+        for n in self.state.nodes.iter().skip(1) {
+            init(n.node_id)?;
+        }
+        let mut leader = self.connect(1)?;
+        for n in self.state.nodes.iter().skip(1) {
+            let id = i32::try_from(n.node_id).context("node id")?;
+            leader
+                .query_one("SELECT pgraft_add_node($1, '127.0.0.1', $2)", &[&id, &i32::from(n.raft_port)])
+                .with_context(|| format!("pgraft_add_node({id}) on node 1"))?;
+        }
+        for n in &self.state.nodes {
+            wait_until(
+                &format!("node {} to follow node 1", n.node_id),
+                Duration::from_secs(30),
+                Duration::from_millis(100),
+                || {
+                    let mut c = self.connect(n.node_id)?;
+                    Ok((c.query_one("SELECT pgraft_get_leader()", &[])?.get::<_, i32>(0) == 1).then_some(()))
+                },
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn read_postmaster_pid(data_dir: &Path) -> Option<i32> {
+    let text = fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    text.lines().next()?.trim().parse().ok()
+}
+
+/// A cluster id unique to this directory and moment: two clusters never share one.
+fn cluster_id_for(dir: &Path) -> String {
+    use std::collections::hash_map::DefaultHasher;
+    use std::hash::{Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    dir.hash(&mut h);
+    std::time::SystemTime::now().hash(&mut h);
+    std::process::id().hash(&mut h);
+    format!("local-{:012x}", h.finish() & 0xffff_ffff_ffff)
+}
+
+/// As root the servers run as another account: it must reach the cluster directory.
+fn check_reachable(dir: &Path, user: &ServerUser) -> Result<()> {
+    let ServerUser::Other { name, .. } = user else { return Ok(()) };
+    for a in dir.ancestors() {
+        let mode = fs::metadata(a).with_context(|| format!("stat {}", a.display()))?.permissions().mode();
+        if mode & 0o001 == 0 {
+            bail!(
+                "the servers run as `{name}`, which cannot enter {} (mode {:o}); \
+                 use a directory under /tmp or `chmod o+x` it",
+                a.display(),
+                mode & 0o777
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,365 @@
+//! The partition proxy: a TCP forwarder in front of every member's Raft port.
+//!
+//! ```text
+//!            front (advertised)              backend (member listens)
+//!   peer ──▶ 127.0.0.1:<raft_port>  ──copy──▶ 127.0.1.<id>:<raft_port>
+//!   (source 127.0.1.<from>)
+//! ```
+//!
+//! The proxy knows the target of each link from the front port it accepted on, and the
+//! source from the peer's address (members dial from their listen address). `partition N`
+//! closes every open link whose source or target is N and refuses new ones until `heal`.
+//! It never inspects the bytes, so it works the same with TLS between members.
+//!
+//! It is controlled through a Unix socket with one-line requests: `partition N`,
+//! `heal [N]`, `status`, `stop`; each is answered with one line (`ok ...` or `error ...`).
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::node::Node;
+
+/// One forwarded route: the advertised port of a member and where the member listens.
+#[derive(Debug, Clone)]
+struct Route {
+    node_id: u64,
+    front: SocketAddrV4,
+    backend: SocketAddrV4,
+}
+
+/// An open forwarded connection.
+struct Link {
+    from: Option<u64>,
+    to: u64,
+    client: TcpStream,
+    server: TcpStream,
+}
+
+impl Link {
+    fn close(&self) {
+        // Errors mean the socket is already closed, which is what we want.
+        let _ = self.client.shutdown(Shutdown::Both);
+        let _ = self.server.shutdown(Shutdown::Both);
+    }
+}
+
+#[derive(Default)]
+struct State {
+    cut: BTreeSet<u64>,
+    links: HashMap<u64, Link>,
+}
+
+impl State {
+    fn is_cut(&self, from: Option<u64>, to: u64) -> bool {
+        self.cut.contains(&to) || from.is_some_and(|f| self.cut.contains(&f))
+    }
+}
+
+/// The proxy of one local cluster.
+pub struct PartitionProxy {
+    routes: Vec<Route>,
+    state: Arc<Mutex<State>>,
+    next_link: Arc<AtomicU64>,
+}
+
+impl PartitionProxy {
+    /// A proxy for these members.
+    pub fn new(nodes: &[Node]) -> Self {
+        let routes = nodes
+            .iter()
+            .map(|n| Route { node_id: n.node_id, front: n.advertised_socket(), backend: n.listen_socket() })
+            .collect();
+        Self { routes, state: Arc::default(), next_link: Arc::default() }
+    }
+
+    /// Binds every front port and the control socket, then serves until told to stop.
+    pub fn run(self, control: &Path) -> Result<()> {
+        let mut listeners = Vec::new();
+        for r in &self.routes {
+            let l = TcpListener::bind(r.front)
+                .with_context(|| format!("bind the Raft port of node {} at {}", r.node_id, r.front))?;
+            listeners.push((r.clone(), l));
+        }
+        let _ = std::fs::remove_file(control);
+        let ctl = UnixListener::bind(control)
+            .with_context(|| format!("bind the proxy control socket {}", control.display()))?;
+        let sources: HashMap<IpAddr, u64> =
+            self.routes.iter().map(|r| (IpAddr::V4(*r.backend.ip()), r.node_id)).collect();
+        let sources = Arc::new(sources);
+        for (route, listener) in listeners {
+            let state = Arc::clone(&self.state);
+            let ids = Arc::clone(&self.next_link);
+            let sources = Arc::clone(&sources);
+            std::thread::Builder::new()
+                .name(format!("proxy-{}", route.node_id))
+                .spawn(move || accept_loop(route, listener, state, ids, sources))
+                .context("spawn a proxy accept thread")?;
+        }
+        for conn in ctl.incoming() {
+            let Ok(conn) = conn else { continue };
+            match self.serve_control(conn) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => eprintln!("proxy: control request failed: {e:#}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers one control request; returns true when told to stop.
+    fn serve_control(&self, conn: UnixStream) -> Result<bool> {
+        let mut line = String::new();
+        BufReader::new(&conn).read_line(&mut line).context("read a control request")?;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let (reply, stop) = match words.as_slice() {
+            ["partition", n] => match self.node_arg(n) {
+                Ok(id) => {
+                    let closed = self.partition(id);
+                    (format!("ok cut node {id}, closed {closed} links"), false)
+                }
+                Err(e) => (format!("error {e}"), false),
+            },
+            ["heal"] => {
+                self.lock().cut.clear();
+                ("ok healed".to_string(), false)
+            }
+            ["heal", n] => match self.node_arg(n) {
+                Ok(id) => {
+                    self.lock().cut.remove(&id);
+                    (format!("ok healed node {id}"), false)
+                }
+                Err(e) => (format!("error {e}"), false),
+            },
+            ["status"] => {
+                let st = self.lock();
+                let cut: Vec<String> = st.cut.iter().map(|n| n.to_string()).collect();
+                (format!("ok cut={} links={}", cut.join(","), st.links.len()), false)
+            }
+            ["stop"] => ("ok stopping".to_string(), true),
+            _ => (format!("error unknown request {:?}", line.trim()), false),
+        };
+        let mut w = &conn;
+        writeln!(w, "{reply}").context("answer a control request")?;
+        Ok(stop)
+    }
+
+    fn node_arg(&self, word: &str) -> Result<u64> {
+        let id: u64 = word.parse().with_context(|| format!("{word:?} is not a node id"))?;
+        if !self.routes.iter().any(|r| r.node_id == id) {
+            bail!("node {id} is not a member of this local cluster");
+        }
+        Ok(id)
+    }
+
+    /// Cuts `id` off and closes its open links; returns how many were closed.
+    fn partition(&self, id: u64) -> usize {
+        let mut st = self.lock();
+        st.cut.insert(id);
+        let doomed: Vec<u64> =
+            st.links.iter().filter(|(_, l)| l.to == id || l.from == Some(id)).map(|(k, _)| *k).collect();
+        for k in &doomed {
+            if let Some(l) = st.links.remove(k) {
+                l.close();
+            }
+        }
+        doomed.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    // A panicking copy thread cannot leave the state inconsistent (every update is one
+    // insert or remove), so a poisoned lock is still usable.
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn accept_loop(
+    route: Route,
+    listener: TcpListener,
+    state: Arc<Mutex<State>>,
+    ids: Arc<AtomicU64>,
+    sources: Arc<HashMap<IpAddr, u64>>,
+) {
+    for client in listener.incoming() {
+        let Ok(client) = client else { continue };
+        let from = client.peer_addr().ok().and_then(|a: SocketAddr| sources.get(&a.ip()).copied());
+        if lock(&state).is_cut(from, route.node_id) {
+            continue; // dropping the stream closes it: the link is cut
+        }
+        let server = match TcpStream::connect_timeout(&SocketAddr::V4(route.backend), Duration::from_secs(2))
+        {
+            Ok(s) => s,
+            Err(_) => continue, // the member is down: the peer sees a closed connection
+        };
+        let _ = client.set_nodelay(true);
+        let _ = server.set_nodelay(true);
+        let id = ids.fetch_add(1, Ordering::Relaxed);
+        let (Ok(c2), Ok(s2), Ok(c3), Ok(s3)) =
+            (client.try_clone(), server.try_clone(), client.try_clone(), server.try_clone())
+        else {
+            continue;
+        };
+        {
+            let mut st = lock(&state);
+            // Re-check under the lock: a partition may have started while we connected.
+            if st.is_cut(from, route.node_id) {
+                continue;
+            }
+            st.links.insert(id, Link { from, to: route.node_id, client, server });
+        }
+        for (mut r, mut w) in [(c2, s2), (s3, c3)] {
+            let shared = Arc::clone(&state);
+            let spawned = std::thread::Builder::new().name("proxy-copy".into()).spawn(move || {
+                let _ = std::io::copy(&mut r, &mut w);
+                if let Some(l) = lock(&shared).links.remove(&id) {
+                    l.close();
+                }
+                let _ = r.shutdown(Shutdown::Both);
+                let _ = w.shutdown(Shutdown::Both);
+            });
+            if spawned.is_err() {
+                if let Some(l) = lock(&state).links.remove(&id) {
+                    l.close();
+                }
+            }
+        }
+    }
+}
+
+/// Talks to a running proxy through its control socket.
+pub struct ProxyClient {
+    control: PathBuf,
+}
+
+impl ProxyClient {
+    /// A client of the proxy listening on `control`.
+    pub fn new(control: impl Into<PathBuf>) -> Self {
+        Self { control: control.into() }
+    }
+
+    /// Sends one request and returns the answer after `ok`, or fails with the proxy's error.
+    pub fn request(&self, req: &str) -> Result<String> {
+        let mut s = UnixStream::connect(&self.control)
+            .with_context(|| format!("connect to the partition proxy at {}", self.control.display()))?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).context("set a read timeout")?;
+        writeln!(s, "{req}").context("send a request to the partition proxy")?;
+        let mut line = String::new();
+        BufReader::new(&s).read_line(&mut line).context("read the partition proxy's answer")?;
+        let line = line.trim();
+        match line.strip_prefix("ok") {
+            Some(rest) => Ok(rest.trim().to_string()),
+            None => bail!("partition proxy: {}", line.strip_prefix("error ").unwrap_or(line)),
+        }
+    }
+
+    /// The ids of the members currently cut off.
+    pub fn cut(&self) -> Result<BTreeSet<u64>> {
+        let answer = self.request("status")?;
+        let list = answer
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("cut="))
+            .context("malformed status answer from the partition proxy")?;
+        list.split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse::<u64>().with_context(|| format!("bad node id {s:?} in proxy status")))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::free_port;
+    use std::io::Read;
+
+    /// An echo server standing in for a member's Raft listener.
+    fn echo(backend: SocketAddrV4) -> TcpListener {
+        let l = TcpListener::bind(backend).expect("bind the stand-in member");
+        let l2 = l.try_clone().expect("clone the listener");
+        std::thread::spawn(move || {
+            for s in l2.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut r = s.try_clone().expect("clone");
+                    let mut w = s;
+                    let _ = std::io::copy(&mut r, &mut w);
+                });
+            }
+        });
+        l
+    }
+
+    /// Dials `to` from member `from`'s listen address, as a member does, and checks that
+    /// an echo comes back through the proxy.
+    fn round_trip(from: &Node, to: &Node) -> std::io::Result<TcpStream> {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        sock.bind(&SocketAddr::V4(SocketAddrV4::new(*from.listen_socket().ip(), 0)).into())?;
+        sock.connect(&SocketAddr::V4(to.advertised_socket()).into())?;
+        let s: TcpStream = sock.into();
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        (&s).write_all(b"ping")?;
+        let mut buf = [0u8; 4];
+        (&s).read_exact(&mut buf)?;
+        assert_eq!(&buf, b"ping");
+        Ok(s)
+    }
+
+    #[test]
+    fn partition_cuts_both_directions_and_heal_restores() {
+        let dir = std::env::temp_dir().join(format!("pgraft-proxy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let nodes: Vec<Node> = (1..=3)
+            .map(|i| Node::new(i, 0, free_port().expect("free port"), PathBuf::from(format!("/x/n{i}"))))
+            .collect();
+        let _members: Vec<TcpListener> = nodes.iter().map(|n| echo(n.listen_socket())).collect();
+        let control = dir.join("proxy.sock");
+        let proxy = PartitionProxy::new(&nodes);
+        let ctl_path = control.clone();
+        std::thread::spawn(move || proxy.run(&ctl_path).expect("proxy runs"));
+        let client = ProxyClient::new(control.clone());
+        crate::wait::wait_until(
+            "proxy control socket",
+            Duration::from_secs(5),
+            Duration::from_millis(10),
+            || Ok(client.request("status").ok()),
+        )
+        .expect("proxy starts");
+
+        let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
+        let open_12 = round_trip(n1, n2).expect("1 -> 2 before the partition");
+        let open_21 = round_trip(n2, n1).expect("2 -> 1 before the partition");
+        round_trip(n1, n3).expect("1 -> 3 before the partition");
+
+        client.request("partition 2").expect("partition 2");
+        assert_eq!(client.cut().expect("status"), BTreeSet::from([2]));
+        // Open links of node 2, both directions, are closed...
+        for s in [&open_12, &open_21] {
+            let mut buf = [0u8; 1];
+            let n = (&*s).read(&mut buf).unwrap_or(0);
+            assert_eq!(n, 0, "a link of node 2 stayed open");
+        }
+        // ...new ones are refused, and the others are untouched.
+        assert!(round_trip(n1, n2).is_err());
+        assert!(round_trip(n2, n3).is_err());
+        round_trip(n1, n3).expect("1 -> 3 during the partition of 2");
+        round_trip(n3, n1).expect("3 -> 1 during the partition of 2");
+
+        assert!(client.request("partition 9").is_err(), "an unknown node is refused");
+        client.request("heal").expect("heal");
+        assert!(client.cut().expect("status").is_empty());
+        round_trip(n1, n2).expect("1 -> 2 after healing");
+        round_trip(n2, n3).expect("2 -> 3 after healing");
+        client.request("stop").expect("stop");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,288 @@
+//! Every `pgraft.*` setting, registered in `_PG_init`.
+//!
+//! Identity and network settings take effect at server start (`postmaster` context);
+//! timing and logging can be changed with a reload (`sighup`). String settings are checked
+//! by hooks that run the rules of `pgraft_core::config`, so a bad value in
+//! postgresql.conf is refused with a message that names the rule instead of surfacing
+//! later as a failed start of the worker.
+
+use std::ffi::{CStr, CString};
+
+use pgraft_core::config;
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::pg_sys;
+
+/// The cluster this member belongs to; recorded in its storage and sent in every peer
+/// handshake, so members of two clusters never talk.
+pub static CLUSTER_ID: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"pgraft-cluster"));
+/// This member's node id, unique in the cluster (1 or more).
+pub static NODE_ID: GucSetting<i32> = GucSetting::<i32>::new(1);
+/// The host other members use to reach this member's Raft port.
+pub static ADDRESS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"127.0.0.1"));
+/// This member's Raft port.
+pub static PORT: GucSetting<i32> = GucSetting::<i32>::new(7001);
+/// The address the Raft listener binds and peer connections originate from, when it
+/// differs from pgraft.address (behind NAT or a proxy; etcd's listen vs advertise URLs).
+/// Empty: pgraft.address.
+pub static LISTEN_ADDRESS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+/// Where the member keeps its Raft log, state and snapshots. Empty: `pgraft` under PGDATA.
+pub static DATA_DIR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+/// Milliseconds without a leader before a follower campaigns.
+pub static ELECTION_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(1000);
+/// Milliseconds between a leader's heartbeats.
+pub static HEARTBEAT_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(100);
+/// The worker's log level: debug, info, notice, warning or error.
+pub static LOG_LEVEL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"info"));
+/// Encrypt and mutually authenticate peer connections with TLS.
+pub static SSL_ENABLED: GucSetting<bool> = GucSetting::<bool>::new(false);
+/// This member's certificate (PEM), presented to peers.
+pub static SSL_CERT_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+/// The private key of pgraft.ssl_cert_file (PEM).
+pub static SSL_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+/// The CA certificates (PEM) that peers' certificates must chain to.
+pub static SSL_CA_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+/// A static initial member list, etcd-style: `1=host:port,2=host:port,...`. Empty: the
+/// one-member bootstrap of pgraft_init() and pgraft_add_node().
+pub static INITIAL_CLUSTER: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+/// Whether automatic PostgreSQL failover may act (it gates the failover feature).
+pub static FAILOVER_ENABLED: GucSetting<bool> = GucSetting::<bool>::new(false);
+
+/// Reads a string setting (empty when unset).
+pub fn string(setting: &GucSetting<Option<CString>>) -> String {
+    setting.get().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Registers every setting. Called once from `_PG_init`.
+pub fn init() {
+    use GucContext::{Postmaster, Sighup};
+    let none = GucFlags::default();
+    let ms = GucFlags::UNIT_MS;
+    // SAFETY: the hooks are plain functions with the signatures PostgreSQL expects; they
+    // only read the proposed value and, on refusal, set GUC_check_errdetail_string.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"pgraft.cluster_id",
+            c"The cluster this member belongs to.",
+            c"Recorded in the member's storage and sent in every peer handshake; members of different clusters never talk.",
+            &CLUSTER_ID,
+            Postmaster,
+            none,
+            Some(check_cluster_id),
+            None,
+            None,
+        );
+        GucRegistry::define_string_guc_with_hooks(
+            c"pgraft.address",
+            c"The host other members use to reach this member's Raft port.",
+            c"",
+            &ADDRESS,
+            Postmaster,
+            none,
+            Some(check_address),
+            None,
+            None,
+        );
+        GucRegistry::define_string_guc_with_hooks(
+            c"pgraft.listen_address",
+            c"The address the Raft listener binds and peer connections come from; empty means pgraft.address.",
+            c"Set it when members reach this one through NAT or a proxy (like etcd's listen versus advertise URLs).",
+            &LISTEN_ADDRESS,
+            Postmaster,
+            none,
+            Some(check_listen_address),
+            None,
+            None,
+        );
+        GucRegistry::define_string_guc_with_hooks(
+            c"pgraft.data_dir",
+            c"Where the member keeps its Raft log, state and snapshots; empty means PGDATA/pgraft.",
+            c"",
+            &DATA_DIR,
+            Postmaster,
+            none,
+            Some(check_data_dir),
+            None,
+            None,
+        );
+        GucRegistry::define_string_guc_with_hooks(
+            c"pgraft.log_level",
+            c"The worker's log level: debug, info, notice, warning or error.",
+            c"",
+            &LOG_LEVEL,
+            Sighup,
+            none,
+            Some(check_log_level),
+            None,
+            None,
+        );
+        GucRegistry::define_string_guc_with_hooks(
+            c"pgraft.initial_cluster",
+            c"A static initial member list, id=host:port separated by commas.",
+            c"Empty: bootstrap with pgraft_init() on one member and pgraft_add_node() for the others.",
+            &INITIAL_CLUSTER,
+            Postmaster,
+            none,
+            Some(check_initial_cluster),
+            None,
+            None,
+        );
+        for (name, short, setting) in [
+            (
+                c"pgraft.ssl_cert_file",
+                c"This member's TLS certificate (PEM), presented to peers.",
+                &SSL_CERT_FILE,
+            ),
+            (c"pgraft.ssl_key_file", c"The private key of pgraft.ssl_cert_file (PEM).", &SSL_KEY_FILE),
+            (
+                c"pgraft.ssl_ca_file",
+                c"The CA certificates (PEM) that peers' certificates must chain to.",
+                &SSL_CA_FILE,
+            ),
+        ] {
+            GucRegistry::define_string_guc_with_hooks(
+                name,
+                short,
+                c"",
+                setting,
+                Postmaster,
+                none,
+                Some(check_absolute_or_empty),
+                None,
+                None,
+            );
+        }
+    }
+    GucRegistry::define_int_guc(
+        c"pgraft.node_id",
+        c"This member's node id, unique in the cluster.",
+        c"",
+        &NODE_ID,
+        1,
+        i32::MAX,
+        Postmaster,
+        none,
+    );
+    GucRegistry::define_int_guc(
+        c"pgraft.port",
+        c"This member's Raft port.",
+        c"",
+        &PORT,
+        1,
+        65535,
+        Postmaster,
+        none,
+    );
+    GucRegistry::define_int_guc(
+        c"pgraft.election_timeout",
+        c"Time without a leader before a follower campaigns.",
+        c"At least twice pgraft.heartbeat_interval.",
+        &ELECTION_TIMEOUT,
+        20,
+        config::Timing::MAX_ELECTION_TIMEOUT_MS as i32,
+        Sighup,
+        ms,
+    );
+    GucRegistry::define_int_guc(
+        c"pgraft.heartbeat_interval",
+        c"Time between a leader's heartbeats; also the tick of the Raft loop.",
+        c"",
+        &HEARTBEAT_INTERVAL,
+        config::Timing::MIN_HEARTBEAT_MS as i32,
+        60_000,
+        Sighup,
+        ms,
+    );
+    GucRegistry::define_bool_guc(
+        c"pgraft.ssl_enabled",
+        c"Encrypt and mutually authenticate peer connections with TLS.",
+        c"Needs pgraft.ssl_cert_file, pgraft.ssl_key_file and pgraft.ssl_ca_file.",
+        &SSL_ENABLED,
+        Postmaster,
+        none,
+    );
+    GucRegistry::define_bool_guc(
+        c"pgraft.failover_enabled",
+        c"Whether automatic PostgreSQL failover may act.",
+        c"",
+        &FAILOVER_ENABLED,
+        Sighup,
+        none,
+    );
+    // SAFETY: called from _PG_init with a valid, static prefix.
+    unsafe { pg_sys::MarkGUCPrefixReserved(c"pgraft".as_ptr()) };
+}
+
+/// The log levels pgraft.log_level accepts.
+pub const LOG_LEVELS: [&str; 5] = ["debug", "info", "notice", "warning", "error"];
+
+/// Runs `rule` on a proposed string value; on refusal hands PostgreSQL the reason.
+///
+/// # Safety
+/// `newval` must be the pointer PostgreSQL passes to a string check hook.
+unsafe fn check_with(
+    newval: *mut *mut std::ffi::c_char,
+    rule: impl FnOnce(&str) -> config::Result<()>,
+) -> bool {
+    // SAFETY: PostgreSQL passes a valid pointer to a (possibly null) C string.
+    let value = unsafe {
+        let p = *newval;
+        if p.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
+    };
+    match rule(&value) {
+        Ok(()) => true,
+        Err(e) => {
+            let msg = CString::new(e.0.replace('\0', "")).unwrap_or_default();
+            // SAFETY: GUC_check_errdetail_string must point at palloc'd memory; pstrdup
+            // copies our message into the current memory context.
+            unsafe { pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(msg.as_ptr()) };
+            false
+        }
+    }
+}
+
+macro_rules! string_check_hook {
+    ($name:ident, $rule:expr) => {
+        #[pgrx::pg_guard]
+        unsafe extern "C-unwind" fn $name(
+            newval: *mut *mut std::ffi::c_char,
+            _extra: *mut *mut std::ffi::c_void,
+            _source: pg_sys::GucSource::Type,
+        ) -> bool {
+            // SAFETY: called by PostgreSQL as a string check hook.
+            unsafe { check_with(newval, $rule) }
+        }
+    };
+}
+
+string_check_hook!(check_cluster_id, config::validate_cluster_id);
+string_check_hook!(check_address, |v| config::validate_host("pgraft.address", v));
+string_check_hook!(check_listen_address, |v| {
+    if v.is_empty() {
+        Ok(())
+    } else {
+        config::validate_host("pgraft.listen_address", v)
+    }
+});
+string_check_hook!(check_data_dir, |v| absolute_or_empty("pgraft.data_dir", v));
+string_check_hook!(check_absolute_or_empty, |v| absolute_or_empty("a pgraft.ssl_* file", v));
+string_check_hook!(check_initial_cluster, |v| config::parse_initial_cluster(v).map(|_| ()));
+string_check_hook!(check_log_level, |v| {
+    if LOG_LEVELS.contains(&v.to_ascii_lowercase().as_str()) {
+        Ok(())
+    } else {
+        Err(config::ConfigError(format!("pgraft.log_level {v:?} is not one of {}", LOG_LEVELS.join(", "))))
+    }
+});
+
+fn absolute_or_empty(setting: &str, v: &str) -> config::Result<()> {
+    if v.is_empty() || v.starts_with('/') {
+        Ok(())
+    } else {
+        Err(config::ConfigError(format!("{setting} {v:?} must be an absolute path")))
+    }
+}

@@ -1,0 +1,136 @@
+//! `pgraftctl local`: local clusters for trying, testing and benchmarking.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use pgraft_testkit::{LocalCluster, PartitionProxy, UpOptions};
+
+#[derive(Args)]
+pub struct LocalArgs {
+    #[command(subcommand)]
+    command: LocalCommand,
+}
+
+#[derive(Subcommand)]
+enum LocalCommand {
+    /// initdb, configure and start N servers on 127.0.0.1 and bootstrap the Raft cluster;
+    /// prints one JSON line per member.
+    Up {
+        /// How many members.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// The cluster directory (created; must not hold a cluster yet).
+        #[arg(long)]
+        dir: PathBuf,
+        /// First Raft port; members get P, P+1, ... (default: free ports).
+        #[arg(long)]
+        raft_port: Option<u16>,
+        /// First PostgreSQL port; members get P, P+1, ... (default: free ports).
+        #[arg(long)]
+        pg_port: Option<u16>,
+        /// Start the servers with the extension preloaded, but run no CREATE EXTENSION,
+        /// pgraft_init or pgraft_add_node.
+        #[arg(long)]
+        no_init: bool,
+        /// The PostgreSQL installation to run, into which the extension was installed.
+        #[arg(long, default_value = pgraft_testkit::PgInstall::DEFAULT_PG_CONFIG)]
+        pg_config: PathBuf,
+    },
+    /// One JSON line per member: running, pid, partitioned, extension.
+    Status {
+        /// The cluster directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// kill -9 the postmaster of member N.
+    Kill {
+        /// The member's node id.
+        node: u64,
+        /// The cluster directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Start member N again; without N, every member that is not running.
+    Start {
+        /// The member's node id.
+        node: Option<u64>,
+        /// The cluster directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Stop member N cleanly (fast shutdown).
+    Stop {
+        /// The member's node id.
+        node: u64,
+        /// The cluster directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Cut member N off from the other members on the Raft ports (SQL still answers).
+    Partition {
+        /// The member's node id.
+        node: u64,
+        /// The cluster directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Undo `partition` for member N, or for every member.
+    Heal {
+        /// The member's node id (default: all).
+        node: Option<u64>,
+        /// The cluster directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Stop every server and the proxy; no process of the directory is left.
+    Down {
+        /// The cluster directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Serve the partition proxy of a cluster (started by `up` and `start`).
+    #[command(hide = true)]
+    Proxy {
+        /// The cluster directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+pub fn run(args: LocalArgs) -> Result<()> {
+    match args.command {
+        LocalCommand::Up { nodes, dir, raft_port, pg_port, no_init, pg_config } => {
+            let opts = UpOptions {
+                nodes,
+                dir,
+                raft_port,
+                pg_port,
+                no_init,
+                pg_config,
+                proxy_exe: std::env::current_exe().context("locate the pgraftctl binary")?,
+            };
+            let cluster = LocalCluster::up(&opts)?;
+            for n in cluster.nodes() {
+                println!("{}", serde_json::to_string(n).context("serialise a node")?);
+            }
+        }
+        LocalCommand::Status { dir } => {
+            for s in LocalCluster::open(&dir)?.status()? {
+                println!("{}", serde_json::to_string(&s).context("serialise a status")?);
+            }
+        }
+        LocalCommand::Kill { node, dir } => LocalCluster::open(&dir)?.kill(node)?,
+        LocalCommand::Start { node: Some(node), dir } => LocalCluster::open(&dir)?.start(node)?,
+        LocalCommand::Start { node: None, dir } => LocalCluster::open(&dir)?.start_all()?,
+        LocalCommand::Stop { node, dir } => LocalCluster::open(&dir)?.stop(node)?,
+        LocalCommand::Partition { node, dir } => LocalCluster::open(&dir)?.partition(node)?,
+        LocalCommand::Heal { node, dir } => LocalCluster::open(&dir)?.heal(node)?,
+        LocalCommand::Down { dir } => LocalCluster::open(&dir)?.down()?,
+        LocalCommand::Proxy { dir } => {
+            let cluster = LocalCluster::open(&dir)?;
+            PartitionProxy::new(cluster.nodes()).run(&cluster.dir().join("proxy.sock"))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,38 @@
+//! `pgraftctl`: the operator's command line for pgraft.
+//!
+//! `pgraftctl local ...` starts, stops and breaks real clusters on this machine (the tool
+//! behind the demo, the integration tests and the benchmarks); `pgraftctl lsn ...` does
+//! WAL position arithmetic.
+
+mod local;
+mod lsn;
+
+use clap::{Parser, Subcommand};
+
+/// pgraft: Raft consensus inside PostgreSQL.
+#[derive(Parser)]
+#[command(name = "pgraftctl", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Local clusters of real servers on 127.0.0.1, for trying, testing and benchmarking.
+    Local(local::LocalArgs),
+    /// WAL positions (LSNs): parse, compare, and map to segment file names.
+    Lsn(lsn::LsnArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Local(args) => local::run(args),
+        Command::Lsn(args) => lsn::run(args),
+    };
+    if let Err(e) = result {
+        eprintln!("pgraftctl: error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -18,3 +18,4 @@
 //! ```
 
 pub mod config;
+pub mod kv;

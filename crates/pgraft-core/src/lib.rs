@@ -19,3 +19,4 @@
 
 pub mod config;
 pub mod kv;
+pub mod storage;

@@ -8,7 +8,7 @@ use pgrx::prelude::*;
 
 pub mod gucs;
 
-::pgrx::pg_module_magic!(c"pgraft", pgrx::pg_sys::PG_VERSION);
+::pgrx::pg_module_magic!(name, version);
 
 /// The extension's version, as the reference documents print it.
 pub const VERSION: &str = "1.0.0";

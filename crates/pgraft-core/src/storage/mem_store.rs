@@ -1,0 +1,183 @@
+//! An in-memory store for unit tests and the deterministic simulation.
+
+use raft::prelude::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState};
+
+use super::{snapshot_of, Identity, LogStore, Result, StorageError};
+
+/// A store that keeps everything in memory: "durable" means "in this value". The
+/// simulation models a crash by dropping the unsynced part of a member's state, which it
+/// holds outside the store.
+#[derive(Debug, Clone, Default)]
+pub struct MemStore {
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// Index and term of the last entry discarded by compaction or a snapshot.
+    trunc: (u64, u64),
+    entries: Vec<Entry>,
+    snapshot: Snapshot,
+    identity: Option<Identity>,
+}
+
+impl MemStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn last(&self) -> u64 {
+        self.entries.last().map_or(self.trunc.0, |e| e.index)
+    }
+
+    fn pos(&self, idx: u64) -> usize {
+        (idx - self.trunc.0 - 1) as usize
+    }
+}
+
+impl raft::Storage for MemStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(self.hard_state.clone(), self.conf_state.clone()))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _ctx: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.trunc.0 {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        if high > self.last() + 1 || low > high {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        let mut ents = self.entries[self.pos(low)..self.pos(high)].to_vec();
+        raft::util::limit_size(&mut ents, max_size.into());
+        Ok(ents)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.trunc.0 {
+            return Ok(self.trunc.1);
+        }
+        if idx < self.trunc.0 {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        if idx > self.last() {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        Ok(self.entries[self.pos(idx)].term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.trunc.0 + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last())
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        if self.snapshot.get_metadata().index < request_index || self.snapshot.get_metadata().index == 0 {
+            return Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable));
+        }
+        Ok(self.snapshot.clone())
+    }
+}
+
+impl LogStore for MemStore {
+    fn append(&mut self, entries: &[Entry]) -> Result<()> {
+        let Some(first) = entries.first() else { return Ok(()) };
+        check_append(first.index, self.trunc.0, self.last())?;
+        self.entries.truncate(self.pos(first.index));
+        self.entries.extend_from_slice(entries);
+        Ok(())
+    }
+
+    fn set_hard_state(&mut self, hs: &HardState) -> Result<()> {
+        self.hard_state = hs.clone();
+        Ok(())
+    }
+
+    fn set_conf_state(&mut self, cs: &ConfState) -> Result<()> {
+        self.conf_state = cs.clone();
+        Ok(())
+    }
+
+    fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<()> {
+        let meta = snap.get_metadata();
+        if meta.index <= self.trunc.0 {
+            return Ok(()); // already have it or newer: idempotent
+        }
+        self.entries.clear();
+        self.trunc = (meta.index, meta.term);
+        self.hard_state.term = self.hard_state.term.max(meta.term);
+        self.hard_state.commit = self.hard_state.commit.max(meta.index);
+        self.conf_state = meta.get_conf_state().clone();
+        self.snapshot = snap.clone();
+        Ok(())
+    }
+
+    fn create_snapshot(&mut self, index: u64, cs: &ConfState, data: Vec<u8>, keep: u64) -> Result<()> {
+        let term = raft::Storage::term(self, index)
+            .map_err(|e| StorageError::Invalid(format!("snapshot at {index}: {e}")))?;
+        self.snapshot = snapshot_of(index, term, cs, data);
+        let compact_to = index.saturating_sub(keep);
+        if compact_to > self.trunc.0 {
+            let t =
+                raft::Storage::term(self, compact_to).map_err(|e| StorageError::Invalid(e.to_string()))?;
+            let n = self.pos(compact_to) + 1;
+            self.entries.drain(..n);
+            self.trunc = (compact_to, t);
+        }
+        Ok(())
+    }
+
+    fn hard_state(&self) -> HardState {
+        self.hard_state.clone()
+    }
+
+    fn identity(&self) -> Option<Identity> {
+        self.identity.clone()
+    }
+
+    fn ensure_identity(&mut self, id: &Identity) -> Result<()> {
+        match &self.identity {
+            Some(have) => have.check(id),
+            None => {
+                self.identity = Some(id.clone());
+                Ok(())
+            }
+        }
+    }
+
+    fn disk_usage(&self) -> u64 {
+        0
+    }
+}
+
+/// The append rules shared by every store: no write below the compacted prefix, no hole.
+pub(crate) fn check_append(first: u64, trunc: u64, last: u64) -> Result<()> {
+    if first <= trunc {
+        return Err(StorageError::Invalid(format!(
+            "append at index {first} overwrites the compacted log (compacted up to {trunc})"
+        )));
+    }
+    if first > last + 1 {
+        return Err(StorageError::Invalid(format!(
+            "append at index {first} would leave a hole after the last index {last}"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conformance() {
+        super::super::conformance::run_all(|prev: Option<MemStore>| prev.unwrap_or_default());
+    }
+}

@@ -1,0 +1,95 @@
+//! Durable Raft state: the log, the hard state, the conf state and snapshots.
+//!
+//! raft-rs reads through its [`raft::Storage`] trait; [`LogStore`] adds the writes the
+//! member makes from each `Ready`. Two implementations pass one conformance suite
+//! ([`conformance`]): [`MemStore`] for unit tests and the simulation, and [`RedbStore`],
+//! the durable one, on redb (the bbolt of Rust; etcd itself is a WAL plus bbolt).
+//!
+//! Every write method is **durable before it returns**: the member sends messages that
+//! depend on a write, and acknowledges clients, only afterwards.
+
+mod identity;
+mod mem_store;
+mod redb_store;
+
+pub mod conformance;
+
+pub use identity::Identity;
+pub use mem_store::MemStore;
+pub use redb_store::RedbStore;
+
+use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+
+/// Errors of a store. All of them are fatal for the member: a store that cannot write
+/// cannot promise durability, so the member stops rather than guess.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The underlying database failed.
+    #[error("storage I/O failed: {0}")]
+    Io(String),
+    /// A record failed its checksum or could not be decoded.
+    #[error("storage is corrupt: {0}")]
+    Corrupt(String),
+    /// The storage belongs to another cluster or member.
+    #[error("{0}")]
+    IdentityMismatch(String),
+    /// A write that would break the log's invariants (a hole, a rewrite below commit).
+    #[error("invalid storage write: {0}")]
+    Invalid(String),
+}
+
+/// Results of stores.
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// The write side of a member's storage.
+///
+/// Invariants every implementation keeps (checked by [`conformance`]):
+/// - the log has no holes: entries are `first_index()..=last_index()`;
+/// - `term(first_index() - 1)` answers the term of the last compacted entry (or snapshot);
+/// - every method is durable before it returns, and a restart from the same place sees
+///   exactly what was written.
+pub trait LogStore: raft::Storage {
+    /// Appends `entries`; an entry at an index that exists already replaces it and every
+    /// later one (a new leader overwrote an uncommitted suffix). Durable before return.
+    /// The first entry's index must be at most `last_index() + 1`.
+    fn append(&mut self, entries: &[Entry]) -> Result<()>;
+
+    /// Records term, vote and commit. Durable before return.
+    fn set_hard_state(&mut self, hs: &HardState) -> Result<()>;
+
+    /// Records the membership after a configuration change was applied. Durable before
+    /// return.
+    fn set_conf_state(&mut self, cs: &ConfState) -> Result<()>;
+
+    /// Installs a snapshot received from the leader: the log is replaced by the snapshot's
+    /// position, the conf state by its own. Durable before return. Idempotent.
+    fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<()>;
+
+    /// Records a snapshot of the local state machine taken at `index` (applied here, so
+    /// committed), then discards the log before `index`... up to `keep` entries
+    /// before it stay, so slightly lagging followers still catch up from the log.
+    fn create_snapshot(&mut self, index: u64, cs: &ConfState, data: Vec<u8>, keep: u64) -> Result<()>;
+
+    /// The hard state as last recorded.
+    fn hard_state(&self) -> HardState;
+
+    /// The member identity recorded at creation, if any.
+    fn identity(&self) -> Option<Identity>;
+
+    /// Records the identity on first start; on later starts checks it matches.
+    fn ensure_identity(&mut self, id: &Identity) -> Result<()>;
+
+    /// Bytes used on disk (0 for memory).
+    fn disk_usage(&self) -> u64;
+}
+
+/// A snapshot of the state machine image `data` at `index`/`term` with membership `cs`.
+pub fn snapshot_of(index: u64, term: u64, cs: &ConfState, data: Vec<u8>) -> Snapshot {
+    let metadata = SnapshotMetadata { index, term, conf_state: Some(cs.clone()) };
+    Snapshot { data, metadata: Some(metadata) }
+}
+
+/// Turns a storage error into raft's error type for [`raft::Storage`] methods.
+pub(crate) fn to_raft(e: StorageError) -> raft::Error {
+    raft::Error::Store(raft::StorageError::Other(Box::new(e)))
+}

@@ -1,0 +1,449 @@
+//! The durable store, on redb.
+//!
+//! One redb file, `raft.redb`, in the member's data directory:
+//!
+//! ```text
+//! table "log":  u64 index -> record(Entry)
+//! table "meta": "hard_state" -> record(HardState)   "conf_state" -> record(ConfState)
+//!               "trunc" -> record(index u64 LE, term u64 LE)
+//!               "snapshot" -> record(Snapshot)       "identity" -> record(JSON Identity)
+//! record(x) = crc32(x) as u32 LE ++ x       (x: a protobuf message, prost encoding)
+//! ```
+//!
+//! Every write is one redb transaction committed with `Durability::Immediate` (fsync)
+//! before the method returns. Every record carries its own CRC32, checked on each read, so
+//! a flipped bit is reported as corruption instead of being used.
+
+use std::path::{Path, PathBuf};
+
+use prost::Message as _;
+use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState};
+use redb::{Database, ReadableTable, TableDefinition};
+
+use super::mem_store::check_append;
+use super::{snapshot_of, to_raft, Identity, LogStore, Result, StorageError};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// The file name inside the data directory.
+pub const FILE_NAME: &str = "raft.redb";
+
+/// A store on disk.
+pub struct RedbStore {
+    db: Database,
+    path: PathBuf,
+    hard_state: HardState,
+    conf_state: ConfState,
+    trunc: (u64, u64),
+    last: u64,
+    snapshot_meta: SnapshotMetadata,
+    identity: Option<Identity>,
+}
+
+macro_rules! redb_try {
+    ($e:expr, $what:expr) => {
+        $e.map_err(|e| StorageError::Io(format!("{}: {e}", $what)))?
+    };
+}
+
+fn seal(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 4);
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+fn unseal<'a>(what: &str, record: &'a [u8]) -> Result<&'a [u8]> {
+    if record.len() < 4 {
+        return Err(StorageError::Corrupt(format!(
+            "{what}: record of {} bytes has no checksum",
+            record.len()
+        )));
+    }
+    let (sum, payload) = record.split_at(4);
+    let want = u32::from_le_bytes([sum[0], sum[1], sum[2], sum[3]]);
+    let got = crc32fast::hash(payload);
+    if want != got {
+        return Err(StorageError::Corrupt(format!(
+            "{what}: checksum mismatch (stored {want:08x}, computed {got:08x})"
+        )));
+    }
+    Ok(payload)
+}
+
+fn decode<M: prost::Message + Default>(what: &str, record: &[u8]) -> Result<M> {
+    M::decode(unseal(what, record)?).map_err(|e| StorageError::Corrupt(format!("{what}: {e}")))
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StorageError::Io(format!("create {}: {e}", dir.display())))?;
+        let path = dir.join(FILE_NAME);
+        let db = redb_try!(Database::create(&path), format!("open {}", path.display()));
+        // Create the tables on first start so readers never see them missing.
+        let tx = redb_try!(db.begin_write(), "begin");
+        {
+            redb_try!(tx.open_table(LOG), "open log table");
+            redb_try!(tx.open_table(META), "open meta table");
+        }
+        redb_try!(tx.commit(), "commit table creation");
+
+        let mut s = Self {
+            db,
+            path,
+            hard_state: HardState::default(),
+            conf_state: ConfState::default(),
+            trunc: (0, 0),
+            last: 0,
+            snapshot_meta: SnapshotMetadata::default(),
+            identity: None,
+        };
+        s.load()?;
+        Ok(s)
+    }
+
+    fn load(&mut self) -> Result<()> {
+        let rtx = redb_try!(self.db.begin_read(), "begin read");
+        let meta = redb_try!(rtx.open_table(META), "open meta");
+        let get = |k: &str| -> Result<Option<Vec<u8>>> {
+            Ok(redb_try!(meta.get(k), format!("read {k}")).map(|g| g.value().to_vec()))
+        };
+        if let Some(r) = get("hard_state")? {
+            self.hard_state = decode("hard_state", &r)?;
+        }
+        if let Some(r) = get("conf_state")? {
+            self.conf_state = decode("conf_state", &r)?;
+        }
+        if let Some(r) = get("trunc")? {
+            let p = unseal("trunc", &r)?;
+            if p.len() != 16 {
+                return Err(StorageError::Corrupt(format!("trunc: {} bytes, expected 16", p.len())));
+            }
+            let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+            self.trunc = (word(&p[..8]), word(&p[8..]));
+        }
+        if let Some(r) = get("snapshot")? {
+            let snap: Snapshot = decode("snapshot", &r)?;
+            self.snapshot_meta = snap.get_metadata().clone();
+        }
+        if let Some(r) = get("identity")? {
+            let p = unseal("identity", &r)?;
+            self.identity =
+                Some(serde_json::from_slice(p).map_err(|e| StorageError::Corrupt(format!("identity: {e}")))?);
+        }
+        let log = redb_try!(rtx.open_table(LOG), "open log");
+        self.last = match redb_try!(log.last(), "read the last entry") {
+            Some((k, _)) => k.value(),
+            None => self.trunc.0,
+        };
+        if self.last < self.trunc.0 {
+            return Err(StorageError::Corrupt(format!(
+                "last entry {} lies below the compacted index {}",
+                self.last, self.trunc.0
+            )));
+        }
+        Ok(())
+    }
+
+    /// Where the database file lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in one durable write transaction.
+    fn write(&self, what: &str, f: impl FnOnce(&redb::WriteTransaction) -> Result<()>) -> Result<()> {
+        let tx = redb_try!(self.db.begin_write(), what);
+        f(&tx)?;
+        redb_try!(tx.commit(), what);
+        Ok(())
+    }
+
+    fn read_entry(&self, idx: u64) -> Result<Entry> {
+        let rtx = redb_try!(self.db.begin_read(), "begin read");
+        let log = redb_try!(rtx.open_table(LOG), "open log");
+        let rec = redb_try!(log.get(idx), format!("read entry {idx}"))
+            .ok_or_else(|| StorageError::Corrupt(format!("entry {idx} is missing from the log")))?;
+        decode(&format!("entry {idx}"), rec.value())
+    }
+}
+
+impl raft::Storage for RedbStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(self.hard_state.clone(), self.conf_state.clone()))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _ctx: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.trunc.0 {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        if high > self.last + 1 || low > high {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        let max = max_size.into().unwrap_or(u64::MAX);
+        let read = || -> Result<Vec<Entry>> {
+            let rtx = redb_try!(self.db.begin_read(), "begin read");
+            let log = redb_try!(rtx.open_table(LOG), "open log");
+            let mut out = Vec::new();
+            let mut size = 0u64;
+            for item in redb_try!(log.range(low..high), "range read") {
+                let (k, v) = redb_try!(item, "range read");
+                let e: Entry = decode(&format!("entry {}", k.value()), v.value())?;
+                if e.index != k.value() {
+                    return Err(StorageError::Corrupt(format!(
+                        "entry stored at {} says index {}",
+                        k.value(),
+                        e.index
+                    )));
+                }
+                size += e.encoded_len() as u64;
+                // Like raft's limit_size: always at least one entry.
+                if !out.is_empty() && size > max {
+                    break;
+                }
+                out.push(e);
+            }
+            if (out.len() as u64) < (high - low) && size <= max {
+                return Err(StorageError::Corrupt(format!("log has a hole between {low} and {high}")));
+            }
+            Ok(out)
+        };
+        read().map_err(to_raft)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.trunc.0 {
+            return Ok(self.trunc.1);
+        }
+        if idx < self.trunc.0 {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        if idx > self.last {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        self.read_entry(idx).map(|e| e.term).map_err(to_raft)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.trunc.0 + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last)
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        if self.snapshot_meta.index < request_index || self.snapshot_meta.index == 0 {
+            return Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable));
+        }
+        let read = || -> Result<Snapshot> {
+            let rtx = redb_try!(self.db.begin_read(), "begin read");
+            let meta = redb_try!(rtx.open_table(META), "open meta");
+            let rec = redb_try!(meta.get("snapshot"), "read snapshot")
+                .ok_or_else(|| StorageError::Corrupt("the snapshot record is missing".into()))?;
+            decode("snapshot", rec.value())
+        };
+        read().map_err(to_raft)
+    }
+}
+
+impl LogStore for RedbStore {
+    fn append(&mut self, entries: &[Entry]) -> Result<()> {
+        let Some(first) = entries.first() else { return Ok(()) };
+        check_append(first.index, self.trunc.0, self.last)?;
+        let new_last = entries.last().map_or(self.last, |e| e.index);
+        let old_last = self.last;
+        self.write("append", |tx| {
+            let mut log = redb_try!(tx.open_table(LOG), "open log");
+            if first.index <= old_last {
+                redb_try!(log.retain_in(first.index.., |_, _| false), "truncate the log suffix");
+            }
+            for e in entries {
+                redb_try!(
+                    log.insert(e.index, seal(&e.encode_to_vec()).as_slice()),
+                    format!("write entry {}", e.index)
+                );
+            }
+            Ok(())
+        })?;
+        self.last = new_last;
+        Ok(())
+    }
+
+    fn set_hard_state(&mut self, hs: &HardState) -> Result<()> {
+        self.write("hard state", |tx| {
+            let mut meta = redb_try!(tx.open_table(META), "open meta");
+            redb_try!(meta.insert("hard_state", seal(&hs.encode_to_vec()).as_slice()), "write hard state");
+            Ok(())
+        })?;
+        self.hard_state = hs.clone();
+        Ok(())
+    }
+
+    fn set_conf_state(&mut self, cs: &ConfState) -> Result<()> {
+        self.write("conf state", |tx| {
+            let mut meta = redb_try!(tx.open_table(META), "open meta");
+            redb_try!(meta.insert("conf_state", seal(&cs.encode_to_vec()).as_slice()), "write conf state");
+            Ok(())
+        })?;
+        self.conf_state = cs.clone();
+        Ok(())
+    }
+
+    fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<()> {
+        let meta = snap.get_metadata().clone();
+        if meta.index <= self.trunc.0 {
+            return Ok(());
+        }
+        let mut hs = self.hard_state.clone();
+        hs.term = hs.term.max(meta.term);
+        hs.commit = hs.commit.max(meta.index);
+        let cs = meta.get_conf_state().clone();
+        self.write("apply snapshot", |tx| {
+            let mut log = redb_try!(tx.open_table(LOG), "open log");
+            redb_try!(log.retain(|_, _| false), "clear the log");
+            let mut m = redb_try!(tx.open_table(META), "open meta");
+            redb_try!(m.insert("snapshot", seal(&snap.encode_to_vec()).as_slice()), "write snapshot");
+            redb_try!(m.insert("trunc", seal(&trunc_bytes(meta.index, meta.term)).as_slice()), "write trunc");
+            redb_try!(m.insert("hard_state", seal(&hs.encode_to_vec()).as_slice()), "write hard state");
+            redb_try!(m.insert("conf_state", seal(&cs.encode_to_vec()).as_slice()), "write conf state");
+            Ok(())
+        })?;
+        self.trunc = (meta.index, meta.term);
+        self.last = meta.index;
+        self.hard_state = hs;
+        self.conf_state = cs;
+        self.snapshot_meta = meta;
+        Ok(())
+    }
+
+    fn create_snapshot(&mut self, index: u64, cs: &ConfState, data: Vec<u8>, keep: u64) -> Result<()> {
+        let term = raft::Storage::term(self, index)
+            .map_err(|e| StorageError::Invalid(format!("snapshot at {index}: {e}")))?;
+        let snap = snapshot_of(index, term, cs, data);
+        let meta = snap.get_metadata().clone();
+        let compact_to = index.saturating_sub(keep);
+        let new_trunc = if compact_to > self.trunc.0 {
+            let t =
+                raft::Storage::term(self, compact_to).map_err(|e| StorageError::Invalid(e.to_string()))?;
+            Some((compact_to, t))
+        } else {
+            None
+        };
+        self.write("create snapshot", |tx| {
+            let mut m = redb_try!(tx.open_table(META), "open meta");
+            redb_try!(m.insert("snapshot", seal(&snap.encode_to_vec()).as_slice()), "write snapshot");
+            if let Some((i, t)) = new_trunc {
+                redb_try!(m.insert("trunc", seal(&trunc_bytes(i, t)).as_slice()), "write trunc");
+                let mut log = redb_try!(tx.open_table(LOG), "open log");
+                redb_try!(log.retain_in(..=i, |_, _| false), "compact the log");
+            }
+            Ok(())
+        })?;
+        if let Some(t) = new_trunc {
+            self.trunc = t;
+        }
+        self.snapshot_meta = meta;
+        Ok(())
+    }
+
+    fn hard_state(&self) -> HardState {
+        self.hard_state.clone()
+    }
+
+    fn identity(&self) -> Option<Identity> {
+        self.identity.clone()
+    }
+
+    fn ensure_identity(&mut self, id: &Identity) -> Result<()> {
+        if let Some(have) = &self.identity {
+            return have.check(id);
+        }
+        let json = serde_json::to_vec(id).map_err(|e| StorageError::Io(format!("encode identity: {e}")))?;
+        self.write("identity", |tx| {
+            let mut m = redb_try!(tx.open_table(META), "open meta");
+            redb_try!(m.insert("identity", seal(&json).as_slice()), "write identity");
+            Ok(())
+        })?;
+        self.identity = Some(id.clone());
+        Ok(())
+    }
+
+    fn disk_usage(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+fn trunc_bytes(index: u64, term: u64) -> Vec<u8> {
+    let mut b = index.to_le_bytes().to_vec();
+    b.extend_from_slice(&term.to_le_bytes());
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("pgraft-redb-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn conformance() {
+        let dir = scratch("conformance");
+        let mut n = 0;
+        super::super::conformance::run_all(|prev: Option<RedbStore>| {
+            match prev {
+                // Reopen the same file: what was written must be there.
+                Some(s) => {
+                    let path = s.path().parent().expect("the file lives in a directory").to_path_buf();
+                    drop(s);
+                    RedbStore::open(&path).expect("reopen")
+                }
+                None => {
+                    n += 1;
+                    RedbStore::open(&dir.join(n.to_string())).expect("open a fresh store")
+                }
+            }
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_flipped_byte_is_reported_not_used() {
+        let dir = scratch("corrupt");
+        {
+            let mut s = RedbStore::open(&dir).expect("open");
+            let hs = HardState { term: 7, vote: 2, commit: 0 };
+            s.set_hard_state(&hs).expect("write");
+        }
+        // Find the record in the file and flip a byte of its payload.
+        let file = dir.join(FILE_NAME);
+        let mut bytes = std::fs::read(&file).expect("read the file");
+        let hs = HardState { term: 7, vote: 2, commit: 0 };
+        let needle = seal(&hs.encode_to_vec());
+        let at = bytes
+            .windows(needle.len())
+            .position(|w| w == needle.as_slice())
+            .expect("the record is in the file");
+        bytes[at + needle.len() - 1] ^= 0x01;
+        std::fs::write(&file, &bytes).expect("write the file back");
+        match RedbStore::open(&dir) {
+            Err(StorageError::Corrupt(msg)) => assert!(msg.contains("hard_state"), "{msg}"),
+            Err(other) => panic!("expected a corruption report, got {other}"),
+            Ok(_) => panic!("a corrupt hard state was used"),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

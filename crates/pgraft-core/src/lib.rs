@@ -17,6 +17,17 @@
 //! # Ok::<(), pgraft_core::config::ConfigError>(())
 //! ```
 
+pub mod command;
 pub mod config;
+pub mod error;
 pub mod kv;
+pub mod linearizability;
+pub mod member;
+pub mod request;
+pub mod sim;
+pub mod state_machine;
 pub mod storage;
+
+pub use error::{Error, Result};
+pub use member::{Member, MemberConfig, MemberStatus, Role, Token};
+pub use request::{Consistency, Read, Request, Response};

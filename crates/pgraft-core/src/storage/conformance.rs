@@ -119,6 +119,8 @@ fn snapshots_compact_and_survive_reopen<S: LogStore>(open: &mut impl FnMut(Optio
     assert_eq!(snap.get_metadata().get_conf_state(), &cs);
     assert_eq!(snap.data.as_ref() as &[u8], b"state at 8");
     assert!(s.snapshot(9, 0).is_err(), "a snapshot older than requested is unavailable");
+    assert!(s.snapshot(0, 2).is_ok(), "member 2 is named by the snapshot");
+    assert!(s.snapshot(0, 4).is_err(), "a snapshot that does not name member 4 cannot be sent to it");
 }
 
 /// A snapshot from the leader replaces the log; applying it again changes nothing.

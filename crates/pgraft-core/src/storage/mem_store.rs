@@ -3,7 +3,7 @@
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState};
 
-use super::{snapshot_of, Identity, LogStore, Result, StorageError};
+use super::{snapshot_of, snapshot_usable_for, Identity, LogStore, Result, StorageError};
 
 /// A store that keeps everything in memory: "durable" means "in this value". The
 /// simulation models a crash by dropping the unsynced part of a member's state, which it
@@ -78,8 +78,9 @@ impl raft::Storage for MemStore {
         Ok(self.last())
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        if self.snapshot.get_metadata().index < request_index || self.snapshot.get_metadata().index == 0 {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let meta = self.snapshot.get_metadata();
+        if meta.index < request_index || !snapshot_usable_for(meta, to) {
             return Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable));
         }
         Ok(self.snapshot.clone())

@@ -43,6 +43,10 @@ pub type Result<T> = std::result::Result<T, StorageError>;
 
 /// The write side of a member's storage.
 ///
+/// Its [`raft::Storage::snapshot`] answers `SnapshotTemporarilyUnavailable` when the
+/// stored snapshot is older than `request_index` or does not name the member `to` (see
+/// [`snapshot_usable_for`]); the member then takes a fresh snapshot.
+///
 /// Invariants every implementation keeps (checked by [`conformance`]):
 /// - the log has no holes: entries are `first_index()..=last_index()`;
 /// - `term(first_index() - 1)` answers the term of the last compacted entry (or snapshot);
@@ -87,6 +91,22 @@ pub trait LogStore: raft::Storage {
 pub fn snapshot_of(index: u64, term: u64, cs: &ConfState, data: Vec<u8>) -> Snapshot {
     let metadata = SnapshotMetadata { index, term, conf_state: Some(cs.clone()) };
     Snapshot { data, metadata: Some(metadata) }
+}
+
+/// Whether a snapshot can be sent to `to`: raft refuses to restore a snapshot whose
+/// membership does not name it, which happens to a member removed and added back after the
+/// snapshot was taken. `to == 0` asks for any snapshot.
+pub fn snapshot_usable_for(meta: &SnapshotMetadata, to: u64) -> bool {
+    if to == 0 || meta.index == 0 {
+        return meta.index != 0;
+    }
+    let cs = meta.get_conf_state();
+    cs.voters
+        .iter()
+        .chain(&cs.learners)
+        .chain(&cs.voters_outgoing)
+        .chain(&cs.learners_next)
+        .any(|id| *id == to)
 }
 
 /// Turns a storage error into raft's error type for [`raft::Storage`] methods.

@@ -22,7 +22,7 @@ use raft::{GetEntriesContext, RaftState};
 use redb::{Database, ReadableTable, TableDefinition};
 
 use super::mem_store::check_append;
-use super::{snapshot_of, to_raft, Identity, LogStore, Result, StorageError};
+use super::{snapshot_of, snapshot_usable_for, to_raft, Identity, LogStore, Result, StorageError};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -241,8 +241,8 @@ impl raft::Storage for RedbStore {
         Ok(self.last)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        if self.snapshot_meta.index < request_index || self.snapshot_meta.index == 0 {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        if self.snapshot_meta.index < request_index || !snapshot_usable_for(&self.snapshot_meta, to) {
             return Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable));
         }
         let read = || -> Result<Snapshot> {

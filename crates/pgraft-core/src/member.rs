@@ -1,0 +1,887 @@
+//! One Raft member: raft-rs's `RawNode` over a [`LogStore`] and the [`StateMachine`].
+//!
+//! The member is synchronous and deterministic. A driver (the real runtime, or the
+//! simulation) feeds it ticks, peer messages and client requests, calls
+//! [`Member::process_ready`] after each, sends the messages it returns, and collects the
+//! answers from [`Member::take_answers`]:
+//!
+//! ```text
+//!   tick() ──┐
+//!   step(m) ─┼─▶ RawNode ──ready──▶ process_ready(): persist, apply ──▶ messages to send
+//!   submit() ┘                                                    └──▶ answers (token, result)
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+
+use prost::Message as _;
+use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message};
+use raft::{RawNode, StateRole};
+use raft_proto::ConfChangeI as _;
+
+use crate::command::{Body, ConfContext, Origin, Proposal};
+use crate::error::{Error, Result};
+use crate::request::{Consistency, KvFigures, Read, Request, Response};
+use crate::state_machine::{MembershipChange, StateMachine};
+use crate::storage::{snapshot_of, Identity, LogStore};
+
+/// A driver's handle for one request; answers carry it back.
+pub type Token = u64;
+
+/// How a member is set up.
+#[derive(Debug, Clone)]
+pub struct MemberConfig {
+    /// This member's node id.
+    pub id: u64,
+    /// The cluster it belongs to (checked against storage).
+    pub cluster_id: String,
+    /// raft-rs election timeout in ticks (the driver decides how long a tick is).
+    pub election_tick: usize,
+    /// raft-rs heartbeat interval in ticks.
+    pub heartbeat_tick: usize,
+    /// Randomised election timeout range `[min, max)` in ticks; `None`: raft-rs's default
+    /// `[election_tick, 2 * election_tick)`. The simulation pins it to keep runs replayable.
+    pub election_range: Option<(usize, usize)>,
+    /// Take a snapshot and compact the log after this many applied entries (etcd's
+    /// snapshot-count).
+    pub snapshot_count: u64,
+    /// Entries kept before a snapshot's index, so slow followers catch up from the log.
+    pub snapshot_catchup: u64,
+    /// Distinguishes this start of the member from earlier ones (see `Origin`).
+    pub incarnation: u64,
+}
+
+impl MemberConfig {
+    /// A configuration with the usual defaults.
+    pub fn new(id: u64, cluster_id: impl Into<String>, incarnation: u64) -> Self {
+        Self {
+            id,
+            cluster_id: cluster_id.into(),
+            election_tick: 10,
+            heartbeat_tick: 1,
+            election_range: None,
+            snapshot_count: 10_000,
+            snapshot_catchup: 5_000,
+            incarnation,
+        }
+    }
+}
+
+/// A member's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Role {
+    /// Follows a leader (or waits for one).
+    Follower,
+    /// Asks for votes.
+    Candidate,
+    /// Asks whether it could win before asking for votes (pre-vote).
+    PreCandidate,
+    /// Leads.
+    Leader,
+}
+
+impl Role {
+    fn of(r: StateRole) -> Self {
+        match r {
+            StateRole::Follower => Role::Follower,
+            StateRole::Candidate => Role::Candidate,
+            StateRole::PreCandidate => Role::PreCandidate,
+            StateRole::Leader => Role::Leader,
+        }
+    }
+
+    /// The name shown in SQL: `Leader`, `Follower`, `Candidate`, `PreCandidate`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Follower => "Follower",
+            Role::Candidate => "Candidate",
+            Role::PreCandidate => "PreCandidate",
+            Role::Leader => "Leader",
+        }
+    }
+}
+
+/// Replication progress of one peer, as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PeerProgress {
+    /// The peer.
+    pub id: u64,
+    /// Highest index known to be replicated there.
+    pub matched: u64,
+    /// Next index to send.
+    pub next: u64,
+    /// `probe`, `replicate` or `snapshot`.
+    pub state: String,
+    /// Whether it answered within the last election timeout.
+    pub recent_active: bool,
+    /// A learner.
+    pub learner: bool,
+}
+
+/// Counters of what the member has done since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counters {
+    /// Peer messages stepped.
+    pub messages_received: u64,
+    /// Peer messages produced for sending.
+    pub messages_sent: u64,
+    /// Elections this member started (it became a candidate).
+    pub elections: u64,
+    /// Proposals handed to raft.
+    pub proposals: u64,
+    /// Entries applied.
+    pub applied_entries: u64,
+    /// Snapshots taken here.
+    pub snapshots_taken: u64,
+    /// Snapshots received from a leader and installed.
+    pub snapshots_installed: u64,
+}
+
+/// A picture of the member.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MemberStatus {
+    /// This member.
+    pub id: u64,
+    /// Its role.
+    pub role: Role,
+    /// Current term.
+    pub term: u64,
+    /// Whom it voted for in this term (0: nobody).
+    pub vote: u64,
+    /// The leader it knows of (0: none).
+    pub leader_id: u64,
+    /// Commit index.
+    pub commit: u64,
+    /// Applied index.
+    pub applied: u64,
+    /// First index still in the log.
+    pub first_index: u64,
+    /// Last index in the log.
+    pub last_index: u64,
+    /// Voters.
+    pub voters: Vec<u64>,
+    /// Learners.
+    pub learners: Vec<u64>,
+    /// Per-peer progress (leader only).
+    pub progress: Vec<PeerProgress>,
+    /// Counters.
+    pub counters: Counters,
+    /// Requests waiting in this member.
+    pub pending: usize,
+}
+
+enum Waiting {
+    /// A proposal: answered when its entry is applied here.
+    Proposal,
+    /// A linearizable read waiting for its read index.
+    ReadIndex(Read),
+    /// A read with a read index, waiting until applied reaches it.
+    ReadAt(u64, Read),
+    /// Waiting for the commit index.
+    Committed(u64),
+    /// Waiting for the applied index.
+    Applied(u64),
+    /// Waiting for a leadership transfer to land.
+    Transfer(u64),
+    /// A proposal raft dropped (no leader yet): retried on every tick until its deadline.
+    Retry(RetryKind),
+}
+
+enum RetryKind {
+    Propose(Vec<u8>, u64),
+    Conf(ConfChangeV2, Vec<u8>, u64),
+}
+
+/// One Raft member.
+pub struct Member<S: LogStore> {
+    raw: RawNode<S>,
+    sm: StateMachine,
+    cfg: MemberConfig,
+    seq: u64,
+    now_ms: i64,
+    waiting: HashMap<Token, Waiting>,
+    /// Proposal sequence numbers of this incarnation -> waiting token.
+    proposals: HashMap<u64, Token>,
+    answers: Vec<(Token, Result<Response>)>,
+    counters: Counters,
+    last_snapshot: u64,
+    ticks_since_read: usize,
+    was_candidate: bool,
+}
+
+fn raft_err(e: raft::Error) -> Error {
+    Error::Storage(e.to_string())
+}
+
+impl<S: LogStore> Member<S> {
+    /// Writes the initial state of a new cluster into an empty store: a snapshot at index
+    /// 1 whose membership is `members` (`(id, address)`). Does nothing if the store
+    /// already holds state, so running it again is harmless.
+    pub fn bootstrap(store: &mut S, members: &[(u64, String)]) -> Result<bool> {
+        let initial = store.initial_state().map_err(raft_err)?;
+        if initial.initialized() || store.last_index().map_err(raft_err)? > 0 {
+            return Ok(false);
+        }
+        let mut sm = StateMachine::default();
+        for (id, address) in members {
+            sm.members
+                .insert(*id, crate::state_machine::MemberInfo { address: address.clone(), learner: false });
+        }
+        sm.applied_index = 1;
+        sm.applied_term = 1;
+        let cs = ConfState::from((members.iter().map(|(id, _)| *id).collect::<Vec<_>>(), Vec::<u64>::new()));
+        store.apply_snapshot(&snapshot_of(1, 1, &cs, sm.encode()))?;
+        Ok(true)
+    }
+
+    /// Starts a member on `store`, checking the store belongs to this cluster and node and
+    /// restoring the state machine from the store's snapshot. Committed entries after the
+    /// snapshot are applied again by the first `process_ready` calls.
+    pub fn new(cfg: MemberConfig, mut store: S, logger: &slog::Logger) -> Result<Self> {
+        store.ensure_identity(&Identity { cluster_id: cfg.cluster_id.clone(), node_id: cfg.id })?;
+        let sm = match store.snapshot(0, 0) {
+            Ok(snap) => StateMachine::decode(&snap.data).map_err(|e| Error::Storage(e.to_string()))?,
+            Err(_) => StateMachine::default(),
+        };
+        let mut rc = raft::Config {
+            id: cfg.id,
+            election_tick: cfg.election_tick,
+            heartbeat_tick: cfg.heartbeat_tick,
+            applied: sm.applied_index,
+            check_quorum: true,
+            pre_vote: true,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            max_committed_size_per_ready: 16 << 20,
+            ..Default::default()
+        };
+        if let Some((min, max)) = cfg.election_range {
+            rc.min_election_tick = min;
+            rc.max_election_tick = max;
+        }
+        rc.validate().map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let last_snapshot = sm.applied_index;
+        let raw = RawNode::new(&rc, store, logger).map_err(raft_err)?;
+        Ok(Self {
+            raw,
+            sm,
+            cfg,
+            seq: 0,
+            now_ms: 0,
+            waiting: HashMap::new(),
+            proposals: HashMap::new(),
+            answers: Vec::new(),
+            counters: Counters::default(),
+            last_snapshot,
+            ticks_since_read: 0,
+            was_candidate: false,
+        })
+    }
+
+    /// This member's id.
+    pub fn id(&self) -> u64 {
+        self.cfg.id
+    }
+
+    /// Sets the wall clock (ms since the Unix epoch) used for proposal and apply times.
+    pub fn set_time(&mut self, now_ms: i64) {
+        self.now_ms = now_ms;
+    }
+
+    /// The replicated state as applied here.
+    pub fn state(&self) -> &StateMachine {
+        &self.sm
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        self.raw.store()
+    }
+
+    /// The current role.
+    pub fn role(&self) -> Role {
+        Role::of(self.raw.raft.state)
+    }
+
+    /// The leader this member knows of (0: none).
+    pub fn leader_id(&self) -> u64 {
+        self.raw.raft.leader_id
+    }
+
+    /// The current term.
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    /// The addresses of every member, from the replicated membership.
+    pub fn addresses(&self) -> BTreeMap<u64, String> {
+        self.sm.members.iter().map(|(id, m)| (*id, m.address.clone())).collect()
+    }
+
+    /// Whether a majority is reachable: for a leader, a quorum of voters was recently
+    /// active; for a follower, a leader is known.
+    pub fn quorum_active(&self) -> bool {
+        match self.raw.raft.state {
+            StateRole::Leader => {
+                let prs = self.raw.raft.prs();
+                let voters: Vec<u64> = prs.conf().voters().ids().iter().collect();
+                let active = voters
+                    .iter()
+                    .filter(|id| **id == self.cfg.id || prs.get(**id).is_some_and(|p| p.recent_active))
+                    .count();
+                active > voters.len() / 2
+            }
+            _ => self.raw.raft.leader_id != 0,
+        }
+    }
+
+    /// Advances the logical clock by one tick; retries proposals dropped while no leader
+    /// was known and re-asks reads that got no read index.
+    pub fn tick(&mut self) {
+        self.raw.tick();
+        self.retry_dropped();
+        self.ticks_since_read += 1;
+        if self.ticks_since_read >= self.cfg.election_tick {
+            self.ticks_since_read = 0;
+            // raft-rs drops a read index request silently when no leader is known; ask
+            // again for every read still without one.
+            let mut tokens: Vec<Token> = self
+                .waiting
+                .iter()
+                .filter(|(_, w)| matches!(w, Waiting::ReadIndex(_)))
+                .map(|(t, _)| *t)
+                .collect();
+            // Sorted: the order of requests (and so of messages) must not depend on a
+            // hash seed, or simulation runs would not replay.
+            tokens.sort_unstable();
+            for t in tokens {
+                self.raw.read_index(t.to_le_bytes().to_vec());
+            }
+        }
+    }
+
+    /// Hands a peer's message to raft.
+    pub fn step(&mut self, m: Message) -> Result<()> {
+        self.counters.messages_received += 1;
+        match self.raw.step(m) {
+            Ok(()) => Ok(()),
+            // Messages from unknown peers or stale terms are part of normal operation.
+            Err(raft::Error::StepPeerNotFound | raft::Error::StepLocalMsg | raft::Error::ProposalDropped) => {
+                Ok(())
+            }
+            Err(e) => Err(Error::InvalidArgument(format!("peer message refused: {e}"))),
+        }
+    }
+
+    /// Tells raft how sending a snapshot to `to` ended: on failure the leader probes the
+    /// follower again instead of waiting for a snapshot that will never arrive.
+    pub fn report_snapshot(&mut self, to: u64, delivered: bool) {
+        let status = if delivered { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
+        self.raw.report_snapshot(to, status);
+    }
+
+    /// Tells raft that a message to `to` could not be sent; the leader slows down its
+    /// replication to that peer to probing.
+    pub fn report_unreachable(&mut self, to: u64) {
+        self.raw.report_unreachable(to);
+    }
+
+    /// Forgets a request whose deadline passed; a late result is dropped.
+    pub fn cancel(&mut self, token: Token) {
+        self.waiting.remove(&token);
+        self.proposals.retain(|_, t| *t != token);
+    }
+
+    /// Requests still waiting.
+    pub fn pending(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Answers ready to hand back.
+    pub fn take_answers(&mut self) -> Vec<(Token, Result<Response>)> {
+        std::mem::take(&mut self.answers)
+    }
+
+    fn answer(&mut self, token: Token, r: Result<Response>) {
+        self.waiting.remove(&token);
+        self.answers.push((token, r));
+    }
+
+    fn not_leader(&self) -> Error {
+        let id = self.raw.raft.leader_id;
+        Error::NotLeader {
+            leader_id: (id != 0).then_some(id),
+            leader_address: self.sm.members.get(&id).map(|m| m.address.clone()),
+        }
+    }
+
+    fn next_origin(&mut self) -> (Origin, u64) {
+        self.seq += 1;
+        (Origin { node: self.cfg.id, incarnation: self.cfg.incarnation, seq: self.seq }, self.seq)
+    }
+
+    /// Accepts a client request. The answer arrives through [`Member::take_answers`], at
+    /// once for reads of local state and refusals, later for anything that waits on the
+    /// log.
+    pub fn submit(&mut self, token: Token, req: Request) {
+        match req {
+            Request::Propose(body) => {
+                if let Err(e) = validate_body(&body) {
+                    return self.answer(token, Err(e));
+                }
+                let (origin, seq) = self.next_origin();
+                let data = Proposal { origin, time_ms: self.now_ms, body }.encode();
+                self.proposals.insert(seq, token);
+                self.waiting.insert(token, Waiting::Proposal);
+                self.propose(token, RetryKind::Propose(data, seq));
+            }
+            Request::Read(read, Consistency::Serializable) => {
+                let r = self.read(&read, self.sm.applied_index);
+                self.answer(token, r);
+            }
+            Request::Read(read, Consistency::Linearizable) => {
+                self.waiting.insert(token, Waiting::ReadIndex(read));
+                self.raw.read_index(token.to_le_bytes().to_vec());
+            }
+            Request::AddMember { id, address, learner } => {
+                self.change_membership(token, id, Some(address), learner)
+            }
+            Request::PromoteLearner { id } => self.change_membership(token, id, None, false),
+            Request::RemoveMember { id } => self.change_membership(token, id, None, true),
+            Request::TransferLeader { to } => {
+                if !self.raw.raft.prs().conf().voters().contains(to) {
+                    return self.answer(token, Err(Error::UnknownMember(to)));
+                }
+                if self.raw.raft.leader_id == to {
+                    return self.answer(token, Ok(Response::Reached(self.raw.raft.term)));
+                }
+                self.waiting.insert(token, Waiting::Transfer(to));
+                self.raw.transfer_leader(to);
+            }
+            Request::WaitCommitted(i) => {
+                self.waiting.insert(token, Waiting::Committed(i));
+                self.resolve_waiters();
+            }
+            Request::WaitApplied(i) => {
+                self.waiting.insert(token, Waiting::Applied(i));
+                self.resolve_waiters();
+            }
+        }
+    }
+
+    /// Membership changes: `address` set = add (voter or learner by `flag`), `None` with
+    /// `flag` = remove, `None` without = promote.
+    fn change_membership(&mut self, token: Token, id: u64, address: Option<String>, flag: bool) {
+        if self.raw.raft.state != StateRole::Leader {
+            let e = self.not_leader();
+            return self.answer(token, Err(e));
+        }
+        if id == 0 {
+            return self
+                .answer(token, Err(Error::InvalidArgument("node id 0 is reserved; ids start at 1".into())));
+        }
+        let conf = self.raw.raft.prs().conf();
+        let is_voter = conf.voters().contains(id);
+        let is_learner = conf.learners().contains(&id);
+        let (change, addr) = match (&address, flag) {
+            (Some(addr), learner) => {
+                if let Some(m) = self.sm.members.get(&id) {
+                    if (is_voter || is_learner) && m.address == *addr && m.learner == learner {
+                        return self.answer(token, Ok(Response::Unchanged));
+                    }
+                    if (is_voter || is_learner) && m.address != *addr {
+                        return self.answer(
+                            token,
+                            Err(Error::InvalidArgument(format!(
+                                "node {id} is already a member at {}; remove it first to change its address",
+                                m.address
+                            ))),
+                        );
+                    }
+                }
+                let t = if learner { ConfChangeType::AddLearnerNode } else { ConfChangeType::AddNode };
+                (t, addr.clone())
+            }
+            (None, true) => {
+                if !is_voter && !is_learner {
+                    return self.answer(token, Err(Error::UnknownMember(id)));
+                }
+                (ConfChangeType::RemoveNode, String::new())
+            }
+            (None, false) => {
+                if is_voter {
+                    return self.answer(token, Ok(Response::Unchanged));
+                }
+                if !is_learner {
+                    return self.answer(token, Err(Error::UnknownMember(id)));
+                }
+                (ConfChangeType::AddNode, String::new())
+            }
+        };
+        if self.raw.raft.has_pending_conf() {
+            return self.answer(
+                token,
+                Err(Error::Busy("another membership change is still being applied; try again".into())),
+            );
+        }
+        let (origin, seq) = self.next_origin();
+        let ctx = ConfContext { origin, address: addr }.encode();
+        let cc = ConfChangeV2 {
+            changes: vec![ConfChangeSingle { change_type: change as i32, node_id: id }],
+            ..Default::default()
+        };
+        self.proposals.insert(seq, token);
+        self.waiting.insert(token, Waiting::Proposal);
+        self.propose(token, RetryKind::Conf(cc, ctx, seq));
+    }
+
+    fn propose(&mut self, token: Token, kind: RetryKind) {
+        let r = match &kind {
+            RetryKind::Propose(data, _) => self.raw.propose(vec![], data.clone()),
+            RetryKind::Conf(cc, ctx, _) => self.raw.propose_conf_change(ctx.clone(), cc.clone()),
+        };
+        match r {
+            Ok(()) => self.counters.proposals += 1,
+            Err(raft::Error::ProposalDropped) => {
+                self.waiting.insert(token, Waiting::Retry(kind));
+            }
+            Err(e) => {
+                let seq = match kind {
+                    RetryKind::Propose(_, s) | RetryKind::Conf(_, _, s) => s,
+                };
+                self.proposals.remove(&seq);
+                self.answer(token, Err(Error::InvalidArgument(e.to_string())));
+            }
+        }
+    }
+
+    fn retry_dropped(&mut self) {
+        if self.raw.raft.leader_id == 0 {
+            return;
+        }
+        let mut tokens: Vec<Token> =
+            self.waiting.iter().filter(|(_, w)| matches!(w, Waiting::Retry(_))).map(|(t, _)| *t).collect();
+        tokens.sort_unstable();
+        for t in tokens {
+            if let Some(Waiting::Retry(kind)) = self.waiting.remove(&t) {
+                self.waiting.insert(t, Waiting::Proposal);
+                self.propose(t, kind);
+            }
+        }
+    }
+
+    fn read(&self, read: &Read, read_index: u64) -> Result<Response> {
+        let kv = &self.sm.kv;
+        let compacted =
+            |e: crate::kv::Compacted| Error::Compacted { requested: e.requested, compacted: e.compacted };
+        match read {
+            Read::Get { key, revision } => {
+                kv.get(key, *revision).map(|v| Response::Kvs(v.into_iter().collect())).map_err(compacted)
+            }
+            Read::Range { prefix, revision, limit } => {
+                kv.range(prefix, *revision, *limit).map(Response::Kvs).map_err(compacted)
+            }
+            Read::Hash { revision } => kv
+                .hash(*revision)
+                .map(|hash| Response::Hash { hash, revision: revision.unwrap_or(kv.revision()) })
+                .map_err(compacted),
+            Read::Stats => Ok(Response::KvFigures(KvFigures {
+                keys: kv.live_keys() as u64,
+                history: kv.history_len() as u64,
+                tombstones: kv.tombstones() as u64,
+                size_bytes: kv.size_bytes() as u64,
+                revision: kv.revision(),
+                compact_revision: kv.compact_revision(),
+                stats: kv.stats(),
+            })),
+            Read::Barrier => Ok(Response::Reached(read_index)),
+        }
+    }
+
+    /// Persists and applies what raft has ready, in the order that keeps every promise:
+    /// returns the messages to send now.
+    pub fn process_ready(&mut self) -> Result<Vec<Message>> {
+        let mut out = Vec::new();
+        if !self.raw.has_ready() {
+            self.resolve_waiters();
+            return Ok(out);
+        }
+        let mut rd = self.raw.ready();
+        if let Some(ss) = rd.ss() {
+            let candidate = matches!(ss.raft_state, StateRole::Candidate);
+            if candidate && !self.was_candidate {
+                self.counters.elections += 1;
+            }
+            self.was_candidate = candidate;
+        }
+        // 1. A leader's own messages may leave before its disk write: it counts itself in
+        //    the quorum only after persisting (Raft thesis 10.2.1).
+        out.extend(rd.take_messages());
+        // 2. A snapshot from the leader replaces the state before anything after it.
+        if !rd.snapshot().is_empty() {
+            let snap = rd.snapshot().clone();
+            self.raw.mut_store().apply_snapshot(&snap)?;
+            self.sm = StateMachine::decode(&snap.data).map_err(|e| Error::Storage(e.to_string()))?;
+            self.last_snapshot = self.sm.applied_index;
+            self.counters.snapshots_installed += 1;
+        }
+        // 3. New entries, then term/vote/commit: fsynced before anything that depends on
+        //    them is sent (votes, append responses) or applied.
+        self.raw.mut_store().append(rd.entries())?;
+        if let Some(hs) = rd.hs() {
+            self.raw.mut_store().set_hard_state(hs)?;
+        }
+        // 4. Committed entries are durable on a quorum: apply them.
+        let committed = rd.take_committed_entries();
+        self.apply_entries(committed)?;
+        // 5. Messages that promise what was just persisted.
+        out.extend(rd.take_persisted_messages());
+        for rs in rd.take_read_states() {
+            let token =
+                u64::from_le_bytes(rs.request_ctx.get(..8).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]));
+            if let Some(Waiting::ReadIndex(read)) = self.waiting.remove(&token) {
+                self.waiting.insert(token, Waiting::ReadAt(rs.index, read));
+            }
+        }
+        let mut light = self.raw.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            let mut hs = self.raw.store().hard_state();
+            hs.commit = commit;
+            self.raw.mut_store().set_hard_state(&hs)?;
+        }
+        out.extend(light.take_messages());
+        let committed = light.take_committed_entries();
+        self.apply_entries(committed)?;
+        self.raw.advance_apply();
+        self.maybe_snapshot()?;
+        self.snapshot_for_readded_peers()?;
+        self.resolve_waiters();
+        self.counters.messages_sent += out.len() as u64;
+        Ok(out)
+    }
+
+    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<()> {
+        for e in entries {
+            if e.index <= self.sm.applied_index {
+                continue; // already in the state machine (restored from a snapshot)
+            }
+            self.counters.applied_entries += 1;
+            match e.get_entry_type() {
+                EntryType::EntryNormal if e.data.is_empty() => {
+                    self.sm.apply_empty(e.index, e.term, self.now_ms)
+                }
+                EntryType::EntryNormal => {
+                    let p = Proposal::decode(&e.data).map_err(|err| {
+                        Error::Storage(format!("entry {} cannot be applied: {err}", e.index))
+                    })?;
+                    let outcome = self.sm.apply(e.index, e.term, &p, self.now_ms);
+                    self.complete(p.origin, Ok(Response::Applied { index: e.index, outcome }));
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => self.apply_conf_change(&e)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_conf_change(&mut self, e: &Entry) -> Result<()> {
+        let cc: ConfChangeV2 = if e.get_entry_type() == EntryType::EntryConfChange {
+            raft::prelude::ConfChange::decode(&e.data[..])
+                .map_err(|err| Error::Storage(format!("conf change {}: {err}", e.index)))?
+                .into_v2()
+        } else {
+            ConfChangeV2::decode(&e.data[..])
+                .map_err(|err| Error::Storage(format!("conf change {}: {err}", e.index)))?
+        };
+        let ctx = if e.context.is_empty() { None } else { ConfContext::decode(&e.context).ok() };
+        let cs = self.raw.apply_conf_change(&cc).map_err(raft_err)?;
+        self.raw.mut_store().set_conf_state(&cs)?;
+        if self.raw.raft.state == StateRole::Leader && !cs.voters.contains(&self.cfg.id) {
+            // A leader that removed itself would keep leading a configuration it is not
+            // part of, dropping every proposal (raft-rs does not step down on its own):
+            // hand leadership to the most up-to-date voter.
+            let prs = self.raw.raft.prs();
+            let best = cs.voters.iter().copied().max_by_key(|id| prs.get(*id).map_or(0, |p| p.matched));
+            if let Some(to) = best {
+                self.raw.transfer_leader(to);
+            }
+        }
+        let changes: Vec<(u64, MembershipChange)> = cc
+            .changes
+            .iter()
+            .map(|c| {
+                let kind = match c.get_change_type() {
+                    ConfChangeType::AddNode => MembershipChange::AddVoter,
+                    ConfChangeType::AddLearnerNode => MembershipChange::AddLearner,
+                    ConfChangeType::RemoveNode => MembershipChange::Remove,
+                };
+                (c.node_id, kind)
+            })
+            .collect();
+        let address = ctx.as_ref().map(|c| c.address.clone()).unwrap_or_default();
+        self.sm.apply_membership(e.index, e.term, e.entry_type, &changes, &address, self.now_ms);
+        if let Some(ctx) = ctx {
+            self.complete(
+                ctx.origin,
+                Ok(Response::Applied { index: e.index, outcome: crate::state_machine::Outcome::Membership }),
+            );
+        }
+        Ok(())
+    }
+
+    fn complete(&mut self, origin: Origin, r: Result<Response>) {
+        if origin.node != self.cfg.id || origin.incarnation != self.cfg.incarnation {
+            return;
+        }
+        if let Some(token) = self.proposals.remove(&origin.seq) {
+            if self.waiting.contains_key(&token) {
+                self.answer(token, r);
+            }
+        }
+    }
+
+    fn maybe_snapshot(&mut self) -> Result<()> {
+        let applied = self.sm.applied_index;
+        if applied < self.last_snapshot + self.cfg.snapshot_count {
+            return Ok(());
+        }
+        let cs = self.raw.raft.prs().conf().to_conf_state();
+        let data = self.sm.encode();
+        let keep = self.cfg.snapshot_catchup;
+        self.raw.mut_store().create_snapshot(applied, &cs, data, keep)?;
+        self.last_snapshot = applied;
+        self.counters.snapshots_taken += 1;
+        Ok(())
+    }
+
+    /// A leader whose peer needs a snapshot that the stored one cannot serve (it predates
+    /// the peer's re-admission, so it does not name the peer) takes a fresh one.
+    fn snapshot_for_readded_peers(&mut self) -> Result<()> {
+        if self.raw.raft.state != StateRole::Leader {
+            return Ok(());
+        }
+        let first = self.raw.store().first_index().map_err(raft_err)?;
+        let stuck = self.raw.raft.prs().iter().any(|(id, pr)| {
+            *id != self.cfg.id && pr.next_idx < first && self.raw.store().snapshot(0, *id).is_err()
+        });
+        if stuck && self.sm.applied_index > self.last_snapshot {
+            let applied = self.sm.applied_index;
+            let cs = self.raw.raft.prs().conf().to_conf_state();
+            let data = self.sm.encode();
+            let keep = self.cfg.snapshot_catchup;
+            self.raw.mut_store().create_snapshot(applied, &cs, data, keep)?;
+            self.last_snapshot = applied;
+            self.counters.snapshots_taken += 1;
+        }
+        Ok(())
+    }
+
+    /// Takes a snapshot now and compacts the log behind it (`pgraft_kv_compact`).
+    pub fn compact_log(&mut self) -> Result<u64> {
+        let applied = self.sm.applied_index;
+        if applied > self.last_snapshot {
+            let cs = self.raw.raft.prs().conf().to_conf_state();
+            let data = self.sm.encode();
+            self.raw.mut_store().create_snapshot(applied, &cs, data, 0)?;
+            self.last_snapshot = applied;
+            self.counters.snapshots_taken += 1;
+        }
+        Ok(applied)
+    }
+
+    fn resolve_waiters(&mut self) {
+        let commit = self.raw.raft.raft_log.committed;
+        let applied = self.sm.applied_index;
+        let leader = self.raw.raft.leader_id;
+        let term = self.raw.raft.term;
+        let mut ready = Vec::new();
+        for (token, w) in &self.waiting {
+            match w {
+                Waiting::ReadAt(i, _) | Waiting::Applied(i) if *i <= applied => ready.push(*token),
+                Waiting::Committed(i) if *i <= commit => ready.push(*token),
+                Waiting::Transfer(to) if *to == leader => ready.push(*token),
+                _ => {}
+            }
+        }
+        ready.sort_unstable();
+        for token in ready {
+            let r = match self.waiting.remove(&token) {
+                Some(Waiting::ReadAt(i, read)) => self.read(&read, i),
+                Some(Waiting::Applied(_)) => Ok(Response::Reached(applied)),
+                Some(Waiting::Committed(_)) => Ok(Response::Reached(commit)),
+                Some(Waiting::Transfer(_)) => Ok(Response::Reached(term)),
+                _ => continue,
+            };
+            self.answers.push((token, r));
+        }
+    }
+
+    /// The raw bytes of a `Raw` entry at `index`, or a description of any other entry, while
+    /// the log still holds it.
+    pub fn entry(&self, index: u64) -> Result<Option<Entry>> {
+        let s = self.raw.store();
+        let first = s.first_index().map_err(raft_err)?;
+        let last = s.last_index().map_err(raft_err)?;
+        if index < first || index > last {
+            return Ok(None);
+        }
+        let mut e =
+            s.entries(index, index + 1, None, raft::GetEntriesContext::empty(false)).map_err(raft_err)?;
+        Ok(e.pop())
+    }
+
+    /// A picture of the member.
+    pub fn status(&self) -> MemberStatus {
+        let r = &self.raw.raft;
+        let conf = r.prs().conf();
+        let mut voters: Vec<u64> = conf.voters().ids().iter().collect();
+        voters.sort_unstable();
+        let mut learners: Vec<u64> = conf.learners().iter().copied().collect();
+        learners.sort_unstable();
+        let progress = if r.state == StateRole::Leader {
+            let mut p: Vec<PeerProgress> = r
+                .prs()
+                .iter()
+                .map(|(id, pr)| PeerProgress {
+                    id: *id,
+                    matched: pr.matched,
+                    next: pr.next_idx,
+                    state: format!("{:?}", pr.state).to_lowercase(),
+                    recent_active: pr.recent_active || *id == self.cfg.id,
+                    learner: conf.learners().contains(id),
+                })
+                .collect();
+            p.sort_by_key(|x| x.id);
+            p
+        } else {
+            Vec::new()
+        };
+        MemberStatus {
+            id: self.cfg.id,
+            role: Role::of(r.state),
+            term: r.term,
+            vote: r.vote,
+            leader_id: r.leader_id,
+            commit: r.raft_log.committed,
+            applied: self.sm.applied_index,
+            first_index: self.raw.store().first_index().unwrap_or(0),
+            last_index: r.raft_log.last_index(),
+            voters,
+            learners,
+            progress,
+            counters: self.counters,
+            pending: self.waiting.len(),
+        }
+    }
+}
+
+fn validate_body(body: &Body) -> Result<()> {
+    match body {
+        Body::Kv(crate::kv::KvOp::Put { key, .. })
+        | Body::Kv(crate::kv::KvOp::Delete { key, .. })
+        | Body::Kv(crate::kv::KvOp::CompareAndSwap { key, .. })
+            if key.is_empty() =>
+        {
+            Err(Error::InvalidArgument("the key must not be empty".into()))
+        }
+        _ => Ok(()),
+    }
+}

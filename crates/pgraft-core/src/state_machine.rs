@@ -1,0 +1,268 @@
+//! The replicated state: the KV store, the membership's addresses, cluster-wide settings,
+//! and a record of recently applied entries. Snapshots carry all of it.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Body, Proposal};
+use crate::kv::{KvOp, KvResult, KvStore};
+
+/// How many applied entries the history keeps (`pgraft.applied_entries`).
+pub const HISTORY_LIMIT: usize = 10_000;
+
+/// A member's address as recorded when it was added.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// `host:port` other members dial.
+    pub address: String,
+    /// A learner receives the log but does not vote.
+    pub learner: bool,
+}
+
+/// What one applied entry was and did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedRecord {
+    /// Log index.
+    pub index: u64,
+    /// Term.
+    pub term: u64,
+    /// raft's entry type: 0 normal, 1 conf change, 2 conf change v2.
+    pub entry_type: i32,
+    /// When this member applied it, ms since the Unix epoch.
+    pub applied_ms: i64,
+    /// The operation (`kv_put`, `replicate_entry`, `add_member`, ...; `noop` for a new
+    /// leader's empty entry).
+    pub operation: String,
+    /// The key, prefix, member or setting it targeted.
+    pub target: Option<String>,
+    /// The operation's arguments as a JSON document.
+    pub data: String,
+}
+
+/// What applying a normal entry produced, for the client that waits for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// A KV operation's result.
+    Kv(KvResult),
+    /// Raw data recorded.
+    Raw,
+    /// A setting changed.
+    Config,
+    /// A probe went through.
+    Probe,
+    /// A membership change was applied.
+    Membership,
+}
+
+/// The replicated state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateMachine {
+    /// The KV store.
+    pub kv: KvStore,
+    /// Every voter and learner with its address.
+    pub members: BTreeMap<u64, MemberInfo>,
+    /// Cluster-wide settings changed through the log, name -> value.
+    pub config: BTreeMap<String, String>,
+    /// The last [`HISTORY_LIMIT`] applied entries, oldest first.
+    pub history: VecDeque<AppliedRecord>,
+    /// The index of the last applied entry.
+    pub applied_index: u64,
+    /// Its term.
+    pub applied_term: u64,
+    /// How many raw entries were applied.
+    pub raw_entries: u64,
+}
+
+/// A snapshot image that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("undecodable state machine snapshot: {0}")]
+pub struct SnapshotDecodeError(pub String);
+
+const SNAPSHOT_FORMAT: u8 = 1;
+
+impl StateMachine {
+    /// The state to put in a snapshot.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![SNAPSHOT_FORMAT];
+        out.extend(postcard::to_stdvec(self).expect("postcard serialises plain data into a Vec"));
+        out
+    }
+
+    /// Restores a snapshot image.
+    pub fn decode(bytes: &[u8]) -> Result<Self, SnapshotDecodeError> {
+        match bytes.split_first() {
+            Some((&SNAPSHOT_FORMAT, rest)) => {
+                postcard::from_bytes(rest).map_err(|e| SnapshotDecodeError(e.to_string()))
+            }
+            Some((v, _)) => Err(SnapshotDecodeError(format!("unknown snapshot format {v}"))),
+            None => Err(SnapshotDecodeError("empty snapshot".into())),
+        }
+    }
+
+    fn record(&mut self, rec: AppliedRecord) {
+        self.applied_index = rec.index;
+        self.applied_term = rec.term;
+        if self.history.len() == HISTORY_LIMIT {
+            self.history.pop_front();
+        }
+        self.history.push_back(rec);
+    }
+
+    /// Applies a normal entry's proposal.
+    pub fn apply(&mut self, index: u64, term: u64, p: &Proposal, now_ms: i64) -> Outcome {
+        let (outcome, target, data) = match &p.body {
+            Body::Kv(op) => {
+                let r = self.kv.apply(op);
+                (Outcome::Kv(r), op.target().map(str::to_string), kv_data(op))
+            }
+            Body::Raw(bytes) => {
+                self.raw_entries += 1;
+                let text = String::from_utf8_lossy(bytes);
+                let data = match serde_json::from_str::<serde_json::Value>(&text) {
+                    Ok(v) => v.to_string(),
+                    Err(_) => serde_json::json!({ "data": text }).to_string(),
+                };
+                (Outcome::Raw, None, data)
+            }
+            Body::SetConfig { name, value } => {
+                self.config.insert(name.clone(), value.clone());
+                (Outcome::Config, Some(name.clone()), serde_json::json!({ "value": value }).to_string())
+            }
+            Body::Probe => (Outcome::Probe, None, "{}".to_string()),
+        };
+        self.record(AppliedRecord {
+            index,
+            term,
+            entry_type: 0,
+            applied_ms: now_ms,
+            operation: p.body.name().to_string(),
+            target,
+            data,
+        });
+        outcome
+    }
+
+    /// Records an entry that carries no proposal (a new leader's empty entry).
+    pub fn apply_empty(&mut self, index: u64, term: u64, now_ms: i64) {
+        self.record(AppliedRecord {
+            index,
+            term,
+            entry_type: 0,
+            applied_ms: now_ms,
+            operation: "noop".into(),
+            target: None,
+            data: "{}".into(),
+        });
+    }
+
+    /// Applies a membership change: `added` members (with their address), `removed` ones.
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply_membership(
+        &mut self,
+        index: u64,
+        term: u64,
+        entry_type: i32,
+        changes: &[(u64, MembershipChange)],
+        address: &str,
+        now_ms: i64,
+    ) {
+        let mut ops = Vec::new();
+        for (id, change) in changes {
+            match change {
+                MembershipChange::AddVoter | MembershipChange::AddLearner => {
+                    let learner = matches!(change, MembershipChange::AddLearner);
+                    let addr = if address.is_empty() {
+                        self.members.get(id).map(|m| m.address.clone()).unwrap_or_default()
+                    } else {
+                        address.to_string()
+                    };
+                    self.members.insert(*id, MemberInfo { address: addr, learner });
+                    ops.push(if learner { "add_learner" } else { "add_member" });
+                }
+                MembershipChange::Remove => {
+                    self.members.remove(id);
+                    ops.push("remove_member");
+                }
+            }
+        }
+        let target = changes.iter().map(|(id, _)| id.to_string()).collect::<Vec<_>>().join(",");
+        self.record(AppliedRecord {
+            index,
+            term,
+            entry_type,
+            applied_ms: now_ms,
+            operation: ops.first().copied().unwrap_or("conf_change").to_string(),
+            target: Some(target),
+            data: serde_json::json!({ "address": address }).to_string(),
+        });
+    }
+}
+
+/// One member's part of a membership change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MembershipChange {
+    /// Add (or promote) a voter.
+    AddVoter,
+    /// Add a learner (or demote a voter).
+    AddLearner,
+    /// Remove.
+    Remove,
+}
+
+fn kv_data(op: &KvOp) -> String {
+    let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+    match op {
+        KvOp::Put { key, value, .. } => serde_json::json!({ "key": key, "value": text(value) }),
+        KvOp::Delete { key, .. } => serde_json::json!({ "key": key }),
+        KvOp::DeletePrefix { prefix, .. } => serde_json::json!({ "prefix": prefix }),
+        KvOp::CompareAndSwap { key, compare, action, .. } => {
+            serde_json::json!({ "key": key, "compare": format!("{compare:?}"), "action": format!("{action:?}") })
+        }
+        KvOp::Compact { revision } => serde_json::json!({ "revision": revision }),
+        KvOp::Reset => serde_json::json!({}),
+    }
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Origin;
+
+    fn prop(body: Body) -> Proposal {
+        Proposal { origin: Origin { node: 1, incarnation: 1, seq: 1 }, time_ms: 10, body }
+    }
+
+    #[test]
+    fn snapshot_round_trip_carries_everything() {
+        let mut sm = StateMachine::default();
+        sm.apply(1, 1, &prop(Body::Kv(KvOp::Put { key: "a".into(), value: b"1".to_vec(), time_ms: 1 })), 100);
+        sm.apply(2, 1, &prop(Body::Raw(br#"{"x": 1}"#.to_vec())), 101);
+        sm.apply(
+            3,
+            1,
+            &prop(Body::SetConfig { name: "heartbeat_interval".into(), value: "75ms".into() }),
+            102,
+        );
+        sm.apply_membership(4, 1, 2, &[(2, MembershipChange::AddVoter)], "127.0.0.1:7002", 103);
+        let back = StateMachine::decode(&sm.encode()).expect("decodes");
+        assert_eq!(back, sm);
+        assert_eq!(back.applied_index, 4);
+        assert_eq!(back.members[&2].address, "127.0.0.1:7002");
+        assert_eq!(back.history.len(), 4);
+        assert_eq!(back.history[1].data, r#"{"x":1}"#);
+        assert!(StateMachine::decode(b"").is_err());
+        assert!(StateMachine::decode(&[9, 1, 2]).is_err());
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let mut sm = StateMachine::default();
+        for i in 1..=(HISTORY_LIMIT as u64 + 5) {
+            sm.apply(i, 1, &prop(Body::Probe), 0);
+        }
+        assert_eq!(sm.history.len(), HISTORY_LIMIT);
+        assert_eq!(sm.history.front().map(|r| r.index), Some(6));
+    }
+}

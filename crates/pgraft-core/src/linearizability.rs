@@ -277,37 +277,33 @@ fn check_key(ops: &[&Operation]) -> bool {
                 cursor = ev.next;
             }
         } else {
-            // A return whose operation is not linearized yet: undo the last choice.
-            loop {
-                let Some(mut frame) = stack.pop() else { return false };
-                events.unlift(frame.op);
-                state = frame.before.clone();
-                set(&mut linearized, frame.op, false);
-                // Try the frame's other outcomes before moving past its call.
-                let mut placed = false;
-                while let Some(next_state) = frame.alternatives.pop() {
-                    set(&mut linearized, frame.op, true);
-                    if cache.insert((linearized.clone(), next_state.clone())) {
-                        let op = frame.op;
-                        stack.push(Frame {
-                            call_event: frame.call_event,
-                            op,
-                            before: state.clone(),
-                            alternatives: std::mem::take(&mut frame.alternatives),
-                        });
-                        state = next_state;
-                        events.lift(op);
-                        cursor = events.head;
-                        placed = true;
-                        break;
-                    }
-                    set(&mut linearized, frame.op, false);
-                }
-                if placed {
+            // A return whose operation is not linearized yet: undo the last choice, try its
+            // other outcomes, else move on past its call.
+            let Some(mut frame) = stack.pop() else { return false };
+            events.unlift(frame.op);
+            state = frame.before.clone();
+            set(&mut linearized, frame.op, false);
+            let mut placed = false;
+            while let Some(next_state) = frame.alternatives.pop() {
+                set(&mut linearized, frame.op, true);
+                if cache.insert((linearized.clone(), next_state.clone())) {
+                    let op = frame.op;
+                    stack.push(Frame {
+                        call_event: frame.call_event,
+                        op,
+                        before: state.clone(),
+                        alternatives: std::mem::take(&mut frame.alternatives),
+                    });
+                    state = next_state;
+                    events.lift(op);
+                    cursor = events.head;
+                    placed = true;
                     break;
                 }
+                set(&mut linearized, frame.op, false);
+            }
+            if !placed {
                 cursor = events.ev[frame.call_event].next;
-                break;
             }
         }
     }

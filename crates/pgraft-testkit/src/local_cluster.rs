@@ -158,7 +158,7 @@ impl LocalCluster {
         }
         cluster.ensure_proxy()?;
         for n in &cluster.state.nodes {
-            cluster.start_node(n)?;
+            cluster.start(n.node_id)?;
         }
         if !opts.no_init {
             cluster.bootstrap()?;
@@ -232,22 +232,60 @@ impl LocalCluster {
         )
     }
 
-    /// Starts member `id` again (after `kill` or a stop).
+    /// Starts member `id` (after `kill` or a stop). The cluster's supervisor runs the
+    /// start, so the new postmaster is its descendant and gets reaped when it dies.
     pub fn start(&self, id: u64) -> Result<()> {
+        self.node(id)?;
         self.ensure_proxy()?;
-        let n = self.node(id)?.clone();
-        self.start_node(&n)
+        self.proxy().request_within(&format!("start {id}"), Duration::from_secs(120)).map(|_| ())
     }
 
-    /// Starts every member that is not running, and the proxy.
+    /// Starts every member that is not running, and the supervisor.
     pub fn start_all(&self) -> Result<()> {
         self.ensure_proxy()?;
         for n in &self.state.nodes {
             if self.postmaster_pid(n.node_id)?.is_none() {
-                self.start_node(n)?;
+                self.start(n.node_id)?;
             }
         }
         Ok(())
+    }
+
+    /// Runs the cluster's supervisor in this process until `down`: the partition proxy, the
+    /// starts of servers, and the reaping of dead postmasters.
+    ///
+    /// A killed postmaster stays a zombie until its parent reaps it, and PostgreSQL will
+    /// not start while its old postmaster's pid exists. `pg_ctl` leaves the postmaster
+    /// orphaned, so the supervisor declares itself a child subreaper: orphans below it
+    /// become its children, and it reaps them.
+    pub fn serve(dir: &Path) -> Result<()> {
+        let cluster = std::sync::Arc::new(Self::open(dir)?);
+        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes one integer argument.
+        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+            bail!("prctl(PR_SET_CHILD_SUBREAPER): {}", std::io::Error::last_os_error());
+        }
+        std::thread::Builder::new()
+            .name("reaper".into())
+            .spawn(|| loop {
+                reap_dead_servers();
+                std::thread::sleep(Duration::from_millis(20));
+            })
+            .context("spawn the reaper")?;
+        let c = std::sync::Arc::clone(&cluster);
+        crate::proxy::PartitionProxy::new(cluster.nodes()).run(
+            &cluster.dir.join(PROXY_SOCKET),
+            move |words| match words {
+                ["start", n] => Some(
+                    n.parse::<u64>()
+                        .with_context(|| format!("{n:?} is not a node id"))
+                        .and_then(|id| c.node(id).cloned())
+                        .and_then(|node| {
+                            c.start_node(&node).map(|()| format!("started node {}", node.node_id))
+                        }),
+                ),
+                _ => None,
+            },
+        )
     }
 
     /// Stops member `id` cleanly (fast shutdown).
@@ -451,6 +489,19 @@ impl LocalCluster {
     }
 
     fn start_node(&self, n: &Node) -> Result<()> {
+        if let Some(pid) = read_postmaster_pid(&n.data_dir) {
+            if alive(pid) {
+                bail!("node {} is already running (postmaster pid {pid})", n.node_id);
+            }
+            // A dead postmaster's pid must be gone entirely (reaped) before PostgreSQL
+            // accepts the lock file as stale.
+            wait_until(
+                "the old postmaster to be reaped",
+                Duration::from_secs(10),
+                Duration::from_millis(20),
+                || Ok((!Path::new(&format!("/proc/{pid}")).exists()).then_some(())),
+            )?;
+        }
         // Children of a killed postmaster exit when they notice its death; a new postmaster
         // refuses to start while they still hold the old shared memory.
         let data = n.data_dir.clone();
@@ -535,6 +586,26 @@ impl LocalCluster {
             )?;
         }
         Ok(())
+    }
+}
+
+/// Reaps our zombie children that are PostgreSQL processes (orphaned postmasters). Other
+/// children (the `runuser`/`pg_ctl` a request is waiting for) are left to their waiters.
+fn reap_dead_servers() {
+    let me = std::process::id();
+    let Ok(entries) = fs::read_dir("/proc") else { return };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let comm = &stat[open + 1..close];
+        let mut rest = stat[close + 1..].split_whitespace();
+        let (state, ppid) = (rest.next(), rest.next().and_then(|p| p.parse::<u32>().ok()));
+        if state == Some("Z") && ppid == Some(me) && (comm == "postgres" || comm == "postmaster") {
+            let mut status = 0;
+            // SAFETY: waitpid on our own zombie child with WNOHANG; status is a valid int.
+            unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        }
     }
 }
 

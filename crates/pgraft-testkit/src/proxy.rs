@@ -81,7 +81,13 @@ impl PartitionProxy {
     }
 
     /// Binds every front port and the control socket, then serves until told to stop.
-    pub fn run(self, control: &Path) -> Result<()> {
+    /// Requests the proxy does not know go to `extra`, which answers `None` for "unknown"
+    /// (the cluster supervisor adds `start N` this way). Each control connection is served
+    /// on its own thread, so a slow request does not hold up a partition.
+    pub fn run<F>(self, control: &Path, extra: F) -> Result<()>
+    where
+        F: Fn(&[&str]) -> Option<Result<String>> + Send + Sync + 'static,
+    {
         let mut listeners = Vec::new();
         for r in &self.routes {
             let l = TcpListener::bind(r.front)
@@ -103,19 +109,38 @@ impl PartitionProxy {
                 .spawn(move || accept_loop(route, listener, state, ids, sources))
                 .context("spawn a proxy accept thread")?;
         }
-        for conn in ctl.incoming() {
-            let Ok(conn) = conn else { continue };
-            match self.serve_control(conn) {
-                Ok(true) => return Ok(()),
-                Ok(false) => {}
-                Err(e) => eprintln!("proxy: control request failed: {e:#}"),
-            }
-        }
+        let me = Arc::new(self);
+        let extra = Arc::new(extra);
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("proxy-control".into())
+            .spawn(move || {
+                for conn in ctl.incoming() {
+                    let Ok(conn) = conn else { continue };
+                    let (me, extra, stop_tx) = (Arc::clone(&me), Arc::clone(&extra), stop_tx.clone());
+                    let _ = std::thread::Builder::new().name("proxy-request".into()).spawn(move || match me
+                        .serve_control(conn, extra.as_ref())
+                    {
+                        Ok(true) => {
+                            let _ = stop_tx.send(());
+                        }
+                        Ok(false) => {}
+                        Err(e) => eprintln!("proxy: control request failed: {e:#}"),
+                    });
+                }
+            })
+            .context("spawn the control thread")?;
+        // Returns when a `stop` request was answered.
+        let _ = stop_rx.recv();
         Ok(())
     }
 
     /// Answers one control request; returns true when told to stop.
-    fn serve_control(&self, conn: UnixStream) -> Result<bool> {
+    fn serve_control(
+        &self,
+        conn: UnixStream,
+        extra: &(dyn Fn(&[&str]) -> Option<Result<String>> + Send + Sync),
+    ) -> Result<bool> {
         let mut line = String::new();
         BufReader::new(&conn).read_line(&mut line).context("read a control request")?;
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -144,7 +169,11 @@ impl PartitionProxy {
                 (format!("ok cut={} links={}", cut.join(","), st.links.len()), false)
             }
             ["stop"] => ("ok stopping".to_string(), true),
-            _ => (format!("error unknown request {:?}", line.trim()), false),
+            _ => match extra(&words) {
+                Some(Ok(answer)) => (format!("ok {answer}"), false),
+                Some(Err(e)) => (format!("error {}", format!("{e:#}").replace('\n', " ")), false),
+                None => (format!("error unknown request {:?}", line.trim()), false),
+            },
         };
         let mut w = &conn;
         writeln!(w, "{reply}").context("answer a control request")?;
@@ -250,9 +279,14 @@ impl ProxyClient {
 
     /// Sends one request and returns the answer after `ok`, or fails with the proxy's error.
     pub fn request(&self, req: &str) -> Result<String> {
+        self.request_within(req, Duration::from_secs(10))
+    }
+
+    /// [`ProxyClient::request`] with a longer wait for slow requests (starting a server).
+    pub fn request_within(&self, req: &str, timeout: Duration) -> Result<String> {
         let mut s = UnixStream::connect(&self.control)
             .with_context(|| format!("connect to the partition proxy at {}", self.control.display()))?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).context("set a read timeout")?;
+        s.set_read_timeout(Some(timeout)).context("set a read timeout")?;
         writeln!(s, "{req}").context("send a request to the partition proxy")?;
         let mut line = String::new();
         BufReader::new(&s).read_line(&mut line).context("read the partition proxy's answer")?;
@@ -325,7 +359,7 @@ mod tests {
         let control = dir.join("proxy.sock");
         let proxy = PartitionProxy::new(&nodes);
         let ctl_path = control.clone();
-        std::thread::spawn(move || proxy.run(&ctl_path).expect("proxy runs"));
+        std::thread::spawn(move || proxy.run(&ctl_path, |_| None).expect("proxy runs"));
         let client = ProxyClient::new(control.clone());
         crate::wait::wait_until(
             "proxy control socket",

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use pgraft_testkit::{LocalCluster, PartitionProxy, UpOptions};
+use pgraft_testkit::{LocalCluster, UpOptions};
 
 #[derive(Args)]
 pub struct LocalArgs {
@@ -89,7 +89,8 @@ enum LocalCommand {
         #[arg(long)]
         dir: PathBuf,
     },
-    /// Serve the partition proxy of a cluster (started by `up` and `start`).
+    /// Serve a cluster's supervisor: partition proxy, server starts, reaping (started by
+    /// `up` and `start`).
     #[command(hide = true)]
     Proxy {
         /// The cluster directory.
@@ -127,10 +128,7 @@ pub fn run(args: LocalArgs) -> Result<()> {
         LocalCommand::Partition { node, dir } => LocalCluster::open(&dir)?.partition(node)?,
         LocalCommand::Heal { node, dir } => LocalCluster::open(&dir)?.heal(node)?,
         LocalCommand::Down { dir } => LocalCluster::open(&dir)?.down()?,
-        LocalCommand::Proxy { dir } => {
-            let cluster = LocalCluster::open(&dir)?;
-            PartitionProxy::new(cluster.nodes()).run(&cluster.dir().join("proxy.sock"))?;
-        }
+        LocalCommand::Proxy { dir } => LocalCluster::serve(&dir)?,
     }
     Ok(())
 }

@@ -98,10 +98,17 @@ CONF
   rm -rf "$build"; mkdir -p "$build"
   tar -xjf "$tarball" -C "$build" --strip-components=1
   log "building PostgreSQL $v (about 2 minutes)"
-  (cd "$build" && ./configure --quiet --prefix="$prefix" --without-icu --with-openssl >/dev/null \
-     && make -s -j"$(nproc)" >/dev/null 2>&1 && make -s install >/dev/null \
-     && make -s -C contrib install >/dev/null 2>&1)
-  rm -rf "$build"
+  # Run under `make test`, the outer make's jobserver settings must not leak into this
+  # build; its output goes to a log that is shown when it fails.
+  local blog="$cache/build-$v.log"
+  if ! (cd "$build" && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL sh -c \
+        "./configure --prefix='$prefix' --without-icu --with-openssl \
+         && make -j$(nproc) && make install && make -C contrib install") >"$blog" 2>&1; then
+    tail -40 "$blog" >&2
+    log "building PostgreSQL $v failed; the whole log is $blog"
+    exit 1
+  fi
+  rm -rf "$build" "$blog"
   chmod -R o+rX "$prefix"
 }
 for v in 17 18; do

@@ -1,7 +1,7 @@
 //! Errors of the request API. Each says what happened and, where there is one, what to do.
 
 /// Why a request failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum Error {
     /// The request must run on the leader, and this member is not it.
     #[error("{}", not_leader_message(*leader_id, leader_address.as_deref()))]

@@ -20,14 +20,20 @@
 pub mod command;
 pub mod config;
 pub mod error;
+pub mod fuzzing;
+pub mod ipc;
 pub mod kv;
 pub mod linearizability;
+pub mod logger;
 pub mod member;
+pub mod node;
 pub mod request;
 pub mod sim;
 pub mod state_machine;
 pub mod storage;
+pub mod transport;
 
 pub use error::{Error, Result};
 pub use member::{Member, MemberConfig, MemberStatus, Role, Token};
+pub use node::{Bootstrap, Node, NodeConfig, NodeHandle};
 pub use request::{Consistency, Read, Request, Response};

@@ -167,6 +167,10 @@ pub struct MemberStatus {
     pub counters: Counters,
     /// Requests waiting in this member.
     pub pending: usize,
+    /// Whether a majority is reachable (see [`Member::quorum_active`]).
+    pub quorum_active: bool,
+    /// When this member last heard from each peer, ms since the Unix epoch.
+    pub last_heard_ms: BTreeMap<u64, i64>,
 }
 
 enum Waiting {
@@ -206,6 +210,7 @@ pub struct Member<S: LogStore> {
     last_snapshot: u64,
     ticks_since_read: usize,
     was_candidate: bool,
+    last_heard: BTreeMap<u64, i64>,
 }
 
 fn raft_err(e: raft::Error) -> Error {
@@ -274,6 +279,7 @@ impl<S: LogStore> Member<S> {
             last_snapshot,
             ticks_since_read: 0,
             was_candidate: false,
+            last_heard: BTreeMap::new(),
         })
     }
 
@@ -362,6 +368,7 @@ impl<S: LogStore> Member<S> {
     /// Hands a peer's message to raft.
     pub fn step(&mut self, m: Message) -> Result<()> {
         self.counters.messages_received += 1;
+        self.last_heard.insert(m.from, self.now_ms);
         match self.raw.step(m) {
             Ok(()) => Ok(()),
             // Messages from unknown peers or stale terms are part of normal operation.
@@ -869,6 +876,8 @@ impl<S: LogStore> Member<S> {
             progress,
             counters: self.counters,
             pending: self.waiting.len(),
+            quorum_active: self.quorum_active(),
+            last_heard_ms: self.last_heard.clone(),
         }
     }
 }

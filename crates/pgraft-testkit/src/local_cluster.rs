@@ -96,6 +96,16 @@ pub struct NodeStatus {
     pub partitioned: bool,
     /// The pgraft extension version created in database `postgres`, if any.
     pub extension: Option<String>,
+    /// The worker's state (`running`, ...), when the extension is created.
+    pub worker: Option<String>,
+    /// Whether this member leads.
+    pub is_leader: Option<bool>,
+    /// The leader it knows of (0: none).
+    pub leader: Option<i32>,
+    /// Its current term.
+    pub term: Option<i64>,
+    /// Its commit index.
+    pub commit_index: Option<i64>,
     /// What went wrong when asking the server, if it runs but did not answer.
     pub error: Option<String>,
 }
@@ -325,20 +335,46 @@ impl LocalCluster {
                 pid,
                 partitioned: cut.contains(&n.node_id),
                 extension: None,
+                worker: None,
+                is_leader: None,
+                leader: None,
+                term: None,
+                commit_index: None,
                 error: None,
             };
             if pid.is_some() {
-                match self.connect(n.node_id).and_then(|mut c| {
-                    c.query_opt("SELECT extversion FROM pg_extension WHERE extname = 'pgraft'", &[])
-                        .context("query pg_extension")
-                }) {
-                    Ok(row) => st.extension = row.map(|r| r.get(0)),
-                    Err(e) => st.error = Some(format!("{e:#}")),
+                if let Err(e) = self.query_status(n.node_id, &mut st) {
+                    st.error = Some(format!("{e:#}"));
                 }
             }
             out.push(st);
         }
         Ok(out)
+    }
+
+    fn query_status(&self, id: u64, st: &mut NodeStatus) -> Result<()> {
+        let mut c = self.connect(id)?;
+        let row = c
+            .query_opt("SELECT extversion FROM pg_extension WHERE extname = 'pgraft'", &[])
+            .context("query pg_extension")?;
+        st.extension = row.map(|r| r.get(0));
+        if st.extension.is_none() {
+            return Ok(());
+        }
+        let r = c
+            .query_one(
+                "SELECT pgraft_get_worker_state(), pgraft_is_leader(), pgraft_get_leader(), pgraft_get_term(), \
+                 (SELECT commit_index FROM pgraft_get_cluster_status() \
+                   WHERE node_id = current_setting('pgraft.node_id')::int)",
+                &[],
+            )
+            .context("query pgraft's state")?;
+        st.worker = Some(r.get(0));
+        st.is_leader = Some(r.get(1));
+        st.leader = Some(r.get(2));
+        st.term = Some(r.get(3));
+        st.commit_index = r.get(4);
+        Ok(())
     }
 
     /// Stops every server and the proxy, and waits until no process of the directory is left.

@@ -45,6 +45,10 @@ pub static SSL_CA_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CStrin
 /// A static initial member list, etcd-style: `1=host:port,2=host:port,...`. Empty: the
 /// one-member bootstrap of pgraft_init() and pgraft_add_node().
 pub static INITIAL_CLUSTER: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+/// The member that founds the cluster when `pgraft_init()` runs on it.
+pub static BOOTSTRAP_NODE: GucSetting<i32> = GucSetting::<i32>::new(1);
+/// How long a request waits for the cluster when statement_timeout is not set.
+pub static REQUEST_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 /// Whether automatic PostgreSQL failover may act (it gates the failover feature).
 pub static FAILOVER_ENABLED: GucSetting<bool> = GucSetting::<bool>::new(false);
 
@@ -191,6 +195,26 @@ pub fn init() {
         config::Timing::MIN_HEARTBEAT_MS as i32,
         60_000,
         Sighup,
+        ms,
+    );
+    GucRegistry::define_int_guc(
+        c"pgraft.bootstrap_node",
+        c"The member that founds the cluster when pgraft_init() runs on it.",
+        c"The others wait to be added with pgraft_add_node().",
+        &BOOTSTRAP_NODE,
+        1,
+        i32::MAX,
+        Postmaster,
+        none,
+    );
+    GucRegistry::define_int_guc(
+        c"pgraft.request_timeout",
+        c"How long a request waits for the cluster when statement_timeout is not set.",
+        c"",
+        &REQUEST_TIMEOUT,
+        10,
+        3_600_000,
+        GucContext::Userset,
         ms,
     );
     GucRegistry::define_bool_guc(

@@ -4,9 +4,15 @@
 //! settings (see [`gucs`]). The Raft member itself lives in `pgraft-core`, which knows
 //! nothing of PostgreSQL.
 
+use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::prelude::*;
 
+mod bridge;
+mod functions;
 pub mod gucs;
+mod protocol;
+pub mod shmem;
+mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -28,7 +34,36 @@ pub extern "C-unwind" fn _PG_init() {
         );
     }
     gucs::init();
+    shmem::init();
+    // The worker runs on primaries and hot standbys alike (Raft state is its own, not in
+    // PostgreSQL's WAL); after a crash the postmaster restarts it and it recovers from disk.
+    BackgroundWorkerBuilder::new("pgraft worker")
+        .set_type("pgraft")
+        .set_library("pgraft")
+        .set_function("pgraft_worker_main")
+        .enable_shmem_access(None)
+        .set_start_time(BgWorkerStartTime::PostmasterStart)
+        .set_restart_time(Some(std::time::Duration::from_secs(2)))
+        .load();
 }
+
+pgrx::extension_sql!(
+    r#"
+-- Functions that change the cluster are not for everyone: grant them to the roles that
+-- administer it (reference/pgraft-overview.txt, "Access Control").
+REVOKE EXECUTE ON FUNCTION pgraft_init() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pgraft_add_node(integer, text, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pgraft_remove_node(integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pgraft_transfer_leadership(integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pgraft_replicate_entry(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pgraft_kv_put(text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pgraft_kv_put(text, jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pgraft_kv_delete(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pgraft_test() FROM PUBLIC;
+"#,
+    name = "privileges",
+    finalize
+);
 
 /// The extension's version: `1.0.0`.
 #[pg_extern]
@@ -40,6 +75,22 @@ fn pgraft_get_version() -> &'static str {
 #[pg_schema]
 mod tests {
     use pgrx::prelude::*;
+
+    fn sql_bool(q: &str) -> bool {
+        Spi::get_one::<bool>(q).expect("query runs").expect("not null")
+    }
+
+    /// pgraft_init() on the bootstrap member founds a one-member cluster it leads.
+    fn init_and_lead() {
+        assert!(sql_bool("SELECT pgraft_init()"));
+        for _ in 0..150 {
+            if sql_bool("SELECT pgraft_is_leader()") {
+                return;
+            }
+            Spi::run("SELECT pg_sleep(0.1)").expect("sleep");
+        }
+        panic!("not leader 15 s after pgraft_init()");
+    }
 
     #[pg_test]
     fn version_is_the_documented_one() {
@@ -55,6 +106,64 @@ mod tests {
         assert_eq!(show("pgraft.ssl_enabled"), Some("off".to_string()));
         assert_eq!(show("pgraft.failover_enabled"), Some("off".to_string()));
     }
+
+    #[pg_test]
+    fn init_leads_and_the_kv_store_works() {
+        init_and_lead();
+        assert_eq!(Spi::get_one::<&str>("SELECT pgraft_get_worker_state()"), Ok(Some("running")));
+        assert!(sql_bool("SELECT pgraft_init()"), "pgraft_init() again is harmless");
+        assert!(Spi::get_one::<i64>("SELECT pgraft_get_term()").expect("term").expect("not null") >= 1);
+        assert_eq!(Spi::get_one::<i32>("SELECT pgraft_get_leader()"), Ok(Some(1)));
+        assert!(sql_bool("SELECT pgraft_quorum_met()"));
+        assert!(sql_bool("SELECT pgraft_kv_put('foo', 'bar')"));
+        assert_eq!(Spi::get_one::<&str>("SELECT pgraft_kv_get('foo')"), Ok(Some("bar")));
+        assert!(sql_bool("SELECT pgraft_kv_exists('foo')"));
+        assert!(sql_bool("SELECT pgraft_kv_delete('foo')"));
+        assert_eq!(Spi::get_one::<&str>("SELECT pgraft_kv_get('foo')"), Ok(None));
+        assert!(!sql_bool("SELECT pgraft_kv_exists('foo')"));
+        assert!(sql_bool("SELECT pgraft_kv_put('j', jsonb_build_object('a', 1))"));
+        assert!(sql_bool("SELECT pgraft_kv_get('j')::jsonb = '{\"a\": 1}'::jsonb"));
+        assert!(sql_bool("SELECT pgraft_replicate_entry('{\"x\": 1}')"));
+        assert!(sql_bool("SELECT pgraft_test()"));
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM pgraft_get_nodes()"), Ok(Some(1)));
+        assert_eq!(
+            Spi::get_one::<String>("SELECT state FROM pgraft_get_cluster_status() WHERE node_id = 1"),
+            Ok(Some("Leader".to_string()))
+        );
+    }
+
+    #[pg_test(error = "port 70000 is out of range: a port is 1 to 65535")]
+    fn add_node_refuses_a_bad_port() {
+        Spi::run("SELECT pgraft_add_node(5, '127.0.0.1', 70000)").expect("raises");
+    }
+
+    #[pg_test(error = "pgraft_add_node: node id -1 is out of range; node ids are 1 or greater")]
+    fn add_node_refuses_a_bad_id() {
+        Spi::run("SELECT pgraft_add_node(-1, '127.0.0.1', 7005)").expect("raises");
+    }
+
+    #[pg_test(error = "address \"not a host!\" is neither an IP address nor a host name")]
+    fn add_node_refuses_a_bad_address() {
+        Spi::run("SELECT pgraft_add_node(5, 'not a host!', 7005)").expect("raises");
+    }
+
+    #[pg_test(error = "node 42 is not a member of the cluster")]
+    fn removing_an_unknown_node_fails() {
+        init_and_lead();
+        Spi::run("SELECT pgraft_remove_node(42)").expect("raises");
+    }
+
+    #[pg_test(error = "leadership transfer to node 9: it is not a voting member of the cluster")]
+    fn transfer_to_a_non_member_fails() {
+        init_and_lead();
+        Spi::run("SELECT pgraft_transfer_leadership(9)").expect("raises");
+    }
+
+    #[pg_test(error = "the key must not be empty")]
+    fn an_empty_key_is_refused() {
+        init_and_lead();
+        Spi::run("SELECT pgraft_kv_put('', 'x')").expect("raises");
+    }
 }
 
 /// Required by `cargo pgrx test`.
@@ -64,6 +173,7 @@ pub mod pg_test {
 
     #[must_use]
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec!["shared_preload_libraries='pgraft'"]
+        // A port of its own, so a test server never collides with a local cluster.
+        vec!["shared_preload_libraries='pgraft'", "pgraft.port=45901", "pgraft.cluster_id='pgrx-tests'"]
     }
 }

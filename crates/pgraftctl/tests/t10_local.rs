@@ -4,10 +4,12 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use common::*;
+use pgraft_core::transport::{Ack, Hello, PROTOCOL_VERSION};
+use pgraft_testkit::wait_until;
 
 #[test]
 fn up_kill_start_partition_heal_down() {
@@ -62,48 +64,35 @@ fn up_kill_start_partition_heal_down() {
         let mut c2 = connect(&conninfo(1)).expect("node 2 answers after start");
         c2.query_one("SELECT 1", &[]).expect("query node 2");
 
-        // partition: the member's Raft port is cut for the other members, its SQL port
-        // answers. The extension does not listen on its Raft port yet, so a stand-in
-        // listener takes the member's listen address.
+        // partition: the member's Raft port is cut for the other members while its SQL
+        // port answers. A probe dials node 3's Raft port the way node 1 does (from node 1's
+        // listen address) and sends a pgraft hello; any handshake answer proves the link.
         let n3 = &nodes[2];
-        let backend: SocketAddr =
-            format!("{}:{}", n3["listen_address"].as_str().expect("listen_address"), n3["raft_port"])
-                .parse()
-                .expect("socket address");
-        let member3 = TcpListener::bind(backend).expect("bind node 3's listen address");
-        std::thread::spawn(move || {
-            for s in member3.incoming().flatten() {
-                std::thread::spawn(move || {
-                    let mut r = s.try_clone().expect("clone");
-                    let mut w = s;
-                    let _ = std::io::copy(&mut r, &mut w);
-                });
-            }
-        });
         let front: SocketAddr = format!("127.0.0.1:{}", n3["raft_port"]).parse().expect("socket address");
         let from1 = nodes[0]["listen_address"].as_str().expect("listen_address").to_string();
-        let echo = |mut s: std::net::TcpStream| -> std::io::Result<()> {
-            s.set_read_timeout(Some(Duration::from_secs(2)))?;
-            s.write_all(b"raft")?;
-            let mut buf = [0u8; 4];
-            s.read_exact(&mut buf)?;
-            assert_eq!(&buf, b"raft");
-            Ok(())
+        let probe = |from: &str| -> std::io::Result<TcpStream> {
+            let mut s = dial_from(from, front)?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            let hello = Hello { version: PROTOCOL_VERSION, from: 1, to: 3, cluster_id: "probe".into() };
+            s.write_all(&hello.encode())?;
+            let mut ack = [0u8; 15];
+            s.read_exact(&mut ack)?;
+            Ack::decode(&ack).map_err(|e| std::io::Error::other(e.to_string()))?;
+            Ok(s)
         };
-        echo(dial_from(&from1, front).expect("dial node 3"))
-            .expect("node 1 reaches node 3 before the partition");
+        wait_until("node 3's Raft port to answer", Duration::from_secs(10), Duration::from_millis(50), || {
+            Ok(probe(&from1).ok().map(|_| ()))
+        })
+        .expect("node 1 reaches node 3 before the partition");
+        // An open link, closed by the partition.
         let open = dial_from(&from1, front).expect("dial node 3");
-        echo(open.try_clone().expect("clone")).expect("an open link");
 
         pgraftctl(&["local", "partition", "3", "--dir", &d]);
         let mut buf = [0u8; 1];
         let mut o = open;
         o.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
         assert_eq!(o.read(&mut buf).unwrap_or(0), 0, "the open link to node 3 was not cut");
-        assert!(
-            dial_from(&from1, front).and_then(echo).is_err(),
-            "node 1 still reaches node 3's Raft port during the partition"
-        );
+        assert!(probe(&from1).is_err(), "node 1 still reaches node 3's Raft port during the partition");
         let mut c3 = connect(&conninfo(2)).expect("node 3's SQL port answers during the partition");
         c3.query_one("SELECT 1", &[]).expect("query node 3");
         let st = json_lines(&pgraftctl(&["local", "status", "--dir", &d]));
@@ -111,7 +100,7 @@ fn up_kill_start_partition_heal_down() {
         assert_eq!(st[0]["partitioned"].as_bool(), Some(false));
 
         pgraftctl(&["local", "heal", "--dir", &d]);
-        echo(dial_from(&from1, front).expect("dial node 3")).expect("node 1 reaches node 3 after heal");
+        probe(&from1).expect("node 1 reaches node 3 after heal");
 
         // Bad arguments are refused with the reason.
         let err = pgraftctl_fails(&["local", "kill", "9", "--dir", &d]);

@@ -10,7 +10,7 @@
 
 mod identity;
 mod mem_store;
-mod redb_store;
+pub(crate) mod redb_store;
 
 pub mod conformance;
 

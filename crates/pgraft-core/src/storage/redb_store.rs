@@ -48,14 +48,14 @@ macro_rules! redb_try {
     };
 }
 
-fn seal(payload: &[u8]) -> Vec<u8> {
+pub(crate) fn seal(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 4);
     out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
     out.extend_from_slice(payload);
     out
 }
 
-fn unseal<'a>(what: &str, record: &'a [u8]) -> Result<&'a [u8]> {
+pub(crate) fn unseal<'a>(what: &str, record: &'a [u8]) -> Result<&'a [u8]> {
     if record.len() < 4 {
         return Err(StorageError::Corrupt(format!(
             "{what}: record of {} bytes has no checksum",
@@ -73,7 +73,7 @@ fn unseal<'a>(what: &str, record: &'a [u8]) -> Result<&'a [u8]> {
     Ok(payload)
 }
 
-fn decode<M: prost::Message + Default>(what: &str, record: &[u8]) -> Result<M> {
+pub(crate) fn decode<M: prost::Message + Default>(what: &str, record: &[u8]) -> Result<M> {
     M::decode(unseal(what, record)?).map_err(|e| StorageError::Corrupt(format!("{what}: {e}")))
 }
 

@@ -1,0 +1,433 @@
+//! The runtime of one member: a thread that owns the [`Member`] and drives it with a real
+//! clock, and a small tokio runtime for the transport.
+//!
+//! ```text
+//!   NodeHandle::call ──┐                       ┌──▶ Transport::send (non-blocking)
+//!   transport inbound ─┼─▶ input channel ──▶ member thread: tick / step / submit /
+//!   set_timing ────────┘                     process_ready ──▶ replies (oneshot)
+//! ```
+//!
+//! One tick source: the member thread. A leader ticks every heartbeat interval; anyone
+//! else every election timeout / election_tick, so both timeouts follow the configured
+//! milliseconds and can change at run time without restarting raft.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::config::Timing;
+use crate::error::{Error, Result};
+use crate::member::{Member, MemberConfig, MemberStatus, Role, Token};
+use crate::request::{Request, Response};
+use crate::storage::RedbStore;
+use crate::transport::{Inbound, Tls, TlsFiles, Transport, TransportConfig};
+
+/// How a new member's storage is initialised on its first start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// Start empty and wait to be added by a leader (never campaigns until then).
+    Join,
+    /// Found a one-member cluster of this member, at `address`.
+    Single {
+        /// This member's advertised `host:port`.
+        address: String,
+    },
+    /// Found a cluster of these members (etcd's initial-cluster); every member must be
+    /// given the same list.
+    Static(Vec<(u64, String)>),
+}
+
+/// Everything a node needs.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The member's identity and raft settings.
+    pub member: MemberConfig,
+    /// Where its storage lives.
+    pub data_dir: PathBuf,
+    /// Where the Raft listener binds.
+    pub listen: SocketAddr,
+    /// The source address of outgoing peer connections.
+    pub source_ip: Option<IpAddr>,
+    /// Mutual TLS files, when TLS is on.
+    pub tls: Option<TlsFiles>,
+    /// Election timeout and heartbeat interval.
+    pub timing: Timing,
+    /// First-start initialisation.
+    pub bootstrap: Bootstrap,
+}
+
+type Reply = tokio::sync::oneshot::Sender<Result<Response>>;
+type Inspector = Box<dyn FnOnce(&mut Member<RedbStore>) + Send>;
+
+enum Input {
+    Net(Inbound),
+    Call { req: Request, deadline: Instant, reply: Reply },
+    Timing(Timing),
+    Inspect(Inspector),
+    Stop,
+}
+
+/// State shared with callers without a round trip to the member thread.
+#[derive(Default)]
+pub struct Shared {
+    status: Mutex<Option<MemberStatus>>,
+    fatal: Mutex<Option<String>>,
+    running: AtomicBool,
+    addresses: Mutex<BTreeMap<u64, String>>,
+    transport: Mutex<Option<Arc<crate::transport::TransportStats>>>,
+}
+
+/// A cheap, cloneable handle to a running node.
+#[derive(Clone)]
+pub struct NodeHandle {
+    tx: Sender<Input>,
+    shared: Arc<Shared>,
+}
+
+/// A running node. Dropping it stops it.
+pub struct Node {
+    handle: NodeHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
+    /// The address the listener actually bound.
+    pub local_addr: SocketAddr,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Runs `f` with every signal blocked in this thread, so that threads it spawns start
+/// with all signals blocked and the host process's handlers (PostgreSQL's latch, SIGTERM,
+/// SIGHUP) only ever run on its own main thread.
+pub fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: sigfillset/pthread_sigmask on properly sized, initialised sigset_t values.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let r = f();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        r
+    }
+}
+
+impl Node {
+    /// Opens the storage, initialises it on first start, binds the listener and starts the
+    /// member thread.
+    pub fn start(cfg: NodeConfig) -> Result<Node> {
+        cfg.timing.validate().map_err(|e| Error::InvalidArgument(e.0))?;
+        let mut store = RedbStore::open(&cfg.data_dir)?;
+        match &cfg.bootstrap {
+            Bootstrap::Join => {}
+            Bootstrap::Single { address } => {
+                Member::bootstrap(&mut store, &[(cfg.member.id, address.clone())])?;
+            }
+            Bootstrap::Static(list) => {
+                if !list.iter().any(|(id, _)| *id == cfg.member.id) {
+                    return Err(Error::InvalidArgument(format!(
+                        "the initial member list does not contain this member (node {})",
+                        cfg.member.id
+                    )));
+                }
+                Member::bootstrap(&mut store, list)?;
+            }
+        }
+        let tls = match &cfg.tls {
+            Some(files) => Some(Tls::load(files).map_err(|e| Error::InvalidArgument(e.to_string()))?),
+            None => None,
+        };
+        let member = Member::new(cfg.member.clone(), store, &crate::logger::raft_logger())?;
+        let (tx, rx) = channel::<Input>();
+        let shared = Arc::new(Shared::default());
+        let handle = NodeHandle { tx: tx.clone(), shared: Arc::clone(&shared) };
+        let (runtime, thread, local_addr) = with_signals_blocked(|| -> Result<_> {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("pgraft-net")
+                .enable_all()
+                .build()
+                .map_err(|e| Error::Storage(format!("start the network runtime: {e}")))?;
+            let sink_tx = std::sync::Mutex::new(tx.clone());
+            let sink: crate::transport::InboundSink = Arc::new(move |ev| {
+                let _ = lock(&sink_tx).send(Input::Net(ev));
+            });
+            let mut tcfg = TransportConfig::new(cfg.member.id, cfg.member.cluster_id.clone(), cfg.listen);
+            tcfg.source_ip = cfg.source_ip;
+            tcfg.tls = tls;
+            let transport = Transport::start(tcfg, sink, runtime.handle().clone())
+                .map_err(|e| Error::InvalidArgument(format!("listen on {}: {e}", cfg.listen)))?;
+            let local_addr = transport.local_addr;
+            *lock(&shared.transport) = Some(Arc::clone(&transport.stats));
+            let timing = cfg.timing;
+            let shared2 = Arc::clone(&shared);
+            shared.running.store(true, Ordering::SeqCst);
+            let thread = std::thread::Builder::new()
+                .name("pgraft-raft".into())
+                .spawn(move || {
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        run_loop(member, transport, rx, timing, &shared2)
+                    }));
+                    let fatal = match result {
+                        Ok(Ok(())) => None,
+                        Ok(Err(e)) => Some(e.to_string()),
+                        Err(p) => Some(format!(
+                            "the Raft thread panicked: {}",
+                            p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+                        )),
+                    };
+                    if let Some(f) = &fatal {
+                        log::error!("{f}");
+                    }
+                    *lock(&shared2.fatal) = fatal;
+                    shared2.running.store(false, Ordering::SeqCst);
+                })
+                .map_err(|e| Error::Storage(format!("start the Raft thread: {e}")))?;
+            Ok((runtime, thread, local_addr))
+        })?;
+        Ok(Node { handle, thread: Some(thread), runtime: Some(runtime), local_addr })
+    }
+
+    /// A handle for requests.
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// Stops the member thread and the network, and waits for both.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.handle.tx.send(Input::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl NodeHandle {
+    /// Whether the member thread runs.
+    pub fn is_running(&self) -> bool {
+        self.shared.running.load(Ordering::SeqCst)
+    }
+
+    /// Why the member stopped, if it failed.
+    pub fn fatal_error(&self) -> Option<String> {
+        lock(&self.shared.fatal).clone()
+    }
+
+    /// The member's latest status (refreshed by the member thread every few ms).
+    pub fn status(&self) -> Option<MemberStatus> {
+        lock(&self.shared.status).clone()
+    }
+
+    /// Peer connections refused (TLS, handshake or frame errors) since the start.
+    pub fn refused_connections(&self) -> u64 {
+        lock(&self.shared.transport).as_ref().map_or(0, |s| s.refused.load(Ordering::Relaxed))
+    }
+
+    /// The members' addresses as replicated.
+    pub fn addresses(&self) -> BTreeMap<u64, String> {
+        lock(&self.shared.addresses).clone()
+    }
+
+    fn stopped(&self) -> Error {
+        match self.fatal_error() {
+            Some(f) => Error::Storage(f),
+            None => Error::Stopped,
+        }
+    }
+
+    /// Sends a request and waits for its answer, at most `timeout`.
+    pub async fn call(&self, req: Request, timeout: Duration) -> Result<Response> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let deadline = Instant::now() + timeout;
+        self.tx.send(Input::Call { req, deadline, reply }).map_err(|_| self.stopped())?;
+        // The member thread answers every request by its deadline; the margin covers a
+        // member thread that died meanwhile.
+        match tokio::time::timeout(timeout + Duration::from_secs(1), rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(self.stopped()),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// [`NodeHandle::call`] for threads outside any async runtime.
+    pub fn call_blocking(&self, req: Request, timeout: Duration) -> Result<Response> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let deadline = Instant::now() + timeout;
+        self.tx.send(Input::Call { req, deadline, reply }).map_err(|_| self.stopped())?;
+        rx.blocking_recv().map_err(|_| self.stopped())?
+    }
+
+    /// Runs `f` on the member thread with the member, and returns its result.
+    pub async fn inspect<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Member<RedbStore>) -> T + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Inspector = Box::new(move |m| {
+            let _ = tx.send(f(m));
+        });
+        self.tx.send(Input::Inspect(job)).map_err(|_| self.stopped())?;
+        rx.await.map_err(|_| self.stopped())
+    }
+
+    /// [`NodeHandle::inspect`] for threads outside any async runtime.
+    pub fn inspect_blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Member<RedbStore>) -> T + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Inspector = Box::new(move |m| {
+            let _ = tx.send(f(m));
+        });
+        self.tx.send(Input::Inspect(job)).map_err(|_| self.stopped())?;
+        rx.blocking_recv().map_err(|_| self.stopped())
+    }
+
+    /// Changes the election timeout and heartbeat interval of this member now.
+    pub fn set_timing(&self, t: Timing) -> Result<()> {
+        t.validate().map_err(|e| Error::InvalidArgument(e.0))?;
+        self.tx.send(Input::Timing(t)).map_err(|_| self.stopped())
+    }
+}
+
+fn tick_interval(role: Role, t: &Timing, election_tick: usize) -> Duration {
+    match role {
+        Role::Leader => Duration::from_millis(t.heartbeat_interval_ms.max(1)),
+        _ => Duration::from_millis((t.election_timeout_ms / election_tick.max(1) as u64).max(1)),
+    }
+}
+
+fn run_loop(
+    mut member: Member<RedbStore>,
+    transport: Transport,
+    rx: Receiver<Input>,
+    mut timing: Timing,
+    shared: &Shared,
+) -> Result<()> {
+    let election_tick = 10;
+    // The locally configured timing; settings replicated through the log override it.
+    let mut base_timing = timing;
+    let mut replies: HashMap<Token, (Reply, Instant)> = HashMap::new();
+    let mut next_token: Token = 1;
+    let mut next_tick = Instant::now() + tick_interval(member.role(), &timing, election_tick);
+    let mut last_status = Instant::now() - Duration::from_secs(1);
+    let mut addresses = BTreeMap::new();
+    loop {
+        let wait = next_tick.saturating_duration_since(Instant::now());
+        let first = match rx.recv_timeout(wait) {
+            Ok(i) => Some(i),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        };
+        member.set_time(now_ms());
+        // Take what is queued (bounded, so ticks are never starved).
+        let mut inputs: Vec<Input> = first.into_iter().collect();
+        while inputs.len() < 1024 {
+            match rx.try_recv() {
+                Ok(i) => inputs.push(i),
+                Err(_) => break,
+            }
+        }
+        for input in inputs {
+            match input {
+                Input::Net(Inbound::Message(m)) => member.step(m).unwrap_or_else(|e| log::debug!("{e}")),
+                Input::Net(Inbound::SnapshotSent { to, ok }) => member.report_snapshot(to, ok),
+                Input::Net(Inbound::Unreachable(to)) => member.report_unreachable(to),
+                Input::Call { req, deadline, reply } => {
+                    let token = next_token;
+                    next_token += 1;
+                    replies.insert(token, (reply, deadline));
+                    member.submit(token, req);
+                }
+                Input::Timing(t) => {
+                    base_timing = t;
+                    timing = t;
+                    next_tick = Instant::now() + tick_interval(member.role(), &timing, election_tick);
+                }
+                Input::Inspect(f) => f(&mut member),
+                Input::Stop => return Ok(()),
+            }
+        }
+        let now = Instant::now();
+        if now >= next_tick {
+            member.tick();
+            next_tick = now + tick_interval(member.role(), &timing, election_tick);
+        }
+        for m in member.process_ready()? {
+            transport.send(m);
+        }
+        for (token, r) in member.take_answers() {
+            if let Some((reply, _)) = replies.remove(&token) {
+                let _ = reply.send(r);
+            }
+        }
+        // Deadlines: say why nothing happened.
+        let now = Instant::now();
+        let expired: Vec<Token> = replies.iter().filter(|(_, (_, d))| *d <= now).map(|(t, _)| *t).collect();
+        for token in expired {
+            member.cancel(token);
+            if let Some((reply, _)) = replies.remove(&token) {
+                let e = if member.leader_id() == 0 {
+                    Error::NoLeader
+                } else if member.role() == Role::Leader && !member.quorum_active() {
+                    Error::NoQuorum
+                } else {
+                    Error::Timeout
+                };
+                let _ = reply.send(Err(e));
+            }
+        }
+        // Cluster-wide timing set through the log (`pgraft_set_config`) applies here too.
+        let cfg = &member.state().config;
+        let cluster_timing = Timing {
+            election_timeout_ms: cfg
+                .get("election_timeout")
+                .and_then(|v| crate::config::parse_duration_ms(v).ok())
+                .unwrap_or(base_timing.election_timeout_ms),
+            heartbeat_interval_ms: cfg
+                .get("heartbeat_interval")
+                .and_then(|v| crate::config::parse_duration_ms(v).ok())
+                .unwrap_or(base_timing.heartbeat_interval_ms),
+        };
+        if cluster_timing != timing && cluster_timing.validate().is_ok() {
+            log::info!(
+                "timing now election_timeout {}ms, heartbeat_interval {}ms",
+                cluster_timing.election_timeout_ms,
+                cluster_timing.heartbeat_interval_ms
+            );
+            timing = cluster_timing;
+        }
+        let a = member.addresses();
+        if a != addresses {
+            transport.set_peers(&a);
+            *lock(&shared.addresses) = a.clone();
+            addresses = a;
+        }
+        if now.duration_since(last_status) >= Duration::from_millis(5) {
+            *lock(&shared.status) = Some(member.status());
+            last_status = now;
+        }
+    }
+}

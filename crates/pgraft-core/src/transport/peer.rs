@@ -1,0 +1,107 @@
+//! The task that delivers messages to one peer.
+
+use std::time::Duration;
+
+use raft::prelude::{Message, MessageType};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc::Receiver;
+
+use super::{dial, write_frame, Ack, AckStatus, Frame, Hello, Inbound, InboundSink, Tls, TransportConfig, PROTOCOL_VERSION};
+
+type Conn = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+
+/// Dials, handshakes, and writes queued messages; reconnects with backoff (50 ms doubling
+/// to 2 s) when anything fails.
+pub(super) async fn run(cfg: TransportConfig, to: u64, address: String, mut rx: Receiver<Message>, sink: InboundSink) {
+    let mut backoff = Duration::from_millis(50);
+    let mut logged_failure = false;
+    loop {
+        let mut conn = match connect(&cfg, to, &address).await {
+            Ok(c) => {
+                if logged_failure {
+                    log::info!("connected to node {to} at {address}");
+                }
+                logged_failure = false;
+                backoff = Duration::from_millis(50);
+                c
+            }
+            Err(e) => {
+                if !logged_failure {
+                    log::warn!("cannot reach node {to} at {address}: {e}");
+                    logged_failure = true;
+                }
+                // Messages queued meanwhile are stale by the time we connect; raft
+                // retransmits what matters. Tell it the peer is unreachable.
+                while let Ok(m) = rx.try_recv() {
+                    report_failure(&sink, &m);
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        while let Some(m) = rx.recv().await {
+            let snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+            let mut failed = false;
+            for f in Frame::split(m.clone(), cfg.frame_cap) {
+                if write_frame(&mut conn, &f).await.is_err() {
+                    failed = true;
+                    break;
+                }
+            }
+            if !failed {
+                // Flush per message: a message sitting in a buffer helps nobody.
+                failed = conn.flush().await.is_err();
+            }
+            if failed {
+                report_failure(&sink, &m);
+                break;
+            }
+            if snapshot {
+                sink(Inbound::SnapshotSent { to, ok: true });
+            }
+        }
+        if rx.is_closed() {
+            return;
+        }
+    }
+}
+
+fn report_failure(sink: &InboundSink, m: &Message) {
+    if m.get_msg_type() == MessageType::MsgSnapshot {
+        sink(Inbound::SnapshotSent { to: m.to, ok: false });
+    }
+    sink(Inbound::Unreachable(m.to));
+}
+
+async fn connect(cfg: &TransportConfig, to: u64, address: &str) -> Result<Conn, String> {
+    let tcp = dial(address, cfg.source_ip).await.map_err(|e| e.to_string())?;
+    let hello = Hello { version: PROTOCOL_VERSION, from: cfg.node_id, to, cluster_id: cfg.cluster_id.clone() };
+    match &cfg.tls {
+        Some(tls) => {
+            let host = address.rsplit_once(':').map_or(address, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+            let name = Tls::server_name(host).map_err(|e| e.to_string())?;
+            let mut s = tls.connector.connect(name, tcp).await.map_err(|e| format!("TLS handshake: {e}"))?;
+            greet(&mut s, &hello).await?;
+            Ok(Box::new(s))
+        }
+        None => {
+            let mut s = tcp;
+            greet(&mut s, &hello).await?;
+            Ok(Box::new(s))
+        }
+    }
+}
+
+async fn greet<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut S, hello: &Hello) -> Result<(), String> {
+    s.write_all(&hello.encode()).await.map_err(|e| e.to_string())?;
+    s.flush().await.map_err(|e| e.to_string())?;
+    let ack = tokio::time::timeout(Duration::from_secs(5), Ack::read(s))
+        .await
+        .map_err(|_| "no handshake answer within 5 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    if ack.status != AckStatus::Accepted {
+        return Err(format!("node {} refused the connection: {}", ack.node, ack.status.describe()));
+    }
+    Ok(())
+}

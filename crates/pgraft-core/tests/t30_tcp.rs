@@ -1,0 +1,274 @@
+//! Real members on 127.0.0.1 over TCP: elections, forwarding, leader loss, partitions,
+//! restarts, and refused peers (untrusted certificate, wrong cluster id).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use pgraft_core::command::Body;
+use pgraft_core::config::Timing;
+use pgraft_core::kv::KvOp;
+use pgraft_core::transport::TlsFiles;
+use pgraft_core::{Bootstrap, Consistency, MemberConfig, Node, NodeConfig, Read, Request, Response, Role};
+use pgraft_testkit::{free_port, wait_until, PartitionProxy, ProxyClient};
+
+const TIMING: Timing = Timing { election_timeout_ms: 500, heartbeat_interval_ms: 50 };
+const CALL: Duration = Duration::from_secs(5);
+
+struct Member {
+    id: u64,
+    spec: pgraft_testkit::Node,
+    dir: PathBuf,
+    node: Option<Node>,
+}
+
+struct Cluster {
+    members: Vec<Member>,
+    list: Vec<(u64, String)>,
+    proxy: PathBuf,
+    cluster_id: String,
+    tls: Option<PathBuf>,
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("pgraft-t30-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("scratch dir");
+    d
+}
+
+fn node_config(c: &Cluster, m: &Member, incarnation: u64) -> NodeConfig {
+    let listen = SocketAddr::V4(m.spec.listen_socket());
+    NodeConfig {
+        member: MemberConfig::new(m.id, c.cluster_id.clone(), incarnation),
+        data_dir: m.dir.clone(),
+        listen,
+        source_ip: Some(listen.ip()),
+        tls: c.tls.as_ref().map(|d| tls_files(d, m.id)),
+        timing: TIMING,
+        bootstrap: Bootstrap::Static(c.list.clone()),
+    }
+}
+
+fn tls_files(dir: &Path, id: u64) -> TlsFiles {
+    TlsFiles { cert: dir.join(format!("node{id}.crt")), key: dir.join(format!("node{id}.key")), ca: dir.join("ca.crt") }
+}
+
+impl Cluster {
+    fn start(name: &str, n: u64, tls: bool) -> Cluster {
+        let dir = scratch(name);
+        let members: Vec<Member> = (1..=n)
+            .map(|id| Member {
+                id,
+                spec: pgraft_testkit::Node::new(id, 0, free_port().expect("port"), dir.join(format!("n{id}"))),
+                dir: dir.join(format!("n{id}")),
+                node: None,
+            })
+            .collect();
+        let list = members.iter().map(|m| (m.id, m.spec.advertised_socket().to_string())).collect();
+        let proxy = dir.join("proxy.sock");
+        let specs: Vec<pgraft_testkit::Node> = members.iter().map(|m| m.spec.clone()).collect();
+        let p = proxy.clone();
+        std::thread::spawn(move || PartitionProxy::new(&specs).run(&p, |_| None));
+        wait_until("the proxy", Duration::from_secs(5), Duration::from_millis(10), || {
+            Ok(ProxyClient::new(proxy.clone()).request("status").ok())
+        })
+        .expect("proxy up");
+        let tls = tls.then(|| {
+            let d = dir.join("tls");
+            make_certs(&d, n, "pgraft test CA");
+            d
+        });
+        let mut c = Cluster { members, list, proxy, cluster_id: format!("t30-{name}"), tls };
+        for i in 0..c.members.len() {
+            c.boot(i, 1);
+        }
+        c
+    }
+
+    fn boot(&mut self, i: usize, incarnation: u64) {
+        let cfg = node_config(self, &self.members[i], incarnation);
+        self.members[i].node = Some(Node::start(cfg).expect("node starts"));
+    }
+
+    fn handle(&self, id: u64) -> pgraft_core::NodeHandle {
+        self.members[(id - 1) as usize].node.as_ref().expect("running").handle()
+    }
+
+    fn leader(&self, timeout: Duration) -> u64 {
+        wait_until("a leader all running members agree on", timeout, Duration::from_millis(10), || {
+            let mut leaders = Vec::new();
+            for m in self.members.iter().filter(|m| m.node.is_some()) {
+                let st = self.handle(m.id).status();
+                leaders.push(st.map(|s| if s.role == Role::Leader { s.id } else { s.leader_id }).unwrap_or(0));
+            }
+            let first = leaders[0];
+            Ok((first != 0 && leaders.iter().all(|l| *l == first)).then_some(first))
+        })
+        .expect("a leader")
+    }
+
+    fn put(&self, via: u64, key: &str, value: &str) -> pgraft_core::Result<Response> {
+        let op = KvOp::Put { key: key.into(), value: value.as_bytes().to_vec(), time_ms: 0 };
+        self.handle(via).call_blocking(Request::Propose(Body::Kv(op)), CALL)
+    }
+
+    fn get(&self, via: u64, key: &str, c: Consistency) -> Option<String> {
+        match self.handle(via).call_blocking(Request::Read(Read::Get { key: key.into(), revision: None }, c), CALL) {
+            Ok(Response::Kvs(kvs)) => kvs.first().map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
+            other => panic!("get {key} on node {via}: {other:?}"),
+        }
+    }
+
+    fn partition(&self, id: u64) {
+        ProxyClient::new(self.proxy.clone()).request(&format!("partition {id}")).expect("partition");
+    }
+
+    fn heal(&self) {
+        ProxyClient::new(self.proxy.clone()).request("heal").expect("heal");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            m.node.take();
+        }
+        let _ = ProxyClient::new(self.proxy.clone()).request("stop");
+    }
+}
+
+fn make_certs(dir: &Path, n: u64, ca_name: &str) {
+    std::fs::create_dir_all(dir).expect("tls dir");
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, ca_name);
+    let ca = ca_params.self_signed(&ca_key).expect("CA cert");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    std::fs::write(dir.join("ca.crt"), ca.pem()).expect("write CA");
+    for id in 1..=n {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        p.subject_alt_names.push(rcgen::SanType::IpAddress(IpAddr::from([127, 0, 0, 1])));
+        p.distinguished_name.push(rcgen::DnType::CommonName, format!("node{id}"));
+        let cert = p.signed_by(&key, &issuer).expect("sign");
+        std::fs::write(dir.join(format!("node{id}.crt")), cert.pem()).expect("write cert");
+        std::fs::write(dir.join(format!("node{id}.key")), key.serialize_pem()).expect("write key");
+    }
+}
+
+#[test]
+fn three_members_elect_forward_and_survive_leader_loss() {
+    let mut c = Cluster::start("three", 3, false);
+    let leader = c.leader(Duration::from_secs(10));
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    // A write on a follower is forwarded to the leader and visible everywhere at once.
+    assert!(matches!(c.put(follower, "k", "v1"), Ok(Response::Applied { .. })));
+    for id in 1..=3 {
+        assert_eq!(c.get(id, "k", Consistency::Linearizable).as_deref(), Some("v1"), "node {id}");
+    }
+    // Lose the leader: a new one within 3 election timeouts.
+    let lost = Instant::now();
+    c.members[(leader - 1) as usize].node.take();
+    let new_leader = wait_until("a new leader", Duration::from_secs(10), Duration::from_millis(5), || {
+        Ok(c.members.iter().filter(|m| m.node.is_some()).find_map(|m| {
+            c.handle(m.id).status().filter(|s| s.role == Role::Leader).map(|s| s.id)
+        }))
+    })
+    .expect("new leader");
+    let took = lost.elapsed();
+    assert_ne!(new_leader, leader);
+    assert!(
+        took <= Duration::from_millis(3 * TIMING.election_timeout_ms),
+        "new leader after {took:?}, more than 3 election timeouts"
+    );
+    assert!(matches!(c.put(new_leader, "k", "v2"), Ok(Response::Applied { .. })));
+    // The old leader restarts from its files and catches up as a follower.
+    c.boot((leader - 1) as usize, 2);
+    wait_until("the old leader to catch up", Duration::from_secs(10), Duration::from_millis(20), || {
+        Ok((c.get(leader, "k", Consistency::Serializable).as_deref() == Some("v2")).then_some(()))
+    })
+    .expect("caught up");
+    assert_eq!(c.get(leader, "k", Consistency::Linearizable).as_deref(), Some("v2"));
+    assert_eq!(c.handle(leader).status().map(|s| s.role), Some(Role::Follower), "the old leader rejoins as a follower");
+}
+
+#[test]
+fn five_members_a_partitioned_minority_cannot_commit() {
+    let c = Cluster::start("five", 5, false);
+    let leader = c.leader(Duration::from_secs(10));
+    // Cut the leader and one follower off: the minority side cannot commit.
+    let other = (1..=5).find(|id| *id != leader).expect("a follower");
+    c.partition(leader);
+    c.partition(other);
+    let majority: Vec<u64> = (1..=5).filter(|id| *id != leader && *id != other).collect();
+    let r = c.put(other, "m", "minority");
+    assert!(r.is_err(), "a write in the minority was acknowledged: {r:?}");
+    // The majority elects a leader of its own and keeps writing.
+    let started = Instant::now();
+    wait_until("the majority to accept writes", Duration::from_secs(10), Duration::from_millis(20), || {
+        Ok(c.put(majority[0], "m", "majority").ok().map(|_| ()))
+    })
+    .expect("majority writes");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    c.heal();
+    wait_until("the minority to catch up", Duration::from_secs(10), Duration::from_millis(20), || {
+        Ok((c.get(other, "m", Consistency::Serializable).as_deref() == Some("majority")
+            && c.get(leader, "m", Consistency::Serializable).as_deref() == Some("majority"))
+        .then_some(()))
+    })
+    .expect("healed");
+    assert_eq!(c.get(leader, "m", Consistency::Linearizable).as_deref(), Some("majority"));
+}
+
+#[test]
+fn tls_peers_with_untrusted_certificates_or_other_clusters_are_refused() {
+    let c = Cluster::start("tls", 3, true);
+    let leader = c.leader(Duration::from_secs(10));
+    assert!(matches!(c.put(leader, "secure", "yes"), Ok(Response::Applied { .. })));
+
+    // An intruder with a certificate from another CA, claiming to be node 4 of this
+    // cluster, dials every member: TLS refuses it before any pgraft byte is read.
+    let rogue_dir = c.members[0].dir.parent().expect("cluster dir").join("rogue");
+    make_certs(&rogue_dir.join("tls"), 4, "some other CA");
+    let before: u64 = (1..=3).map(|id| c.handle(id).refused_connections()).sum();
+    let rogue = Node::start(NodeConfig {
+        member: MemberConfig::new(4, c.cluster_id.clone(), 1),
+        data_dir: rogue_dir.join("data"),
+        listen: SocketAddr::from(([127, 0, 1, 44], free_port().expect("port"))),
+        source_ip: Some(IpAddr::from([127, 0, 1, 44])),
+        tls: Some(tls_files(&rogue_dir.join("tls"), 4)),
+        timing: TIMING,
+        bootstrap: Bootstrap::Static(c.list.iter().cloned().chain([(4, "127.0.0.1:1".to_string())]).collect()),
+    })
+    .expect("the rogue node starts");
+    wait_until("the members to refuse the rogue", Duration::from_secs(10), Duration::from_millis(20), || {
+        let now: u64 = (1..=3).map(|id| c.handle(id).refused_connections()).sum();
+        Ok((now > before).then_some(()))
+    })
+    .expect("refused");
+    assert_eq!(c.leader(Duration::from_secs(5)), leader, "the rogue disturbed the cluster");
+    drop(rogue);
+
+    // A member of another cluster with a trusted certificate is refused at the handshake.
+    let before: u64 = (1..=3).map(|id| c.handle(id).refused_connections()).sum();
+    let tls_dir = c.tls.clone().expect("tls dir");
+    let stranger = Node::start(NodeConfig {
+        member: MemberConfig::new(1, "another-cluster", 1),
+        data_dir: rogue_dir.join("stranger"),
+        listen: SocketAddr::from(([127, 0, 1, 45], free_port().expect("port"))),
+        source_ip: Some(IpAddr::from([127, 0, 1, 45])),
+        tls: Some(tls_files(&tls_dir, 1)),
+        timing: TIMING,
+        bootstrap: Bootstrap::Static(vec![(1, "127.0.0.1:1".into()), (2, c.list[1].1.clone()), (3, c.list[2].1.clone())]),
+    })
+    .expect("the stranger starts");
+    wait_until("the members to refuse the stranger", Duration::from_secs(10), Duration::from_millis(20), || {
+        let now: u64 = (1..=3).map(|id| c.handle(id).refused_connections()).sum();
+        Ok((now > before).then_some(()))
+    })
+    .expect("refused");
+    drop(stranger);
+    assert_eq!(c.get(leader, "secure", Consistency::Linearizable).as_deref(), Some("yes"));
+}

@@ -1,0 +1,152 @@
+//! Crash safety on real files: a member process is killed with SIGKILL at random points
+//! while it takes writes, 50 times. After each restart its term and vote never went back,
+//! every write acknowledged so far is still there, and it rejoins the cluster.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+use pgraft_core::sim::Rng;
+use pgraft_testkit::free_port;
+
+struct Proc {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+}
+
+fn spawn(id: u64, dir: &Path, members: &str, port: u16) -> Proc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgraft-node"))
+        .args(["--id", &id.to_string(), "--cluster", "t40", "--members", members])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--election-ms", "300", "--heartbeat-ms", "30"])
+        .arg("--dir")
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn pgraft-node");
+    let stdin = child.stdin.take().expect("stdin");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, lines) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Proc { child, stdin, lines }
+}
+
+impl Proc {
+    /// One request, one answer; `None` when the process died or did not answer in time.
+    fn ask(&mut self, line: &str) -> Option<String> {
+        writeln!(self.stdin, "{line}").ok()?;
+        self.stdin.flush().ok()?;
+        self.lines.recv_timeout(Duration::from_secs(8)).ok()
+    }
+
+    /// (term, vote) from a status answer.
+    fn term_vote(&mut self) -> Option<(u64, u64)> {
+        let s = self.ask("status")?;
+        let json: serde_json::Value = serde_json::from_str(s.strip_prefix("status ")?).ok()?;
+        Some((json["term"].as_u64()?, json["vote"].as_u64()?))
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn fifty_kills_lose_nothing_and_never_go_back() {
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(1);
+    println!("crash test seed {seed}");
+    let mut rng = Rng::new(seed);
+    let root: PathBuf = std::env::temp_dir().join(format!("pgraft-t40-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let ports: Vec<u16> = (0..3).map(|_| free_port().expect("port")).collect();
+    let members = (1..=3).map(|i| format!("{i}=127.0.0.1:{}", ports[i - 1])).collect::<Vec<_>>().join(",");
+    let dirs: Vec<PathBuf> = (1..=3).map(|i| root.join(format!("n{i}"))).collect();
+    let mut procs: Vec<Proc> = (0..3).map(|i| spawn(i as u64 + 1, &dirs[i], &members, ports[i])).collect();
+    wait_for("a first write", Duration::from_secs(15), || {
+        procs[0].ask("put warmup 1").filter(|a| a.starts_with("ok")).map(|_| ())
+    });
+
+    let mut acked: Vec<(String, String)> = vec![("warmup".into(), "1".into())];
+    for round in 0..50u64 {
+        let v = (round % 3) as usize;
+        let mut last = procs[v].term_vote().unwrap_or_else(|| panic!("round {round}: node {} has no status", v + 1));
+        // Writes until the kill lands at a random moment.
+        let pid = procs[v].child.id() as i32;
+        let delay = Duration::from_millis(rng.range(5, 120));
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        });
+        let mut n = 0;
+        loop {
+            n += 1;
+            let (k, val) = (format!("r{round}-{n}"), format!("v{round}-{n}"));
+            match procs[v].ask(&format!("put {k} {val}")) {
+                Some(a) if a.starts_with("ok put") => acked.push((k, val)),
+                Some(_) => {}
+                None => break,
+            }
+            match procs[v].term_vote() {
+                Some(tv) => last = tv,
+                None => break,
+            }
+        }
+        killer.join().expect("killer");
+        procs[v].kill();
+        procs[v] = spawn(v as u64 + 1, &dirs[v], &members, ports[v]);
+        // Term and vote never go back.
+        let (term, vote) = wait_for("the restarted member's status", Duration::from_secs(10), || procs[v].term_vote());
+        assert!(term >= last.0, "round {round}: term went back from {} to {term} (seed {seed})", last.0);
+        if term == last.0 && last.1 != 0 {
+            assert_eq!(vote, last.1, "round {round}: vote changed within term {term} (seed {seed})");
+        }
+        // It rejoins, and what it acknowledged is there.
+        let recent: Vec<(String, String)> = acked.iter().rev().take(20).cloned().collect();
+        for (k, val) in recent {
+            let want = format!("ok get {k} {val}");
+            wait_for(&format!("round {round}: {k} on the restarted member"), Duration::from_secs(15), || {
+                procs[v].ask(&format!("get {k}")).filter(|a| *a == want).map(|_| ())
+            });
+        }
+    }
+    // In the end every acknowledged write is on every member.
+    for p in procs.iter_mut() {
+        for (k, val) in &acked {
+            let want = format!("ok get {k} {val}");
+            wait_for(&format!("{k} at the end"), Duration::from_secs(10), || {
+                p.ask(&format!("get {k}")).filter(|a| *a == want).map(|_| ())
+            });
+        }
+    }
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&root);
+}

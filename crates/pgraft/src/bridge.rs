@@ -1,0 +1,115 @@
+//! A session's side of the worker bridge: calls with deadlines, and errors with SQLSTATEs.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use pgraft_core::ipc::{self, IpcError, SOCKET_NAME};
+use pgraft_core::{Error, Request, Response};
+use pgrx::prelude::*;
+
+use crate::gucs;
+use crate::protocol::{IpcRequest, IpcResponse};
+
+/// How long the cluster may take: just under statement_timeout when it is set (so the
+/// session hears pgraft's reason rather than a bare cancel), else pgraft.request_timeout.
+pub fn budget() -> Duration {
+    // SAFETY: reading a backend-local GUC variable on the backend's main thread.
+    let st = unsafe { pg_sys::StatementTimeout };
+    if st > 0 {
+        let st = st as u64;
+        Duration::from_millis(st - (st / 10).min(200))
+    } else {
+        Duration::from_millis(gucs::REQUEST_TIMEOUT.get().max(1) as u64)
+    }
+}
+
+/// Sends a request to the worker and waits, honouring query cancel and statement_timeout.
+pub fn call(req: IpcRequest) -> IpcResponse {
+    let deadline = Instant::now() + budget() + Duration::from_secs(2);
+    // Sessions run in the data directory, where the worker's socket lives.
+    match ipc::call(Path::new(SOCKET_NAME), &req, deadline, || pgrx::check_for_interrupts!()) {
+        Ok(r) => r,
+        Err(IpcError::NotRunning { .. }) => ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "the pgraft worker is not running",
+            "Check the server log; the worker starts with the server and restarts after a failure. pgraft_get_worker_state() shows its state."
+        ),
+        Err(IpcError::Timeout(waited)) => ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
+            format!("timed out after {waited:?} waiting for the pgraft worker")
+        ),
+        Err(e) => ereport!(ERROR, PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()),
+    }
+}
+
+/// A request to the Raft member; its errors become SQL errors.
+pub fn raft(req: Request) -> Response {
+    let timeout_ms = budget().as_millis() as u64;
+    match call(IpcRequest::Call { req, timeout_ms }) {
+        IpcResponse::Raft(Ok(r)) => r,
+        IpcResponse::Raft(Err(e)) => raise(e),
+        other => unexpected(other),
+    }
+}
+
+/// Raises an unexpected answer as an internal error.
+pub fn unexpected(r: IpcResponse) -> ! {
+    match r {
+        IpcResponse::Failed(msg) => {
+            ereport!(ERROR, PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, format!("pgraft: {msg}"))
+        }
+        other => ereport!(ERROR, PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("pgraft: unexpected answer {other:?}")),
+    }
+}
+
+/// Raises a Raft member's error with the SQLSTATE that fits it.
+pub fn raise(e: Error) -> ! {
+    let msg = e.to_string();
+    match &e {
+        Error::NotLeader { leader_id: Some(id), leader_address } => ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            msg,
+            format!(
+                "Run it on the leader: node {id}{}.",
+                leader_address.as_deref().map(|a| format!(" (Raft address {a})")).unwrap_or_default()
+            )
+        ),
+        Error::NotLeader { leader_id: None, .. } | Error::NoLeader => ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
+            msg,
+            "Wait for an election to finish, or check that a majority of the members is reachable."
+        ),
+        Error::NoQuorum => ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
+            msg,
+            "Check that a majority of the members is running and reachable."
+        ),
+        Error::Timeout => ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
+            msg,
+            "Raise statement_timeout or pgraft.request_timeout, or check the cluster's health."
+        ),
+        Error::UnknownMember(_) | Error::InvalidArgument(_) | Error::Compacted { .. } => {
+            ereport!(ERROR, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, msg)
+        }
+        Error::Busy(_) => ereport!(ERROR, PgSqlErrorCode::ERRCODE_OBJECT_IN_USE, msg),
+        Error::Stopped => ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            msg,
+            "The worker restarts the member; check the server log."
+        ),
+        Error::Storage(_) => ereport!(ERROR, PgSqlErrorCode::ERRCODE_IO_ERROR, msg),
+    }
+}
+
+/// An argument error.
+pub fn invalid(msg: impl Into<String>) -> ! {
+    ereport!(ERROR, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, msg.into())
+}

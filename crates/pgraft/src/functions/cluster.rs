@@ -1,0 +1,235 @@
+//! Cluster management and state: init, membership, leadership, status.
+
+use pgraft_core::command::Body;
+use pgraft_core::{Request, Response};
+use pgrx::prelude::*;
+
+use crate::bridge::{self, invalid};
+use crate::protocol::{IpcRequest, IpcResponse, StatusReport};
+use crate::shmem;
+
+fn node_id_arg(what: &str, id: i32) -> u64 {
+    if id < 1 {
+        invalid(format!("{what}: node id {id} is out of range; node ids are 1 or greater"));
+    }
+    id as u64
+}
+
+/// Initialises pgraft on this member: the bootstrap member (pgraft.bootstrap_node, 1 by
+/// default) founds a one-member cluster; the others get ready to be added. Harmless to
+/// run again.
+#[pg_extern]
+fn pgraft_init() -> bool {
+    match bridge::call(IpcRequest::Init) {
+        IpcResponse::Init(Ok(what)) => {
+            pgrx::log!("pgraft_init: {what}");
+            true
+        }
+        IpcResponse::Init(Err(e)) => {
+            ereport!(ERROR, PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, format!("pgraft_init failed: {e}"))
+        }
+        other => bridge::unexpected(other),
+    }
+}
+
+/// Adds a member (leader only); adding it again with the same address is a no-op.
+#[pg_extern]
+fn pgraft_add_node(node_id: i32, address: &str, port: i32) -> bool {
+    let id = node_id_arg("pgraft_add_node", node_id);
+    if !(1..=65535).contains(&port) {
+        invalid(format!("port {port} is out of range: a port is 1 to 65535"));
+    }
+    if let Err(e) = pgraft_core::config::validate_host("address", address) {
+        invalid(e.0);
+    }
+    let address = if address.contains(':') { format!("[{address}]:{port}") } else { format!("{address}:{port}") };
+    matches!(bridge::raft(Request::AddMember { id, address, learner: false }), Response::Applied { .. } | Response::Unchanged)
+}
+
+/// Removes a member (leader only).
+#[pg_extern]
+fn pgraft_remove_node(node_id: i32) -> bool {
+    let id = node_id_arg("pgraft_remove_node", node_id);
+    matches!(bridge::raft(Request::RemoveMember { id }), Response::Applied { .. } | Response::Unchanged)
+}
+
+/// Whether this member is the leader (from shared memory).
+#[pg_extern]
+fn pgraft_is_leader() -> bool {
+    shmem::read().is_leader
+}
+
+/// The leader this member knows of; 0 when none.
+#[pg_extern]
+fn pgraft_get_leader() -> i32 {
+    i32::try_from(shmem::read().leader_id).unwrap_or(0)
+}
+
+/// The current term.
+#[pg_extern]
+fn pgraft_get_term() -> i64 {
+    shmem::read().term as i64
+}
+
+/// The background worker's state: initializing, running, stopped or error.
+#[pg_extern]
+fn pgraft_get_worker_state() -> &'static str {
+    shmem::read().state.as_str()
+}
+
+/// Whether a majority of the members is reachable from here.
+#[pg_extern]
+fn pgraft_quorum_met() -> bool {
+    status().member.quorum_active
+}
+
+/// Hands leadership to another voter; returns once it leads.
+#[pg_extern]
+fn pgraft_transfer_leadership(target_node_id: i32) -> bool {
+    let to = node_id_arg("leadership transfer", target_node_id);
+    let st = status();
+    if !st.member.voters.contains(&to) {
+        invalid(format!("leadership transfer to node {to}: it is not a voting member of the cluster"));
+    }
+    matches!(bridge::raft(Request::TransferLeader { to }), Response::Reached(_))
+}
+
+/// A round trip through the log: proposes a no-op entry and waits until it is applied.
+#[pg_extern]
+fn pgraft_test() -> bool {
+    matches!(bridge::raft(Request::Propose(Body::Probe)), Response::Applied { .. })
+}
+
+/// The worker's full status.
+pub fn status() -> StatusReport {
+    match bridge::call(IpcRequest::Status) {
+        IpcResponse::Status(s) => *s,
+        other => bridge::unexpected(other),
+    }
+}
+
+fn split_address(a: &str) -> (String, i32) {
+    match a.rsplit_once(':') {
+        Some((h, p)) => (h.trim_start_matches('[').trim_end_matches(']').to_string(), p.parse().unwrap_or(0)),
+        None => (a.to_string(), 0),
+    }
+}
+
+/// One row per member.
+#[pg_extern]
+#[allow(clippy::type_complexity)]
+fn pgraft_get_nodes() -> TableIterator<
+    'static,
+    (
+        name!(node_id, i32),
+        name!(address, String),
+        name!(port, i32),
+        name!(is_leader, bool),
+        name!(state, String),
+        name!(match_index, Option<i64>),
+        name!(commit_index, Option<i64>),
+        name!(last_heartbeat_ms, Option<i64>),
+        name!(replication_lag_bytes, Option<i64>),
+    ),
+> {
+    let st = status();
+    let m = &st.member;
+    let rows: Vec<_> = st
+        .addresses
+        .iter()
+        .map(|(id, addr)| {
+            let (host, port) = split_address(addr);
+            let progress = m.progress.iter().find(|p| p.id == *id);
+            let is_me = *id == m.id;
+            let match_index = progress.map(|p| p.matched as i64).or(is_me.then_some(m.last_index as i64));
+            let commit = is_me.then_some(m.commit as i64).or(progress.map(|_| m.commit.min(progress.map_or(0, |p| p.matched)) as i64));
+            let heard = if is_me { Some(0) } else { m.last_heard_ms.get(id).map(|t| (st.now_ms - t).max(0)) };
+            let lag = progress.map(|p| m.last_index.saturating_sub(p.matched) as i64);
+            (
+                *id as i32,
+                host,
+                port,
+                *id == m.leader_id,
+                state_of(*id, m),
+                match_index,
+                commit,
+                heard,
+                lag,
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
+/// A member's state as seen from here.
+pub fn state_of(id: u64, m: &pgraft_core::MemberStatus) -> String {
+    if id == m.id {
+        return m.role.as_str().to_string();
+    }
+    if id == m.leader_id {
+        "Leader".into()
+    } else if m.learners.contains(&id) {
+        "Learner".into()
+    } else {
+        "Follower".into()
+    }
+}
+
+/// One row per member with the cluster's status, as every document shows it.
+#[pg_extern]
+#[allow(clippy::type_complexity)]
+fn pgraft_get_cluster_status() -> TableIterator<
+    'static,
+    (
+        name!(node_id, i32),
+        name!(address, String),
+        name!(port, i32),
+        name!(is_leader, bool),
+        name!(state, String),
+        name!(term, i64),
+        name!(commit_index, i64),
+        name!(last_log_index, i64),
+        name!(last_heartbeat, Option<String>),
+        name!(current_term, i64),
+        name!(leader_id, i32),
+        name!(num_nodes, i32),
+        name!(messages_processed, i64),
+        name!(elections_triggered, i64),
+    ),
+> {
+    let st = status();
+    let m = &st.member;
+    let n = st.addresses.len() as i32;
+    let rows: Vec<_> = st
+        .addresses
+        .iter()
+        .map(|(id, addr)| {
+            let (host, port) = split_address(addr);
+            let progress = m.progress.iter().find(|p| p.id == *id);
+            let is_me = *id == m.id;
+            let last = if is_me { m.last_index } else { progress.map_or(m.last_index, |p| p.matched) };
+            let heard = if is_me {
+                Some("0.000s".to_string())
+            } else {
+                m.last_heard_ms.get(id).map(|t| format!("{:.3}s", (st.now_ms - t).max(0) as f64 / 1000.0))
+            };
+            (
+                *id as i32,
+                host,
+                port,
+                *id == m.leader_id,
+                state_of(*id, m),
+                m.term as i64,
+                m.commit.min(last.max(m.commit)) as i64,
+                last as i64,
+                heard,
+                m.term as i64,
+                m.leader_id as i32,
+                n,
+                (m.counters.messages_received + m.counters.messages_sent) as i64,
+                m.counters.elections as i64,
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}

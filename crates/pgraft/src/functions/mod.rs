@@ -1,0 +1,5 @@
+//! The SQL functions of the reference documents.
+
+mod cluster;
+mod kv;
+mod log;

@@ -1,0 +1,82 @@
+//! What the worker publishes in shared memory for cheap reads from any session:
+//! `pgraft_is_leader()`, `pgraft_get_term()`, `pgraft_get_leader()`,
+//! `pgraft_get_worker_state()` read here without talking to the worker.
+
+use pgrx::lwlock::PgLwLock;
+use pgrx::shmem::PGRXSharedMemory;
+
+/// The worker's life cycle, as `pgraft_get_worker_state()` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum WorkerState {
+    /// Not started yet, or exited.
+    #[default]
+    Stopped = 0,
+    /// Reading its settings and opening its storage.
+    Initializing = 1,
+    /// The Raft member runs.
+    Running = 2,
+    /// The member failed (storage, configuration); the reason is in the server log.
+    Error = 3,
+}
+
+impl WorkerState {
+    /// The name shown in SQL.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Stopped => "stopped",
+            WorkerState::Initializing => "initializing",
+            WorkerState::Running => "running",
+            WorkerState::Error => "error",
+        }
+    }
+}
+
+/// Small, fixed-size facts the worker keeps current.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WorkerShared {
+    /// Life cycle.
+    pub state: WorkerState,
+    /// The worker's pid (0: none).
+    pub pid: i32,
+    /// Whether this member leads.
+    pub is_leader: bool,
+    /// Current term.
+    pub term: u64,
+    /// The leader known here (0: none).
+    pub leader_id: u64,
+    /// Commit index.
+    pub commit: u64,
+    /// Applied index.
+    pub applied: u64,
+    /// Last log index.
+    pub last_index: u64,
+    /// Voters in the configuration.
+    pub voters: u32,
+    /// Whether a majority is reachable.
+    pub quorum: bool,
+    /// When the worker last published, ms since the Unix epoch.
+    pub updated_ms: i64,
+}
+
+// SAFETY: plain data, no pointers; the lock serialises access.
+unsafe impl PGRXSharedMemory for WorkerShared {}
+
+/// The shared facts, behind a lightweight lock.
+// SAFETY: the name is unique to this extension.
+pub static SHARED: PgLwLock<WorkerShared> = unsafe { PgLwLock::new(c"pgraft_worker_shared") };
+
+/// Requests the shared memory; called from `_PG_init`.
+pub fn init() {
+    pgrx::pg_shmem_init!(SHARED);
+}
+
+/// A copy of the shared facts.
+pub fn read() -> WorkerShared {
+    *SHARED.share()
+}
+
+/// Updates the shared facts.
+pub fn update(f: impl FnOnce(&mut WorkerShared)) {
+    f(&mut SHARED.exclusive());
+}

@@ -60,6 +60,13 @@ pub fn stored_records(data: &[u8]) {
     let _ = crate::storage::redb_store::decode::<Snapshot>("fuzz", &sealed);
 }
 
+/// A fuzz target's body.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, for runners.
-pub const TARGETS: [(&str, fn(&[u8])); 4] =
-    [("frame", frame), ("handshake", handshake), ("snapshot_chunks", snapshot_chunks), ("stored_records", stored_records)];
+pub const TARGETS: [(&str, Target); 4] = [
+    ("frame", frame),
+    ("handshake", handshake),
+    ("snapshot_chunks", snapshot_chunks),
+    ("stored_records", stored_records),
+];

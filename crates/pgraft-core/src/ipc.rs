@@ -113,7 +113,9 @@ pub fn call<Req: Serialize, Resp: DeserializeOwned>(
 }
 
 /// Reads one message on the worker's side.
-pub async fn read_message<T: DeserializeOwned, R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Result<Option<T>, IpcError> {
+pub async fn read_message<T: DeserializeOwned, R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<Option<T>, IpcError> {
     use tokio::io::AsyncReadExt;
     let n = match r.read_u32().await {
         Ok(n) => n as usize,
@@ -129,7 +131,10 @@ pub async fn read_message<T: DeserializeOwned, R: tokio::io::AsyncRead + Unpin>(
 }
 
 /// Writes one message on the worker's side.
-pub async fn write_message<T: Serialize, W: tokio::io::AsyncWrite + Unpin>(w: &mut W, msg: &T) -> Result<(), IpcError> {
+pub async fn write_message<T: Serialize, W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    msg: &T,
+) -> Result<(), IpcError> {
     use tokio::io::AsyncWriteExt;
     let bytes = encode(msg)?;
     w.write_all(&bytes).await.map_err(|e| IpcError::Protocol(e.to_string()))?;
@@ -171,12 +176,15 @@ mod tests {
         });
         let big = Echo((0..3_000_000u32).map(|i| i as u8).collect());
         let mut checks = 0;
-        let back: Echo = call(&path, &big, Instant::now() + Duration::from_secs(10), || checks += 1).expect("answer");
+        let back: Echo =
+            call(&path, &big, Instant::now() + Duration::from_secs(10), || checks += 1).expect("answer");
         assert_eq!(back, big);
         assert!(checks >= 2, "interrupts were checked {checks} times while waiting");
-        let r: Result<Echo, _> = call(&path, &Echo(vec![1]), Instant::now() + Duration::from_millis(50), || {});
+        let r: Result<Echo, _> =
+            call(&path, &Echo(vec![1]), Instant::now() + Duration::from_millis(50), || {});
         assert!(matches!(r, Err(IpcError::Timeout(_))));
-        let none: Result<Echo, _> = call(&dir.join("missing.sock"), &Echo(vec![]), Instant::now() + Duration::from_secs(1), || {});
+        let none: Result<Echo, _> =
+            call(&dir.join("missing.sock"), &Echo(vec![]), Instant::now() + Duration::from_secs(1), || {});
         assert!(matches!(none, Err(IpcError::NotRunning { .. })));
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -50,6 +50,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Where the Raft listener binds.
     pub listen: SocketAddr,
+    /// Where peers reach this member (`host:port`); may differ from `listen` behind NAT
+    /// or a proxy.
+    pub advertise: String,
     /// The source address of outgoing peer connections.
     pub source_ip: Option<IpAddr>,
     /// Mutual TLS files, when TLS is on.
@@ -163,6 +166,7 @@ impl Node {
             });
             let mut tcfg = TransportConfig::new(cfg.member.id, cfg.member.cluster_id.clone(), cfg.listen);
             tcfg.source_ip = cfg.source_ip;
+            tcfg.advertise = cfg.advertise.clone();
             tcfg.tls = tls;
             let transport = Transport::start(tcfg, sink, runtime.handle().clone())
                 .map_err(|e| Error::InvalidArgument(format!("listen on {}: {e}", cfg.listen)))?;
@@ -182,7 +186,10 @@ impl Node {
                         Ok(Err(e)) => Some(e.to_string()),
                         Err(p) => Some(format!(
                             "the Raft thread panicked: {}",
-                            p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+                            p.downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                                .unwrap_or_default()
                         )),
                     };
                     if let Some(f) = &fatal {
@@ -334,6 +341,9 @@ fn run_loop(
     let mut next_tick = Instant::now() + tick_interval(member.role(), &timing, election_tick);
     let mut last_status = Instant::now() - Duration::from_secs(1);
     let mut addresses = BTreeMap::new();
+    // Addresses peers told us in their handshakes; the replicated membership wins, these
+    // fill in until it arrives (a member just added answers its leader this way).
+    let mut learned: BTreeMap<u64, String> = BTreeMap::new();
     loop {
         let wait = next_tick.saturating_duration_since(Instant::now());
         let first = match rx.recv_timeout(wait) {
@@ -352,9 +362,12 @@ fn run_loop(
         }
         for input in inputs {
             match input {
-                Input::Net(Inbound::Message(m)) => member.step(m).unwrap_or_else(|e| log::debug!("{e}")),
+                Input::Net(Inbound::Message(m)) => member.step(*m).unwrap_or_else(|e| log::debug!("{e}")),
                 Input::Net(Inbound::SnapshotSent { to, ok }) => member.report_snapshot(to, ok),
                 Input::Net(Inbound::Unreachable(to)) => member.report_unreachable(to),
+                Input::Net(Inbound::PeerAddress { id, address }) => {
+                    learned.insert(id, address);
+                }
                 Input::Call { req, deadline, reply } => {
                     let token = next_token;
                     next_token += 1;
@@ -419,7 +432,10 @@ fn run_loop(
             );
             timing = cluster_timing;
         }
-        let a = member.addresses();
+        let mut a = member.addresses();
+        for (id, addr) in &learned {
+            a.entry(*id).or_insert_with(|| addr.clone());
+        }
         if a != addresses {
             transport.set_peers(&a);
             *lock(&shared.addresses) = a.clone();

@@ -43,6 +43,7 @@ fn node_config(c: &Cluster, m: &Member, incarnation: u64) -> NodeConfig {
         member: MemberConfig::new(m.id, c.cluster_id.clone(), incarnation),
         data_dir: m.dir.clone(),
         listen,
+        advertise: m.spec.advertised_socket().to_string(),
         source_ip: Some(listen.ip()),
         tls: c.tls.as_ref().map(|d| tls_files(d, m.id)),
         timing: TIMING,
@@ -51,7 +52,11 @@ fn node_config(c: &Cluster, m: &Member, incarnation: u64) -> NodeConfig {
 }
 
 fn tls_files(dir: &Path, id: u64) -> TlsFiles {
-    TlsFiles { cert: dir.join(format!("node{id}.crt")), key: dir.join(format!("node{id}.key")), ca: dir.join("ca.crt") }
+    TlsFiles {
+        cert: dir.join(format!("node{id}.crt")),
+        key: dir.join(format!("node{id}.key")),
+        ca: dir.join("ca.crt"),
+    }
 }
 
 impl Cluster {
@@ -60,7 +65,12 @@ impl Cluster {
         let members: Vec<Member> = (1..=n)
             .map(|id| Member {
                 id,
-                spec: pgraft_testkit::Node::new(id, 0, free_port().expect("port"), dir.join(format!("n{id}"))),
+                spec: pgraft_testkit::Node::new(
+                    id,
+                    0,
+                    free_port().expect("port"),
+                    dir.join(format!("n{id}")),
+                ),
                 dir: dir.join(format!("n{id}")),
                 node: None,
             })
@@ -100,7 +110,8 @@ impl Cluster {
             let mut leaders = Vec::new();
             for m in self.members.iter().filter(|m| m.node.is_some()) {
                 let st = self.handle(m.id).status();
-                leaders.push(st.map(|s| if s.role == Role::Leader { s.id } else { s.leader_id }).unwrap_or(0));
+                leaders
+                    .push(st.map(|s| if s.role == Role::Leader { s.id } else { s.leader_id }).unwrap_or(0));
             }
             let first = leaders[0];
             Ok((first != 0 && leaders.iter().all(|l| *l == first)).then_some(first))
@@ -114,7 +125,10 @@ impl Cluster {
     }
 
     fn get(&self, via: u64, key: &str, c: Consistency) -> Option<String> {
-        match self.handle(via).call_blocking(Request::Read(Read::Get { key: key.into(), revision: None }, c), CALL) {
+        match self
+            .handle(via)
+            .call_blocking(Request::Read(Read::Get { key: key.into(), revision: None }, c), CALL)
+        {
             Ok(Response::Kvs(kvs)) => kvs.first().map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
             other => panic!("get {key} on node {via}: {other:?}"),
         }
@@ -172,9 +186,10 @@ fn three_members_elect_forward_and_survive_leader_loss() {
     let lost = Instant::now();
     c.members[(leader - 1) as usize].node.take();
     let new_leader = wait_until("a new leader", Duration::from_secs(10), Duration::from_millis(5), || {
-        Ok(c.members.iter().filter(|m| m.node.is_some()).find_map(|m| {
-            c.handle(m.id).status().filter(|s| s.role == Role::Leader).map(|s| s.id)
-        }))
+        Ok(c.members
+            .iter()
+            .filter(|m| m.node.is_some())
+            .find_map(|m| c.handle(m.id).status().filter(|s| s.role == Role::Leader).map(|s| s.id)))
     })
     .expect("new leader");
     let took = lost.elapsed();
@@ -191,7 +206,11 @@ fn three_members_elect_forward_and_survive_leader_loss() {
     })
     .expect("caught up");
     assert_eq!(c.get(leader, "k", Consistency::Linearizable).as_deref(), Some("v2"));
-    assert_eq!(c.handle(leader).status().map(|s| s.role), Some(Role::Follower), "the old leader rejoins as a follower");
+    assert_eq!(
+        c.handle(leader).status().map(|s| s.role),
+        Some(Role::Follower),
+        "the old leader rejoins as a follower"
+    );
 }
 
 #[test]
@@ -237,10 +256,13 @@ fn tls_peers_with_untrusted_certificates_or_other_clusters_are_refused() {
         member: MemberConfig::new(4, c.cluster_id.clone(), 1),
         data_dir: rogue_dir.join("data"),
         listen: SocketAddr::from(([127, 0, 1, 44], free_port().expect("port"))),
+        advertise: "127.0.1.44:1".into(),
         source_ip: Some(IpAddr::from([127, 0, 1, 44])),
         tls: Some(tls_files(&rogue_dir.join("tls"), 4)),
         timing: TIMING,
-        bootstrap: Bootstrap::Static(c.list.iter().cloned().chain([(4, "127.0.0.1:1".to_string())]).collect()),
+        bootstrap: Bootstrap::Static(
+            c.list.iter().cloned().chain([(4, "127.0.0.1:1".to_string())]).collect(),
+        ),
     })
     .expect("the rogue node starts");
     wait_until("the members to refuse the rogue", Duration::from_secs(10), Duration::from_millis(20), || {
@@ -258,16 +280,26 @@ fn tls_peers_with_untrusted_certificates_or_other_clusters_are_refused() {
         member: MemberConfig::new(1, "another-cluster", 1),
         data_dir: rogue_dir.join("stranger"),
         listen: SocketAddr::from(([127, 0, 1, 45], free_port().expect("port"))),
+        advertise: "127.0.1.45:1".into(),
         source_ip: Some(IpAddr::from([127, 0, 1, 45])),
         tls: Some(tls_files(&tls_dir, 1)),
         timing: TIMING,
-        bootstrap: Bootstrap::Static(vec![(1, "127.0.0.1:1".into()), (2, c.list[1].1.clone()), (3, c.list[2].1.clone())]),
+        bootstrap: Bootstrap::Static(vec![
+            (1, "127.0.0.1:1".into()),
+            (2, c.list[1].1.clone()),
+            (3, c.list[2].1.clone()),
+        ]),
     })
     .expect("the stranger starts");
-    wait_until("the members to refuse the stranger", Duration::from_secs(10), Duration::from_millis(20), || {
-        let now: u64 = (1..=3).map(|id| c.handle(id).refused_connections()).sum();
-        Ok((now > before).then_some(()))
-    })
+    wait_until(
+        "the members to refuse the stranger",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || {
+            let now: u64 = (1..=3).map(|id| c.handle(id).refused_connections()).sum();
+            Ok((now > before).then_some(()))
+        },
+    )
     .expect("refused");
     drop(stranger);
     assert_eq!(c.get(leader, "secure", Consistency::Linearizable).as_deref(), Some("yes"));

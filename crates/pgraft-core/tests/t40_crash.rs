@@ -81,7 +81,8 @@ fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
 
 #[test]
 fn fifty_kills_lose_nothing_and_never_go_back() {
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(1);
+    let seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(1);
     println!("crash test seed {seed}");
     let mut rng = Rng::new(seed);
     let root: PathBuf = std::env::temp_dir().join(format!("pgraft-t40-{}", std::process::id()));
@@ -97,7 +98,8 @@ fn fifty_kills_lose_nothing_and_never_go_back() {
     let mut acked: Vec<(String, String)> = vec![("warmup".into(), "1".into())];
     for round in 0..50u64 {
         let v = (round % 3) as usize;
-        let mut last = procs[v].term_vote().unwrap_or_else(|| panic!("round {round}: node {} has no status", v + 1));
+        let mut last =
+            procs[v].term_vote().unwrap_or_else(|| panic!("round {round}: node {} has no status", v + 1));
         // Writes until the kill lands at a random moment.
         let pid = procs[v].child.id() as i32;
         let delay = Duration::from_millis(rng.range(5, 120));
@@ -124,7 +126,8 @@ fn fifty_kills_lose_nothing_and_never_go_back() {
         procs[v].kill();
         procs[v] = spawn(v as u64 + 1, &dirs[v], &members, ports[v]);
         // Term and vote never go back.
-        let (term, vote) = wait_for("the restarted member's status", Duration::from_secs(10), || procs[v].term_vote());
+        let (term, vote) =
+            wait_for("the restarted member's status", Duration::from_secs(10), || procs[v].term_vote());
         assert!(term >= last.0, "round {round}: term went back from {} to {term} (seed {seed})", last.0);
         if term == last.0 && last.1 != 0 {
             assert_eq!(vote, last.1, "round {round}: vote changed within term {term} (seed {seed})");

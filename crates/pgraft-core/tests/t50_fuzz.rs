@@ -12,12 +12,32 @@ use pgraft_core::transport::{Ack, AckStatus, Frame, Hello, PROTOCOL_VERSION};
 use raft::prelude::{Message, MessageType};
 
 fn corpus() -> Vec<Vec<u8>> {
-    let msg = Message { msg_type: MessageType::MsgAppend as i32, to: 2, from: 1, term: 3, index: 9, ..Default::default() };
+    let msg = Message {
+        msg_type: MessageType::MsgAppend as i32,
+        to: 2,
+        from: 1,
+        term: 3,
+        index: 9,
+        ..Default::default()
+    };
     let snap = pgraft_core::storage::snapshot_of(5, 2, &Default::default(), vec![7; 3000]);
-    let snap_msg = Message { msg_type: MessageType::MsgSnapshot as i32, to: 2, from: 1, snapshot: Some(snap), ..Default::default() };
+    let snap_msg = Message {
+        msg_type: MessageType::MsgSnapshot as i32,
+        to: 2,
+        from: 1,
+        snapshot: Some(snap),
+        ..Default::default()
+    };
     let mut seeds = vec![
         Frame::Message(msg).encode(),
-        Hello { version: PROTOCOL_VERSION, from: 1, to: 2, cluster_id: "c".into() }.encode(),
+        Hello {
+            version: PROTOCOL_VERSION,
+            from: 1,
+            to: 2,
+            cluster_id: "c".into(),
+            address: "127.0.0.1:7001".into(),
+        }
+        .encode(),
         Ack { version: PROTOCOL_VERSION, status: AckStatus::Accepted, node: 2 }.encode(),
         Proposal {
             origin: Origin { node: 1, incarnation: 2, seq: 3 },
@@ -37,7 +57,9 @@ fn corpus() -> Vec<Vec<u8>> {
 
 #[test]
 fn decoders_survive_mutated_and_random_input() {
-    let budget = Duration::from_secs(std::env::var("PGRAFT_FUZZ_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3));
+    let budget = Duration::from_secs(
+        std::env::var("PGRAFT_FUZZ_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3),
+    );
     let seeds = corpus();
     for (name, body) in TARGETS {
         let mut rng = Rng::new(name.len() as u64 * 7919);

@@ -5,10 +5,27 @@ use std::time::{Duration, Instant};
 
 use pgraft_core::ipc::{self, IpcError, SOCKET_NAME};
 use pgraft_core::{Error, Request, Response};
+use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
+use pgrx::PgLogLevel;
 
 use crate::gucs;
 use crate::protocol::{IpcRequest, IpcResponse};
+
+/// Raises an ERROR with a SQLSTATE, message and optional hint.
+pub fn fail(code: PgSqlErrorCode, msg: impl Into<String>, hint: Option<&str>) -> ! {
+    let mut report = ErrorReport::new(code, msg.into(), "pgraft");
+    if let Some(h) = hint {
+        report = report.set_hint(h);
+    }
+    report.report(PgLogLevel::ERROR);
+    unreachable!("an ERROR report does not return")
+}
+
+/// An argument error.
+pub fn invalid(msg: impl Into<String>) -> ! {
+    fail(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, msg, None)
+}
 
 /// How long the cluster may take: just under statement_timeout when it is set (so the
 /// session hears pgraft's reason rather than a bare cancel), else pgraft.request_timeout.
@@ -27,20 +44,25 @@ pub fn budget() -> Duration {
 pub fn call(req: IpcRequest) -> IpcResponse {
     let deadline = Instant::now() + budget() + Duration::from_secs(2);
     // Sessions run in the data directory, where the worker's socket lives.
-    match ipc::call(Path::new(SOCKET_NAME), &req, deadline, || pgrx::check_for_interrupts!()) {
+    let r = ipc::call(Path::new(SOCKET_NAME), &req, deadline, || {
+        pgrx::check_for_interrupts!();
+    });
+    match r {
         Ok(r) => r,
-        Err(IpcError::NotRunning { .. }) => ereport!(
-            ERROR,
+        Err(IpcError::NotRunning { .. }) => fail(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "the pgraft worker is not running",
-            "Check the server log; the worker starts with the server and restarts after a failure. pgraft_get_worker_state() shows its state."
+            Some(
+                "Check the server log; the worker starts with the server and restarts after a failure. \
+                 pgraft_get_worker_state() shows its state.",
+            ),
         ),
-        Err(IpcError::Timeout(waited)) => ereport!(
-            ERROR,
+        Err(IpcError::Timeout(waited)) => fail(
             PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
-            format!("timed out after {waited:?} waiting for the pgraft worker")
+            format!("timed out after {waited:?} waiting for the pgraft worker"),
+            None,
         ),
-        Err(e) => ereport!(ERROR, PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()),
+        Err(e) => fail(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), None),
     }
 }
 
@@ -54,62 +76,54 @@ pub fn raft(req: Request) -> Response {
     }
 }
 
-/// Raises an unexpected answer as an internal error.
+/// Raises an answer the caller did not expect.
 pub fn unexpected(r: IpcResponse) -> ! {
     match r {
         IpcResponse::Failed(msg) => {
-            ereport!(ERROR, PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, format!("pgraft: {msg}"))
+            fail(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, format!("pgraft: {msg}"), None)
         }
-        other => ereport!(ERROR, PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("pgraft: unexpected answer {other:?}")),
+        other => {
+            fail(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("pgraft: unexpected answer {other:?}"), None)
+        }
     }
 }
 
 /// Raises a Raft member's error with the SQLSTATE that fits it.
 pub fn raise(e: Error) -> ! {
+    use PgSqlErrorCode::*;
     let msg = e.to_string();
     match &e {
-        Error::NotLeader { leader_id: Some(id), leader_address } => ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            msg,
-            format!(
-                "Run it on the leader: node {id}{}.",
+        Error::NotLeader { leader_id: Some(id), leader_address } => {
+            let hint = format!(
+                "Run it on the leader, node {id}{}.",
                 leader_address.as_deref().map(|a| format!(" (Raft address {a})")).unwrap_or_default()
-            )
-        ),
-        Error::NotLeader { leader_id: None, .. } | Error::NoLeader => ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
+            );
+            fail(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, msg, Some(&hint))
+        }
+        Error::NotLeader { leader_id: None, .. } | Error::NoLeader => fail(
+            ERRCODE_CONNECTION_FAILURE,
             msg,
-            "Wait for an election to finish, or check that a majority of the members is reachable."
+            Some("Wait for an election to finish, or check that a majority of the members is reachable."),
         ),
-        Error::NoQuorum => ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
+        Error::NoQuorum => fail(
+            ERRCODE_CONNECTION_FAILURE,
             msg,
-            "Check that a majority of the members is running and reachable."
+            Some("Check that a majority of the members is running and reachable."),
         ),
-        Error::Timeout => ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
+        Error::Timeout => fail(
+            ERRCODE_QUERY_CANCELED,
             msg,
-            "Raise statement_timeout or pgraft.request_timeout, or check the cluster's health."
+            Some("Raise statement_timeout or pgraft.request_timeout, or check the cluster's health."),
         ),
         Error::UnknownMember(_) | Error::InvalidArgument(_) | Error::Compacted { .. } => {
-            ereport!(ERROR, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, msg)
+            fail(ERRCODE_INVALID_PARAMETER_VALUE, msg, None)
         }
-        Error::Busy(_) => ereport!(ERROR, PgSqlErrorCode::ERRCODE_OBJECT_IN_USE, msg),
-        Error::Stopped => ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        Error::Busy(_) => fail(ERRCODE_OBJECT_IN_USE, msg, None),
+        Error::Stopped => fail(
+            ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             msg,
-            "The worker restarts the member; check the server log."
+            Some("The worker restarts the member; check the server log."),
         ),
-        Error::Storage(_) => ereport!(ERROR, PgSqlErrorCode::ERRCODE_IO_ERROR, msg),
+        Error::Storage(_) => fail(ERRCODE_IO_ERROR, msg, None),
     }
-}
-
-/// An argument error.
-pub fn invalid(msg: impl Into<String>) -> ! {
-    ereport!(ERROR, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, msg.into())
 }

@@ -3,6 +3,7 @@
 //! `pgraft_get_worker_state()` read here without talking to the worker.
 
 use pgrx::lwlock::PgLwLock;
+use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
 
 /// The worker's life cycle, as `pgraft_get_worker_state()` reports it.
@@ -67,6 +68,8 @@ unsafe impl PGRXSharedMemory for WorkerShared {}
 pub static SHARED: PgLwLock<WorkerShared> = unsafe { PgLwLock::new(c"pgraft_worker_shared") };
 
 /// Requests the shared memory; called from `_PG_init`.
+// pgrx's macro tests features for PostgreSQL 13 and 14, which this crate does not have.
+#[allow(unexpected_cfgs)]
 pub fn init() {
     pgrx::pg_shmem_init!(SHARED);
 }

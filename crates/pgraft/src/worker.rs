@@ -77,7 +77,8 @@ fn data_directory() -> PathBuf {
 
 fn settings() -> Result<Settings, String> {
     let cluster_id = gucs::string(&gucs::CLUSTER_ID);
-    let node_id = u64::try_from(gucs::NODE_ID.get()).map_err(|_| "pgraft.node_id must be positive".to_string())?;
+    let node_id =
+        u64::try_from(gucs::NODE_ID.get()).map_err(|_| "pgraft.node_id must be positive".to_string())?;
     let address = gucs::string(&gucs::ADDRESS);
     let port = u16::try_from(gucs::PORT.get()).map_err(|_| "pgraft.port is out of range".to_string())?;
     let listen_host = match gucs::string(&gucs::LISTEN_ADDRESS) {
@@ -94,7 +95,11 @@ fn settings() -> Result<Settings, String> {
         s => PathBuf::from(s),
     };
     let tls = if gucs::SSL_ENABLED.get() {
-        let (cert, key, ca) = (gucs::string(&gucs::SSL_CERT_FILE), gucs::string(&gucs::SSL_KEY_FILE), gucs::string(&gucs::SSL_CA_FILE));
+        let (cert, key, ca) = (
+            gucs::string(&gucs::SSL_CERT_FILE),
+            gucs::string(&gucs::SSL_KEY_FILE),
+            gucs::string(&gucs::SSL_CA_FILE),
+        );
         if cert.is_empty() || key.is_empty() || ca.is_empty() {
             return Err("pgraft.ssl_enabled is on, but pgraft.ssl_cert_file, ssl_key_file and ssl_ca_file are not all set".into());
         }
@@ -120,17 +125,19 @@ fn settings() -> Result<Settings, String> {
         .unwrap_or(0)
         ^ u64::from(std::process::id());
     let source_ip: Option<IpAddr> = Some(listen.ip()).filter(|ip| !ip.is_unspecified());
+    let advertised = host_port(&address, port);
     Ok(Settings {
         node: NodeConfig {
             member: MemberConfig::new(node_id, cluster_id, incarnation),
             data_dir,
             listen,
+            advertise: advertised.clone(),
             source_ip,
             tls,
             timing,
             bootstrap,
         },
-        advertised: host_port(&address, port),
+        advertised,
         bootstrap_node: gucs::BOOTSTRAP_NODE.get() as u64,
         static_cluster,
     })
@@ -149,7 +156,13 @@ fn host_port(host: &str, port: u16) -> String {
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pgraft_worker_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    shmem::update(|s| *s = WorkerShared { state: WorkerState::Initializing, pid: std::process::id() as i32, ..Default::default() });
+    shmem::update(|s| {
+        *s = WorkerShared {
+            state: WorkerState::Initializing,
+            pid: std::process::id() as i32,
+            ..Default::default()
+        }
+    });
     let (log_tx, log_rx) = channel();
     if log::set_boxed_logger(Box::new(ChannelLogger { tx: Mutex::new(log_tx) })).is_ok() {
         log::set_max_level(level_filter(&gucs::string(&gucs::LOG_LEVEL)));
@@ -167,7 +180,12 @@ pub extern "C-unwind" fn pgraft_worker_main(_arg: pg_sys::Datum) {
             return;
         }
     };
-    pgrx::log!("pgraft: node {} of cluster {:?} listening on {}", worker.settings.node.member.id, worker.settings.node.member.cluster_id, worker.settings.node.listen);
+    pgrx::log!(
+        "pgraft: node {} of cluster {:?} listening on {}",
+        worker.settings.node.member.id,
+        worker.settings.node.member.cluster_id,
+        worker.settings.node.listen
+    );
     while BackgroundWorker::wait_latch(Some(Duration::from_millis(50))) {
         drain_logs(&log_rx);
         if BackgroundWorker::sighup_received() {
@@ -215,14 +233,23 @@ impl Worker {
         let socket = data_directory().join(SOCKET_NAME);
         let _ = std::fs::remove_file(&socket);
         let runtime = pgraft_core::node::with_signals_blocked(|| {
-            tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("pgraft-ipc").enable_all().build()
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("pgraft-ipc")
+                .enable_all()
+                .build()
         })
         .map_err(|e| format!("start the session runtime: {e}"))?;
         let listener = {
             let _g = runtime.enter();
-            tokio::net::UnixListener::bind(&socket).map_err(|e| format!("listen on {}: {e}", socket.display()))?
+            tokio::net::UnixListener::bind(&socket)
+                .map_err(|e| format!("listen on {}: {e}", socket.display()))?
         };
-        let ctx = Arc::new(Ctx { current: Arc::clone(&current), inits: Mutex::new(init_tx), data_dir: settings.node.data_dir.clone() });
+        let ctx = Arc::new(Ctx {
+            current: Arc::clone(&current),
+            inits: Mutex::new(init_tx),
+            data_dir: settings.node.data_dir.clone(),
+        });
         runtime.spawn(serve_sessions(listener, ctx));
         shmem::update(|s| s.state = WorkerState::Running);
         Ok(Worker { settings, node: Some(node), current, inits, ipc: Some(runtime) })
@@ -315,7 +342,10 @@ impl Worker {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 struct Ctx {
@@ -365,7 +395,9 @@ async fn answer(req: IpcRequest, ctx: &Ctx) -> IpcResponse {
             }
         }
         IpcRequest::Status => {
-            let Some(member) = node.status() else { return IpcResponse::Failed("the Raft member has not reported yet".into()) };
+            let Some(member) = node.status() else {
+                return IpcResponse::Failed("the Raft member has not reported yet".into());
+            };
             let cluster_config = node.inspect(|m| m.state().config.clone()).await.unwrap_or_default();
             let disk_bytes = dir_size(&ctx.data_dir);
             IpcResponse::Status(Box::new(StatusReport {
@@ -378,13 +410,20 @@ async fn answer(req: IpcRequest, ctx: &Ctx) -> IpcResponse {
             }))
         }
         IpcRequest::History { limit } => {
-            match node.inspect(move |m| m.state().history.iter().rev().take(limit as usize).cloned().collect()).await {
+            match node
+                .inspect(move |m| m.state().history.iter().rev().take(limit as usize).cloned().collect())
+                .await
+            {
                 Ok(h) => IpcResponse::History(h),
                 Err(e) => IpcResponse::Failed(e.to_string()),
             }
         }
         IpcRequest::Entry { index } => match node.inspect(move |m| m.entry(index)).await {
-            Ok(Ok(e)) => IpcResponse::Entry(e.map(|e| EntryView { index: e.index, term: e.term, text: describe_entry(&e) })),
+            Ok(Ok(e)) => IpcResponse::Entry(e.map(|e| EntryView {
+                index: e.index,
+                term: e.term,
+                text: describe_entry(&e),
+            })),
             Ok(Err(e)) => IpcResponse::Failed(e.to_string()),
             Err(e) => IpcResponse::Failed(e.to_string()),
         },
@@ -417,7 +456,8 @@ fn describe_entry(e: &raft::prelude::Entry) -> String {
 
 fn dir_size(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum())
+        .map(|rd| {
+            rd.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+        })
         .unwrap_or(0)
 }
-

@@ -73,16 +73,25 @@ fn up_kill_start_partition_heal_down() {
         let probe = |from: &str| -> std::io::Result<TcpStream> {
             let mut s = dial_from(from, front)?;
             s.set_read_timeout(Some(Duration::from_secs(3)))?;
-            let hello = Hello { version: PROTOCOL_VERSION, from: 1, to: 3, cluster_id: "probe".into() };
+            let hello = Hello {
+                version: PROTOCOL_VERSION,
+                from: 1,
+                to: 3,
+                cluster_id: "probe".into(),
+                address: String::new(),
+            };
             s.write_all(&hello.encode())?;
             let mut ack = [0u8; 15];
             s.read_exact(&mut ack)?;
             Ack::decode(&ack).map_err(|e| std::io::Error::other(e.to_string()))?;
             Ok(s)
         };
-        wait_until("node 3's Raft port to answer", Duration::from_secs(10), Duration::from_millis(50), || {
-            Ok(probe(&from1).ok().map(|_| ()))
-        })
+        wait_until(
+            "node 3's Raft port to answer",
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || Ok(probe(&from1).ok().map(|_| ())),
+        )
         .expect("node 1 reaches node 3 before the partition");
         // An open link, closed by the partition.
         let open = dial_from(&from1, front).expect("dial node 3");

@@ -30,8 +30,10 @@ fn bootstrap_write_anywhere_lose_the_leader_and_partition() {
         let dir = cluster_dir("cluster");
         let d = dir.to_string_lossy().into_owned();
         let _guard = Down(dir.clone());
-        let nodes = json_lines(&pgraftctl(&["local", "up", "--nodes", "3", "--dir", &d, "--pg-config", &pgc]));
-        let conn: Vec<String> = nodes.iter().map(|n| n["conninfo"].as_str().expect("conninfo").to_string()).collect();
+        let nodes =
+            json_lines(&pgraftctl(&["local", "up", "--nodes", "3", "--dir", &d, "--pg-config", &pgc]));
+        let conn: Vec<String> =
+            nodes.iter().map(|n| n["conninfo"].as_str().expect("conninfo").to_string()).collect();
 
         // `up` bootstrapped: node 1 leads, every member follows it.
         for c in &conn {
@@ -39,9 +41,13 @@ fn bootstrap_write_anywhere_lose_the_leader_and_partition() {
         }
         // A write on a follower is visible on every member right after it returns.
         let mut c2 = connect(&conn[1]).expect("node 2");
-        assert!(c2.query_one("SELECT pgraft_kv_put('k', 'from node 2')", &[]).expect("put").get::<_, bool>(0));
+        assert!(c2
+            .query_one("SELECT pgraft_kv_put('k', 'from node 2')", &[])
+            .expect("put")
+            .get::<_, bool>(0));
         for c in &conn {
-            let v: Option<String> = connect(c).expect("connect").query_one("SELECT pgraft_kv_get('k')", &[]).expect("get").get(0);
+            let v: Option<String> =
+                connect(c).expect("connect").query_one("SELECT pgraft_kv_get('k')", &[]).expect("get").get(0);
             assert_eq!(v.as_deref(), Some("from node 2"), "on {c}");
         }
 
@@ -72,14 +78,23 @@ fn bootstrap_write_anywhere_lose_the_leader_and_partition() {
         let mut cf = connect(&conn[(follower - 1) as usize]).expect("partitioned member's SQL port");
         cf.batch_execute("SET statement_timeout = '3s'").expect("SET");
         let started = Instant::now();
-        let err = cf.query_one("SELECT pgraft_kv_put('m', 'minority')", &[]).expect_err("a minority write must fail");
+        let err = cf
+            .query_one("SELECT pgraft_kv_put('m', 'minority')", &[])
+            .expect_err("a minority write must fail");
         assert!(started.elapsed() < Duration::from_secs(4), "the refusal took {:?}", started.elapsed());
         let msg = err.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
-        assert!(msg.contains("leader") || msg.contains("quorum") || msg.contains("timed out"), "unclear error: {msg}");
+        assert!(
+            msg.contains("leader") || msg.contains("quorum") || msg.contains("timed out"),
+            "unclear error: {msg}"
+        );
         cl.query_one("SELECT pgraft_kv_put('m', 'majority')", &[]).expect("majority write");
         pgraftctl(&["local", "heal", "--dir", &d]);
         wait("the partitioned member to catch up", Duration::from_secs(20), || {
-            let v: Option<String> = connect(&conn[(follower - 1) as usize]).ok()?.query_one("SELECT pgraft_kv_get('m')", &[]).ok()?.get(0);
+            let v: Option<String> = connect(&conn[(follower - 1) as usize])
+                .ok()?
+                .query_one("SELECT pgraft_kv_get('m')", &[])
+                .ok()?
+                .get(0);
             (v.as_deref() == Some("majority")).then_some(())
         });
         drop((c2, cl, cf));

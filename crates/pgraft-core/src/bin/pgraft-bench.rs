@@ -71,6 +71,7 @@ fn main() {
                 member: MemberConfig::new(i, "bench", 1),
                 data_dir: root.join(format!("n{i}")),
                 listen: addrs[(i - 1) as usize],
+                advertise: addrs[(i - 1) as usize].to_string(),
                 source_ip: None,
                 tls: None,
                 timing: Timing::default(),
@@ -89,15 +90,21 @@ fn main() {
     println!(
         "pgraft-bench: {members} members on loopback TCP, fsync on, {clients} clients, {value_bytes}-byte values, {keys} keys, {seconds} s per operation"
     );
-    println!("{:<22} {:>10} {:>10} {:>10} {:>10} {:>8}", "operation", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "errors");
-    for (name, kind) in [("put", Kind::Put), ("get (linearizable)", Kind::Get), ("compare-and-swap", Kind::Cas)] {
+    println!(
+        "{:<22} {:>10} {:>10} {:>10} {:>10} {:>8}",
+        "operation", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "errors"
+    );
+    for (name, kind) in
+        [("put", Kind::Put), ("get (linearizable)", Kind::Get), ("compare-and-swap", Kind::Cas)]
+    {
         let stop = Arc::new(AtomicBool::new(false));
         let lat = Arc::new(Mutex::new(Vec::<Duration>::new()));
         let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let threads: Vec<_> = (0..clients)
             .map(|c| {
                 let h = handles[(c % members) as usize].clone();
-                let (stop, lat, errors, value) = (Arc::clone(&stop), Arc::clone(&lat), Arc::clone(&errors), value.clone());
+                let (stop, lat, errors, value) =
+                    (Arc::clone(&stop), Arc::clone(&lat), Arc::clone(&errors), value.clone());
                 std::thread::spawn(move || {
                     let mut mine = Vec::new();
                     let mut n = 0u64;
@@ -105,8 +112,14 @@ fn main() {
                         n += 1;
                         let key = format!("key-{}", (c * 7919 + n) % keys);
                         let req = match kind {
-                            Kind::Put => Request::Propose(Body::Kv(KvOp::Put { key, value: value.clone(), time_ms: 0 })),
-                            Kind::Get => Request::Read(Read::Get { key, revision: None }, Consistency::Linearizable),
+                            Kind::Put => Request::Propose(Body::Kv(KvOp::Put {
+                                key,
+                                value: value.clone(),
+                                time_ms: 0,
+                            })),
+                            Kind::Get => {
+                                Request::Read(Read::Get { key, revision: None }, Consistency::Linearizable)
+                            }
                             Kind::Cas => Request::Propose(Body::Kv(KvOp::CompareAndSwap {
                                 key,
                                 compare: Compare::Value(Some(value.clone())),

@@ -34,8 +34,13 @@ fn main() {
     let id: u64 = need("--id").parse().unwrap_or_else(|_| fail("--id must be a number"));
     let listen: SocketAddr = need("--listen").parse().unwrap_or_else(|_| fail("--listen must be ip:port"));
     let members = parse_initial_cluster(&need("--members")).unwrap_or_else(|e| fail(&e.to_string()));
-    let ms = |flag: &str, default: u64| arg(&args, flag).map_or(default, |v| v.parse().unwrap_or_else(|_| fail(flag)));
-    let timing = Timing { election_timeout_ms: ms("--election-ms", 1000), heartbeat_interval_ms: ms("--heartbeat-ms", 100) };
+    let ms = |flag: &str, default: u64| {
+        arg(&args, flag).map_or(default, |v| v.parse().unwrap_or_else(|_| fail(flag)))
+    };
+    let timing = Timing {
+        election_timeout_ms: ms("--election-ms", 1000),
+        heartbeat_interval_ms: ms("--heartbeat-ms", 100),
+    };
     let incarnation = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -44,10 +49,17 @@ fn main() {
         member: MemberConfig::new(id, need("--cluster"), incarnation),
         data_dir: PathBuf::from(need("--dir")),
         listen,
+        advertise: members
+            .iter()
+            .find(|m| m.node_id == id)
+            .map(|m| format!("{}:{}", m.host, m.port))
+            .unwrap_or_else(|| listen.to_string()),
         source_ip: Some(listen.ip()),
         tls: None,
         timing,
-        bootstrap: Bootstrap::Static(members.iter().map(|m| (m.node_id, format!("{}:{}", m.host, m.port))).collect()),
+        bootstrap: Bootstrap::Static(
+            members.iter().map(|m| (m.node_id, format!("{}:{}", m.host, m.port))).collect(),
+        ),
     };
     let node = Node::start(cfg).unwrap_or_else(|e| fail(&e.to_string()));
     let h = node.handle();

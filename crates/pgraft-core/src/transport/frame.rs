@@ -81,8 +81,10 @@ impl Frame {
 
     /// Decodes the bytes after the length prefix (kind and payload).
     pub fn decode(body: &[u8]) -> Result<Frame, FrameError> {
-        let (&kind, payload) = body.split_first().ok_or_else(|| FrameError::Malformed("empty frame".into()))?;
-        let msg = |b: &[u8]| Message::decode(b).map_err(|e| FrameError::Malformed(format!("raft message: {e}")));
+        let (&kind, payload) =
+            body.split_first().ok_or_else(|| FrameError::Malformed("empty frame".into()))?;
+        let msg =
+            |b: &[u8]| Message::decode(b).map_err(|e| FrameError::Malformed(format!("raft message: {e}")));
         match kind {
             MESSAGE => Ok(Frame::Message(msg(payload)?)),
             SNAPSHOT_START => {
@@ -141,7 +143,9 @@ impl Reassembly {
         match f {
             Frame::Message(m) => {
                 if self.pending.is_some() {
-                    return Err(FrameError::Malformed("a message arrived in the middle of a snapshot".into()));
+                    return Err(FrameError::Malformed(
+                        "a message arrived in the middle of a snapshot".into(),
+                    ));
                 }
                 Ok(Some(m))
             }
@@ -190,13 +194,28 @@ mod tests {
     use raft::prelude::{MessageType, Snapshot};
 
     fn snapshot_msg(size: usize) -> Message {
-        let snap = crate::storage::snapshot_of(9, 2, &Default::default(), (0..size).map(|i| i as u8).collect());
-        Message { msg_type: MessageType::MsgSnapshot as i32, to: 2, from: 1, term: 2, snapshot: Some(snap), ..Default::default() }
+        let snap =
+            crate::storage::snapshot_of(9, 2, &Default::default(), (0..size).map(|i| i as u8).collect());
+        Message {
+            msg_type: MessageType::MsgSnapshot as i32,
+            to: 2,
+            from: 1,
+            term: 2,
+            snapshot: Some(snap),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn messages_round_trip() {
-        let m = Message { msg_type: MessageType::MsgHeartbeat as i32, to: 2, from: 1, term: 5, commit: 7, ..Default::default() };
+        let m = Message {
+            msg_type: MessageType::MsgHeartbeat as i32,
+            to: 2,
+            from: 1,
+            term: 5,
+            commit: 7,
+            ..Default::default()
+        };
         let bytes = Frame::Message(m.clone()).encode();
         assert_eq!(Frame::decode(&bytes[4..]).expect("decodes"), Frame::Message(m));
     }
@@ -227,7 +246,10 @@ mod tests {
         r.feed(start.clone(), 100).expect("a start");
         assert!(r.feed(Frame::SnapshotChunk(vec![1, 2, 3]), 100).is_err(), "more than announced");
         let mut r = Reassembly::default();
-        assert!(r.feed(Frame::SnapshotStart { total: 1000, msg: snapshot_msg(0) }, 100).is_err(), "over the cap");
+        assert!(
+            r.feed(Frame::SnapshotStart { total: 1000, msg: snapshot_msg(0) }, 100).is_err(),
+            "over the cap"
+        );
         let no_meta = Message { snapshot: None::<Snapshot>, ..Default::default() };
         assert!(r.feed(Frame::SnapshotStart { total: 1, msg: no_meta }, 100).is_err());
         assert!(Frame::decode(&[]).is_err());

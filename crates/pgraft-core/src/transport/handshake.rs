@@ -3,12 +3,16 @@
 //! ```text
 //! dialer -> listener   HELLO = "PGRF" | version: u16 BE | from: u64 BE | to: u64 BE
 //!                              | cluster_len: u8 | cluster_id (1..=63 bytes)
+//!                              | address_len: u8 | address (the dialer's host:port, 0..=255)
 //! listener -> dialer   ACK   = "PGRA" | version: u16 BE | status: u8 | node: u64 BE
 //! status 0 accepted, 1 version unsupported, 2 other cluster, 3 not this node
 //! ```
 //!
 //! With TLS the handshake runs inside the TLS session, after both certificates were
 //! checked. A listener answers a refusal with its reason and closes; the dialer logs it.
+//!
+//! The dialer's address lets a member that has just been added answer its leader before
+//! it has received the membership (which arrives with the first snapshot).
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -34,6 +38,8 @@ pub struct Hello {
     pub to: u64,
     /// Its cluster.
     pub cluster_id: String,
+    /// Where the dialer can be reached (`host:port`; may be empty).
+    pub address: String,
 }
 
 /// How a listener answered.
@@ -97,12 +103,15 @@ impl Hello {
     /// The bytes of the hello.
     pub fn encode(&self) -> Vec<u8> {
         let id = &self.cluster_id.as_bytes()[..self.cluster_id.len().min(255)];
+        let addr = &self.address.as_bytes()[..self.address.len().min(255)];
         let mut b = HELLO_MAGIC.to_vec();
         b.extend(self.version.to_be_bytes());
         b.extend(self.from.to_be_bytes());
         b.extend(self.to.to_be_bytes());
         b.push(id.len() as u8);
         b.extend(id);
+        b.push(addr.len() as u8);
+        b.extend(addr);
         b
     }
 
@@ -115,7 +124,13 @@ impl Hello {
         if len == 0 || len > MAX_CLUSTER_ID_LEN {
             return Err(HandshakeError::Malformed(format!("cluster id of {len} bytes")));
         }
-        let hello = Hello { version: be_u16(&head[4..6]), from: be_u64(&head[6..14]), to: be_u64(&head[14..22]), cluster_id: String::new() };
+        let hello = Hello {
+            version: be_u16(&head[4..6]),
+            from: be_u64(&head[6..14]),
+            to: be_u64(&head[14..22]),
+            cluster_id: String::new(),
+            address: String::new(),
+        };
         Ok((hello, len))
     }
 
@@ -126,9 +141,19 @@ impl Hello {
             .and_then(|h| h.try_into().ok())
             .ok_or_else(|| HandshakeError::Malformed("short hello".into()))?;
         let (mut hello, len) = Self::decode_head(head)?;
-        let id = bytes.get(HELLO_HEAD..HELLO_HEAD + len).ok_or_else(|| HandshakeError::Malformed("short cluster id".into()))?;
-        hello.cluster_id =
-            String::from_utf8(id.to_vec()).map_err(|_| HandshakeError::Malformed("cluster id is not UTF-8".into()))?;
+        let id = bytes
+            .get(HELLO_HEAD..HELLO_HEAD + len)
+            .ok_or_else(|| HandshakeError::Malformed("short cluster id".into()))?;
+        hello.cluster_id = String::from_utf8(id.to_vec())
+            .map_err(|_| HandshakeError::Malformed("cluster id is not UTF-8".into()))?;
+        let at = HELLO_HEAD + len;
+        let alen =
+            *bytes.get(at).ok_or_else(|| HandshakeError::Malformed("no address length".into()))? as usize;
+        let addr = bytes
+            .get(at + 1..at + 1 + alen)
+            .ok_or_else(|| HandshakeError::Malformed("short address".into()))?;
+        hello.address = String::from_utf8(addr.to_vec())
+            .map_err(|_| HandshakeError::Malformed("address is not UTF-8".into()))?;
         Ok(hello)
     }
 
@@ -137,10 +162,15 @@ impl Hello {
         let mut head = [0u8; HELLO_HEAD];
         r.read_exact(&mut head).await?;
         let (mut hello, len) = Self::decode_head(&head)?;
-        let mut id = vec![0u8; len];
+        let mut id = vec![0u8; len + 1];
         r.read_exact(&mut id).await?;
+        let alen = id.pop().unwrap_or(0) as usize;
         hello.cluster_id =
             String::from_utf8(id).map_err(|_| HandshakeError::Malformed("cluster id is not UTF-8".into()))?;
+        let mut addr = vec![0u8; alen];
+        r.read_exact(&mut addr).await?;
+        hello.address =
+            String::from_utf8(addr).map_err(|_| HandshakeError::Malformed("address is not UTF-8".into()))?;
         Ok(hello)
     }
 
@@ -198,7 +228,13 @@ mod tests {
 
     #[test]
     fn hello_round_trip_and_judgement() {
-        let h = Hello { version: PROTOCOL_VERSION, from: 1, to: 2, cluster_id: "prod".into() };
+        let h = Hello {
+            version: PROTOCOL_VERSION,
+            from: 1,
+            to: 2,
+            cluster_id: "prod".into(),
+            address: "127.0.0.1:7001".into(),
+        };
         assert_eq!(Hello::decode(&h.encode()).expect("decodes"), h);
         assert_eq!(h.judge("prod", 2), AckStatus::Accepted);
         assert_eq!(h.judge("other", 2), AckStatus::OtherCluster);
@@ -212,7 +248,8 @@ mod tests {
     #[test]
     fn garbage_is_malformed() {
         assert!(Hello::decode(b"GET / HTTP/1.1\r\n\r\n").is_err());
-        let mut long = Hello { version: 1, from: 1, to: 2, cluster_id: "x".repeat(64) }.encode();
+        let mut long =
+            Hello { version: 1, from: 1, to: 2, cluster_id: "x".repeat(64), address: String::new() }.encode();
         assert!(Hello::decode(&long).is_err(), "a 64-byte cluster id");
         long.truncate(10);
         assert!(Hello::decode(&long).is_err());

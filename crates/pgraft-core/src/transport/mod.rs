@@ -18,8 +18,10 @@ mod handshake;
 mod peer;
 mod tls;
 
-pub use frame::{read_frame, write_frame, Frame, FrameError, Reassembly, DEFAULT_FRAME_CAP, DEFAULT_SNAPSHOT_CAP};
-pub use handshake::{Ack, AckStatus, Hello, HandshakeError, PROTOCOL_VERSION};
+pub use frame::{
+    read_frame, write_frame, Frame, FrameError, Reassembly, DEFAULT_FRAME_CAP, DEFAULT_SNAPSHOT_CAP,
+};
+pub use handshake::{Ack, AckStatus, HandshakeError, Hello, PROTOCOL_VERSION};
 pub use tls::{Tls, TlsError, TlsFiles};
 
 use std::collections::{BTreeMap, HashMap};
@@ -35,8 +37,8 @@ use tokio::net::{TcpListener, TcpStream};
 /// What the transport hands to the member thread.
 #[derive(Debug)]
 pub enum Inbound {
-    /// A message from a peer.
-    Message(Message),
+    /// A message from a peer (boxed: messages are large, the other events small).
+    Message(Box<Message>),
     /// A snapshot was written to `to` completely (`ok`) or failed.
     SnapshotSent {
         /// The peer.
@@ -46,6 +48,13 @@ pub enum Inbound {
     },
     /// A message to `to` could not be sent.
     Unreachable(u64),
+    /// A peer introduced itself: member `id` can be reached at `address`.
+    PeerAddress {
+        /// The peer.
+        id: u64,
+        /// Its `host:port`.
+        address: String,
+    },
 }
 
 /// Where inbound events go: the member thread's input.
@@ -58,6 +67,8 @@ pub struct TransportConfig {
     pub node_id: u64,
     /// Its cluster.
     pub cluster_id: String,
+    /// Where peers reach this member (`host:port`), told to them in the handshake.
+    pub advertise: String,
     /// Where to listen.
     pub listen: SocketAddr,
     /// The source address of outgoing connections (the listen address, so peers and
@@ -79,6 +90,7 @@ impl TransportConfig {
         Self {
             node_id,
             cluster_id: cluster_id.into(),
+            advertise: listen.to_string(),
             listen,
             source_ip: None,
             tls: None,
@@ -123,7 +135,11 @@ pub struct Transport {
 
 impl Transport {
     /// Binds the listener on `rt` and starts accepting peers.
-    pub fn start(cfg: TransportConfig, sink: InboundSink, rt: tokio::runtime::Handle) -> std::io::Result<Transport> {
+    pub fn start(
+        cfg: TransportConfig,
+        sink: InboundSink,
+        rt: tokio::runtime::Handle,
+    ) -> std::io::Result<Transport> {
         let std_listener = std::net::TcpListener::bind(cfg.listen)?;
         std_listener.set_nonblocking(true)?;
         let local_addr = std_listener.local_addr()?;
@@ -157,7 +173,8 @@ impl Transport {
                 continue;
             }
             let (tx, rx) = tokio::sync::mpsc::channel(self.cfg.queue_len);
-            let task = self.rt.spawn(peer::run(self.cfg.clone(), *id, address.clone(), rx, Arc::clone(&self.sink)));
+            let task =
+                self.rt.spawn(peer::run(self.cfg.clone(), *id, address.clone(), rx, Arc::clone(&self.sink)));
             peers.insert(*id, PeerHandle { address: address.clone(), tx, task });
         }
     }
@@ -188,7 +205,12 @@ impl Drop for Transport {
     }
 }
 
-async fn accept_loop(listener: TcpListener, cfg: TransportConfig, sink: InboundSink, stats: Arc<TransportStats>) {
+async fn accept_loop(
+    listener: TcpListener,
+    cfg: TransportConfig,
+    sink: InboundSink,
+    stats: Arc<TransportStats>,
+) {
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(x) => x,
@@ -202,11 +224,13 @@ async fn accept_loop(listener: TcpListener, cfg: TransportConfig, sink: InboundS
         let (cfg, sink, stats) = (cfg.clone(), Arc::clone(&sink), Arc::clone(&stats));
         tokio::spawn(async move {
             let r = match cfg.tls.clone() {
-                Some(tls) => match tokio::time::timeout(Duration::from_secs(10), tls.acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => serve_peer(s, addr, &cfg, &sink, &stats).await,
-                    Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
-                    Err(_) => Err("TLS handshake timed out".to_string()),
-                },
+                Some(tls) => {
+                    match tokio::time::timeout(Duration::from_secs(10), tls.acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => serve_peer(s, addr, &cfg, &sink, &stats).await,
+                        Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
+                        Err(_) => Err("TLS handshake timed out".to_string()),
+                    }
+                }
                 None => serve_peer(stream, addr, &cfg, &sink, &stats).await,
             };
             if let Err(e) = r {
@@ -248,6 +272,9 @@ where
         ));
     }
     log::debug!("peer {} connected from {addr}", hello.from);
+    if !hello.address.is_empty() {
+        sink(Inbound::PeerAddress { id: hello.from, address: hello.address.clone() });
+    }
     let mut reassembly = Reassembly::default();
     loop {
         let frame = match read_frame(&mut s, cfg.frame_cap).await {
@@ -264,7 +291,7 @@ where
                     ));
                 }
                 stats.received.fetch_add(1, Ordering::Relaxed);
-                sink(Inbound::Message(m));
+                sink(Inbound::Message(Box::new(m)));
             }
             Ok(None) => {}
             Err(e) => return Err(format!("from node {}: {e}", hello.from)),
@@ -276,7 +303,8 @@ where
 async fn dial(address: &str, source_ip: Option<IpAddr>) -> std::io::Result<TcpStream> {
     let mut last = None;
     for sa in tokio::net::lookup_host(address).await? {
-        let sock = if sa.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        let sock =
+            if sa.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
         if let Some(ip) = source_ip {
             if ip.is_ipv4() == sa.is_ipv4() {
                 sock.bind(SocketAddr::new(ip, 0))?;
@@ -291,5 +319,7 @@ async fn dial(address: &str, source_ip: Option<IpAddr>) -> std::io::Result<TcpSt
             Err(_) => last = Some(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
         }
     }
-    Err(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("{address} resolves to nothing"))))
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, format!("{address} resolves to nothing"))
+    }))
 }

@@ -6,13 +6,22 @@ use raft::prelude::{Message, MessageType};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc::Receiver;
 
-use super::{dial, write_frame, Ack, AckStatus, Frame, Hello, Inbound, InboundSink, Tls, TransportConfig, PROTOCOL_VERSION};
+use super::{
+    dial, write_frame, Ack, AckStatus, Frame, Hello, Inbound, InboundSink, Tls, TransportConfig,
+    PROTOCOL_VERSION,
+};
 
 type Conn = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
 
 /// Dials, handshakes, and writes queued messages; reconnects with backoff (50 ms doubling
 /// to 2 s) when anything fails.
-pub(super) async fn run(cfg: TransportConfig, to: u64, address: String, mut rx: Receiver<Message>, sink: InboundSink) {
+pub(super) async fn run(
+    cfg: TransportConfig,
+    to: u64,
+    address: String,
+    mut rx: Receiver<Message>,
+    sink: InboundSink,
+) {
     let mut backoff = Duration::from_millis(50);
     let mut logged_failure = false;
     loop {
@@ -76,10 +85,20 @@ fn report_failure(sink: &InboundSink, m: &Message) {
 
 async fn connect(cfg: &TransportConfig, to: u64, address: &str) -> Result<Conn, String> {
     let tcp = dial(address, cfg.source_ip).await.map_err(|e| e.to_string())?;
-    let hello = Hello { version: PROTOCOL_VERSION, from: cfg.node_id, to, cluster_id: cfg.cluster_id.clone() };
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        from: cfg.node_id,
+        to,
+        cluster_id: cfg.cluster_id.clone(),
+        address: cfg.advertise.clone(),
+    };
     match &cfg.tls {
         Some(tls) => {
-            let host = address.rsplit_once(':').map_or(address, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+            let host = address
+                .rsplit_once(':')
+                .map_or(address, |(h, _)| h)
+                .trim_start_matches('[')
+                .trim_end_matches(']');
             let name = Tls::server_name(host).map_err(|e| e.to_string())?;
             let mut s = tls.connector.connect(name, tcp).await.map_err(|e| format!("TLS handshake: {e}"))?;
             greet(&mut s, &hello).await?;
@@ -93,7 +112,10 @@ async fn connect(cfg: &TransportConfig, to: u64, address: &str) -> Result<Conn, 
     }
 }
 
-async fn greet<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut S, hello: &Hello) -> Result<(), String> {
+async fn greet<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    hello: &Hello,
+) -> Result<(), String> {
     s.write_all(&hello.encode()).await.map_err(|e| e.to_string())?;
     s.flush().await.map_err(|e| e.to_string())?;
     let ack = tokio::time::timeout(Duration::from_secs(5), Ack::read(s))

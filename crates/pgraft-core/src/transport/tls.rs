@@ -76,11 +76,15 @@ impl Tls {
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, key)
             .map_err(|e| TlsError(format!("client certificate in {}: {e}", files.cert.display())))?;
-        Ok(Tls { acceptor: TlsAcceptor::from(Arc::new(server)), connector: TlsConnector::from(Arc::new(client)) })
+        Ok(Tls {
+            acceptor: TlsAcceptor::from(Arc::new(server)),
+            connector: TlsConnector::from(Arc::new(client)),
+        })
     }
 
     /// The name a peer's certificate must carry: its host (an IP address or a DNS name).
     pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
-        ServerName::try_from(host.to_string()).map_err(|e| TlsError(format!("{host:?} as a TLS server name: {e}")))
+        ServerName::try_from(host.to_string())
+            .map_err(|e| TlsError(format!("{host:?} as a TLS server name: {e}")))
     }
 }

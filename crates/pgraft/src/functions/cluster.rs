@@ -25,9 +25,11 @@ fn pgraft_init() -> bool {
             pgrx::log!("pgraft_init: {what}");
             true
         }
-        IpcResponse::Init(Err(e)) => {
-            ereport!(ERROR, PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, format!("pgraft_init failed: {e}"))
-        }
+        IpcResponse::Init(Err(e)) => bridge::fail(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("pgraft_init failed: {e}"),
+            None,
+        ),
         other => bridge::unexpected(other),
     }
 }
@@ -42,8 +44,12 @@ fn pgraft_add_node(node_id: i32, address: &str, port: i32) -> bool {
     if let Err(e) = pgraft_core::config::validate_host("address", address) {
         invalid(e.0);
     }
-    let address = if address.contains(':') { format!("[{address}]:{port}") } else { format!("{address}:{port}") };
-    matches!(bridge::raft(Request::AddMember { id, address, learner: false }), Response::Applied { .. } | Response::Unchanged)
+    let address =
+        if address.contains(':') { format!("[{address}]:{port}") } else { format!("{address}:{port}") };
+    matches!(
+        bridge::raft(Request::AddMember { id, address, learner: false }),
+        Response::Applied { .. } | Response::Unchanged
+    )
 }
 
 /// Removes a member (leader only).
@@ -142,20 +148,12 @@ fn pgraft_get_nodes() -> TableIterator<
             let progress = m.progress.iter().find(|p| p.id == *id);
             let is_me = *id == m.id;
             let match_index = progress.map(|p| p.matched as i64).or(is_me.then_some(m.last_index as i64));
-            let commit = is_me.then_some(m.commit as i64).or(progress.map(|_| m.commit.min(progress.map_or(0, |p| p.matched)) as i64));
+            let commit = is_me
+                .then_some(m.commit as i64)
+                .or(progress.map(|_| m.commit.min(progress.map_or(0, |p| p.matched)) as i64));
             let heard = if is_me { Some(0) } else { m.last_heard_ms.get(id).map(|t| (st.now_ms - t).max(0)) };
             let lag = progress.map(|p| m.last_index.saturating_sub(p.matched) as i64);
-            (
-                *id as i32,
-                host,
-                port,
-                *id == m.leader_id,
-                state_of(*id, m),
-                match_index,
-                commit,
-                heard,
-                lag,
-            )
+            (*id as i32, host, port, *id == m.leader_id, state_of(*id, m), match_index, commit, heard, lag)
         })
         .collect();
     TableIterator::new(rows)
@@ -168,6 +166,10 @@ pub fn state_of(id: u64, m: &pgraft_core::MemberStatus) -> String {
     }
     if id == m.leader_id {
         "Leader".into()
+    } else if m.progress.iter().any(|p| p.id == id && !p.recent_active) {
+        // Only a leader tracks every member: one it has not heard from within an election
+        // timeout is shown as such rather than as a healthy follower.
+        "Unreachable".into()
     } else if m.learners.contains(&id) {
         "Learner".into()
     } else {

@@ -8,7 +8,10 @@ use pgrx::prelude::*;
 use crate::bridge::{self, invalid};
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn put(key: &str, value: Vec<u8>) -> bool {
@@ -28,15 +31,21 @@ fn pgraft_kv_put_text(key: &str, value: &str) -> bool {
 /// Stores a JSON value (kept as its text) under a key.
 #[pg_extern(name = "pgraft_kv_put")]
 fn pgraft_kv_put_jsonb(key: &str, value: pgrx::JsonB) -> bool {
-    let text = serde_json::to_string(&value.0).unwrap_or_else(|e| invalid(format!("the JSON value cannot be stored: {e}")));
+    let text = serde_json::to_string(&value.0)
+        .unwrap_or_else(|e| invalid(format!("the JSON value cannot be stored: {e}")));
     put(key, text.into_bytes())
 }
 
 /// Reads a key (linearizable: it sees every write acknowledged before it started).
 #[pg_extern]
 fn pgraft_kv_get(key: &str) -> Option<String> {
-    match bridge::raft(Request::Read(Read::Get { key: key.to_string(), revision: None }, Consistency::Linearizable)) {
-        Response::Kvs(kvs) => kvs.into_iter().next().map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
+    match bridge::raft(Request::Read(
+        Read::Get { key: key.to_string(), revision: None },
+        Consistency::Linearizable,
+    )) {
+        Response::Kvs(kvs) => {
+            kvs.into_iter().next().map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+        }
         other => invalid(format!("unexpected answer {other:?}")),
     }
 }

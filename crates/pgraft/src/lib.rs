@@ -47,23 +47,6 @@ pub extern "C-unwind" fn _PG_init() {
         .load();
 }
 
-pgrx::extension_sql!(
-    r#"
--- Functions that change the cluster are not for everyone: grant them to the roles that
--- administer it (reference/pgraft-overview.txt, "Access Control").
-REVOKE EXECUTE ON FUNCTION pgraft_init() FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION pgraft_add_node(integer, text, integer) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION pgraft_remove_node(integer) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION pgraft_transfer_leadership(integer) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION pgraft_replicate_entry(text) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION pgraft_kv_put(text, text) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION pgraft_kv_put(text, jsonb) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION pgraft_kv_delete(text) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION pgraft_test() FROM PUBLIC;
-"#,
-    name = "privileges",
-    finalize
-);
 
 /// The extension's version: `1.0.0`.
 #[pg_extern]

@@ -35,6 +35,10 @@ pub enum IpcRequest {
     CompactLog,
     /// Change the worker's log level now.
     SetLogLevel(String),
+    /// Save the cluster-wide settings in the data directory.
+    SaveConfig,
+    /// The saved settings.
+    SavedConfig,
 }
 
 /// A log entry as shown in SQL.
@@ -82,6 +86,8 @@ pub enum IpcResponse {
     Compacted(u64),
     /// Done.
     Done,
+    /// Settings, name -> value.
+    Config(std::collections::BTreeMap<String, String>),
     /// The worker could not serve the request.
     Failed(String),
 }

@@ -67,11 +67,28 @@ unsafe impl PGRXSharedMemory for WorkerShared {}
 // SAFETY: the name is unique to this extension.
 pub static SHARED: PgLwLock<WorkerShared> = unsafe { PgLwLock::new(c"pgraft_worker_shared") };
 
+/// KV reads served by this member's sessions (reads do not go through the log, so each
+/// member counts its own).
+// SAFETY: the name is unique to this extension.
+pub static GETS: pgrx::atomics::PgAtomic<std::sync::atomic::AtomicU64> =
+    unsafe { pgrx::atomics::PgAtomic::new(c"pgraft_kv_gets") };
+
+/// Counts one KV read.
+pub fn count_get() {
+    GETS.get().fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// KV reads served here since the server started.
+pub fn gets() -> u64 {
+    GETS.get().load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Requests the shared memory; called from `_PG_init`.
 // pgrx's macro tests features for PostgreSQL 13 and 14, which this crate does not have.
 #[allow(unexpected_cfgs)]
 pub fn init() {
     pgrx::pg_shmem_init!(SHARED);
+    pgrx::pg_shmem_init!(GETS);
 }
 
 /// A copy of the shared facts.

@@ -119,6 +119,17 @@ fn settings() -> Result<Settings, String> {
         heartbeat_interval_ms: gucs::HEARTBEAT_INTERVAL.get() as u64,
     };
     timing.validate().map_err(|e| e.0)?;
+    // Settings saved with pgraft_save_config() override postgresql.conf from the start.
+    let saved = load_saved_config(&data_dir)?;
+    let ms = |name: &str, d: u64| saved.get(name).and_then(|v| pgraft_core::config::parse_duration_ms(v).ok()).unwrap_or(d);
+    let saved_timing = Timing {
+        election_timeout_ms: ms("election_timeout", timing.election_timeout_ms),
+        heartbeat_interval_ms: ms("heartbeat_interval", timing.heartbeat_interval_ms),
+    };
+    let timing = if saved_timing.validate().is_ok() { saved_timing } else { timing };
+    if let Some(level) = saved.get("log_level") {
+        log::set_max_level(level_filter(level));
+    }
     let incarnation = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -218,6 +229,7 @@ fn drain_logs(rx: &Receiver<(log::Level, String)>) {
 
 struct Worker {
     settings: Settings,
+    last_config_check: std::time::Instant,
     node: Option<Node>,
     current: Arc<Mutex<Option<NodeHandle>>>,
     inits: Receiver<InitReply>,
@@ -252,7 +264,7 @@ impl Worker {
         });
         runtime.spawn(serve_sessions(listener, ctx));
         shmem::update(|s| s.state = WorkerState::Running);
-        Ok(Worker { settings, node: Some(node), current, inits, ipc: Some(runtime) })
+        Ok(Worker { settings, last_config_check: std::time::Instant::now(), node: Some(node), current, inits, ipc: Some(runtime) })
     }
 
     fn handle(&self) -> Option<NodeHandle> {
@@ -309,8 +321,14 @@ impl Worker {
 
     /// Copies the member's status to shared memory; returns the member's fatal error if it
     /// stopped.
-    fn publish(&self) -> Option<String> {
+    fn publish(&mut self) -> Option<String> {
         let h = self.handle()?;
+        if self.last_config_check.elapsed() >= Duration::from_secs(1) {
+            self.last_config_check = std::time::Instant::now();
+            if let Ok(Some(level)) = h.inspect_blocking(|m| m.state().config.get("log_level").cloned()) {
+                log::set_max_level(level_filter(&level));
+            }
+        }
         if !h.is_running() {
             return Some(h.fatal_error().unwrap_or_else(|| "stopped".into()));
         }
@@ -435,6 +453,36 @@ async fn answer(req: IpcRequest, ctx: &Ctx) -> IpcResponse {
             log::set_max_level(level_filter(&level));
             IpcResponse::Done
         }
+        IpcRequest::SaveConfig => match node.inspect(|m| m.state().config.clone()).await {
+            Ok(cfg) => match save_config(&ctx.data_dir, &cfg) {
+                Ok(()) => IpcResponse::Done,
+                Err(e) => IpcResponse::Failed(format!("saving the settings failed: {e}")),
+            },
+            Err(e) => IpcResponse::Failed(e.to_string()),
+        },
+        IpcRequest::SavedConfig => IpcResponse::Config(load_saved_config(&ctx.data_dir).unwrap_or_default()),
+    }
+}
+
+const SAVED_CONFIG: &str = "saved_config.json";
+
+/// Writes the settings crash-safely: a temporary file, fsync, rename, fsync the directory.
+fn save_config(dir: &std::path::Path, cfg: &std::collections::BTreeMap<String, String>) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{SAVED_CONFIG}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(serde_json::to_string_pretty(cfg).map_err(std::io::Error::other)?.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(SAVED_CONFIG))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// The settings saved by `pgraft_save_config()`, if any.
+pub fn load_saved_config(dir: &std::path::Path) -> Result<std::collections::BTreeMap<String, String>, String> {
+    match std::fs::read_to_string(dir.join(SAVED_CONFIG)) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| format!("{}: {e}", dir.join(SAVED_CONFIG).display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -1,0 +1,204 @@
+//! Run-time configuration, health, queues and debugging.
+
+use pgraft_core::command::Body;
+use pgraft_core::config::{parse_duration_ms, Timing};
+use pgraft_core::{Request, Response};
+use pgrx::prelude::*;
+
+use super::cluster::status;
+use crate::bridge::{self, invalid};
+use crate::gucs;
+use crate::protocol::{IpcRequest, IpcResponse};
+
+/// The settings `pgraft_set_config` changes on every member at run time.
+const RUNTIME: [&str; 4] = ["election_timeout", "heartbeat_interval", "log_level", "failover_enabled"];
+
+/// Settings that only take effect at server start.
+const AT_START: [&str; 12] = [
+    "cluster_id",
+    "node_id",
+    "address",
+    "port",
+    "listen_address",
+    "data_dir",
+    "ssl_enabled",
+    "ssl_cert_file",
+    "ssl_key_file",
+    "ssl_ca_file",
+    "initial_cluster",
+    "bootstrap_node",
+];
+
+fn bool_text(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "on" | "yes" | "1" | "t" => Some(true),
+        "false" | "off" | "no" | "0" | "f" => Some(false),
+        _ => None,
+    }
+}
+
+/// Checks a value and returns it in canonical form.
+fn normalise(name: &str, value: &str, current: &Timing) -> String {
+    match name {
+        "election_timeout" | "heartbeat_interval" => {
+            let ms = parse_duration_ms(value).unwrap_or_else(|e| invalid(format!("pgraft.{name}: {}", e.0)));
+            let t = if name == "election_timeout" {
+                Timing { election_timeout_ms: ms, ..*current }
+            } else {
+                Timing { heartbeat_interval_ms: ms, ..*current }
+            };
+            if let Err(e) = t.validate() {
+                invalid(format!("pgraft.{name} = {value}: {}", e.0));
+            }
+            format!("{ms}ms")
+        }
+        "log_level" => {
+            let v = value.trim().to_ascii_lowercase();
+            if !gucs::LOG_LEVELS.contains(&v.as_str()) {
+                invalid(format!("pgraft.log_level {value:?} is not one of {}", gucs::LOG_LEVELS.join(", ")));
+            }
+            v
+        }
+        "failover_enabled" => match bool_text(value) {
+            Some(b) => b.to_string(),
+            None => invalid(format!("pgraft.failover_enabled {value:?} is not a boolean (true or false)")),
+        },
+        _ => unreachable!("only runtime settings are normalised"),
+    }
+}
+
+fn effective_timing(cluster: &std::collections::BTreeMap<String, String>) -> Timing {
+    let get = |n: &str, d: u64| cluster.get(n).and_then(|v| parse_duration_ms(v).ok()).unwrap_or(d);
+    Timing {
+        election_timeout_ms: get("election_timeout", gucs::ELECTION_TIMEOUT.get() as u64),
+        heartbeat_interval_ms: get("heartbeat_interval", gucs::HEARTBEAT_INTERVAL.get() as u64),
+    }
+}
+
+/// Changes a setting on every member, through the log; it applies at once and survives
+/// restarts (it is part of the replicated state). Values take units (`'75ms'`, `'1s'`).
+#[pg_extern]
+fn pgraft_set_config(name: &str, value: &str) -> bool {
+    let name = name.trim().trim_start_matches("pgraft.").to_ascii_lowercase();
+    if AT_START.contains(&name.as_str()) {
+        invalid(format!(
+            "pgraft.{name} cannot be changed at run time: it takes effect at server start; set it in postgresql.conf"
+        ));
+    }
+    if !RUNTIME.contains(&name.as_str()) {
+        invalid(format!("unknown setting {name:?}; settings changed at run time are: {}", RUNTIME.join(", ")));
+    }
+    let st = status();
+    let value = normalise(&name, value, &effective_timing(&st.cluster_config));
+    matches!(bridge::raft(Request::Propose(Body::SetConfig { name, value })), Response::Applied { .. })
+}
+
+/// Saves the cluster-wide settings to this member's data directory, so they apply from
+/// its first moment after a restart, before the log is replayed.
+#[pg_extern]
+fn pgraft_save_config() -> bool {
+    match bridge::call(IpcRequest::SaveConfig) {
+        IpcResponse::Done => true,
+        other => bridge::unexpected(other),
+    }
+}
+
+/// Every pgraft setting with its value, default and where the value comes from.
+#[pg_extern]
+#[allow(clippy::type_complexity)]
+fn pgraft_get_config() -> TableIterator<
+    'static,
+    (name!(name, String), name!(value, String), name!(default_value, String), name!(source, String), name!(changeable, String)),
+> {
+    let st = status();
+    let saved = match bridge::call(IpcRequest::SavedConfig) {
+        IpcResponse::Config(c) => c,
+        other => bridge::unexpected(other),
+    };
+    let rows: Vec<_> = Spi::connect(|c| {
+        c.select(
+            "SELECT substr(name, 8), setting || coalesce(unit, ''), coalesce(boot_val, '') || coalesce(unit, ''), source \
+             FROM pg_settings WHERE name LIKE 'pgraft.%' ORDER BY name",
+            None,
+            &[],
+        )
+        .map(|t| {
+            t.map(|r| {
+                let name: String = r.get(1).ok().flatten().unwrap_or_default();
+                let guc_value: String = r.get(2).ok().flatten().unwrap_or_default();
+                let default: String = r.get(3).ok().flatten().unwrap_or_default();
+                let source: String = r.get(4).ok().flatten().unwrap_or_default();
+                let (value, source) = if let Some(v) = st.cluster_config.get(&name) {
+                    (v.clone(), "cluster (pgraft_set_config)".to_string())
+                } else if let Some(v) = saved.get(&name) {
+                    (v.clone(), "saved (pgraft_save_config)".to_string())
+                } else {
+                    (guc_value, source)
+                };
+                let changeable = if RUNTIME.contains(&name.as_str()) { "run time" } else { "server start" };
+                (name, value, default, source, changeable.to_string())
+            })
+            .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+    });
+    TableIterator::new(rows)
+}
+
+/// Turns the worker's debug logging on or off now.
+#[pg_extern]
+fn pgraft_set_debug(enabled: bool) -> bool {
+    let level = if enabled { "debug".to_string() } else { gucs::string(&gucs::LOG_LEVEL) };
+    matches!(bridge::call(IpcRequest::SetLogLevel(level)), IpcResponse::Done)
+}
+
+/// What waits in the worker: requests in the member, entries not yet committed or applied.
+#[pg_extern]
+fn pgraft_get_queue_status() -> TableIterator<'static, (name!(queue_name, String), name!(pending, i64), name!(description, String))> {
+    let m = status().member;
+    TableIterator::new(vec![
+        ("requests".to_string(), m.pending as i64, "client requests waiting in the Raft member".to_string()),
+        (
+            "uncommitted".to_string(),
+            m.last_index.saturating_sub(m.commit) as i64,
+            "log entries not yet committed".to_string(),
+        ),
+        ("unapplied".to_string(), m.commit.saturating_sub(m.applied) as i64, "committed entries not yet applied".to_string()),
+    ])
+}
+
+/// Health of this member and of the cluster as it sees it: one row per metric, with a
+/// status and a severity (`ok`, `info`, `warning`, `critical`).
+#[pg_extern]
+fn pgraft_health_check(
+) -> TableIterator<'static, (name!(metric, String), name!(value, String), name!(status, String), name!(severity, String))> {
+    let shared = crate::shmem::read();
+    let mut rows = vec![(
+        "worker_state".to_string(),
+        shared.state.as_str().to_string(),
+        if shared.state == crate::shmem::WorkerState::Running { "OK" } else { "ERROR" }.to_string(),
+        if shared.state == crate::shmem::WorkerState::Running { "ok" } else { "critical" }.to_string(),
+    )];
+    if shared.state != crate::shmem::WorkerState::Running {
+        return TableIterator::new(rows);
+    }
+    let st = status();
+    let m = &st.member;
+    let row = |metric: &str, value: String, ok: bool, bad: &str| {
+        (metric.to_string(), value, if ok { "OK".into() } else { "PROBLEM".into() }, if ok { "ok".into() } else { bad.to_string() })
+    };
+    rows.push(row("leader", if m.leader_id == 0 { "none".into() } else { m.leader_id.to_string() }, m.leader_id != 0, "critical"));
+    rows.push(row("quorum", if m.quorum_active { "met" } else { "not met" }.into(), m.quorum_active, "critical"));
+    rows.push(("term".into(), m.term.to_string(), "OK".into(), "ok".into()));
+    let unreachable: Vec<String> = m.progress.iter().filter(|p| !p.recent_active && p.id != m.id).map(|p| p.id.to_string()).collect();
+    rows.push(row("unreachable_members", if unreachable.is_empty() { "none".into() } else { unreachable.join(",") }, unreachable.is_empty(), "warning"));
+    let apply_lag = m.commit.saturating_sub(m.applied);
+    rows.push(row("apply_lag_entries", apply_lag.to_string(), apply_lag < 1000, "warning"));
+    let commit_lag = m.last_index.saturating_sub(m.commit);
+    rows.push(row("uncommitted_entries", commit_lag.to_string(), commit_lag < 1000, "warning"));
+    let per_term = m.counters.elections as f64 / m.term.max(1) as f64;
+    rows.push(row("elections_per_term", format!("{per_term:.2}"), per_term <= 2.0, "warning"));
+    rows.push(("refused_peer_connections".into(), st.refused_connections.to_string(), "OK".into(), if st.refused_connections > 0 { "info" } else { "ok" }.into()));
+    rows.push(("disk_usage_bytes".into(), st.disk_bytes.to_string(), "OK".into(), "ok".into()));
+    TableIterator::new(rows)
+}

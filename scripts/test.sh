@@ -17,6 +17,12 @@ while [ $# -gt 0 ]; do
   esac
 done
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pgraft/target}"
+# The acceptance scripts live beside the repository (shared/ next to the clone).
+acceptance="${PGRAFT_ACCEPTANCE:-$(cd .. && pwd)/shared/acceptance}"
+if [ ! -f "$acceptance/run.sh" ]; then
+  echo "the acceptance scripts are missing at $acceptance (set PGRAFT_ACCEPTANCE)" >&2
+  exit 2
+fi
 export PGRAFT_CACHE="${PGRAFT_CACHE:-$HOME/.cache/pgraft}"
 
 scripts/setup.sh --versions "$versions $build_only"
@@ -87,6 +93,15 @@ done
 # clusters through pgraftctl on each installed version.
 export PGRAFT_TEST_PG_CONFIGS="${pg_configs[*]}"
 step "cargo test (all crates but the extension)" cargo test --workspace --exclude pgraft
+
+# The reference documents' SQL examples, unchanged, against a real three-node cluster on
+# every version tested.
+cargo build --quiet -p pgraftctl
+for v in $versions; do
+  step "reference examples (../shared/acceptance) on PostgreSQL $v" \
+    env PATH="$CARGO_TARGET_DIR/debug:$PATH" PGRAFT_PG_CONFIG="$(pg_config_for "$v")" \
+    bash "$acceptance/run.sh"
+done
 
 printf '\nmake test finished in %ss\n' $((SECONDS - started))
 echo "steps: $passed passed, 0 failed"

@@ -391,7 +391,14 @@ fn run_loop(
         for m in member.process_ready()? {
             transport.send(m);
         }
-        for (token, r) in member.take_answers() {
+        let answers = member.take_answers();
+        if !answers.is_empty() {
+            // Publish the state before answering, so a caller that heard "done" never
+            // reads an older status (a membership change it made, the commit it waited for).
+            publish(&member, &learned, &mut addresses, &transport, shared);
+            last_status = Instant::now();
+        }
+        for (token, r) in answers {
             if let Some((reply, _)) = replies.remove(&token) {
                 let _ = reply.send(r);
             }
@@ -432,18 +439,30 @@ fn run_loop(
             );
             timing = cluster_timing;
         }
-        let mut a = member.addresses();
-        for (id, addr) in &learned {
-            a.entry(*id).or_insert_with(|| addr.clone());
-        }
-        if a != addresses {
-            transport.set_peers(&a);
-            *lock(&shared.addresses) = a.clone();
-            addresses = a;
-        }
         if now.duration_since(last_status) >= Duration::from_millis(5) {
-            *lock(&shared.status) = Some(member.status());
+            publish(&member, &learned, &mut addresses, &transport, shared);
             last_status = now;
         }
     }
+}
+
+/// Copies the member's status and addresses to the shared state, and points the transport
+/// at the current peers.
+fn publish(
+    member: &Member<RedbStore>,
+    learned: &BTreeMap<u64, String>,
+    addresses: &mut BTreeMap<u64, String>,
+    transport: &Transport,
+    shared: &Shared,
+) {
+    let mut a = member.addresses();
+    for (id, addr) in learned {
+        a.entry(*id).or_insert_with(|| addr.clone());
+    }
+    if a != *addresses {
+        transport.set_peers(&a);
+        *addresses = a;
+    }
+    *lock(&shared.addresses) = member.addresses();
+    *lock(&shared.status) = Some(member.status());
 }

@@ -47,7 +47,6 @@ pub extern "C-unwind" fn _PG_init() {
         .load();
 }
 
-
 /// The extension's version: `1.0.0`.
 #[pg_extern]
 fn pgraft_get_version() -> &'static str {
@@ -115,7 +114,7 @@ mod tests {
         );
     }
 
-    #[pg_test(error = "port 70000 is out of range: a port is 1 to 65535")]
+    #[pg_test(error = "invalid port 70000: a port is 1 to 65535")]
     fn add_node_refuses_a_bad_port() {
         Spi::run("SELECT pgraft_add_node(5, '127.0.0.1', 70000)").expect("raises");
     }
@@ -136,7 +135,7 @@ mod tests {
         Spi::run("SELECT pgraft_remove_node(42)").expect("raises");
     }
 
-    #[pg_test(error = "leadership transfer to node 9: it is not a voting member of the cluster")]
+    #[pg_test(error = "cannot transfer leadership to node 9: it is not a voting member of the cluster")]
     fn transfer_to_a_non_member_fails() {
         init_and_lead();
         Spi::run("SELECT pgraft_transfer_leadership(9)").expect("raises");

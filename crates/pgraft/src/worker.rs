@@ -121,7 +121,9 @@ fn settings() -> Result<Settings, String> {
     timing.validate().map_err(|e| e.0)?;
     // Settings saved with pgraft_save_config() override postgresql.conf from the start.
     let saved = load_saved_config(&data_dir)?;
-    let ms = |name: &str, d: u64| saved.get(name).and_then(|v| pgraft_core::config::parse_duration_ms(v).ok()).unwrap_or(d);
+    let ms = |name: &str, d: u64| {
+        saved.get(name).and_then(|v| pgraft_core::config::parse_duration_ms(v).ok()).unwrap_or(d)
+    };
     let saved_timing = Timing {
         election_timeout_ms: ms("election_timeout", timing.election_timeout_ms),
         heartbeat_interval_ms: ms("heartbeat_interval", timing.heartbeat_interval_ms),
@@ -264,7 +266,14 @@ impl Worker {
         });
         runtime.spawn(serve_sessions(listener, ctx));
         shmem::update(|s| s.state = WorkerState::Running);
-        Ok(Worker { settings, last_config_check: std::time::Instant::now(), node: Some(node), current, inits, ipc: Some(runtime) })
+        Ok(Worker {
+            settings,
+            last_config_check: std::time::Instant::now(),
+            node: Some(node),
+            current,
+            inits,
+            ipc: Some(runtime),
+        })
     }
 
     fn handle(&self) -> Option<NodeHandle> {
@@ -467,7 +476,10 @@ async fn answer(req: IpcRequest, ctx: &Ctx) -> IpcResponse {
 const SAVED_CONFIG: &str = "saved_config.json";
 
 /// Writes the settings crash-safely: a temporary file, fsync, rename, fsync the directory.
-fn save_config(dir: &std::path::Path, cfg: &std::collections::BTreeMap<String, String>) -> std::io::Result<()> {
+fn save_config(
+    dir: &std::path::Path,
+    cfg: &std::collections::BTreeMap<String, String>,
+) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = dir.join(format!("{SAVED_CONFIG}.tmp"));
     let mut f = std::fs::File::create(&tmp)?;
@@ -478,9 +490,13 @@ fn save_config(dir: &std::path::Path, cfg: &std::collections::BTreeMap<String, S
 }
 
 /// The settings saved by `pgraft_save_config()`, if any.
-pub fn load_saved_config(dir: &std::path::Path) -> Result<std::collections::BTreeMap<String, String>, String> {
+pub fn load_saved_config(
+    dir: &std::path::Path,
+) -> Result<std::collections::BTreeMap<String, String>, String> {
     match std::fs::read_to_string(dir.join(SAVED_CONFIG)) {
-        Ok(text) => serde_json::from_str(&text).map_err(|e| format!("{}: {e}", dir.join(SAVED_CONFIG).display())),
+        Ok(text) => {
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", dir.join(SAVED_CONFIG).display()))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
         Err(e) => Err(e.to_string()),
     }

@@ -34,7 +34,7 @@ enum LocalCommand {
         #[arg(long)]
         no_init: bool,
         /// The PostgreSQL installation to run, into which the extension was installed.
-        #[arg(long, default_value = pgraft_testkit::PgInstall::DEFAULT_PG_CONFIG)]
+        #[arg(long, env = "PGRAFT_PG_CONFIG", default_value = pgraft_testkit::PgInstall::DEFAULT_PG_CONFIG)]
         pg_config: PathBuf,
     },
     /// One JSON line per member: running, pid, partitioned, extension.

@@ -39,7 +39,7 @@ fn pgraft_init() -> bool {
 fn pgraft_add_node(node_id: i32, address: &str, port: i32) -> bool {
     let id = node_id_arg("pgraft_add_node", node_id);
     if !(1..=65535).contains(&port) {
-        invalid(format!("port {port} is out of range: a port is 1 to 65535"));
+        invalid(format!("invalid port {port}: a port is 1 to 65535"));
     }
     if let Err(e) = pgraft_core::config::validate_host("address", address) {
         invalid(e.0);
@@ -92,10 +92,10 @@ fn pgraft_quorum_met() -> bool {
 /// Hands leadership to another voter; returns once it leads.
 #[pg_extern]
 fn pgraft_transfer_leadership(target_node_id: i32) -> bool {
-    let to = node_id_arg("leadership transfer", target_node_id);
+    let to = node_id_arg("pgraft_transfer_leadership", target_node_id);
     let st = status();
     if !st.member.voters.contains(&to) {
-        invalid(format!("leadership transfer to node {to}: it is not a voting member of the cluster"));
+        invalid(format!("cannot transfer leadership to node {to}: it is not a voting member of the cluster"));
     }
     matches!(bridge::raft(Request::TransferLeader { to }), Response::Reached(_))
 }

@@ -86,7 +86,10 @@ fn pgraft_set_config(name: &str, value: &str) -> bool {
         ));
     }
     if !RUNTIME.contains(&name.as_str()) {
-        invalid(format!("unknown setting {name:?}; settings changed at run time are: {}", RUNTIME.join(", ")));
+        invalid(format!(
+            "unknown setting {name:?}; settings changed at run time are: {}",
+            RUNTIME.join(", ")
+        ));
     }
     let st = status();
     let value = normalise(&name, value, &effective_timing(&st.cluster_config));
@@ -108,7 +111,13 @@ fn pgraft_save_config() -> bool {
 #[allow(clippy::type_complexity)]
 fn pgraft_get_config() -> TableIterator<
     'static,
-    (name!(name, String), name!(value, String), name!(default_value, String), name!(source, String), name!(changeable, String)),
+    (
+        name!(name, String),
+        name!(value, String),
+        name!(default_value, String),
+        name!(source, String),
+        name!(changeable, String),
+    ),
 > {
     let st = status();
     let saved = match bridge::call(IpcRequest::SavedConfig) {
@@ -154,7 +163,8 @@ fn pgraft_set_debug(enabled: bool) -> bool {
 
 /// What waits in the worker: requests in the member, entries not yet committed or applied.
 #[pg_extern]
-fn pgraft_get_queue_status() -> TableIterator<'static, (name!(queue_name, String), name!(pending, i64), name!(description, String))> {
+fn pgraft_get_queue_status(
+) -> TableIterator<'static, (name!(queue_name, String), name!(pending, i64), name!(description, String))> {
     let m = status().member;
     TableIterator::new(vec![
         ("requests".to_string(), m.pending as i64, "client requests waiting in the Raft member".to_string()),
@@ -163,15 +173,21 @@ fn pgraft_get_queue_status() -> TableIterator<'static, (name!(queue_name, String
             m.last_index.saturating_sub(m.commit) as i64,
             "log entries not yet committed".to_string(),
         ),
-        ("unapplied".to_string(), m.commit.saturating_sub(m.applied) as i64, "committed entries not yet applied".to_string()),
+        (
+            "unapplied".to_string(),
+            m.commit.saturating_sub(m.applied) as i64,
+            "committed entries not yet applied".to_string(),
+        ),
     ])
 }
 
 /// Health of this member and of the cluster as it sees it: one row per metric, with a
 /// status and a severity (`ok`, `info`, `warning`, `critical`).
 #[pg_extern]
-fn pgraft_health_check(
-) -> TableIterator<'static, (name!(metric, String), name!(value, String), name!(status, String), name!(severity, String))> {
+fn pgraft_health_check() -> TableIterator<
+    'static,
+    (name!(metric, String), name!(value, String), name!(status, String), name!(severity, String)),
+> {
     let shared = crate::shmem::read();
     let mut rows = vec![(
         "worker_state".to_string(),
@@ -185,20 +201,46 @@ fn pgraft_health_check(
     let st = status();
     let m = &st.member;
     let row = |metric: &str, value: String, ok: bool, bad: &str| {
-        (metric.to_string(), value, if ok { "OK".into() } else { "PROBLEM".into() }, if ok { "ok".into() } else { bad.to_string() })
+        (
+            metric.to_string(),
+            value,
+            if ok { "OK".into() } else { "PROBLEM".into() },
+            if ok { "ok".into() } else { bad.to_string() },
+        )
     };
-    rows.push(row("leader", if m.leader_id == 0 { "none".into() } else { m.leader_id.to_string() }, m.leader_id != 0, "critical"));
-    rows.push(row("quorum", if m.quorum_active { "met" } else { "not met" }.into(), m.quorum_active, "critical"));
+    rows.push(row(
+        "leader",
+        if m.leader_id == 0 { "none".into() } else { m.leader_id.to_string() },
+        m.leader_id != 0,
+        "critical",
+    ));
+    rows.push(row(
+        "quorum",
+        if m.quorum_active { "met" } else { "not met" }.into(),
+        m.quorum_active,
+        "critical",
+    ));
     rows.push(("term".into(), m.term.to_string(), "OK".into(), "ok".into()));
-    let unreachable: Vec<String> = m.progress.iter().filter(|p| !p.recent_active && p.id != m.id).map(|p| p.id.to_string()).collect();
-    rows.push(row("unreachable_members", if unreachable.is_empty() { "none".into() } else { unreachable.join(",") }, unreachable.is_empty(), "warning"));
+    let unreachable: Vec<String> =
+        m.progress.iter().filter(|p| !p.recent_active && p.id != m.id).map(|p| p.id.to_string()).collect();
+    rows.push(row(
+        "unreachable_members",
+        if unreachable.is_empty() { "none".into() } else { unreachable.join(",") },
+        unreachable.is_empty(),
+        "warning",
+    ));
     let apply_lag = m.commit.saturating_sub(m.applied);
     rows.push(row("apply_lag_entries", apply_lag.to_string(), apply_lag < 1000, "warning"));
     let commit_lag = m.last_index.saturating_sub(m.commit);
     rows.push(row("uncommitted_entries", commit_lag.to_string(), commit_lag < 1000, "warning"));
     let per_term = m.counters.elections as f64 / m.term.max(1) as f64;
     rows.push(row("elections_per_term", format!("{per_term:.2}"), per_term <= 2.0, "warning"));
-    rows.push(("refused_peer_connections".into(), st.refused_connections.to_string(), "OK".into(), if st.refused_connections > 0 { "info" } else { "ok" }.into()));
+    rows.push((
+        "refused_peer_connections".into(),
+        st.refused_connections.to_string(),
+        "OK".into(),
+        if st.refused_connections > 0 { "info" } else { "ok" }.into(),
+    ));
     rows.push(("disk_usage_bytes".into(), st.disk_bytes.to_string(), "OK".into(), "ok".into()));
     TableIterator::new(rows)
 }

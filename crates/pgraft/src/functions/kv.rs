@@ -68,7 +68,10 @@ fn pgraft_kv_exists(key: &str) -> bool {
 }
 
 fn range(prefix: &str, consistency: Consistency) -> Vec<pgraft_core::kv::KeyValue> {
-    match bridge::raft(Request::Read(Read::Range { prefix: prefix.to_string(), revision: None, limit: None }, consistency)) {
+    match bridge::raft(Request::Read(
+        Read::Range { prefix: prefix.to_string(), revision: None, limit: None },
+        consistency,
+    )) {
         Response::Kvs(kvs) => kvs,
         other => invalid(format!("unexpected answer {other:?}")),
     }
@@ -127,8 +130,13 @@ fn pgraft_kv_range(
 /// behind; etcd's serializable read).
 #[pg_extern]
 fn pgraft_kv_get_serializable(key: &str) -> Option<String> {
-    match bridge::raft(Request::Read(Read::Get { key: key.to_string(), revision: None }, Consistency::Serializable)) {
-        Response::Kvs(kvs) => kvs.into_iter().next().map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
+    match bridge::raft(Request::Read(
+        Read::Get { key: key.to_string(), revision: None },
+        Consistency::Serializable,
+    )) {
+        Response::Kvs(kvs) => {
+            kvs.into_iter().next().map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+        }
         other => invalid(format!("unexpected answer {other:?}")),
     }
 }
@@ -149,7 +157,9 @@ fn pgraft_kv_cas(key: &str, expected: Option<&str>, new_value: Option<&str>) -> 
         time_ms: now_ms(),
     };
     match bridge::raft(Request::Propose(Body::Kv(op))) {
-        Response::Applied { outcome: Outcome::Kv(KvResult::CompareAndSwap { succeeded, .. }), .. } => succeeded,
+        Response::Applied { outcome: Outcome::Kv(KvResult::CompareAndSwap { succeeded, .. }), .. } => {
+            succeeded
+        }
         other => invalid(format!("unexpected answer {other:?}")),
     }
 }

@@ -11,7 +11,10 @@ use crate::protocol::{IpcRequest, IpcResponse};
 /// Replicates an entry through Raft; returns once it is committed and applied here.
 #[pg_extern]
 fn pgraft_replicate_entry(entry_data: &str) -> bool {
-    matches!(bridge::raft(Request::Propose(Body::Raw(entry_data.as_bytes().to_vec()))), Response::Applied { .. })
+    matches!(
+        bridge::raft(Request::Propose(Body::Raw(entry_data.as_bytes().to_vec()))),
+        Response::Applied { .. }
+    )
 }
 
 /// Appends an entry in `term`, which must be the current term; returns once the entry is
@@ -111,7 +114,8 @@ fn pgraft_log_get_replication_status() -> TableIterator<
 > {
     let st = status();
     let m = &st.member;
-    let heard = |id: u64| m.last_heard_ms.get(&id).map(|t| format!("{:.3}s", (st.now_ms - t).max(0) as f64 / 1000.0));
+    let heard =
+        |id: u64| m.last_heard_ms.get(&id).map(|t| format!("{:.3}s", (st.now_ms - t).max(0) as f64 / 1000.0));
     let rows: Vec<_> = if !m.progress.is_empty() {
         m.progress
             .iter()

@@ -26,8 +26,10 @@ fn pgraft_applied_entries() -> TableIterator<
         name!(applied_at, Option<pgrx::datetime::TimestampWithTimeZone>),
     ),
 > {
-    let rows: Vec<_> =
-        history(10_000).into_iter().map(|r| (r.index as i64, r.term as i64, r.entry_type, ts(r.applied_ms))).collect();
+    let rows: Vec<_> = history(10_000)
+        .into_iter()
+        .map(|r| (r.index as i64, r.term as i64, r.entry_type, ts(r.applied_ms)))
+        .collect();
     TableIterator::new(rows)
 }
 

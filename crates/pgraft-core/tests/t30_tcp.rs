@@ -304,3 +304,81 @@ fn tls_peers_with_untrusted_certificates_or_other_clusters_are_refused() {
     drop(stranger);
     assert_eq!(c.get(leader, "secure", Consistency::Linearizable).as_deref(), Some("yes"));
 }
+
+#[test]
+fn a_learner_is_added_promoted_and_a_removed_member_added_back() {
+    let c = Cluster::start("learner", 3, false);
+    let leader = c.leader(Duration::from_secs(10));
+    assert!(matches!(c.put(leader, "before", "learner"), Ok(Response::Applied { .. })));
+    // A fourth member starts empty, waits to be added, and never campaigns meanwhile.
+    let dir = c.members[0].dir.parent().expect("cluster dir").join("n4");
+    let listen = SocketAddr::from(([127, 0, 1, 4], free_port().expect("port")));
+    let fourth = Node::start(NodeConfig {
+        member: MemberConfig::new(4, c.cluster_id.clone(), 1),
+        data_dir: dir,
+        listen,
+        advertise: listen.to_string(),
+        source_ip: Some(listen.ip()),
+        tls: None,
+        timing: TIMING,
+        bootstrap: Bootstrap::Join,
+    })
+    .expect("the fourth member starts");
+    let h4 = fourth.handle();
+    std::thread::sleep(Duration::from_millis(3 * TIMING.election_timeout_ms));
+    assert_eq!(
+        h4.status().map(|s| (s.role, s.term)),
+        Some((Role::Follower, 0)),
+        "an unadded member campaigned"
+    );
+    // Added as a learner: it receives the log but does not vote.
+    let add = Request::AddMember { id: 4, address: listen.to_string(), learner: true };
+    assert!(matches!(c.handle(leader).call_blocking(add, CALL), Ok(Response::Applied { .. })));
+    wait_until("the learner to catch up", Duration::from_secs(10), Duration::from_millis(20), || {
+        let read =
+            Request::Read(Read::Get { key: "before".into(), revision: None }, Consistency::Serializable);
+        Ok(matches!(h4.call_blocking(read, CALL), Ok(Response::Kvs(k)) if k.len() == 1).then_some(()))
+    })
+    .expect("learner caught up");
+    let st = c.handle(leader).status().expect("status");
+    assert!(st.learners.contains(&4) && !st.voters.contains(&4), "{st:?}");
+    // Promoted to a voter.
+    assert!(matches!(
+        c.handle(leader).call_blocking(Request::PromoteLearner { id: 4 }, CALL),
+        Ok(Response::Applied { .. })
+    ));
+    let st = c.handle(leader).status().expect("status");
+    assert!(st.voters.contains(&4) && !st.learners.contains(&4), "{st:?}");
+    // Re-adding it with the same address changes nothing; with another address is refused.
+    let again = Request::AddMember { id: 4, address: listen.to_string(), learner: false };
+    assert_eq!(c.handle(leader).call_blocking(again, CALL), Ok(Response::Unchanged));
+    let moved = Request::AddMember { id: 4, address: "127.0.0.1:1".into(), learner: false };
+    assert!(matches!(
+        c.handle(leader).call_blocking(moved, CALL),
+        Err(pgraft_core::Error::InvalidArgument(_))
+    ));
+    // Removed, then added back: it catches up again.
+    assert!(matches!(
+        c.handle(leader).call_blocking(Request::RemoveMember { id: 4 }, CALL),
+        Ok(Response::Applied { .. })
+    ));
+    assert!(matches!(c.put(leader, "while-removed", "x"), Ok(Response::Applied { .. })));
+    let back = Request::AddMember { id: 4, address: listen.to_string(), learner: false };
+    assert!(matches!(c.handle(leader).call_blocking(back, CALL), Ok(Response::Applied { .. })));
+    wait_until("the re-added member to catch up", Duration::from_secs(10), Duration::from_millis(20), || {
+        let read = Request::Read(
+            Read::Get { key: "while-removed".into(), revision: None },
+            Consistency::Linearizable,
+        );
+        Ok(matches!(h4.call_blocking(read, CALL), Ok(Response::Kvs(k)) if k.len() == 1).then_some(()))
+    })
+    .expect("re-added member caught up");
+    // Membership changes are the leader's: a follower names it.
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    match c.handle(follower).call_blocking(Request::RemoveMember { id: 4 }, CALL) {
+        Err(pgraft_core::Error::NotLeader { leader_id: Some(l), leader_address: Some(_) }) => {
+            assert_eq!(l, leader)
+        }
+        other => panic!("expected NotLeader naming node {leader}, got {other:?}"),
+    }
+}

@@ -171,6 +171,8 @@ pub struct MemberStatus {
     pub quorum_active: bool,
     /// When this member last heard from each peer, ms since the Unix epoch.
     pub last_heard_ms: BTreeMap<u64, i64>,
+    /// Members a leader has not heard from within an election timeout (empty elsewhere).
+    pub unreachable: Vec<u64>,
 }
 
 enum Waiting {
@@ -211,6 +213,7 @@ pub struct Member<S: LogStore> {
     ticks_since_read: usize,
     was_candidate: bool,
     last_heard: BTreeMap<u64, i64>,
+    election_timeout_ms: i64,
 }
 
 fn raft_err(e: raft::Error) -> Error {
@@ -280,6 +283,7 @@ impl<S: LogStore> Member<S> {
             ticks_since_read: 0,
             was_candidate: false,
             last_heard: BTreeMap::new(),
+            election_timeout_ms: 1000,
         })
     }
 
@@ -291,6 +295,18 @@ impl<S: LogStore> Member<S> {
     /// Sets the wall clock (ms since the Unix epoch) used for proposal and apply times.
     pub fn set_time(&mut self, now_ms: i64) {
         self.now_ms = now_ms;
+    }
+
+    /// The election timeout in ms, by which "recently heard from" is judged for quorum and
+    /// reachability.
+    pub fn set_election_timeout_ms(&mut self, ms: u64) {
+        self.election_timeout_ms = ms as i64;
+    }
+
+    /// Whether `id` was heard from within the election timeout.
+    fn heard_recently(&self, id: u64) -> bool {
+        id == self.cfg.id
+            || self.last_heard.get(&id).is_some_and(|t| self.now_ms - t <= self.election_timeout_ms)
     }
 
     /// The replicated state as applied here.
@@ -328,12 +344,10 @@ impl<S: LogStore> Member<S> {
     pub fn quorum_active(&self) -> bool {
         match self.raw.raft.state {
             StateRole::Leader => {
-                let prs = self.raw.raft.prs();
-                let voters: Vec<u64> = prs.conf().voters().ids().iter().collect();
-                let active = voters
-                    .iter()
-                    .filter(|id| **id == self.cfg.id || prs.get(**id).is_some_and(|p| p.recent_active))
-                    .count();
+                // Judged by when each voter was last heard from, not by raft's
+                // recent_active flags, which check-quorum clears every election timeout.
+                let voters: Vec<u64> = self.raw.raft.prs().conf().voters().ids().iter().collect();
+                let active = voters.iter().filter(|id| self.heard_recently(**id)).count();
                 active > voters.len() / 2
             }
             _ => self.raw.raft.leader_id != 0,
@@ -878,6 +892,14 @@ impl<S: LogStore> Member<S> {
             pending: self.waiting.len(),
             quorum_active: self.quorum_active(),
             last_heard_ms: self.last_heard.clone(),
+            unreachable: if r.state == StateRole::Leader {
+                let mut ids: Vec<u64> =
+                    r.prs().iter().map(|(id, _)| *id).filter(|id| !self.heard_recently(*id)).collect();
+                ids.sort_unstable();
+                ids
+            } else {
+                Vec::new()
+            },
         }
     }
 }

@@ -339,6 +339,7 @@ fn run_loop(
     let mut replies: HashMap<Token, (Reply, Instant)> = HashMap::new();
     let mut next_token: Token = 1;
     let mut next_tick = Instant::now() + tick_interval(member.role(), &timing, election_tick);
+    member.set_election_timeout_ms(timing.election_timeout_ms);
     let mut last_status = Instant::now() - Duration::from_secs(1);
     let mut addresses = BTreeMap::new();
     // Addresses peers told us in their handshakes; the replicated membership wins, these
@@ -439,6 +440,7 @@ fn run_loop(
             );
             timing = cluster_timing;
         }
+        member.set_election_timeout_ms(timing.election_timeout_ms);
         if now.duration_since(last_status) >= Duration::from_millis(5) {
             publish(&member, &learned, &mut addresses, &transport, shared);
             last_status = now;

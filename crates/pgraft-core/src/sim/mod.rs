@@ -225,7 +225,9 @@ impl Sim {
         cfg.election_range = Some((node.election, node.election + 1));
         cfg.snapshot_count = self.opts.snapshot_count;
         cfg.snapshot_catchup = self.opts.snapshot_count / 2;
-        let member = Member::new(cfg, store, &self.logger).expect("a member starts on its own store");
+        let mut member = Member::new(cfg, store, &self.logger).expect("a member starts on its own store");
+        // The simulation's clock advances 100 ms per tick.
+        member.set_election_timeout_ms(100 * node.election as u64);
         node.checked_index = node.checked_index.min(member.state().applied_index);
         node.member = Some(member);
         node.restart_at = None;

@@ -166,7 +166,7 @@ pub fn state_of(id: u64, m: &pgraft_core::MemberStatus) -> String {
     }
     if id == m.leader_id {
         "Leader".into()
-    } else if m.progress.iter().any(|p| p.id == id && !p.recent_active) {
+    } else if m.unreachable.contains(&id) {
         // Only a leader tracks every member: one it has not heard from within an election
         // timeout is shown as such rather than as a healthy follower.
         "Unreachable".into()

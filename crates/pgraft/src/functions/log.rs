@@ -121,7 +121,8 @@ fn pgraft_log_get_replication_status() -> TableIterator<
             .iter()
             .filter(|p| p.id != m.id)
             .map(|p| {
-                let state = if !p.recent_active {
+                let reachable = !m.unreachable.contains(&p.id);
+                let state = if !reachable {
                     "stalled".to_string()
                 } else if p.state == "replicate" {
                     "replicating".to_string()
@@ -132,7 +133,7 @@ fn pgraft_log_get_replication_status() -> TableIterator<
                     p.id as i32,
                     Some(p.matched as i64),
                     Some(p.next as i64),
-                    p.recent_active && p.state == "replicate",
+                    reachable && p.state == "replicate",
                     heard(p.id),
                     m.commit as i64,
                     Some(m.last_index.saturating_sub(p.matched) as i64),

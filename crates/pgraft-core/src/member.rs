@@ -178,8 +178,8 @@ pub struct MemberStatus {
 enum Waiting {
     /// A proposal: answered when its entry is applied here.
     Proposal,
-    /// A linearizable read waiting for its read index.
-    ReadIndex(Read),
+    /// A linearizable read waiting for its read index, asked at this tick.
+    ReadIndex(Read, u64),
     /// A read with a read index, waiting until applied reaches it.
     ReadAt(u64, Read),
     /// Waiting for the commit index.
@@ -210,7 +210,7 @@ pub struct Member<S: LogStore> {
     answers: Vec<(Token, Result<Response>)>,
     counters: Counters,
     last_snapshot: u64,
-    ticks_since_read: usize,
+    ticks: u64,
     was_candidate: bool,
     last_heard: BTreeMap<u64, i64>,
     election_timeout_ms: i64,
@@ -280,7 +280,7 @@ impl<S: LogStore> Member<S> {
             answers: Vec::new(),
             counters: Counters::default(),
             last_snapshot,
-            ticks_since_read: 0,
+            ticks: 0,
             was_candidate: false,
             last_heard: BTreeMap::new(),
             election_timeout_ms: 1000,
@@ -359,23 +359,26 @@ impl<S: LogStore> Member<S> {
     pub fn tick(&mut self) {
         self.raw.tick();
         self.retry_dropped();
-        self.ticks_since_read += 1;
-        if self.ticks_since_read >= self.cfg.election_tick {
-            self.ticks_since_read = 0;
-            // raft-rs drops a read index request silently when no leader is known; ask
-            // again for every read still without one.
-            let mut tokens: Vec<Token> = self
-                .waiting
-                .iter()
-                .filter(|(_, w)| matches!(w, Waiting::ReadIndex(_)))
-                .map(|(t, _)| *t)
-                .collect();
-            // Sorted: the order of requests (and so of messages) must not depend on a
-            // hash seed, or simulation runs would not replay.
-            tokens.sort_unstable();
-            for t in tokens {
-                self.raw.read_index(t.to_le_bytes().to_vec());
+        self.ticks += 1;
+        // raft-rs drops a read index request silently when no leader is known (and a new
+        // leader forgets what its predecessor had pending): ask again for every read that
+        // has waited an election timeout without a read index.
+        let (now, wait) = (self.ticks, self.cfg.election_tick as u64);
+        let mut tokens: Vec<Token> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| matches!(w, Waiting::ReadIndex(_, asked) if now - *asked >= wait))
+            .map(|(t, _)| *t)
+            .collect();
+        // Sorted: the order of requests (and so of messages) must not depend on a hash
+        // seed, or simulation runs would not replay.
+        tokens.sort_unstable();
+        for t in tokens {
+            if let Some(Waiting::ReadIndex(_, asked)) = self.waiting.get_mut(&t) {
+                *asked = self.ticks;
             }
+            let ctx = self.read_ctx(t);
+            self.raw.read_index(ctx);
         }
     }
 
@@ -404,6 +407,24 @@ impl<S: LogStore> Member<S> {
     /// replication to that peer to probing.
     pub fn report_unreachable(&mut self, to: u64) {
         self.raw.report_unreachable(to);
+    }
+
+    /// The context of a read index request: unique across members and restarts, because
+    /// the leader keys pending reads by it (two members using the same bytes would have one
+    /// of their reads dropped).
+    fn read_ctx(&self, token: Token) -> Vec<u8> {
+        let mut ctx = Vec::with_capacity(24);
+        ctx.extend(self.cfg.id.to_le_bytes());
+        ctx.extend(self.cfg.incarnation.to_le_bytes());
+        ctx.extend(token.to_le_bytes());
+        ctx
+    }
+
+    /// The token of one of our own read index requests.
+    fn token_of_read(&self, ctx: &[u8]) -> Option<Token> {
+        let word =
+            |i: usize| ctx.get(i * 8..i * 8 + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+        (word(0)? == self.cfg.id && word(1)? == self.cfg.incarnation).then_some(word(2)?)
     }
 
     /// Forgets a request whose deadline passed; a late result is dropped.
@@ -460,8 +481,9 @@ impl<S: LogStore> Member<S> {
                 self.answer(token, r);
             }
             Request::Read(read, Consistency::Linearizable) => {
-                self.waiting.insert(token, Waiting::ReadIndex(read));
-                self.raw.read_index(token.to_le_bytes().to_vec());
+                self.waiting.insert(token, Waiting::ReadIndex(read, self.ticks));
+                let ctx = self.read_ctx(token);
+                self.raw.read_index(ctx);
             }
             Request::AddMember { id, address, learner } => {
                 self.change_membership(token, id, Some(address), learner)
@@ -657,10 +679,13 @@ impl<S: LogStore> Member<S> {
         // 5. Messages that promise what was just persisted.
         out.extend(rd.take_persisted_messages());
         for rs in rd.take_read_states() {
-            let token =
-                u64::from_le_bytes(rs.request_ctx.get(..8).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]));
-            if let Some(Waiting::ReadIndex(read)) = self.waiting.remove(&token) {
-                self.waiting.insert(token, Waiting::ReadAt(rs.index, read));
+            let Some(token) = self.token_of_read(&rs.request_ctx) else { continue };
+            // A re-asked read can get two read states; only the first counts, and the
+            // second must not disturb the read it already placed.
+            if matches!(self.waiting.get(&token), Some(Waiting::ReadIndex(..))) {
+                if let Some(Waiting::ReadIndex(read, _)) = self.waiting.remove(&token) {
+                    self.waiting.insert(token, Waiting::ReadAt(rs.index, read));
+                }
             }
         }
         let mut light = self.raw.advance(rd);

@@ -50,6 +50,14 @@ enum Kind {
     Cas,
 }
 
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Put => "put",
+        Kind::Get => "get",
+        Kind::Cas => "compare-and-swap",
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let members = arg(&args, "--members", 3);
@@ -130,8 +138,10 @@ fn main() {
                         let t = Instant::now();
                         match h.call_blocking(req, Duration::from_secs(10)) {
                             Ok(_) => mine.push(t.elapsed()),
-                            Err(_) => {
-                                errors.fetch_add(1, Ordering::Relaxed);
+                            Err(e) => {
+                                if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                                    eprintln!("first {} error: {e}", kind_name(kind));
+                                }
                             }
                         }
                     }

@@ -784,18 +784,23 @@ impl<S: LogStore> Member<S> {
         }
     }
 
-    fn maybe_snapshot(&mut self) -> Result<()> {
+    /// Snapshots the state machine at the applied index and compacts the log behind it,
+    /// keeping `keep` entries before the snapshot.
+    fn take_snapshot(&mut self, keep: u64) -> Result<()> {
         let applied = self.sm.applied_index;
-        if applied < self.last_snapshot + self.cfg.snapshot_count {
-            return Ok(());
-        }
         let cs = self.raw.raft.prs().conf().to_conf_state();
         let data = self.sm.encode();
-        let keep = self.cfg.snapshot_catchup;
         self.raw.mut_store().create_snapshot(applied, &cs, data, keep)?;
         self.last_snapshot = applied;
         self.counters.snapshots_taken += 1;
         Ok(())
+    }
+
+    fn maybe_snapshot(&mut self) -> Result<()> {
+        if self.sm.applied_index < self.last_snapshot + self.cfg.snapshot_count {
+            return Ok(());
+        }
+        self.take_snapshot(self.cfg.snapshot_catchup)
     }
 
     /// A leader whose peer needs a snapshot that the stored one cannot serve (it predates
@@ -809,28 +814,17 @@ impl<S: LogStore> Member<S> {
             *id != self.cfg.id && pr.next_idx < first && self.raw.store().snapshot(0, *id).is_err()
         });
         if stuck && self.sm.applied_index > self.last_snapshot {
-            let applied = self.sm.applied_index;
-            let cs = self.raw.raft.prs().conf().to_conf_state();
-            let data = self.sm.encode();
-            let keep = self.cfg.snapshot_catchup;
-            self.raw.mut_store().create_snapshot(applied, &cs, data, keep)?;
-            self.last_snapshot = applied;
-            self.counters.snapshots_taken += 1;
+            self.take_snapshot(self.cfg.snapshot_catchup)?;
         }
         Ok(())
     }
 
     /// Takes a snapshot now and compacts the log behind it (`pgraft_kv_compact`).
     pub fn compact_log(&mut self) -> Result<u64> {
-        let applied = self.sm.applied_index;
-        if applied > self.last_snapshot {
-            let cs = self.raw.raft.prs().conf().to_conf_state();
-            let data = self.sm.encode();
-            self.raw.mut_store().create_snapshot(applied, &cs, data, 0)?;
-            self.last_snapshot = applied;
-            self.counters.snapshots_taken += 1;
+        if self.sm.applied_index > self.last_snapshot {
+            self.take_snapshot(0)?;
         }
-        Ok(applied)
+        Ok(self.sm.applied_index)
     }
 
     fn resolve_waiters(&mut self) {

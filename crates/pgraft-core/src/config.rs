@@ -89,7 +89,7 @@ pub struct InitialMember {
     pub port: u16,
 }
 
-/// Parses etcd's initial-cluster style: `1=10.0.0.1:7001,2=host-b:7002,3=[::1]:7003`.
+/// Parses etcd's initial-cluster style: `1=127.0.0.1:7001,2=host-b:7002,3=[::1]:7003`.
 /// An empty string is an empty list. Node ids must be unique.
 pub fn parse_initial_cluster(text: &str) -> Result<Vec<InitialMember>> {
     const SETTING: &str = "pgraft.initial_cluster";

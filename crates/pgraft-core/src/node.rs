@@ -264,11 +264,21 @@ impl NodeHandle {
         }
     }
 
-    /// Sends a request and waits for its answer, at most `timeout`.
-    pub async fn call(&self, req: Request, timeout: Duration) -> Result<Response> {
+    /// Queues a request for the member thread; the receiver gets its answer.
+    fn send_call(
+        &self,
+        req: Request,
+        timeout: Duration,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<Response>>> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         let deadline = Instant::now() + timeout;
         self.tx.send(Input::Call { req, deadline, reply }).map_err(|_| self.stopped())?;
+        Ok(rx)
+    }
+
+    /// Sends a request and waits for its answer, at most `timeout`.
+    pub async fn call(&self, req: Request, timeout: Duration) -> Result<Response> {
+        let rx = self.send_call(req, timeout)?;
         // The member thread answers every request by its deadline; the margin covers a
         // member thread that died meanwhile.
         match tokio::time::timeout(timeout + Duration::from_secs(1), rx).await {
@@ -280,10 +290,20 @@ impl NodeHandle {
 
     /// [`NodeHandle::call`] for threads outside any async runtime.
     pub fn call_blocking(&self, req: Request, timeout: Duration) -> Result<Response> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        let deadline = Instant::now() + timeout;
-        self.tx.send(Input::Call { req, deadline, reply }).map_err(|_| self.stopped())?;
-        rx.blocking_recv().map_err(|_| self.stopped())?
+        self.send_call(req, timeout)?.blocking_recv().map_err(|_| self.stopped())?
+    }
+
+    /// Queues `f` for the member thread; the receiver gets its result.
+    fn send_inspect<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Member<RedbStore>) -> T + Send + 'static,
+    ) -> Result<tokio::sync::oneshot::Receiver<T>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Inspector = Box::new(move |m| {
+            let _ = tx.send(f(m));
+        });
+        self.tx.send(Input::Inspect(job)).map_err(|_| self.stopped())?;
+        Ok(rx)
     }
 
     /// Runs `f` on the member thread with the member, and returns its result.
@@ -291,12 +311,7 @@ impl NodeHandle {
         &self,
         f: impl FnOnce(&mut Member<RedbStore>) -> T + Send + 'static,
     ) -> Result<T> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let job: Inspector = Box::new(move |m| {
-            let _ = tx.send(f(m));
-        });
-        self.tx.send(Input::Inspect(job)).map_err(|_| self.stopped())?;
-        rx.await.map_err(|_| self.stopped())
+        self.send_inspect(f)?.await.map_err(|_| self.stopped())
     }
 
     /// [`NodeHandle::inspect`] for threads outside any async runtime.
@@ -304,12 +319,7 @@ impl NodeHandle {
         &self,
         f: impl FnOnce(&mut Member<RedbStore>) -> T + Send + 'static,
     ) -> Result<T> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let job: Inspector = Box::new(move |m| {
-            let _ = tx.send(f(m));
-        });
-        self.tx.send(Input::Inspect(job)).map_err(|_| self.stopped())?;
-        rx.blocking_recv().map_err(|_| self.stopped())
+        self.send_inspect(f)?.blocking_recv().map_err(|_| self.stopped())
     }
 
     /// Changes the election timeout and heartbeat interval of this member now.

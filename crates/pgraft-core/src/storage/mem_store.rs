@@ -3,7 +3,10 @@
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState};
 
-use super::{snapshot_of, snapshot_usable_for, Identity, LogStore, Result, StorageError};
+use super::{
+    check_entries_range, snapshot_of, snapshot_usable_for, term_without_entry, Identity, LogStore, Result,
+    StorageError,
+};
 
 /// A store that keeps everything in memory: "durable" means "in this value". The
 /// simulation models a crash by dropping the unsynced part of a member's state, which it
@@ -46,26 +49,15 @@ impl raft::Storage for MemStore {
         max_size: impl Into<Option<u64>>,
         _ctx: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        if low <= self.trunc.0 {
-            return Err(raft::Error::Store(raft::StorageError::Compacted));
-        }
-        if high > self.last() + 1 || low > high {
-            return Err(raft::Error::Store(raft::StorageError::Unavailable));
-        }
+        check_entries_range(low, high, self.trunc.0, self.last())?;
         let mut ents = self.entries[self.pos(low)..self.pos(high)].to_vec();
         raft::util::limit_size(&mut ents, max_size.into());
         Ok(ents)
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        if idx == self.trunc.0 {
-            return Ok(self.trunc.1);
-        }
-        if idx < self.trunc.0 {
-            return Err(raft::Error::Store(raft::StorageError::Compacted));
-        }
-        if idx > self.last() {
-            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        if let Some(answer) = term_without_entry(idx, self.trunc, self.last()) {
+            return answer;
         }
         Ok(self.entries[self.pos(idx)].term)
     }

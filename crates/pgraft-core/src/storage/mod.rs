@@ -109,6 +109,33 @@ pub fn snapshot_usable_for(meta: &SnapshotMetadata, to: u64) -> bool {
         .any(|id| *id == to)
 }
 
+/// The bounds of [`raft::Storage::entries`] that every store checks the same way: `low`
+/// must lie after the compacted prefix, `high` at most one past the last entry.
+pub(crate) fn check_entries_range(low: u64, high: u64, trunc: u64, last: u64) -> raft::Result<()> {
+    if low <= trunc {
+        return Err(raft::Error::Store(raft::StorageError::Compacted));
+    }
+    if high > last + 1 || low > high {
+        return Err(raft::Error::Store(raft::StorageError::Unavailable));
+    }
+    Ok(())
+}
+
+/// [`raft::Storage::term`] for the indexes a store answers without reading an entry: the
+/// compacted boundary (its term is kept), compacted indexes and indexes past the end.
+/// `None`: the entry must be read.
+pub(crate) fn term_without_entry(idx: u64, trunc: (u64, u64), last: u64) -> Option<raft::Result<u64>> {
+    if idx == trunc.0 {
+        Some(Ok(trunc.1))
+    } else if idx < trunc.0 {
+        Some(Err(raft::Error::Store(raft::StorageError::Compacted)))
+    } else if idx > last {
+        Some(Err(raft::Error::Store(raft::StorageError::Unavailable)))
+    } else {
+        None
+    }
+}
+
 /// Turns a storage error into raft's error type for [`raft::Storage`] methods.
 pub(crate) fn to_raft(e: StorageError) -> raft::Error {
     raft::Error::Store(raft::StorageError::Other(Box::new(e)))

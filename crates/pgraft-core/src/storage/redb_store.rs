@@ -22,7 +22,10 @@ use raft::{GetEntriesContext, RaftState};
 use redb::{Database, ReadableTable, TableDefinition};
 
 use super::mem_store::check_append;
-use super::{snapshot_of, snapshot_usable_for, to_raft, Identity, LogStore, Result, StorageError};
+use super::{
+    check_entries_range, snapshot_of, snapshot_usable_for, term_without_entry, to_raft, Identity, LogStore,
+    Result, StorageError,
+};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -191,12 +194,7 @@ impl raft::Storage for RedbStore {
         max_size: impl Into<Option<u64>>,
         _ctx: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        if low <= self.trunc.0 {
-            return Err(raft::Error::Store(raft::StorageError::Compacted));
-        }
-        if high > self.last + 1 || low > high {
-            return Err(raft::Error::Store(raft::StorageError::Unavailable));
-        }
+        check_entries_range(low, high, self.trunc.0, self.last)?;
         let max = max_size.into().unwrap_or(u64::MAX);
         let read = || -> Result<Vec<Entry>> {
             let rtx = redb_try!(self.db.begin_read(), "begin read");
@@ -229,14 +227,8 @@ impl raft::Storage for RedbStore {
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        if idx == self.trunc.0 {
-            return Ok(self.trunc.1);
-        }
-        if idx < self.trunc.0 {
-            return Err(raft::Error::Store(raft::StorageError::Compacted));
-        }
-        if idx > self.last {
-            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        if let Some(answer) = term_without_entry(idx, self.trunc, self.last) {
+            return answer;
         }
         self.read_entry(idx).map(|e| e.term).map_err(to_raft)
     }

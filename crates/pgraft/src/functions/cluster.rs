@@ -121,6 +121,46 @@ fn split_address(a: &str) -> (String, i32) {
     }
 }
 
+/// Milliseconds since this member last heard from `id` (0 for itself).
+pub fn heard_ms(st: &StatusReport, id: u64) -> Option<i64> {
+    if id == st.member.id {
+        return Some(0);
+    }
+    st.member.last_heard_ms.get(&id).map(|t| (st.now_ms - t).max(0))
+}
+
+/// A duration as the documents print it: `0.042s`.
+pub fn seconds(ms: i64) -> String {
+    format!("{:.3}s", ms as f64 / 1000.0)
+}
+
+/// One member as this member sees it: the columns both status functions share.
+struct MemberView<'a> {
+    id: u64,
+    host: String,
+    port: i32,
+    progress: Option<&'a pgraft_core::member::PeerProgress>,
+    is_me: bool,
+    heard_ms: Option<i64>,
+}
+
+fn members(st: &StatusReport) -> Vec<MemberView<'_>> {
+    st.addresses
+        .iter()
+        .map(|(id, addr)| {
+            let (host, port) = split_address(addr);
+            MemberView {
+                id: *id,
+                host,
+                port,
+                progress: st.member.progress.iter().find(|p| p.id == *id),
+                is_me: *id == st.member.id,
+                heard_ms: heard_ms(st, *id),
+            }
+        })
+        .collect()
+}
+
 /// One row per member.
 #[pg_extern]
 #[allow(clippy::type_complexity)]
@@ -140,20 +180,18 @@ fn pgraft_get_nodes() -> TableIterator<
 > {
     let st = status();
     let m = &st.member;
-    let rows: Vec<_> = st
-        .addresses
-        .iter()
-        .map(|(id, addr)| {
-            let (host, port) = split_address(addr);
-            let progress = m.progress.iter().find(|p| p.id == *id);
-            let is_me = *id == m.id;
-            let match_index = progress.map(|p| p.matched as i64).or(is_me.then_some(m.last_index as i64));
-            let commit = is_me
-                .then_some(m.commit as i64)
-                .or(progress.map(|_| m.commit.min(progress.map_or(0, |p| p.matched)) as i64));
-            let heard = if is_me { Some(0) } else { m.last_heard_ms.get(id).map(|t| (st.now_ms - t).max(0)) };
-            let lag = progress.map(|p| m.last_index.saturating_sub(p.matched) as i64);
-            (*id as i32, host, port, *id == m.leader_id, state_of(*id, m), match_index, commit, heard, lag)
+    let rows: Vec<_> = members(&st)
+        .into_iter()
+        .map(|v| {
+            let match_index = v.progress.map(|p| p.matched as i64).or(v.is_me.then_some(m.last_index as i64));
+            let commit = if v.is_me {
+                Some(m.commit as i64)
+            } else {
+                v.progress.map(|p| m.commit.min(p.matched) as i64)
+            };
+            let lag = v.progress.map(|p| m.last_index.saturating_sub(p.matched) as i64);
+            let is_leader = v.id == m.leader_id;
+            (v.id as i32, v.host, v.port, is_leader, state_of(v.id, m), match_index, commit, v.heard_ms, lag)
         })
         .collect();
     TableIterator::new(rows)
@@ -202,29 +240,20 @@ fn pgraft_get_cluster_status() -> TableIterator<
     let st = status();
     let m = &st.member;
     let n = st.addresses.len() as i32;
-    let rows: Vec<_> = st
-        .addresses
-        .iter()
-        .map(|(id, addr)| {
-            let (host, port) = split_address(addr);
-            let progress = m.progress.iter().find(|p| p.id == *id);
-            let is_me = *id == m.id;
-            let last = if is_me { m.last_index } else { progress.map_or(m.last_index, |p| p.matched) };
-            let heard = if is_me {
-                Some("0.000s".to_string())
-            } else {
-                m.last_heard_ms.get(id).map(|t| format!("{:.3}s", (st.now_ms - t).max(0) as f64 / 1000.0))
-            };
+    let rows: Vec<_> = members(&st)
+        .into_iter()
+        .map(|v| {
+            let last = if v.is_me { m.last_index } else { v.progress.map_or(m.last_index, |p| p.matched) };
             (
-                *id as i32,
-                host,
-                port,
-                *id == m.leader_id,
-                state_of(*id, m),
+                v.id as i32,
+                v.host,
+                v.port,
+                v.id == m.leader_id,
+                state_of(v.id, m),
                 m.term as i64,
-                m.commit.min(last.max(m.commit)) as i64,
+                m.commit as i64,
                 last as i64,
-                heard,
+                v.heard_ms.map(seconds),
                 m.term as i64,
                 m.leader_id as i32,
                 n,

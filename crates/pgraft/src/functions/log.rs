@@ -4,7 +4,7 @@ use pgraft_core::command::Body;
 use pgraft_core::{Consistency, Read, Request, Response};
 use pgrx::prelude::*;
 
-use super::cluster::{state_of, status};
+use super::cluster::{heard_ms, seconds, state_of, status};
 use crate::bridge::{self, invalid};
 use crate::protocol::{IpcRequest, IpcResponse};
 
@@ -114,8 +114,7 @@ fn pgraft_log_get_replication_status() -> TableIterator<
 > {
     let st = status();
     let m = &st.member;
-    let heard =
-        |id: u64| m.last_heard_ms.get(&id).map(|t| format!("{:.3}s", (st.now_ms - t).max(0) as f64 / 1000.0));
+    let heard = |id: u64| heard_ms(&st, id).map(seconds);
     let rows: Vec<_> = if !m.progress.is_empty() {
         m.progress
             .iter()

@@ -182,6 +182,14 @@ fn three_members_elect_forward_and_survive_leader_loss() {
     for id in 1..=3 {
         assert_eq!(c.get(id, "k", Consistency::Linearizable).as_deref(), Some("v1"), "node {id}");
     }
+    // A value larger than a frame (16 MiB) travels in chunks: no fixed limit on its size.
+    let big = "x".repeat(20 << 20);
+    let op = KvOp::Put { key: "big".into(), value: big.clone().into_bytes(), time_ms: 0 };
+    let r = c.handle(follower).call_blocking(Request::Propose(Body::Kv(op)), Duration::from_secs(30));
+    assert!(matches!(r, Ok(Response::Applied { .. })), "a 20 MiB put: {r:?}");
+    for id in 1..=3 {
+        assert_eq!(c.get(id, "big", Consistency::Linearizable).map(|v| v.len()), Some(big.len()), "node {id}");
+    }
     // Lose the leader: a new one within 3 election timeouts.
     let lost = Instant::now();
     c.members[(leader - 1) as usize].node.take();

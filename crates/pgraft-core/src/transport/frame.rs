@@ -4,13 +4,16 @@
 //! frame = len: u32 BE (bytes after this field, at most the cap) | kind: u8 | payload
 //! kind 1  MESSAGE         payload = a raft Message (protobuf, prost)
 //! kind 2  SNAPSHOT_START  payload = total: u64 BE | a raft MsgSnapshot with empty data
-//! kind 3  SNAPSHOT_CHUNK  payload = the next bytes of the snapshot data
+//! kind 3  CHUNK           payload = the next bytes of a snapshot's data or a large message
+//! kind 4  LARGE_START     payload = total: u64 BE (bytes of the encoded message that follow)
 //! ```
 //!
 //! A snapshot larger than one frame travels as a start frame and chunks; the receiver
-//! delivers the message once `total` bytes have arrived. Every length is checked against
-//! a cap before anything is allocated, so a peer cannot make us reserve memory it never
-//! sends.
+//! delivers the message once `total` bytes have arrived. Any other message larger than one
+//! frame (an append carrying a big entry: pgraft puts no fixed limit on an entry's size)
+//! travels the same way, its encoded bytes in chunks after a LARGE_START. Every length is
+//! checked against a cap before anything is allocated, so a peer cannot make us reserve
+//! memory it never sends.
 
 use prost::Message as _;
 use raft::prelude::Message;
@@ -24,6 +27,7 @@ pub const DEFAULT_SNAPSHOT_CAP: u64 = 4 << 30;
 const MESSAGE: u8 = 1;
 const SNAPSHOT_START: u8 = 2;
 const SNAPSHOT_CHUNK: u8 = 3;
+const LARGE_START: u8 = 4;
 
 /// One decoded frame.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,8 +41,14 @@ pub enum Frame {
         /// The MsgSnapshot without its data.
         msg: Message,
     },
-    /// The next bytes of snapshot data.
+    /// The next bytes of snapshot data, or of a large message.
     SnapshotChunk(Vec<u8>),
+    /// The start of a message too large for one frame: `total` bytes of its encoding
+    /// follow in chunks.
+    LargeStart {
+        /// Bytes of the encoded message that follow in chunks.
+        total: u64,
+    },
 }
 
 /// Why a frame was refused.
@@ -71,6 +81,7 @@ impl Frame {
                 (SNAPSHOT_START, p)
             }
             Frame::SnapshotChunk(b) => (SNAPSHOT_CHUNK, b.clone()),
+            Frame::LargeStart { total } => (LARGE_START, total.to_be_bytes().to_vec()),
         };
         let mut out = Vec::with_capacity(payload.len() + 5);
         out.extend(((payload.len() + 1) as u32).to_be_bytes());
@@ -96,17 +107,29 @@ impl Frame {
                 Ok(Frame::SnapshotStart { total, msg: msg(rest)? })
             }
             SNAPSHOT_CHUNK => Ok(Frame::SnapshotChunk(payload.to_vec())),
+            LARGE_START => {
+                let total: [u8; 8] = payload
+                    .try_into()
+                    .map_err(|_| FrameError::Malformed("large message start without a length".into()))?;
+                Ok(Frame::LargeStart { total: u64::from_be_bytes(total) })
+            }
             k => Err(FrameError::Malformed(format!("unknown frame kind {k}"))),
         }
     }
 
-    /// Splits a message into frames of at most `cap` bytes: one frame, or a snapshot
-    /// start and chunks.
+    /// Splits a message into frames of at most `cap` bytes: one frame, a snapshot start
+    /// and chunks, or a large message's start and chunks.
     pub fn split(mut m: Message, cap: u32) -> Vec<Frame> {
         let room = (cap as usize).saturating_sub(64).max(1);
         let data_len = m.snapshot.as_ref().map_or(0, |s| s.data.len());
         if data_len + 1024 < room {
-            return vec![Frame::Message(m)];
+            if m.encoded_len() < room {
+                return vec![Frame::Message(m)];
+            }
+            let bytes = m.encode_to_vec();
+            let mut frames = vec![Frame::LargeStart { total: bytes.len() as u64 }];
+            frames.extend(bytes.chunks(room).map(|c| Frame::SnapshotChunk(c.to_vec())));
+            return frames;
         }
         let data = m.snapshot.as_mut().map(|s| std::mem::take(&mut s.data)).unwrap_or_default();
         let mut frames = vec![Frame::SnapshotStart { total: data.len() as u64, msg: m }];
@@ -134,7 +157,9 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> std::io
 /// Reassembles chunked snapshots on the receiving side.
 #[derive(Default)]
 pub struct Reassembly {
-    pending: Option<(Message, u64, Vec<u8>)>,
+    /// The message being reassembled (a snapshot without its data, or `None` for a large
+    /// message whose encoding arrives in chunks), its announced length and what came.
+    pending: Option<(Option<Message>, u64, Vec<u8>)>,
 }
 
 impl Reassembly {
@@ -159,15 +184,26 @@ impl Reassembly {
                 if msg.snapshot.is_none() {
                     return Err(FrameError::Malformed("snapshot start without snapshot metadata".into()));
                 }
-                self.pending = Some((msg, total, Vec::new()));
+                self.pending = Some((Some(msg), total, Vec::new()));
+                self.finish()
+            }
+            Frame::LargeStart { total } => {
+                // Snapshots are the largest thing a member sends; a message is never larger.
+                if total > snapshot_cap {
+                    return Err(FrameError::TooLarge { len: total, cap: snapshot_cap });
+                }
+                if self.pending.is_some() {
+                    return Err(FrameError::Malformed("a large message started inside another".into()));
+                }
+                self.pending = Some((None, total, Vec::new()));
                 self.finish()
             }
             Frame::SnapshotChunk(bytes) => {
                 let Some((_, total, data)) = self.pending.as_mut() else {
-                    return Err(FrameError::Malformed("a snapshot chunk without a start".into()));
+                    return Err(FrameError::Malformed("a chunk without a start".into()));
                 };
                 if data.len() as u64 + bytes.len() as u64 > *total {
-                    return Err(FrameError::Malformed("snapshot chunks exceed the announced length".into()));
+                    return Err(FrameError::Malformed("chunks exceed the announced length".into()));
                 }
                 data.extend_from_slice(&bytes);
                 self.finish()
@@ -180,11 +216,18 @@ impl Reassembly {
         if !done {
             return Ok(None);
         }
-        let Some((mut msg, _, data)) = self.pending.take() else { return Ok(None) };
-        if let Some(s) = msg.snapshot.as_mut() {
-            s.data = data;
+        let Some((msg, _, data)) = self.pending.take() else { return Ok(None) };
+        match msg {
+            Some(mut msg) => {
+                if let Some(s) = msg.snapshot.as_mut() {
+                    s.data = data;
+                }
+                Ok(Some(msg))
+            }
+            None => Message::decode(data.as_slice())
+                .map(Some)
+                .map_err(|e| FrameError::Malformed(format!("large raft message: {e}"))),
         }
-        Ok(Some(msg))
     }
 }
 
@@ -236,6 +279,39 @@ mod tests {
         }
         assert_eq!(out, Some(m));
         assert_eq!(Frame::split(snapshot_msg(10), 4096).len(), 1, "a small snapshot is one frame");
+    }
+
+    #[test]
+    fn large_messages_are_chunked_and_reassembled() {
+        use raft::prelude::Entry;
+        let big = Entry { index: 7, term: 2, data: vec![0xab; 50_000].into(), ..Default::default() };
+        let m = Message {
+            msg_type: MessageType::MsgAppend as i32,
+            to: 2,
+            from: 1,
+            term: 2,
+            entries: vec![big].into(),
+            ..Default::default()
+        };
+        let frames = Frame::split(m.clone(), 4096);
+        assert!(matches!(frames[0], Frame::LargeStart { .. }));
+        assert!(frames.len() > 10 && frames.iter().all(|f| f.encode().len() <= 4096 + 4));
+        let mut r = Reassembly::default();
+        let mut out = None;
+        for f in frames {
+            if let Some(done) = r.feed(Frame::decode(&f.encode()[4..]).expect("decodes"), 1 << 20).expect("valid") {
+                out = Some(done);
+            }
+        }
+        assert_eq!(out, Some(m.clone()));
+        let mut r = Reassembly::default();
+        assert!(r.feed(Frame::LargeStart { total: 1 << 21 }, 1 << 20).is_err(), "over the cap");
+        r.feed(Frame::LargeStart { total: 3 }, 100).expect("a start");
+        assert!(r.feed(Frame::Message(m), 100).is_err(), "a message inside a large one");
+        let mut r = Reassembly::default();
+        r.feed(Frame::LargeStart { total: 3 }, 100).expect("a start");
+        assert!(r.feed(Frame::SnapshotChunk(vec![0xff, 0xff, 0xff]), 100).is_err(), "not a message");
+        assert!(Frame::decode(&[LARGE_START, 1, 2]).is_err(), "a short length");
     }
 
     #[test]

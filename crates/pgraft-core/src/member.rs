@@ -211,7 +211,8 @@ pub struct Member<S: LogStore> {
     counters: Counters,
     last_snapshot: u64,
     ticks: u64,
-    was_candidate: bool,
+    /// The role at the last soft-state change, to count elections this member started.
+    last_role: StateRole,
     last_heard: BTreeMap<u64, i64>,
     election_timeout_ms: i64,
 }
@@ -281,7 +282,7 @@ impl<S: LogStore> Member<S> {
             counters: Counters::default(),
             last_snapshot,
             ticks: 0,
-            was_candidate: false,
+            last_role: StateRole::Follower,
             last_heard: BTreeMap::new(),
             election_timeout_ms: 1000,
         })
@@ -476,6 +477,14 @@ impl<S: LogStore> Member<S> {
                 self.waiting.insert(token, Waiting::Proposal);
                 self.propose(token, RetryKind::Propose(data, seq));
             }
+            Request::ProposeInTerm { term, body } => {
+                let current = self.raw.raft.term;
+                if term != current {
+                    let e = format!("term {term} is not the current term {current}");
+                    return self.answer(token, Err(Error::InvalidArgument(e)));
+                }
+                self.submit(token, Request::Propose(body))
+            }
             Request::Read(read, Consistency::Serializable) => {
                 let r = self.read(&read, self.sm.applied_index);
                 self.answer(token, r);
@@ -635,6 +644,7 @@ impl<S: LogStore> Member<S> {
                 revision: kv.revision(),
                 compact_revision: kv.compact_revision(),
                 stats: kv.stats(),
+                applied_index: self.sm.applied_index,
             })),
             Read::Barrier => Ok(Response::Reached(read_index)),
         }
@@ -650,11 +660,18 @@ impl<S: LogStore> Member<S> {
         }
         let mut rd = self.raw.ready();
         if let Some(ss) = rd.ss() {
-            let candidate = matches!(ss.raft_state, StateRole::Candidate);
-            if candidate && !self.was_candidate {
+            // An election this member started: it became a candidate, or went straight to
+            // leader (a lone voter wins its election within one step, never seen as candidate).
+            let now = ss.raft_state;
+            let started = match now {
+                StateRole::Candidate => self.last_role != StateRole::Candidate,
+                StateRole::Leader => matches!(self.last_role, StateRole::Follower | StateRole::PreCandidate),
+                _ => false,
+            };
+            if started {
                 self.counters.elections += 1;
             }
-            self.was_candidate = candidate;
+            self.last_role = now;
         }
         // 1. A leader's own messages may leave before its disk write: it counts itself in
         //    the quorum only after persisting (Raft thesis 10.2.1).

@@ -51,6 +51,13 @@ pub enum Read {
 pub enum Request {
     /// Propose an entry; answered once it is applied on this member.
     Propose(Body),
+    /// Propose an entry only if this member's current term is `term` (`pgraft_log_append`).
+    ProposeInTerm {
+        /// The term the caller believes current.
+        term: u64,
+        /// The entry.
+        body: Body,
+    },
     /// Read the state machine.
     Read(Read, Consistency),
     /// Add a member (a learner when `learner`); leader only. Adding a member again with
@@ -101,6 +108,8 @@ pub struct KvFigures {
     pub compact_revision: u64,
     /// Applied operation counters.
     pub stats: KvStats,
+    /// The log index these figures reflect (the last applied entry).
+    pub applied_index: u64,
 }
 
 /// A successful answer.

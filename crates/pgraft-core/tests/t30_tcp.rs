@@ -188,7 +188,11 @@ fn three_members_elect_forward_and_survive_leader_loss() {
     let r = c.handle(follower).call_blocking(Request::Propose(Body::Kv(op)), Duration::from_secs(30));
     assert!(matches!(r, Ok(Response::Applied { .. })), "a 20 MiB put: {r:?}");
     for id in 1..=3 {
-        assert_eq!(c.get(id, "big", Consistency::Linearizable).map(|v| v.len()), Some(big.len()), "node {id}");
+        assert_eq!(
+            c.get(id, "big", Consistency::Linearizable).map(|v| v.len()),
+            Some(big.len()),
+            "node {id}"
+        );
     }
     // Lose the leader: a new one within 3 election timeouts.
     let lost = Instant::now();

@@ -513,6 +513,13 @@ fn describe_entry(e: &raft::prelude::Entry) -> String {
     }
     match Proposal::decode(&e.data) {
         Ok(Proposal { body: Body::Raw(bytes), .. }) => String::from_utf8_lossy(&bytes).into_owned(),
+        // What and where, not the value (which may be megabytes).
+        Ok(Proposal { body: Body::Kv(op), .. }) => {
+            serde_json::json!({ "type": op.name(), "key": op.target() }).to_string()
+        }
+        Ok(Proposal { body: Body::SetConfig { name, value }, .. }) => {
+            serde_json::json!({ "type": "set_config", "name": name, "value": value }).to_string()
+        }
         Ok(p) => serde_json::json!({ "type": p.body.name() }).to_string(),
         Err(err) => serde_json::json!({ "type": "undecodable", "error": err.to_string() }).to_string(),
     }

@@ -284,13 +284,13 @@ mod tests {
     #[test]
     fn large_messages_are_chunked_and_reassembled() {
         use raft::prelude::Entry;
-        let big = Entry { index: 7, term: 2, data: vec![0xab; 50_000].into(), ..Default::default() };
+        let big = Entry { index: 7, term: 2, data: vec![0xab; 50_000], ..Default::default() };
         let m = Message {
             msg_type: MessageType::MsgAppend as i32,
             to: 2,
             from: 1,
             term: 2,
-            entries: vec![big].into(),
+            entries: vec![big],
             ..Default::default()
         };
         let frames = Frame::split(m.clone(), 4096);
@@ -299,7 +299,9 @@ mod tests {
         let mut r = Reassembly::default();
         let mut out = None;
         for f in frames {
-            if let Some(done) = r.feed(Frame::decode(&f.encode()[4..]).expect("decodes"), 1 << 20).expect("valid") {
+            if let Some(done) =
+                r.feed(Frame::decode(&f.encode()[4..]).expect("decodes"), 1 << 20).expect("valid")
+            {
                 out = Some(done);
             }
         }

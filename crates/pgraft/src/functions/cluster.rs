@@ -264,3 +264,156 @@ fn pgraft_get_cluster_status() -> TableIterator<
         .collect();
     TableIterator::new(rows)
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use crate::testing::*;
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn init_founds_a_cluster_this_member_leads() {
+        init_and_lead();
+        assert!(yes("SELECT pgraft_init()"), "pgraft_init() again is harmless");
+        assert_eq!(one::<String>("SELECT pgraft_get_worker_state()"), "running");
+        let term = one::<i64>("SELECT pgraft_get_term()");
+        assert!(term >= 1);
+        assert_eq!(one::<i32>("SELECT pgraft_get_leader()"), 1);
+        assert!(yes("SELECT pgraft_is_leader()"));
+        assert!(yes("SELECT pgraft_quorum_met()"));
+        // One member, as both status functions show it.
+        assert_eq!(
+            one::<String>(
+                "SELECT format('%s %s %s %s %s %s', node_id, address, port, is_leader, state, last_heartbeat_ms) \
+                 FROM pgraft_get_nodes()"
+            ),
+            "1 127.0.0.1 45901 t Leader 0"
+        );
+        assert_eq!(
+            one::<String>(
+                "SELECT format('%s %s %s %s %s %s %s', node_id, state, term = current_term, leader_id, num_nodes, \
+                        last_heartbeat, commit_index <= last_log_index) FROM pgraft_get_cluster_status()"
+            ),
+            "1 Leader t 1 1 0.000s t"
+        );
+        assert_eq!(one::<i64>("SELECT term FROM pgraft_get_cluster_status()"), term);
+        assert!(one::<i64>("SELECT elections_triggered FROM pgraft_get_cluster_status()") >= 1);
+    }
+
+    #[pg_test]
+    fn the_test_function_goes_through_the_log() {
+        init_and_lead();
+        let before = one::<i64>("SELECT last_applied FROM pgraft_log_get_stats()");
+        assert!(yes("SELECT pgraft_test()"));
+        let after = one::<i64>("SELECT last_applied FROM pgraft_log_get_stats()");
+        assert!(after > before, "applied index {before} -> {after}");
+        assert_eq!(
+            one::<String>(
+                "SELECT operation_type FROM pgraft.log_index_mapping ORDER BY raft_index DESC LIMIT 1"
+            ),
+            "probe"
+        );
+    }
+
+    #[pg_test]
+    fn membership_arguments_are_checked() {
+        init_and_lead();
+        for port in [0, -1, 65536, 70000] {
+            assert_error(
+                &format!("SELECT pgraft_add_node(5, '127.0.0.1', {port})"),
+                "22023",
+                &format!("invalid port {port}: a port is 1 to 65535"),
+            );
+        }
+        for id in [0, -1] {
+            assert_error(
+                &format!("SELECT pgraft_add_node({id}, '127.0.0.1', 7005)"),
+                "22023",
+                &format!("pgraft_add_node: node id {id} is out of range; node ids are 1 or greater"),
+            );
+        }
+        assert_error(
+            "SELECT pgraft_add_node(5, 'not a host!', 7005)",
+            "22023",
+            "address \"not a host!\" is neither an IP address nor a host name",
+        );
+        assert_error("SELECT pgraft_add_node(5, '', 7005)", "22023", "address");
+        // The functions are strict: a NULL argument gives NULL and does nothing.
+        assert_eq!(maybe::<bool>("SELECT pgraft_add_node(NULL, '127.0.0.1', 7005)"), None);
+        assert_error("SELECT pgraft_remove_node(42)", "22023", "node 42 is not a member of the cluster");
+        assert_error("SELECT pgraft_remove_node(0)", "22023", "node id 0 is out of range");
+        assert_error(
+            "SELECT pgraft_transfer_leadership(9)",
+            "22023",
+            "cannot transfer leadership to node 9: it is not a voting member of the cluster",
+        );
+        assert_error("SELECT pgraft_transfer_leadership(-3)", "22023", "node id -3 is out of range");
+        // Nothing of that changed the cluster.
+        assert_eq!(one::<i64>("SELECT count(*) FROM pgraft_get_nodes()"), 1);
+        // Handing leadership to the leader itself is done at once.
+        assert!(yes("SELECT pgraft_transfer_leadership(1)"));
+        assert!(yes("SELECT pgraft_is_leader()"));
+    }
+
+    #[pg_test]
+    fn changing_the_cluster_is_not_for_everyone() {
+        init_and_lead();
+        Spi::run("CREATE ROLE pgraft_t_reader").expect("create role");
+        let changes = [
+            "pgraft_init()",
+            "pgraft_add_node(integer, text, integer)",
+            "pgraft_remove_node(integer)",
+            "pgraft_transfer_leadership(integer)",
+            "pgraft_replicate_entry(text)",
+            "pgraft_log_append(bigint, text)",
+            "pgraft_kv_put(text, text)",
+            "pgraft_kv_put(text, jsonb)",
+            "pgraft_kv_delete(text)",
+            "pgraft_kv_cas(text, text, text)",
+            "pgraft_kv_compact()",
+            "pgraft_kv_reset()",
+            "pgraft_set_config(text, text)",
+            "pgraft_save_config()",
+            "pgraft_set_debug(boolean)",
+            "pgraft_test()",
+        ];
+        for f in changes {
+            assert!(
+                !yes(&format!("SELECT has_function_privilege('pgraft_t_reader', '{f}', 'EXECUTE')")),
+                "PUBLIC may run {f}"
+            );
+        }
+        let reads = [
+            "pgraft_get_cluster_status()",
+            "pgraft_get_nodes()",
+            "pgraft_is_leader()",
+            "pgraft_get_leader()",
+            "pgraft_kv_get(text)",
+            "pgraft_kv_list_keys()",
+            "pgraft_log_get_stats()",
+            "pgraft_health_check()",
+            "pgraft_get_config()",
+        ];
+        for f in reads {
+            assert!(
+                yes(&format!("SELECT has_function_privilege('pgraft_t_reader', '{f}', 'EXECUTE')")),
+                "PUBLIC may not run {f}"
+            );
+        }
+        assert_eq!(
+            one::<i64>(
+                "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'pgraft%' AND rolname <> 'pgraft_t_reader'"
+            ),
+            0
+        );
+    }
+
+    #[pg_test(error = "permission denied for function pgraft_kv_put")]
+    fn a_role_without_the_grant_cannot_write() {
+        init_and_lead();
+        Spi::run("CREATE ROLE pgraft_t_writer").expect("create role");
+        Spi::run("SET LOCAL ROLE pgraft_t_writer").expect("set role");
+        assert_eq!(maybe::<String>("SELECT pgraft_kv_get('pgraft_t_none')"), None, "reads are public");
+        Spi::run("SELECT pgraft_kv_put('k', 'v')").expect("raises");
+    }
+}

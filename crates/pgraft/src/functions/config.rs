@@ -244,3 +244,112 @@ fn pgraft_health_check() -> TableIterator<
     rows.push(("disk_usage_bytes".into(), st.disk_bytes.to_string(), "OK".into(), "ok".into()));
     TableIterator::new(rows)
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use crate::testing::*;
+    use pgrx::prelude::*;
+
+    fn setting(name: &str) -> String {
+        one::<String>(&format!(
+            "SELECT value || ' | ' || default_value || ' | ' || source || ' | ' || changeable \
+               FROM pgraft_get_config() WHERE name = '{name}'"
+        ))
+    }
+
+    #[pg_test]
+    fn set_config_changes_the_cluster_setting_and_get_config_shows_it() {
+        init_and_lead();
+        assert_eq!(setting("heartbeat_interval"), "100ms | 100ms | default | run time");
+        assert_eq!(setting("port"), "45901 | 7001 | configuration file | server start");
+        assert!(yes("SELECT pgraft_set_config('heartbeat_interval', '75ms')"));
+        assert_eq!(setting("heartbeat_interval"), "75ms | 100ms | cluster (pgraft_set_config) | run time");
+        assert!(yes("SELECT pgraft_set_config('pgraft.election_timeout', '1.5s')"), "prefix and units");
+        assert_eq!(setting("election_timeout"), "1500ms | 1000ms | cluster (pgraft_set_config) | run time");
+        assert!(yes("SELECT pgraft_set_config('failover_enabled', 'on')"));
+        assert_eq!(setting("failover_enabled"), "true | off | cluster (pgraft_set_config) | run time");
+        assert!(yes("SELECT pgraft_set_config('LOG_LEVEL', 'Notice')"));
+        assert_eq!(setting("log_level"), "notice | info | cluster (pgraft_set_config) | run time");
+        // Through the log: each change is an applied entry.
+        assert!(yes(
+            "SELECT operation_data ->> 'value' = 'notice' FROM pgraft.log_index_mapping \
+              WHERE operation_type = 'set_config' AND target_table = 'log_level' ORDER BY raft_index DESC LIMIT 1"
+        ));
+        assert!(yes("SELECT pgraft_save_config()"));
+        // Back to the defaults, so other tests run at the usual pace.
+        for (n, v) in [
+            ("heartbeat_interval", "100ms"),
+            ("election_timeout", "1s"),
+            ("failover_enabled", "off"),
+            ("log_level", "info"),
+        ] {
+            assert!(yes(&format!("SELECT pgraft_set_config('{n}', '{v}')")));
+        }
+        assert_eq!(setting("election_timeout"), "1000ms | 1000ms | cluster (pgraft_set_config) | run time");
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM pgraft_get_config()"),
+            one::<i64>("SELECT count(*) FROM pg_settings WHERE name LIKE 'pgraft.%'"),
+            "every setting is shown"
+        );
+    }
+
+    #[pg_test]
+    fn set_config_refuses_what_it_cannot_change() {
+        init_and_lead();
+        assert_error(
+            "SELECT pgraft_set_config('port', '7009')",
+            "22023",
+            "pgraft.port cannot be changed at run time",
+        );
+        assert_error(
+            "SELECT pgraft_set_config('ssl_key_file', '/x')",
+            "22023",
+            "takes effect at server start",
+        );
+        assert_error("SELECT pgraft_set_config('colour', 'blue')", "22023", "unknown setting \"colour\"");
+        assert_error(
+            "SELECT pgraft_set_config('heartbeat_interval', 'soon')",
+            "22023",
+            "pgraft.heartbeat_interval",
+        );
+        assert_error(
+            "SELECT pgraft_set_config('heartbeat_interval', '-5ms')",
+            "22023",
+            "pgraft.heartbeat_interval",
+        );
+        assert_error(
+            "SELECT pgraft_set_config('election_timeout', '150ms')",
+            "22023",
+            "pgraft.election_timeout = 150ms",
+        );
+        assert_error("SELECT pgraft_set_config('log_level', 'loud')", "22023", "is not one of debug, info");
+        assert_error("SELECT pgraft_set_config('failover_enabled', 'maybe')", "22023", "is not a boolean");
+        assert_eq!(setting("heartbeat_interval").split(" | ").next(), Some("100ms"), "nothing changed");
+    }
+
+    #[pg_test]
+    fn debug_queues_and_health() {
+        init_and_lead();
+        assert!(yes("SELECT pgraft_set_debug(true)"));
+        assert!(yes("SELECT pgraft_set_debug(false)"));
+        assert_eq!(
+            one::<String>(
+                "SELECT string_agg(queue_name, ',' ORDER BY queue_name) FROM pgraft_get_queue_status()"
+            ),
+            "requests,unapplied,uncommitted"
+        );
+        assert!(yes("SELECT bool_and(pending >= 0 AND description <> '') FROM pgraft_get_queue_status()"));
+        let health = one::<String>(
+            "SELECT string_agg(metric || '=' || value || ':' || status || '/' || severity, ' ' ORDER BY metric) \
+               FROM pgraft_health_check() WHERE metric IN ('worker_state', 'leader', 'quorum', 'unreachable_members')",
+        );
+        assert_eq!(
+            health,
+            "leader=1:OK/ok quorum=met:OK/ok unreachable_members=none:OK/ok worker_state=running:OK/ok"
+        );
+        assert!(yes(
+            "SELECT bool_and(severity IN ('ok', 'info', 'warning', 'critical')) FROM pgraft_health_check()"
+        ));
+    }
+}

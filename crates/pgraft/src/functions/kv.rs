@@ -201,7 +201,7 @@ fn pgraft_kv_get_stats() -> TableIterator<
         f.revision as i64,
         f.compact_revision as i64,
         f.size_bytes as i64,
-        crate::shmem::read().applied as i64,
+        f.applied_index as i64,
     ))
 }
 
@@ -226,4 +226,150 @@ fn pgraft_kv_compact() -> bool {
 #[pg_extern]
 fn pgraft_kv_reset() -> bool {
     matches!(bridge::raft(Request::Propose(Body::Kv(KvOp::Reset))), Response::Applied { .. })
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use crate::testing::*;
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn put_get_exists_delete() {
+        init_and_lead();
+        assert!(yes("SELECT pgraft_kv_put('t1/foo', 'bar')"));
+        assert_eq!(one::<String>("SELECT pgraft_kv_get('t1/foo')"), "bar");
+        assert_eq!(one::<String>("SELECT pgraft_kv_get_serializable('t1/foo')"), "bar");
+        assert!(yes("SELECT pgraft_kv_exists('t1/foo')"));
+        assert!(yes("SELECT pgraft_kv_put('t1/foo', 'baz')"), "overwrite");
+        assert_eq!(one::<String>("SELECT pgraft_kv_get('t1/foo')"), "baz");
+        assert!(yes("SELECT pgraft_kv_delete('t1/foo')"));
+        assert_eq!(maybe::<String>("SELECT pgraft_kv_get('t1/foo')"), None);
+        assert!(!yes("SELECT pgraft_kv_exists('t1/foo')"));
+        assert!(yes("SELECT pgraft_kv_delete('t1/foo')"), "deleting a missing key is fine, as in etcd");
+        assert_eq!(maybe::<String>("SELECT pgraft_kv_get('t1/never')"), None);
+        // JSON values are kept as their text and read back as JSON.
+        assert!(yes("SELECT pgraft_kv_put('t1/j', jsonb_build_object('a', 1, 'b', array[true, false]))"));
+        assert!(yes("SELECT pgraft_kv_get('t1/j')::jsonb = '{\"a\": 1, \"b\": [true, false]}'::jsonb"));
+        // Text is any text: empty values, quotes, non-ASCII.
+        assert!(yes("SELECT pgraft_kv_put('t1/e', '')"));
+        assert_eq!(one::<String>("SELECT pgraft_kv_get('t1/e')"), "");
+        assert!(yes("SELECT pgraft_kv_put('t1/ключ', 'it''s ✓')"));
+        assert_eq!(one::<String>("SELECT pgraft_kv_get('t1/ключ')"), "it's ✓");
+    }
+
+    #[pg_test]
+    fn bad_keys_are_refused_and_nothing_is_written() {
+        init_and_lead();
+        let rev = one::<i64>("SELECT revision FROM pgraft_kv_get_stats()");
+        assert_error("SELECT pgraft_kv_put('', 'x')", "22023", "the key must not be empty");
+        assert_error("SELECT pgraft_kv_put('', '{}'::jsonb)", "22023", "the key must not be empty");
+        assert_error("SELECT pgraft_kv_delete('')", "22023", "the key must not be empty");
+        assert_error("SELECT pgraft_kv_cas('', NULL, 'x')", "22023", "the key must not be empty");
+        assert_eq!(maybe::<bool>("SELECT pgraft_kv_put(NULL, 'x')"), None, "strict");
+        assert_eq!(one::<i64>("SELECT revision FROM pgraft_kv_get_stats()"), rev, "no write happened");
+    }
+
+    #[pg_test]
+    fn large_keys_and_values_have_no_fixed_limit() {
+        init_and_lead();
+        // 1 MiB and 20 MiB values (larger than a peer frame) and a 100 KiB key.
+        for size in [1 << 20, 20 << 20] {
+            assert!(yes(&format!("SELECT pgraft_kv_put('t2/big', repeat('v', {size}))")));
+            assert_eq!(one::<i32>("SELECT length(pgraft_kv_get('t2/big'))"), size);
+            assert!(yes(&format!("SELECT pgraft_kv_get('t2/big') = repeat('v', {size})")));
+        }
+        let key = "SELECT 't2/' || repeat('k', 100000)";
+        assert!(yes(&format!("SELECT pgraft_kv_put(({key}), 'x')")));
+        assert_eq!(one::<String>(&format!("SELECT pgraft_kv_get(({key}))")), "x");
+        assert!(yes(&format!("SELECT pgraft_replicate_entry(repeat('e', {}))", 2 << 20)));
+    }
+
+    #[pg_test]
+    fn compare_and_swap() {
+        init_and_lead();
+        Spi::run("SELECT pgraft_kv_delete('t3/lock')").expect("clean");
+        assert!(yes("SELECT pgraft_kv_cas('t3/lock', NULL, 'a')"), "create when absent");
+        assert!(!yes("SELECT pgraft_kv_cas('t3/lock', NULL, 'b')"), "it exists now");
+        assert!(!yes("SELECT pgraft_kv_cas('t3/lock', 'x', 'b')"), "wrong expected value");
+        assert_eq!(one::<String>("SELECT pgraft_kv_get('t3/lock')"), "a");
+        assert!(yes("SELECT pgraft_kv_cas('t3/lock', 'a', 'b')"));
+        assert_eq!(one::<String>("SELECT pgraft_kv_get('t3/lock')"), "b");
+        assert!(yes("SELECT pgraft_kv_cas('t3/lock', 'b', NULL)"), "delete when it holds b");
+        assert!(!yes("SELECT pgraft_kv_exists('t3/lock')"));
+    }
+
+    #[pg_test]
+    fn ranges_revisions_and_listing() {
+        init_and_lead();
+        for (k, v) in [("t4/a", "1"), ("t4/b", "2"), ("t4x", "3"), ("t4/a", "4")] {
+            assert!(yes(&format!("SELECT pgraft_kv_put('{k}', '{v}')")));
+        }
+        assert_eq!(
+            one::<String>(
+                "SELECT string_agg(key || '=' || value, ',' ORDER BY key) FROM pgraft_kv_range('t4/')"
+            ),
+            "t4/a=4,t4/b=2"
+        );
+        assert_eq!(
+            one::<String>(
+                "SELECT string_agg(key || '=' || value, ',' ORDER BY key) FROM pgraft_kv_range('t4/', true)"
+            ),
+            "t4/a=4,t4/b=2",
+            "a serializable range on the leader sees the same"
+        );
+        let (version, created, modified) = (
+            one::<i64>("SELECT version FROM pgraft_kv_range('t4/a')"),
+            one::<i64>("SELECT create_revision FROM pgraft_kv_range('t4/a')"),
+            one::<i64>("SELECT mod_revision FROM pgraft_kv_range('t4/a')"),
+        );
+        assert_eq!(version, 2, "put twice");
+        assert!(created < modified);
+        assert!(yes("SELECT created_at <= updated_at AND updated_at <= now() + interval '1 minute' FROM pgraft_kv_range('t4/a')"));
+        assert_eq!(
+            one::<i64>("SELECT max(mod_revision) FROM pgraft_kv_range('')"),
+            one::<i64>("SELECT revision FROM pgraft_kv_get_stats()")
+        );
+        // The list of every key is a JSON array holding them.
+        assert!(yes("SELECT pgraft_kv_list_keys()::jsonb @> '[\"t4/a\", \"t4/b\", \"t4x\"]'::jsonb"));
+        assert!(yes("SELECT jsonb_typeof(pgraft_kv_list_keys()::jsonb) = 'array'"));
+        // The table view shows the same rows.
+        assert_eq!(one::<String>("SELECT value FROM pgraft.kv WHERE key = 't4/a'"), "4");
+        assert_eq!(one::<i64>("SELECT version FROM pgraft.kv_status WHERE key = 't4/a'"), 2);
+    }
+
+    #[pg_test]
+    fn statistics_count_what_happened() {
+        init_and_lead();
+        let stat = |c: &str| one::<i64>(&format!("SELECT {c} FROM pgraft_kv_get_stats()"));
+        let (puts, gets, deletes, rev) = (stat("puts"), stat("gets"), stat("deletes"), stat("revision"));
+        assert!(yes("SELECT pgraft_kv_put('t5/a', '1') AND pgraft_kv_put('t5/b', '2')"));
+        assert_eq!(one::<String>("SELECT pgraft_kv_get('t5/a')"), "1");
+        assert!(yes("SELECT pgraft_kv_delete('t5/a')"));
+        assert_eq!(stat("puts"), puts + 2, "puts");
+        assert!(stat("gets") > gets, "gets");
+        assert_eq!(stat("deletes"), deletes + 1, "deletes");
+        assert_eq!(stat("revision"), rev + 3, "revision");
+        assert!(stat("active_entries") >= 1 && stat("size_bytes") > 0);
+        assert_eq!(stat("last_applied_index"), one::<i64>("SELECT last_applied FROM pgraft_log_get_stats()"));
+        assert!(stat("total_operations") >= stat("puts") + stat("deletes"));
+    }
+
+    #[pg_test]
+    fn compaction_keeps_every_live_key() {
+        init_and_lead();
+        for i in 0..20 {
+            assert!(yes(&format!("SELECT pgraft_kv_put('t6/k', 'v{i}')")));
+        }
+        let hash = one::<i64>("SELECT hash FROM pgraft_kv_hash()");
+        assert!(yes("SELECT pgraft_kv_compact()"));
+        assert!(yes("SELECT pgraft_kv_compact()"), "compacting again is harmless");
+        assert_eq!(one::<String>("SELECT pgraft_kv_get('t6/k')"), "v19");
+        let stats = "SELECT compact_revision = revision FROM pgraft_kv_get_stats()";
+        assert!(yes(stats), "compacted up to the current revision");
+        assert_eq!(one::<i64>("SELECT hash FROM pgraft_kv_hash()"), hash, "live state unchanged");
+        // The log was compacted behind a snapshot: it starts after the first entries.
+        assert!(one::<i64>("SELECT first_index FROM pgraft_log_get_stats()") > 1);
+        assert_eq!(maybe::<String>("SELECT pgraft_log_get_entry(1)"), None, "compacted away");
+    }
 }

@@ -17,15 +17,16 @@ fn pgraft_replicate_entry(entry_data: &str) -> bool {
     )
 }
 
-/// Appends an entry in `term`, which must be the current term; returns once the entry is
-/// in the log (committed and applied here).
+/// Appends an entry in `term`, which must be this member's current term (checked by the
+/// member itself, so a term change cannot slip in between); returns once the entry is in
+/// the log (committed and applied here).
 #[pg_extern]
 fn pgraft_log_append(term: i64, data: &str) -> bool {
-    let current = crate::shmem::read().term as i64;
-    if term != current {
-        invalid(format!("pgraft_log_append: term {term} is not the current term {current}"));
-    }
-    pgraft_replicate_entry(data)
+    let Ok(term) = u64::try_from(term) else {
+        invalid(format!("pgraft_log_append: term {term} is out of range; terms start at 0"));
+    };
+    let body = Body::Raw(data.as_bytes().to_vec());
+    matches!(bridge::raft(Request::ProposeInTerm { term, body }), Response::Applied { .. })
 }
 
 fn index_arg(what: &str, index: i64) -> u64 {
@@ -148,4 +149,97 @@ fn pgraft_log_get_replication_status() -> TableIterator<
             .collect()
     };
     TableIterator::new(rows)
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use crate::testing::*;
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn replicated_entries_are_in_the_log_and_the_history() {
+        init_and_lead();
+        assert!(yes("SELECT pgraft_replicate_entry('{\"op\": \"t7\"}')"));
+        let index = one::<i64>("SELECT raft_index FROM pgraft.log_index_mapping WHERE operation_type = 'replicate_entry' ORDER BY raft_index DESC LIMIT 1");
+        assert_eq!(one::<String>(&format!("SELECT pgraft_log_get_entry({index})")), "{\"op\": \"t7\"}");
+        assert!(yes(&format!(
+            "SELECT operation_data = '{{\"op\": \"t7\"}}'::jsonb FROM pgraft.log_index_mapping WHERE raft_index = {index}"
+        )));
+        assert!(yes(&format!(
+            "SELECT raft_term = pgraft_get_term() AND applied_at IS NOT NULL FROM pgraft.applied_entries WHERE raft_index = {index}"
+        )));
+        // Data that is not JSON is replicated as it is.
+        assert!(yes("SELECT pgraft_replicate_entry('plain text, not JSON')"));
+        let last = one::<i64>("SELECT max(raft_index) FROM pgraft.applied_entries");
+        assert_eq!(one::<String>(&format!("SELECT pgraft_log_get_entry({last})")), "plain text, not JSON");
+        // Other entries are described as JSON.
+        assert!(yes("SELECT pgraft_kv_put('t7/k', 'v')"));
+        let kv = one::<i64>("SELECT max(raft_index) FROM pgraft.applied_entries");
+        assert!(yes(&format!("SELECT pgraft_log_get_entry({kv})::jsonb ->> 'key' = 't7/k'")));
+    }
+
+    #[pg_test]
+    fn append_checks_the_term() {
+        init_and_lead();
+        let term = one::<i64>("SELECT pgraft_get_term()");
+        assert!(yes(&format!("SELECT pgraft_log_append({term}, 'appended in term {term}')")));
+        let last = one::<i64>("SELECT max(raft_index) FROM pgraft.applied_entries");
+        assert_eq!(
+            one::<String>(&format!("SELECT pgraft_log_get_entry({last})")),
+            format!("appended in term {term}")
+        );
+        for bad in [term + 1, term - 1, 0] {
+            assert_error(
+                &format!("SELECT pgraft_log_append({bad}, 'x')"),
+                "22023",
+                &format!("invalid argument: term {bad} is not the current term {term}"),
+            );
+        }
+        assert_error("SELECT pgraft_log_append(-5, 'x')", "22023", "term -5 is out of range");
+    }
+
+    #[pg_test]
+    fn commit_and_apply_waits() {
+        init_and_lead();
+        assert!(yes("SELECT pgraft_test()"));
+        let last = one::<i64>("SELECT last_index FROM pgraft_log_get_stats()");
+        assert!(yes(&format!("SELECT pgraft_log_commit({last})")));
+        assert!(yes(&format!("SELECT pgraft_log_apply({last})")));
+        assert!(yes("SELECT pgraft_log_commit(1) AND pgraft_log_apply(1)"), "long done");
+        for f in ["pgraft_log_commit", "pgraft_log_apply", "pgraft_log_get_entry"] {
+            for bad in [0, -1] {
+                assert_error(
+                    &format!("SELECT {f}({bad})"),
+                    "22023",
+                    &format!("{f}: log index {bad} is out of range; indexes start at 1"),
+                );
+            }
+        }
+        // An index far ahead is never reached here: the wait ends at statement_timeout
+        // with pgraft's reason, not a bare cancel.
+        Spi::run("SET LOCAL statement_timeout = '700ms'").expect("set");
+        let ahead = last + 1_000_000;
+        assert_error(&format!("SELECT pgraft_log_commit({ahead})"), "57014", "");
+        assert_error(&format!("SELECT pgraft_log_apply({ahead})"), "57014", "");
+        assert_eq!(maybe::<String>(&format!("SELECT pgraft_log_get_entry({ahead})")), None);
+        Spi::run("SET LOCAL statement_timeout = 0").expect("reset");
+        assert!(yes("SELECT pgraft_log_sync_with_leader()"));
+    }
+
+    #[pg_test]
+    fn stats_and_replication_status_of_one_member() {
+        init_and_lead();
+        assert!(yes("SELECT pgraft_test()"));
+        assert!(yes(
+            "SELECT first_index >= 1 AND first_index <= last_index + 1 AND last_applied <= commit_index \
+                    AND commit_index <= last_index AND total_entries = last_index - first_index + 1 \
+                    AND log_size > 0 AND disk_usage_mb >= 0 FROM pgraft_log_get_stats()"
+        ));
+        eventually("SELECT commit_index = (SELECT commit_index FROM pgraft_shared_state()) FROM pgraft_log_get_stats()");
+        assert_eq!(one::<i64>("SELECT count(*) FROM pgraft_log_get_replication_status()"), 0, "no peers");
+        assert!(yes(
+            "SELECT first_index = (SELECT first_index FROM pgraft_log_get_stats()) FROM pgraft_log_status"
+        ));
+    }
 }

@@ -226,3 +226,80 @@ REVOKE EXECUTE ON FUNCTION pgraft_test() FROM PUBLIC;
     name = "views_and_privileges",
     finalize
 );
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use crate::testing::*;
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn every_view_answers_from_live_state() {
+        init_and_lead();
+        assert!(yes("SELECT pgraft_kv_put('t8/k', 'v')"));
+        let term = one::<i64>("SELECT pgraft_get_term()");
+        assert_eq!(
+            one::<String>("SELECT format('%s %s %s %s %s', id, status, name, peer_urls, is_leader) FROM pgraft.member_list"),
+            "1 started node1 tcp://127.0.0.1:45901 t"
+        );
+        assert_eq!(one::<String>("SELECT \"PeerURLs\" FROM pgraft.member_details"), "tcp://127.0.0.1:45901");
+        assert!(yes(&format!(
+            "SELECT endpoint = '127.0.0.1:45901' AND id = 1 AND version = '1.0.0' AND \"isLeader\" AND NOT \"isLearner\" \
+                    AND \"raftTerm\" = {term} AND \"raftAppliedIndex\" <= \"raftIndex\" AND errors IS NULL \
+               FROM pgraft.endpoint_status"
+        )));
+        assert!(yes("SELECT health AND error IS NULL FROM pgraft.endpoint_health"));
+        assert_eq!(one::<String>("SELECT health FROM pgraft.cluster_health WHERE member = 1"), "healthy");
+        assert!(yes(&format!(
+            "SELECT \"clusterID\" = 'pgrx-tests' AND \"memberCount\" = 1 AND leader = 1 AND \"raftTerm\" = {term} \
+               FROM pgraft.cluster_info"
+        )));
+        assert_eq!(one::<String>("SELECT value FROM pgraft.kv_status WHERE key = 't8/k'"), "v");
+        assert_eq!(
+            one::<i64>("SELECT hash FROM pgraft.endpoint_hashkv"),
+            one::<i64>("SELECT hash FROM pgraft_kv_hash()")
+        );
+        assert_eq!(one::<i64>("SELECT count(*) FROM pgraft.watch_status"), 0, "pgraft has no watches");
+        assert!(yes("SELECT enabled AND revision >= 1 FROM pgraft.auth_status"), "superusers may change it");
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM pgraft.alarm_list"),
+            0,
+            "a healthy member raises no alarm"
+        );
+        assert!(yes(
+            "SELECT total_key = (SELECT active_entries FROM pgraft_kv_get_stats()) AND version = '1.0.0' \
+               FROM pgraft.snapshot_status"
+        ));
+        assert!(yes("SELECT raft_index > 0 FROM pgraft.applied_entries ORDER BY raft_index DESC LIMIT 1"));
+        // The internal views.
+        assert!(yes(
+            "SELECT node_id = 1 AND cluster_id = 'pgrx-tests' AND worker_state = 'running' AND is_leader AND quorum_met \
+               FROM pgraft_cluster_state"
+        ));
+        assert!(yes("SELECT is_running AND worker_pid > 0 FROM pgraft_worker_status"));
+        assert!(yes("SELECT worker_pid <> pg_backend_pid() FROM pgraft_worker_status"));
+        assert!(yes("SELECT state = 'Leader' AND num_nodes = 1 FROM pgraft_cluster_overview"));
+        assert!(yes(&format!("SELECT cluster_term = {term} AND cluster_leader_id = 1 FROM pgraft_nodes")));
+        assert!(yes("SELECT last_applied <= commit_index FROM pgraft_log_status"));
+        assert_eq!(one::<String>("SELECT status FROM pgraft_kv_status"), "active");
+    }
+
+    #[pg_test]
+    fn reset_clears_the_store_through_the_log() {
+        init_and_lead();
+        assert!(yes("SELECT pgraft_kv_put('t9/a', '1') AND pgraft_kv_put('t9/b', '2')"));
+        let rev = one::<i64>("SELECT revision FROM pgraft_kv_get_stats()");
+        assert!(yes("SELECT pgraft_kv_reset()"));
+        assert_eq!(one::<String>("SELECT pgraft_kv_list_keys()"), "[]");
+        assert_eq!(one::<i64>("SELECT count(*) FROM pgraft.kv"), 0);
+        assert_eq!(
+            one::<String>(
+                "SELECT operation_type FROM pgraft.log_index_mapping ORDER BY raft_index DESC LIMIT 1"
+            ),
+            "kv_reset"
+        );
+        assert!(one::<i64>("SELECT revision FROM pgraft_kv_get_stats()") >= rev, "revisions never go back");
+        assert!(yes("SELECT pgraft_kv_put('t9/a', 'again')"), "the store works after a reset");
+        assert_eq!(one::<String>("SELECT pgraft_kv_get('t9/a')"), "again");
+    }
+}

@@ -49,14 +49,23 @@ pub fn call(req: IpcRequest) -> IpcResponse {
     });
     match r {
         Ok(r) => r,
-        Err(IpcError::NotRunning { .. }) => fail(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            "the pgraft worker is not running",
-            Some(
-                "Check the server log; the worker starts with the server and restarts after a failure. \
-                 pgraft_get_worker_state() shows its state.",
-            ),
-        ),
+        Err(IpcError::NotRunning { .. }) => {
+            let shared = crate::shmem::read();
+            let msg = match shared.state {
+                crate::shmem::WorkerState::Error => {
+                    format!("the pgraft worker failed: {}", shared.error.as_str())
+                }
+                state => format!("the pgraft worker is not running (state: {})", state.as_str()),
+            };
+            fail(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                msg,
+                Some(
+                    "Check the server log; the worker starts with the server and restarts after a failure. \
+                     pgraft_get_worker_state() shows its state.",
+                ),
+            )
+        }
         Err(IpcError::Timeout(waited)) => fail(
             PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
             format!("timed out after {waited:?} waiting for the pgraft worker"),

@@ -58,6 +58,45 @@ pub struct WorkerShared {
     pub quorum: bool,
     /// When the worker last published, ms since the Unix epoch.
     pub updated_ms: i64,
+    /// Why the worker is in [`WorkerState::Error`] (empty otherwise).
+    pub error: ErrorText,
+}
+
+/// A short reason in fixed-size shared memory (cut at a character boundary).
+#[derive(Clone, Copy)]
+pub struct ErrorText {
+    len: u16,
+    bytes: [u8; 480],
+}
+
+impl Default for ErrorText {
+    fn default() -> Self {
+        Self { len: 0, bytes: [0; 480] }
+    }
+}
+
+impl std::fmt::Debug for ErrorText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
+    }
+}
+
+impl ErrorText {
+    /// Holds as much of `text` as fits.
+    pub fn new(text: &str) -> Self {
+        let mut end = text.len().min(480);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut bytes = [0; 480];
+        bytes[..end].copy_from_slice(&text.as_bytes()[..end]);
+        Self { len: end as u16, bytes }
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len).min(480)]).unwrap_or("")
+    }
 }
 
 // SAFETY: plain data, no pointers; the lock serialises access.

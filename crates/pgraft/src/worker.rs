@@ -183,8 +183,12 @@ pub extern "C-unwind" fn pgraft_worker_main(_arg: pg_sys::Datum) {
     let mut worker = match Worker::start() {
         Ok(w) => w,
         Err(e) => {
-            shmem::update(|s| s.state = WorkerState::Error);
-            pgrx::warning!("pgraft: the worker cannot start: {e}");
+            let reason = format!("the worker cannot start: {e}");
+            shmem::update(|s| {
+                s.state = WorkerState::Error;
+                s.error = shmem::ErrorText::new(&reason);
+            });
+            pgrx::warning!("pgraft: {reason}");
             // Stay up and idle, so the postmaster does not restart us in a loop; the
             // reason is in the log and pgraft_get_worker_state() says "error".
             while BackgroundWorker::wait_latch(Some(Duration::from_secs(1))) {
@@ -206,7 +210,11 @@ pub extern "C-unwind" fn pgraft_worker_main(_arg: pg_sys::Datum) {
         }
         worker.serve_inits();
         if let Some(fatal) = worker.publish() {
-            shmem::update(|s| s.state = WorkerState::Error);
+            let reason = format!("the Raft member stopped: {fatal}");
+            shmem::update(|s| {
+                s.state = WorkerState::Error;
+                s.error = shmem::ErrorText::new(&reason);
+            });
             drain_logs(&log_rx);
             // Exit non-zero: the postmaster restarts the worker, which recovers from disk.
             pgrx::warning!("pgraft: the Raft member stopped: {fatal}; the worker restarts");

@@ -264,11 +264,13 @@ where
     let _ = s.flush().await;
     if status != AckStatus::Accepted {
         return Err(format!(
-            "{} (it says it is node {} of cluster {:?}, calling node {})",
+            "{} (it says it is node {} of cluster {:?}, calling node {}; this is node {} of cluster {:?})",
             status.describe(),
             hello.from,
             hello.cluster_id,
-            hello.to
+            hello.to,
+            cfg.node_id,
+            cfg.cluster_id
         ));
     }
     log::debug!("peer {} connected from {addr}", hello.from);

@@ -196,6 +196,14 @@ fn pgraft_health_check() -> TableIterator<
         if shared.state == crate::shmem::WorkerState::Running { "ok" } else { "critical" }.to_string(),
     )];
     if shared.state != crate::shmem::WorkerState::Running {
+        if shared.state == crate::shmem::WorkerState::Error {
+            rows.push((
+                "worker_error".to_string(),
+                shared.error.as_str().to_string(),
+                "ERROR".to_string(),
+                "critical".to_string(),
+            ));
+        }
         return TableIterator::new(rows);
     }
     let st = status();
@@ -221,8 +229,9 @@ fn pgraft_health_check() -> TableIterator<
         "critical",
     ));
     rows.push(("term".into(), m.term.to_string(), "OK".into(), "ok".into()));
-    let unreachable: Vec<String> =
-        m.progress.iter().filter(|p| !p.recent_active && p.id != m.id).map(|p| p.id.to_string()).collect();
+    // The same judgement as pgraft_get_nodes' "Unreachable": not heard from within an
+    // election timeout (only a leader tracks every member).
+    let unreachable: Vec<String> = m.unreachable.iter().map(|id| id.to_string()).collect();
     rows.push(row(
         "unreachable_members",
         if unreachable.is_empty() { "none".into() } else { unreachable.join(",") },

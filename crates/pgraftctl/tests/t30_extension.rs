@@ -1,0 +1,350 @@
+//! The extension on real three-member clusters, beyond the basics of t20: large values,
+//! many keys, a member that catches up from a snapshot after the log was compacted, every
+//! member killed at once, a worker that is down, and members that refuse a foreign
+//! identity.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// A running local cluster and what the tests need of it.
+struct Cluster {
+    dir: PathBuf,
+    nodes: Vec<Value>,
+    _down: Down,
+}
+
+impl Cluster {
+    fn up(name: &str, pg_config: &Path) -> Cluster {
+        let dir = cluster_dir(name);
+        let down = Down(dir.clone());
+        let nodes = json_lines(&pgraftctl(&[
+            "local",
+            "up",
+            "--nodes",
+            "3",
+            "--dir",
+            &dir.to_string_lossy(),
+            "--pg-config",
+            &pg_config.to_string_lossy(),
+        ]));
+        Cluster { dir, nodes, _down: down }
+    }
+
+    fn d(&self) -> String {
+        self.dir.to_string_lossy().into_owned()
+    }
+
+    fn conninfo(&self, id: u64) -> String {
+        self.nodes[(id - 1) as usize]["conninfo"].as_str().expect("conninfo").to_string()
+    }
+
+    fn field(&self, id: u64, name: &str) -> String {
+        let v = &self.nodes[(id - 1) as usize][name];
+        v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())
+    }
+
+    fn client(&self, id: u64) -> postgres::Client {
+        connect(&self.conninfo(id)).unwrap_or_else(|e| panic!("connect to node {id}: {e}"))
+    }
+
+    fn ctl(&self, args: &[&str]) -> String {
+        let mut all: Vec<&str> = vec!["local"];
+        all.extend_from_slice(args);
+        let d = self.d();
+        all.extend_from_slice(&["--dir", &d]);
+        pgraftctl(&all)
+    }
+
+    /// One value of a query on node `id`, or None while it cannot answer.
+    fn try_one<T: for<'a> postgres::types::FromSql<'a>>(&self, id: u64, q: &str) -> Option<T> {
+        connect(&self.conninfo(id)).ok()?.query_one(q, &[]).ok().map(|r| r.get(0))
+    }
+
+    fn one<T: for<'a> postgres::types::FromSql<'a>>(&self, id: u64, q: &str) -> T {
+        self.client(id).query_one(q, &[]).unwrap_or_else(|e| panic!("node {id}: {q}: {e}")).get(0)
+    }
+
+    fn leader(&self) -> u64 {
+        wait("a leader every running member agrees on", Duration::from_secs(30), || {
+            let seen: Vec<i32> =
+                (1..=3).filter_map(|id| self.try_one::<i32>(id, "SELECT pgraft_get_leader()")).collect();
+            (!seen.is_empty() && seen[0] > 0 && seen.iter().all(|l| *l == seen[0])).then(|| seen[0] as u64)
+        })
+    }
+
+    fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.field(id, "log_file")).unwrap_or_default()
+    }
+}
+
+fn wait<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `cp -a`, keeping the server account's ownership.
+fn copy_dir(from: &Path, to: &Path) {
+    let st = Command::new("cp").arg("-a").arg(from).arg(to).status().expect("run cp");
+    assert!(st.success(), "cp -a {} {}", from.display(), to.display());
+}
+
+#[test]
+fn big_values_many_keys_and_a_member_that_catches_up_from_a_snapshot() {
+    for pg_config in pg_configs() {
+        let c = Cluster::up("bulk", &pg_config);
+        assert_eq!(c.leader(), 1);
+        // Member 3 leaves and comes back later as a new, empty member.
+        assert!(c.one::<bool>(1, "SELECT pgraft_remove_node(3)"));
+        c.ctl(&["stop", "3"]);
+        std::fs::remove_dir_all(c.field(3, "raft_data_dir")).expect("wipe member 3's Raft data");
+
+        // Values of 1 MiB, written on a follower, identical on both members.
+        let mut f = c.client(2);
+        for i in 0..8 {
+            let put = format!("SELECT pgraft_kv_put('big/{i}', repeat(md5('{i}'), 32768))");
+            assert!(f.query_one(&put, &[]).expect("a 1 MiB put").get::<_, bool>(0));
+        }
+        for id in [1, 2] {
+            let same: i64 = c.one(
+                id,
+                "SELECT count(*) FROM generate_series(0, 7) i \
+                  WHERE pgraft_kv_get('big/' || i) = repeat(md5(i::text), 32768)",
+            );
+            assert_eq!(same, 8, "1 MiB values on node {id}");
+        }
+
+        // 100,000 keys from 32 sessions on both members (Raft batches concurrent writes
+        // into one disk write, so sessions, not the disk, set the pace).
+        let started = Instant::now();
+        let writers: Vec<_> = (0..32u64)
+            .map(|w| {
+                let conninfo = c.conninfo(1 + w % 2);
+                std::thread::spawn(move || {
+                    let mut s = connect(&conninfo).expect("writer connects");
+                    let (lo, hi) = (w as i32 * 3_125, w as i32 * 3_125 + 3_124);
+                    s.query_one(
+                        "SELECT count(*) FROM generate_series($1::int, $2::int) g \
+                          WHERE pgraft_kv_put('many/' || g, 'value ' || g)",
+                        &[&lo, &hi],
+                    )
+                    .expect("3,125 puts")
+                    .get::<_, i64>(0)
+                })
+            })
+            .collect();
+        let written: i64 = writers.into_iter().map(|t| t.join().expect("writer")).sum();
+        assert_eq!(written, 100_000);
+        eprintln!("100,000 puts in {:?}", started.elapsed());
+        for id in [1, 2] {
+            let n: i64 = c.one(id, "SELECT count(*) FROM pgraft_kv_range('many/')");
+            assert_eq!(n, 100_000, "keys on node {id}");
+        }
+        assert_eq!(c.one::<String>(2, "SELECT pgraft_kv_get('many/99999')"), "value 99999");
+
+        // Compact: the log now starts after everything written so far.
+        assert!(c.one::<bool>(1, "SELECT pgraft_kv_compact()"));
+        let first: i64 = c.one(1, "SELECT first_index FROM pgraft_log_get_stats()");
+        assert!(first > 100_000, "the leader's log starts at {first}");
+
+        // Member 3 comes back empty and is added: it can only catch up from a snapshot.
+        c.ctl(&["start", "3"]);
+        let port: i32 = c.field(3, "raft_port").parse().expect("raft port");
+        let mut l = c.client(1);
+        assert!(l
+            .query_one("SELECT pgraft_add_node(3, '127.0.0.1', $1)", &[&port])
+            .expect("add")
+            .get::<_, bool>(0));
+        let hash_on = |id: u64| c.try_one::<i64>(id, "SELECT hash FROM pgraft_kv_hash()");
+        wait("member 3 to hold every key", Duration::from_secs(120), || {
+            let n = c.try_one::<i64>(3, "SELECT count(*) FROM pgraft_kv_range('many/', true)")?;
+            (n == 100_000).then_some(())
+        });
+        wait("member 3 to hold the same state as the leader", Duration::from_secs(30), || {
+            let h = hash_on(3)?;
+            (Some(h) == hash_on(1)).then_some(())
+        });
+        let first3: i64 = c.one(3, "SELECT first_index FROM pgraft_log_get_stats()");
+        assert!(first3 > 100_000, "member 3's log starts at {first3}: it was not sent a snapshot");
+        let big3: i64 = c.one(
+            3,
+            "SELECT count(*) FROM generate_series(0, 7) i WHERE pgraft_kv_get('big/' || i) = repeat(md5(i::text), 32768)",
+        );
+        assert_eq!(big3, 8);
+        assert_eq!(c.one::<i64>(3, "SELECT count(*) FROM pgraft_get_nodes()"), 3);
+        c.ctl(&["down"]);
+    }
+}
+
+#[test]
+fn every_member_killed_at_once_keeps_every_acknowledged_key() {
+    for pg_config in pg_configs() {
+        let c = Cluster::up("killall", &pg_config);
+        c.leader();
+        let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (1..=3u64)
+            .map(|id| {
+                let (conninfo, acked, stop) = (c.conninfo(id), acked.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let Ok(mut s) = connect(&conninfo) else { return };
+                    for i in 0.. {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let key = format!("ack/{id}/{i}");
+                        match s.query_one("SELECT pgraft_kv_put($1, $1)", &[&key]) {
+                            Ok(_) => acked.lock().expect("lock").push(key),
+                            Err(_) => return, // the server went away: unknown outcome
+                        }
+                    }
+                })
+            })
+            .collect();
+        wait("a few hundred acknowledged writes", Duration::from_secs(60), || {
+            (acked.lock().expect("lock").len() >= 300).then_some(())
+        });
+        for id in 1..=3 {
+            c.ctl(&["kill", &id.to_string()]);
+        }
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            w.join().expect("writer");
+        }
+        c.ctl(&["start"]);
+        c.leader();
+        let acked = acked.lock().expect("lock").clone();
+        assert!(acked.len() >= 300);
+        for id in 1..=3 {
+            let mut s =
+                wait("the member to answer", Duration::from_secs(30), || connect(&c.conninfo(id)).ok());
+            let present: i64 = s
+                .query_one("SELECT count(*) FROM unnest($1::text[]) k WHERE pgraft_kv_get(k) = k", &[&acked])
+                .expect("read back")
+                .get(0);
+            assert_eq!(present, acked.len() as i64, "acknowledged keys on node {id}");
+        }
+        c.ctl(&["down"]);
+    }
+}
+
+#[test]
+fn a_stopped_worker_answers_with_a_clear_error() {
+    let pg_config = pg_configs().remove(0);
+    let c = Cluster::up("worker", &pg_config);
+    c.leader();
+    let pid: i32 = c.one(2, "SELECT worker_pid FROM pgraft_worker_status");
+    assert!(pid > 0);
+    // SIGTERM: the worker stops cleanly and stays stopped.
+    // SAFETY: sending a signal to a pid we just read; no memory is involved.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    wait("the worker to stop", Duration::from_secs(10), || {
+        (c.try_one::<String>(2, "SELECT pgraft_get_worker_state()")? == "stopped").then_some(())
+    });
+    let mut s = c.client(2);
+    let started = Instant::now();
+    let err = s.query_one("SELECT pgraft_kv_get('k')", &[]).expect_err("no worker, no answer");
+    assert!(started.elapsed() < Duration::from_secs(2), "the refusal took {:?}", started.elapsed());
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "55000");
+    assert_eq!(db.message(), "the pgraft worker is not running (state: stopped)");
+    assert!(db.hint().unwrap_or_default().contains("pgraft_get_worker_state()"));
+    // The rest of the cluster keeps serving.
+    assert!(c.one::<bool>(1, "SELECT pgraft_kv_put('k', 'v')"));
+    let health: String =
+        c.one(2, "SELECT string_agg(metric || '=' || value, ',') FROM pgraft_health_check()");
+    assert_eq!(health, "worker_state=stopped");
+    c.ctl(&["down"]);
+}
+
+#[test]
+fn members_refuse_a_foreign_identity_and_say_why() {
+    let pg_config = pg_configs().remove(0);
+    let c = Cluster::up("identity", &pg_config);
+    c.leader();
+    assert!(c.one::<bool>(1, "SELECT pgraft_kv_put('id', 'one')"));
+    let raft3 = PathBuf::from(c.field(3, "raft_data_dir"));
+    let own3 = raft3.with_extension("own");
+    let conf3 = PathBuf::from(c.field(3, "data_dir")).join("postgresql.conf");
+    let original_conf = std::fs::read_to_string(&conf3).expect("member 3's postgresql.conf");
+    let refusal = |expect: &str| {
+        let err = wait("member 3 to refuse", Duration::from_secs(30), || {
+            (c.try_one::<String>(3, "SELECT pgraft_get_worker_state()")? == "error").then_some(())?;
+            c.try_one::<String>(3, "SELECT value FROM pgraft_health_check() WHERE metric = 'worker_error'")
+        });
+        assert!(err.contains(expect), "member 3 said: {err}");
+        let e = connect(&c.conninfo(3))
+            .expect("connect")
+            .query_one("SELECT pgraft_kv_get('id')", &[])
+            .expect_err("a member in error does not answer");
+        let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
+        assert!(msg.starts_with("the pgraft worker failed: ") && msg.contains(expect), "{msg}");
+        wait("the server log to say why", Duration::from_secs(10), || {
+            c.log(3).contains(expect).then_some(())
+        });
+    };
+
+    // Another member's data directory.
+    c.ctl(&["stop", "3"]);
+    std::fs::rename(&raft3, &own3).expect("set member 3's data aside");
+    copy_dir(Path::new(&c.field(2, "raft_data_dir")), &raft3);
+    c.ctl(&["start", "3"]);
+    refusal("this data directory belongs to node 2, but pgraft.node_id is 3");
+    assert!(c.one::<bool>(1, "SELECT pgraft_kv_put('id', 'two')"), "the others keep serving");
+
+    // Its own data directory, but another cluster_id.
+    c.ctl(&["stop", "3"]);
+    std::fs::remove_dir_all(&raft3).expect("remove the copy");
+    std::fs::rename(&own3, &raft3).expect("restore member 3's data");
+    std::fs::write(&conf3, format!("{original_conf}\npgraft.cluster_id = 'another-cluster'\n"))
+        .expect("conf");
+    c.ctl(&["start", "3"]);
+    refusal("but pgraft.cluster_id is \"another-cluster\"");
+
+    // A fresh directory with another cluster_id: peers and member refuse each other at the
+    // handshake, and both say why.
+    c.ctl(&["stop", "3"]);
+    std::fs::rename(&raft3, &own3).expect("set member 3's data aside");
+    c.ctl(&["start", "3"]);
+    wait("the stranger's refusals", Duration::from_secs(30), || {
+        let refused = c.try_one::<String>(
+            3,
+            "SELECT value FROM pgraft_health_check() WHERE metric = 'refused_peer_connections'",
+        )?;
+        (refused != "0").then_some(())
+    });
+    wait("member 3's log to say why", Duration::from_secs(10), || {
+        c.log(3)
+            .lines()
+            .any(|l| {
+                l.contains("refused peer connection from")
+                    && l.contains("the peer belongs to another cluster")
+            })
+            .then_some(())
+    });
+    assert_eq!(c.one::<String>(1, "SELECT pgraft_kv_get('id')"), "two", "the cluster is unharmed");
+
+    // Put right, member 3 rejoins and catches up.
+    c.ctl(&["stop", "3"]);
+    std::fs::remove_dir_all(&raft3).expect("remove the stranger's data");
+    std::fs::rename(&own3, &raft3).expect("restore member 3's data");
+    std::fs::write(&conf3, &original_conf).expect("conf");
+    c.ctl(&["start", "3"]);
+    wait("member 3 to catch up", Duration::from_secs(30), || {
+        (c.try_one::<String>(3, "SELECT pgraft_kv_get('id')")? == "two").then_some(())
+    });
+    c.ctl(&["down"]);
+}

@@ -31,6 +31,9 @@ pub struct ServerInfo {
     pub wal_block_size: u64,
     /// `summarize_wal`, on servers that have it (17 and later); `None` before.
     pub summarize_wal: Option<bool>,
+    /// `archive_mode`: `off`, `on` or `always`. When archiving is on, a backup can ask
+    /// the server to wait until its WAL is archived.
+    pub archive_mode: String,
 }
 
 /// Reads the facts over an open connection.
@@ -64,6 +67,7 @@ pub(crate) fn query(client: &mut postgres::Client, server: &str) -> Result<Serve
         "data_checksums",
         "wal_level",
         "summarize_wal",
+        "archive_mode",
     ];
     let rows = client
         .query("SELECT name, setting, unit FROM pg_settings WHERE name = ANY($1)", &[&&names[..]])
@@ -108,6 +112,7 @@ pub(crate) fn query(client: &mut postgres::Client, server: &str) -> Result<Serve
         segment_size: bytes("segment_size")?,
         block_size: bytes("block_size")?,
         wal_block_size: bytes("wal_block_size")?,
+        archive_mode: setting("archive_mode")?.0,
         summarize_wal: if version.has_summarize_wal() { Some(boolean("summarize_wal")?) } else { None },
     })
 }

@@ -37,6 +37,7 @@ fn info_valid_online_verify_checkpoint_stat_and_backup() {
         assert_eq!(controldata(&srv, "Data page checksum version"), "1");
         assert!(info.primary);
         assert_eq!(info.wal_level, "replica");
+        assert_eq!(info.archive_mode, "off");
         assert_eq!(info.wal_segment_size, 4 << 20);
         assert_eq!(controldata(&srv, "Bytes per WAL segment"), (4u64 << 20).to_string());
         assert_eq!(info.block_size, 8192);

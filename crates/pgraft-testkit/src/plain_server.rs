@@ -67,6 +67,9 @@ impl PlainServer {
         let segsize;
         if opts.checksums {
             args.push("--data-checksums");
+        } else if install.major >= 18 {
+            // 18 turned checksums on by default.
+            args.push("--no-data-checksums");
         }
         if let Some(mb) = opts.wal_segsize_mb {
             segsize = format!("--wal-segsize={mb}");

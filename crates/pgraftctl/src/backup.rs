@@ -155,9 +155,11 @@ fn make_backup(args: &BackupArgs) -> Result<Manifest> {
     let start = s.backup_start(&label, !args.spread_checkpoint).context("backup start")?;
     let data = dir.join("data");
     let copied = copy_data_directory(&mut s, dir, args.chunk_size, !args.no_sync);
-    // Stop the backup even when the copy failed, so the server does not keep it open.
-    let stop = s.backup_stop(info.archive_mode != "off").context("backup stop")?;
+    // Stop the backup even when the copy failed, so the server does not keep it open; the
+    // copy's error is the one to report then.
+    let stopped = s.backup_stop(info.archive_mode != "off").context("backup stop");
     let mut files = copied?;
+    let stop = stopped?;
     if stop.lsn < start {
         bail!("backup stop LSN {} is before the start LSN {start}", stop.lsn);
     }

@@ -368,6 +368,10 @@ impl Progress {
             return;
         }
         self.last_draw = Some(Instant::now());
+        self.draw(current);
+    }
+
+    fn draw(&self, current: &str) {
         // Files grow while the backup runs, so "done" may pass the planned total.
         let pct = (self.done * 100).checked_div(self.total).unwrap_or(100).min(100);
         let filled = (pct / 4) as usize;
@@ -387,8 +391,10 @@ impl Progress {
         );
     }
 
+    /// Draws the final state (the last chunks may have come faster than a redraw).
     fn done(&self) {
         if self.tty {
+            self.draw("done");
             eprintln!();
         }
     }

@@ -13,7 +13,7 @@ use pgraft_testkit::{free_port, PlainOptions};
 
 /// A server initialised with checksums and 4 MiB WAL segments (not the default 16, so a
 /// right answer cannot be a guess).
-fn checksummed(pg_config: &std::path::Path, name: &str) -> pgraft_testkit::PlainServer {
+fn checksummed(pg_config: &std::path::Path, name: &str) -> Fixture {
     server(pg_config, name, &PlainOptions { checksums: true, wal_segsize_mb: Some(4), ..Default::default() })
 }
 

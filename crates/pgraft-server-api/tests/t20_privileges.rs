@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use pgraft_server_api::{Api, Error, Server};
-use pgraft_testkit::{PlainOptions, PlainServer};
+use pgraft_testkit::PlainOptions;
 
 /// The grants of `reference/server-apis.txt` for PostgreSQL 15 and later, each with the
 /// API function that needs it. `pg_ls_dir` is ours: walking a data directory.
@@ -60,7 +60,7 @@ fn call(s: &mut Server, api: &str) -> Result<(), Error> {
 #[test]
 fn exact_grants_suffice_and_each_missing_one_is_named() {
     for pg_config in pg_configs() {
-        let srv: PlainServer = server(&pg_config, "priv", &PlainOptions::default());
+        let srv = server(&pg_config, "priv", &PlainOptions::default());
         assert!(srv.install.major >= 15, "this test lists the grants of PostgreSQL 15 and later");
         let mut su = srv.connect().expect("superuser connection");
 

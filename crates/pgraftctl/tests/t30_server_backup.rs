@@ -145,6 +145,8 @@ fn server_subcommands_answer_with_real_values() {
             err.contains("GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean) TO operator;"),
             "{err}"
         );
+        drop(su);
+        drop(srv);
         let _ = fs::remove_dir_all(&dir);
     }
 }

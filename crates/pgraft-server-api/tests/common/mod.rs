@@ -25,11 +25,35 @@ pub fn test_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A started server for one test: stopped when dropped, and its directory removed
+/// unless the test failed (the log stays for reading).
+pub struct Fixture {
+    srv: Option<PlainServer>,
+    dir: PathBuf,
+}
+
+impl std::ops::Deref for Fixture {
+    type Target = PlainServer;
+    fn deref(&self) -> &PlainServer {
+        self.srv.as_ref().expect("present until drop")
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        drop(self.srv.take());
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
 /// A started server for one test: `name` is unique per test and version.
-pub fn server(pg_config: &Path, name: &str, opts: &PlainOptions) -> PlainServer {
+pub fn server(pg_config: &Path, name: &str, opts: &PlainOptions) -> Fixture {
     let major = pgraft_testkit::PgInstall::from_pg_config(pg_config).expect("read pg_config").major;
     let dir = test_dir(&format!("{name}-pg{major}"));
-    PlainServer::init(pg_config, &dir.join("srv"), opts).expect("initdb and start a server")
+    let srv = PlainServer::init(pg_config, &dir.join("srv"), opts).expect("initdb and start a server");
+    Fixture { srv: Some(srv), dir }
 }
 
 /// One value of `pg_controldata`'s output, for example "Database block size".

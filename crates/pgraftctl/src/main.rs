@@ -2,10 +2,14 @@
 //!
 //! `pgraftctl local ...` starts, stops and breaks real clusters on this machine (the tool
 //! behind the demo, the integration tests and the benchmarks); `pgraftctl lsn ...` does
-//! WAL position arithmetic.
+//! WAL position arithmetic; `pgraftctl server ...` calls the server API functions and
+//! `pgraftctl backup` makes (and `--verify` checks) a file-level base backup through them.
 
+mod backup;
 mod local;
 mod lsn;
+mod manifest;
+mod server;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +27,10 @@ enum Command {
     Local(local::LocalArgs),
     /// WAL positions (LSNs): parse, compare, and map to segment file names.
     Lsn(lsn::LsnArgs),
+    /// The server API functions against one server: info, check, checkpoint, stat, read.
+    Server(server::ServerArgs),
+    /// A file-level base backup of a running primary, or --verify of a finished one.
+    Backup(backup::BackupArgs),
 }
 
 fn main() {
@@ -30,6 +38,8 @@ fn main() {
     let result = match cli.command {
         Command::Local(args) => local::run(args),
         Command::Lsn(args) => lsn::run(args),
+        Command::Server(args) => server::run(args),
+        Command::Backup(args) => backup::run(args),
     };
     if let Err(e) = result {
         eprintln!("pgraftctl: error: {e:#}");

@@ -1,0 +1,419 @@
+//! `pgraftctl server ...` and `pgraftctl backup` against real servers: the operator
+//! commands answer with the server's real values, and a backup taken under pgbench write
+//! load restores into a new data directory that holds exactly the rows committed before
+//! backup stop; `--verify` catches a flipped byte.
+
+mod common;
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use pgraft_testkit::{wait_until, PgInstall, PlainOptions, PlainServer};
+use pgraft_walstream::{Lsn, SegmentSize};
+use serde_json::Value;
+
+fn one_json(text: &str) -> Value {
+    let lines = json_lines(text);
+    assert_eq!(lines.len(), 1, "one JSON object expected in {text:?}");
+    lines.into_iter().next().expect("one line")
+}
+
+fn start_server(pg_config: &Path, name: &str) -> (PathBuf, PlainServer) {
+    let dir = cluster_dir(name);
+    let srv = PlainServer::init(
+        pg_config,
+        &dir.join("src"),
+        &PlainOptions { checksums: true, ..Default::default() },
+    )
+    .expect("initdb and start");
+    (dir, srv)
+}
+
+#[test]
+fn server_subcommands_answer_with_real_values() {
+    for pg_config in pg_configs() {
+        let major = PgInstall::from_pg_config(&pg_config).expect("pg_config").major;
+        let (dir, srv) = start_server(&pg_config, &format!("srvcli{major}"));
+        let ci = srv.conninfo();
+        let mut su = srv.connect().expect("connect");
+
+        let info = one_json(&pgraftctl(&["server", "info", "-o", "json", "--conninfo", &ci]));
+        let num: String = su.query_one("SHOW server_version_num", &[]).expect("SHOW").get(0);
+        assert_eq!(info["version_num"].as_u64().map(|v| v.to_string()), Some(num));
+        assert_eq!(info["block_size"], 8192);
+        assert_eq!(info["wal_segment_size"], 16 << 20);
+        assert_eq!(info["segment_size"], 1u64 << 30);
+        assert_eq!(info["checksums"], true);
+        assert_eq!(info["primary"], true);
+        let table = pgraftctl(&["server", "info", "--conninfo", &ci]);
+        assert!(
+            table.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["block_size", "8192"]),
+            "{table}"
+        );
+
+        let check = one_json(&pgraftctl(&["server", "check", "-o", "json", "--conninfo", &ci]));
+        assert_eq!(check["connection"], "ok");
+        assert_eq!(check["valid"], true);
+        let apis = check["apis"].as_array().expect("apis");
+        assert_eq!(apis.len(), 8);
+        assert!(apis.iter().all(|a| a["allowed"] == true), "{check}");
+
+        let cp = one_json(&pgraftctl(&["server", "checkpoint", "-o", "json", "--conninfo", &ci]));
+        let lsn: String =
+            su.query_one("SELECT checkpoint_lsn::text FROM pg_control_checkpoint()", &[]).expect("q").get(0);
+        let printed: Lsn = cp["checkpoint_lsn"].as_str().expect("an LSN").parse().expect("an LSN");
+        assert_eq!(printed, lsn.parse::<Lsn>().expect("an LSN"));
+        assert_eq!(cp["timeline"], 1);
+
+        let st =
+            one_json(&pgraftctl(&["server", "stat", "global/pg_control", "-o", "json", "--conninfo", &ci]));
+        assert_eq!(st["size"], 8192);
+        assert_eq!(st["is_dir"], false);
+        let modification = st["modification"].as_str().expect("a time");
+        assert_eq!(modification.len(), "2025-01-01 00:00:00".len(), "{modification}");
+        assert_eq!(st["creation"], Value::Null);
+
+        // read: to stdout, and to a file in odd-sized chunks.
+        assert_eq!(pgraftctl(&["server", "read", "PG_VERSION", "--conninfo", &ci]), format!("{major}\n"));
+        let content: Vec<u8> =
+            (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        fs::write(srv.data_dir.join("pgraft_cli.bin"), &content).expect("write a test file");
+        let out = dir.join("read.bin");
+        let o = out.to_string_lossy();
+        let summary = one_json(&pgraftctl(&[
+            "server",
+            "read",
+            "pgraft_cli.bin",
+            "--out",
+            &o,
+            "--chunk-size",
+            "1000003",
+            "-o",
+            "json",
+            "--conninfo",
+            &ci,
+        ]));
+        assert_eq!(summary["bytes"], 3_000_000);
+        assert!(fs::read(&out).expect("read the copy") == content, "the copy differs");
+        let part = one_json(&pgraftctl(&[
+            "server",
+            "read",
+            "pgraft_cli.bin",
+            "--offset",
+            "10",
+            "--length",
+            "100",
+            "--out",
+            &o,
+            "-o",
+            "json",
+            "--conninfo",
+            &ci,
+        ]));
+        assert_eq!(part["bytes"], 100);
+        assert_eq!(fs::read(&out).expect("read"), &content[10..110]);
+
+        // Errors an operator sees.
+        let err = pgraftctl_fails(&["server", "read", "/etc/passwd", "--conninfo", &ci]);
+        assert!(err.contains("relative to the data directory"), "{err}");
+        let err = pgraftctl_fails(&[
+            "server",
+            "read",
+            "pgraft_cli.bin",
+            "--offset",
+            "2999999",
+            "--length",
+            "2",
+            "--conninfo",
+            &ci,
+        ]);
+        assert!(err.contains("the file ends at byte 3000000"), "{err}");
+        su.batch_execute("CREATE ROLE operator LOGIN").expect("create role");
+        let op = srv.conninfo_as("operator");
+        let err = pgraftctl_fails(&["server", "checkpoint", "--conninfo", &op]);
+        assert!(err.contains("GRANT pg_checkpoint TO operator;"), "{err}");
+        let check = pgraftctl(&["server", "check", "--conninfo", &op]);
+        assert!(check.contains("checkpoint        DENIED  fix: GRANT pg_checkpoint TO operator;"), "{check}");
+        assert!(check.lines().any(|l| l.starts_with("info") && l.ends_with("allowed")), "{check}");
+        let err =
+            pgraftctl_fails(&["backup", "--dir", &dir.join("denied").to_string_lossy(), "--conninfo", &op]);
+        assert!(
+            err.contains("GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean) TO operator;"),
+            "{err}"
+        );
+        drop(su);
+        drop(srv);
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
+
+/// Kills a started pgbench when the test ends, even by panic.
+struct Bench(Child);
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Every transaction updates one account and records its own transaction id and delta in
+/// the history, so the expected balances can be computed from the history rows alone.
+const SCRIPT: &str = "\\set aid random(1, 100000)\n\\set delta random(-5000, 5000)\nBEGIN;\n\
+UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;\n\
+INSERT INTO pgbench_history (tid, bid, aid, delta, mtime, xid) \
+VALUES (1, 1, :aid, :delta, CURRENT_TIMESTAMP, pg_current_xact_id()::text::bigint);\nEND;\n";
+
+fn history_count(c: &mut postgres::Client) -> i64 {
+    c.query_one("SELECT count(*) FROM pgbench_history", &[]).expect("count").get(0)
+}
+
+/// The transaction ids of the commit records from `from` to `to`, read with pg_waldump.
+fn commits_between(srv: &PlainServer, from: Lsn, to: Lsn) -> HashSet<i64> {
+    let out = Command::new(srv.install.bin("pg_waldump"))
+        .arg("-p")
+        .arg(srv.data_dir.join("pg_wal"))
+        .args(["-s", &from.to_string(), "-e", &to.to_string(), "-r", "Transaction"])
+        .output()
+        .expect("run pg_waldump");
+    assert!(out.status.success(), "pg_waldump failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut xids = HashSet::new();
+    for line in text.lines().filter(|l| l.contains("desc: COMMIT")) {
+        let tx = line.split("tx:").nth(1).and_then(|r| r.split(',').next()).expect("a tx field").trim();
+        let lsn: Lsn = line
+            .split("lsn:")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .expect("an lsn")
+            .trim()
+            .parse()
+            .expect("LSN");
+        assert!(lsn >= from && lsn < to, "{line}");
+        xids.insert(tx.parse::<i64>().expect("a transaction id"));
+    }
+    xids
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).expect("mkdir");
+    for e in fs::read_dir(from).expect("read_dir") {
+        let e = e.expect("entry");
+        let dst = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_tree(&e.path(), &dst);
+        } else {
+            fs::copy(e.path(), &dst).expect("copy");
+        }
+    }
+}
+
+#[test]
+fn backup_under_pgbench_restores_exactly_the_committed_rows() {
+    for pg_config in pg_configs() {
+        let major = PgInstall::from_pg_config(&pg_config).expect("pg_config").major;
+        let (dir, srv) = start_server(&pg_config, &format!("backup{major}"));
+        let mut su = srv.connect().expect("connect");
+        let port = srv.port.to_string();
+        let pgbench = |args: &[&str]| {
+            let mut c = Command::new(srv.install.bin("pgbench"));
+            c.args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres"]).args(args).arg("postgres");
+            c
+        };
+        let init = pgbench(&["-i", "-q", "-s", "1"]).output().expect("pgbench -i");
+        assert!(init.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&init.stderr));
+        su.batch_execute("ALTER TABLE pgbench_history ADD COLUMN xid bigint").expect("add xid");
+        let script = dir.join("load.sql");
+        fs::write(&script, SCRIPT).expect("write the script");
+        let bench = Bench(
+            pgbench(&["-n", "-c", "4", "-j", "2", "-T", "600", "-f", &script.to_string_lossy()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start pgbench"),
+        );
+        wait_until("pgbench to write", Duration::from_secs(30), Duration::from_millis(20), || {
+            Ok((history_count(&mut su) >= 300).then_some(()))
+        })
+        .expect("load running");
+
+        // The backup, under load.
+        let before_backup = history_count(&mut su);
+        let bdir = dir.join("backup");
+        let b = bdir.to_string_lossy().into_owned();
+        let t0 = Instant::now();
+        let done =
+            one_json(&pgraftctl(&["backup", "--dir", &b, "--conninfo", &srv.conninfo(), "--label", "t30"]));
+        let backup_secs = t0.elapsed().as_secs_f64();
+        let after_backup = history_count(&mut su);
+        // Keep the load going past the backup, so some commits must be missing from it.
+        wait_until(
+            "more commits after the backup",
+            Duration::from_secs(30),
+            Duration::from_millis(20),
+            || Ok((history_count(&mut su) >= after_backup + 50).then_some(())),
+        )
+        .expect("load continues");
+        drop(bench);
+        wait_until("pgbench's sessions to end", Duration::from_secs(30), Duration::from_millis(20), || {
+            let n: i64 = su
+                .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbench'", &[])?
+                .get(0);
+            Ok((n == 0).then_some(()))
+        })
+        .expect("pgbench gone");
+
+        let manifest: Value =
+            serde_json::from_slice(&fs::read(bdir.join("backup_manifest.json")).expect("manifest"))
+                .expect("JSON");
+        let start: Lsn = manifest["start_lsn"].as_str().expect("start").parse().expect("LSN");
+        let end: Lsn = manifest["end_lsn"].as_str().expect("end").parse().expect("LSN");
+        assert!(start <= end, "start {start} after end {end}");
+        assert_eq!(done["end_lsn"], manifest["end_lsn"]);
+        let label = fs::read_to_string(bdir.join("data/backup_label")).expect("backup_label");
+        assert!(label.contains("LABEL: t30"), "{label}");
+        let at = label
+            .lines()
+            .find_map(|l| l.strip_prefix("START WAL LOCATION: "))
+            .and_then(|v| v.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no START WAL LOCATION in {label}"));
+        assert_eq!(at.parse::<Lsn>().expect("an LSN"), start);
+        // The backup's WAL ends with the segment backup stop switched away from; the
+        // restored server replays everything before the next segment starts.
+        let seg =
+            SegmentSize::new(manifest["wal_segment_size"].as_u64().expect("size")).expect("segment size");
+        let last_seg = seg.segment_of(Lsn(end.0 - 1));
+        let wal: Vec<&str> = manifest["wal_files"]
+            .as_array()
+            .expect("wal")
+            .iter()
+            .map(|v| v.as_str().expect("name"))
+            .collect();
+        assert_eq!(wal.first().copied(), Some(seg.file_name(1, start).as_str()));
+        assert_eq!(wal.last().copied(), Some(seg.segment_file_name(1, last_seg).as_str()));
+        let cut = seg.segment_start(last_seg + 1).expect("in range");
+
+        // What the backup must hold: every history row except those whose commit record
+        // comes after the cut (read from the source's WAL).
+        let flush: String = su.query_one("SELECT pg_current_wal_flush_lsn()::text", &[]).expect("lsn").get(0);
+        let late: Vec<i64> = commits_between(&srv, cut, flush.parse().expect("LSN")).into_iter().collect();
+        assert!(late.len() >= 50, "only {} commits after the cut", late.len());
+        let expected_history: (i64, String) = {
+            let r = su
+                .query_one(
+                    "SELECT count(*), md5(string_agg(format('%s:%s:%s', xid, aid, delta), ',' ORDER BY xid)) \
+                     FROM pgbench_history WHERE NOT (xid = ANY($1))",
+                    &[&late],
+                )
+                .expect("expected history");
+            (r.get(0), r.get(1))
+        };
+        let balances_sql = "SELECT md5(string_agg(format('%s:%s', aid, abalance), ',' ORDER BY aid)) \
+                            FROM pgbench_accounts WHERE abalance <> 0";
+        let expected_balances: String = su
+            .query_one(
+                "SELECT md5(string_agg(format('%s:%s', aid, s), ',' ORDER BY aid)) FROM \
+                 (SELECT aid, sum(delta) AS s FROM pgbench_history WHERE NOT (xid = ANY($1)) \
+                  GROUP BY aid HAVING sum(delta) <> 0) q",
+                &[&late],
+            )
+            .expect("expected balances")
+            .get(0);
+        // The model holds on the source itself: balances are the sums of all deltas.
+        let all_deltas: String = su
+            .query_one(
+                "SELECT md5(string_agg(format('%s:%s', aid, s), ',' ORDER BY aid)) FROM \
+                 (SELECT aid, sum(delta) AS s FROM pgbench_history GROUP BY aid HAVING sum(delta) <> 0) q",
+                &[],
+            )
+            .expect("all deltas")
+            .get(0);
+        let source_balances: String = su.query_one(balances_sql, &[]).expect("balances").get(0);
+        assert_eq!(all_deltas, source_balances, "the load's model does not hold on the source");
+        assert!(
+            expected_history.0 > before_backup,
+            "no commit of the backup's duration is expected ({} <= {before_backup})",
+            expected_history.0
+        );
+
+        // Restore into a new data directory and start: recovery must finish.
+        let rdir = dir.join("restored");
+        copy_tree(&bdir.join("data"), &rdir.join("pgdata"));
+        let restored = PlainServer::adopt(srv.install.clone(), srv.user.clone(), &rdir, rdir.join("pgdata"))
+            .expect("adopt the restored directory");
+        restored.start().expect("the restored server starts");
+        let mut rc = restored.connect().expect("connect to the restored server");
+        let in_recovery: bool = rc.query_one("SELECT pg_is_in_recovery()", &[]).expect("q").get(0);
+        assert!(!in_recovery, "recovery did not finish");
+        let got_history: (i64, String) = {
+            let r = rc
+                .query_one(
+                    "SELECT count(*), md5(string_agg(format('%s:%s:%s', xid, aid, delta), ',' ORDER BY xid)) \
+                     FROM pgbench_history",
+                    &[],
+                )
+                .expect("restored history");
+            (r.get(0), r.get(1))
+        };
+        assert_eq!(
+            got_history, expected_history,
+            "history rows differ from those committed before backup stop"
+        );
+        let got_balances: String = rc.query_one(balances_sql, &[]).expect("restored balances").get(0);
+        assert_eq!(
+            got_balances, expected_balances,
+            "balances differ from those committed before backup stop"
+        );
+        let accounts: i64 = rc.query_one("SELECT count(*) FROM pgbench_accounts", &[]).expect("q").get(0);
+        assert_eq!(accounts, 100_000);
+        drop(rc);
+        restored.stop().expect("stop the restored server");
+        // Every page of the restored cluster carries a valid checksum.
+        let pc = restored
+            .user
+            .command(srv.install.bin("pg_checksums"))
+            .args(["--check", "-D"])
+            .arg(&restored.data_dir)
+            .output()
+            .expect("run pg_checksums");
+        assert!(
+            pc.status.success(),
+            "pg_checksums: {}{}",
+            String::from_utf8_lossy(&pc.stdout),
+            String::from_utf8_lossy(&pc.stderr)
+        );
+        assert!(String::from_utf8_lossy(&pc.stdout).contains("Bad checksums:  0"));
+
+        // --verify: the finished backup matches; one flipped byte does not.
+        let v = one_json(&pgraftctl(&["backup", "--verify", "--dir", &b]));
+        assert_eq!(v["verified"], true);
+        assert_eq!(v["files"], manifest["files"].as_array().expect("files").len());
+        let victim = manifest["files"]
+            .as_array()
+            .expect("files")
+            .iter()
+            .find(|f| {
+                f["path"].as_str().is_some_and(|p| p.starts_with("data/base/"))
+                    && f["size"].as_u64() > Some(16384)
+            })
+            .and_then(|f| f["path"].as_str())
+            .expect("a relation file")
+            .to_string();
+        let mut bytes = fs::read(bdir.join(&victim)).expect("read");
+        bytes[12_345] ^= 0x01;
+        fs::write(bdir.join(&victim), &bytes).expect("flip a byte");
+        let err = pgraftctl_fails(&["backup", "--verify", "--dir", &b]);
+        assert!(err.contains(&format!("{victim}: SHA-256")), "{err}");
+        eprintln!(
+            "PostgreSQL {major}: backup of {} files in {backup_secs:.1}s; {} rows restored, {} committed after the cut",
+            v["files"], expected_history.0, late.len()
+        );
+        drop(restored);
+        drop(srv);
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

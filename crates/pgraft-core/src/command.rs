@@ -36,7 +36,7 @@ pub enum Body {
     Kv(KvOp),
     /// Opaque data appended by `pgraft_replicate_entry` / `pgraft_log_append`; the state
     /// machine records it and leaves the data in the log.
-    Raw(Vec<u8>),
+    Raw(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A cluster-wide setting change (`pgraft_set_config`), validated before proposal.
     SetConfig {
         /// The setting's name without the `pgraft.` prefix.

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Body, Proposal};
-use crate::kv::{KvOp, KvResult, KvStore};
+use crate::kv::{Compare, KvOp, KvResult, KvStore, TxnAction};
 
 /// How many applied entries the history keeps (`pgraft.applied_entries`).
 pub const HISTORY_LIMIT: usize = 10_000;
@@ -118,10 +118,14 @@ impl StateMachine {
             }
             Body::Raw(bytes) => {
                 self.raw_entries += 1;
-                let text = String::from_utf8_lossy(bytes);
-                let data = match serde_json::from_str::<serde_json::Value>(&text) {
-                    Ok(v) => v.to_string(),
-                    Err(_) => serde_json::json!({ "data": text }).to_string(),
+                let data = if bytes.len() > HISTORY_DATA_LIMIT {
+                    serde_json::json!({ "data_bytes": bytes.len() }).to_string()
+                } else {
+                    let text = String::from_utf8_lossy(bytes);
+                    match serde_json::from_str::<serde_json::Value>(&text) {
+                        Ok(v) => v.to_string(),
+                        Err(_) => serde_json::json!({ "data": text }).to_string(),
+                    }
                 };
                 (Outcome::Raw, None, data)
             }
@@ -210,14 +214,33 @@ pub enum MembershipChange {
     Remove,
 }
 
+/// Payloads up to this size are kept whole in the applied-entry history; larger ones are
+/// summarised (their size), so 10,000 records of megabyte values cannot fill memory or
+/// bloat snapshots. The log itself keeps the data.
+pub const HISTORY_DATA_LIMIT: usize = 1024;
+
 fn kv_data(op: &KvOp) -> String {
-    let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
     match op {
-        KvOp::Put { key, value, .. } => serde_json::json!({ "key": key, "value": text(value) }),
+        KvOp::Put { key, value, .. } if value.len() > HISTORY_DATA_LIMIT => {
+            serde_json::json!({ "key": key, "value_bytes": value.len() })
+        }
+        KvOp::Put { key, value, .. } => {
+            serde_json::json!({ "key": key, "value": String::from_utf8_lossy(value) })
+        }
         KvOp::Delete { key, .. } => serde_json::json!({ "key": key }),
         KvOp::DeletePrefix { prefix, .. } => serde_json::json!({ "prefix": prefix }),
         KvOp::CompareAndSwap { key, compare, action, .. } => {
-            serde_json::json!({ "key": key, "compare": format!("{compare:?}"), "action": format!("{action:?}") })
+            let compare = match compare {
+                Compare::Value(Some(v)) if v.len() > HISTORY_DATA_LIMIT => {
+                    format!("Value({} bytes)", v.len())
+                }
+                c => format!("{c:?}"),
+            };
+            let action = match action {
+                TxnAction::Put(v) if v.len() > HISTORY_DATA_LIMIT => format!("Put({} bytes)", v.len()),
+                a => format!("{a:?}"),
+            };
+            serde_json::json!({ "key": key, "compare": compare, "action": action })
         }
         KvOp::Compact { revision } => serde_json::json!({ "revision": revision }),
         KvOp::Reset => serde_json::json!({}),
@@ -232,6 +255,31 @@ mod tests {
 
     fn prop(body: Body) -> Proposal {
         Proposal { origin: Origin { node: 1, incarnation: 1, seq: 1 }, time_ms: 10, body }
+    }
+
+    #[test]
+    fn the_history_keeps_large_payloads_as_their_size() {
+        let mut sm = StateMachine::default();
+        let big = vec![b'x'; HISTORY_DATA_LIMIT + 1];
+        let put = KvOp::Put { key: "k".into(), value: big.clone(), time_ms: 1 };
+        sm.apply(1, 1, &prop(Body::Kv(put)), 5);
+        sm.apply(2, 1, &prop(Body::Raw(big.clone())), 5);
+        let cas = KvOp::CompareAndSwap {
+            key: "k".into(),
+            compare: Compare::Value(Some(big.clone())),
+            action: TxnAction::Put(big),
+            time_ms: 1,
+        };
+        sm.apply(3, 1, &prop(Body::Kv(cas)), 5);
+        let data: Vec<&str> = sm.history.iter().map(|r| r.data.as_str()).collect();
+        assert_eq!(data[0], format!("{{\"key\":\"k\",\"value_bytes\":{}}}", HISTORY_DATA_LIMIT + 1));
+        assert_eq!(data[1], format!("{{\"data_bytes\":{}}}", HISTORY_DATA_LIMIT + 1));
+        assert!(data[2].len() < 200, "{}", data[2]);
+        // The store itself keeps the whole value.
+        assert_eq!(
+            sm.kv.get("k", None).ok().flatten().map(|kv| kv.value.len()),
+            Some(HISTORY_DATA_LIMIT + 1)
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub struct KeyValue {
     /// The key.
     pub key: String,
     /// The value.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// The revision that created the key (since it last did not exist).
     pub create_revision: u64,
@@ -31,6 +32,7 @@ struct Rev {
     mod_revision: u64,
     create_revision: u64,
     version: u64,
+    #[serde(with = "serde_bytes")]
     value: Option<Vec<u8>>,
     created_ms: i64,
     updated_ms: i64,

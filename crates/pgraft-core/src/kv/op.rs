@@ -8,7 +8,7 @@ use super::kv_store::KeyValue;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Compare {
     /// The key's value equals this one; `None` means the key must not exist.
-    Value(Option<Vec<u8>>),
+    Value(#[serde(with = "serde_bytes")] Option<Vec<u8>>),
     /// The key's version equals this one (0: the key does not exist).
     Version(u64),
     /// The key's mod_revision equals this one (0: the key does not exist).
@@ -21,7 +21,7 @@ pub enum Compare {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnAction {
     /// Write this value.
-    Put(Vec<u8>),
+    Put(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Delete the key.
     Delete,
 }
@@ -35,6 +35,7 @@ pub enum KvOp {
         /// The key.
         key: String,
         /// The value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         /// When it was proposed.
         time_ms: i64,

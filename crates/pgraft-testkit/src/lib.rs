@@ -30,6 +30,7 @@
 mod local_cluster;
 mod node;
 mod pg_install;
+mod plain_server;
 mod ports;
 mod procs;
 mod proxy;
@@ -39,6 +40,7 @@ mod wait;
 pub use local_cluster::{ClusterState, LocalCluster, NodeStatus, UpOptions};
 pub use node::Node;
 pub use pg_install::PgInstall;
+pub use plain_server::{PlainServer, PlainServerOptions, REPLICATOR_PASSWORD};
 pub use ports::free_port;
 pub use procs::processes_in;
 pub use proxy::{PartitionProxy, ProxyClient};

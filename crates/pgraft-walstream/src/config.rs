@@ -57,6 +57,9 @@ pub struct Config {
     /// A host name or IP address for TCP, or a directory (starting with `/`) holding the
     /// server's Unix-domain socket.
     pub host: String,
+    /// An IP address to connect to instead of resolving `host`; `host` is still the name
+    /// the TLS certificate must carry (libpq's `hostaddr`).
+    pub hostaddr: Option<std::net::IpAddr>,
     /// The server port (also names the socket file in a socket directory).
     pub port: u16,
     /// The role to log in as.
@@ -81,6 +84,7 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("host", &self.host)
+            .field("hostaddr", &self.hostaddr)
             .field("port", &self.port)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<hidden>"))
@@ -100,6 +104,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             host: "/var/run/postgresql".into(),
+            hostaddr: None,
             port: 5432,
             user: std::env::var("USER").unwrap_or_else(|_| "postgres".into()),
             password: None,
@@ -117,13 +122,14 @@ impl Config {
     /// Parses a libpq key/value connection string, on top of the defaults and the
     /// `PG*` environment variables (the connection string wins, as in libpq).
     ///
-    /// Keys: host, port, user, password, dbname, application_name, sslmode, sslrootcert,
+    /// Keys: host, hostaddr, port, user, password, dbname, application_name, sslmode, sslrootcert,
     /// connect_timeout, replication (`true`/`on`/`yes`/`1` or `database`). Values may be
     /// single-quoted, with `\'` and `\\` escapes. Unknown keys are refused, as libpq does.
     pub fn from_conninfo(conninfo: &str) -> Result<Config> {
         let mut cfg = Config::default();
         let env: Vec<(&str, &str)> = vec![
             ("PGHOST", "host"),
+            ("PGHOSTADDR", "hostaddr"),
             ("PGPORT", "port"),
             ("PGUSER", "user"),
             ("PGPASSWORD", "password"),
@@ -150,6 +156,10 @@ impl Config {
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
         match key {
             "host" => self.host = value.to_string(),
+            "hostaddr" => {
+                self.hostaddr =
+                    Some(value.parse().map_err(|_| Error::Config(format!("invalid hostaddr {value:?}")))?)
+            }
             "port" => {
                 self.port = value.parse().map_err(|_| Error::Config(format!("invalid port {value:?}")))?
             }
@@ -188,8 +198,10 @@ impl Config {
 
     /// `host:port` or the socket path, for messages.
     pub fn target(&self) -> String {
-        if self.host.starts_with('/') {
+        if self.host.starts_with('/') && self.hostaddr.is_none() {
             format!("{}/.s.PGSQL.{}", self.host, self.port)
+        } else if let Some(a) = self.hostaddr {
+            format!("{a}:{} ({})", self.port, self.host)
         } else {
             format!("{}:{}", self.host, self.port)
         }

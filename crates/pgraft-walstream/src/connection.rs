@@ -82,6 +82,8 @@ pub struct ReplicationClient {
     backend_pid: i32,
     io_timeout: Duration,
     target: String,
+    /// Whether logical streaming already ran on this connection (see `start_logical`).
+    logical_streamed: bool,
 }
 
 impl std::fmt::Debug for ReplicationClient {
@@ -113,7 +115,9 @@ impl ReplicationClient {
             // libpq's `allow`: plain first; TLS when the server refuses plain connections
             // (pg_hba has only `hostssl` lines for us: SQLSTATE 28000).
             SslMode::Allow => match Self::attempt(cfg, TlsWant::No).await {
-                Err(Error::Server(e)) if e.code == "28000" && !cfg.host.starts_with('/') => {
+                Err(Error::Server(e))
+                    if e.code == "28000" && (cfg.hostaddr.is_some() || !cfg.host.starts_with('/')) =>
+                {
                     Self::attempt(cfg, TlsWant::Must).await
                 }
                 other => other,
@@ -127,16 +131,18 @@ impl ReplicationClient {
 
     async fn attempt(cfg: &Config, want: TlsWant) -> Result<Self> {
         let target = cfg.target();
-        let (io, tls): (Box<dyn Transport>, bool) = if cfg.host.starts_with('/') {
+        let (io, tls): (Box<dyn Transport>, bool) = if cfg.host.starts_with('/') && cfg.hostaddr.is_none() {
             // No TLS over a Unix-domain socket, as in libpq.
             let s = UnixStream::connect(&target)
                 .await
                 .map_err(|e| Error::io(format!("connect to {target}"), e))?;
             (Box::new(s), false)
         } else {
-            let mut tcp = TcpStream::connect((cfg.host.as_str(), cfg.port))
-                .await
-                .map_err(|e| Error::io(format!("connect to {target}"), e))?;
+            let tcp = match cfg.hostaddr {
+                Some(addr) => TcpStream::connect((addr, cfg.port)).await,
+                None => TcpStream::connect((cfg.host.as_str(), cfg.port)).await,
+            };
+            let mut tcp = tcp.map_err(|e| Error::io(format!("connect to {target}"), e))?;
             tcp.set_nodelay(true).map_err(|e| Error::io("set TCP_NODELAY", e))?;
             if want == TlsWant::No {
                 (Box::new(tcp), false)
@@ -185,6 +191,7 @@ impl ReplicationClient {
             backend_pid: 0,
             io_timeout: Duration::from_secs(60),
             target,
+            logical_streamed: false,
         };
         c.startup(cfg).await?;
         Ok(c)
@@ -614,6 +621,11 @@ impl ReplicationClient {
     /// `START_REPLICATION SLOT s LOGICAL start (options)`: decoded changes of a logical
     /// slot from `start` (`0/0`: from the slot's confirmed position), with output plugin
     /// options such as `("include-xids", Some("0"))`.
+    ///
+    /// Once per connection: PostgreSQL's walsender (15 to 17 at least) does not reset its
+    /// end-of-streaming state for logical streaming, so a second START_REPLICATION LOGICAL
+    /// on the same connection would end at once. This is refused with [`Error::State`];
+    /// reconnect instead, as `pg_recvlogical` does.
     pub async fn start_logical(
         &mut self,
         slot: &str,
@@ -621,6 +633,12 @@ impl ReplicationClient {
         options: &[(String, Option<String>)],
     ) -> Result<()> {
         check_slot_name(slot)?;
+        if self.logical_streamed {
+            return Err(Error::State(
+                "logical streaming already ran on this connection; the server cannot restart it: reconnect"
+                    .into(),
+            ));
+        }
         let mut sql = format!("START_REPLICATION SLOT {slot} LOGICAL {start}");
         if !options.is_empty() {
             let opts: Vec<String> = options
@@ -633,7 +651,10 @@ impl ReplicationClient {
             sql.push_str(&format!(" ({})", opts.join(", ")));
         }
         match self.start(&sql).await? {
-            StartOutcome::Streaming => Ok(()),
+            StartOutcome::Streaming => {
+                self.logical_streamed = true;
+                Ok(())
+            }
             StartOutcome::EndOfTimeline(_) => {
                 Err(Error::Protocol("logical START_REPLICATION did not stream".into()))
             }

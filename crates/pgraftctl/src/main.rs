@@ -2,10 +2,11 @@
 //!
 //! `pgraftctl local ...` starts, stops and breaks real clusters on this machine (the tool
 //! behind the demo, the integration tests and the benchmarks); `pgraftctl lsn ...` does
-//! WAL position arithmetic.
+//! WAL position arithmetic; `pgraftctl wal ...` streams WAL (receive, decode).
 
 mod local;
 mod lsn;
+mod wal;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +24,8 @@ enum Command {
     Local(local::LocalArgs),
     /// WAL positions (LSNs): parse, compare, and map to segment file names.
     Lsn(lsn::LsnArgs),
+    /// WAL streaming: receive segments into a directory, decode a logical slot.
+    Wal(wal::WalArgs),
 }
 
 fn main() {
@@ -30,6 +33,7 @@ fn main() {
     let result = match cli.command {
         Command::Local(args) => local::run(args),
         Command::Lsn(args) => lsn::run(args),
+        Command::Wal(args) => wal::run(args),
     };
     if let Err(e) = result {
         eprintln!("pgraftctl: error: {e:#}");

@@ -11,8 +11,11 @@ use crate::frame::{self, Backend};
 use crate::message::{StandbyMessage, WalMessage};
 use crate::timeline::TimelineHistory;
 
+/// A fuzz target's body.
+pub type Target = fn(&[u8]);
+
 /// The fuzz targets by name.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("backend_stream", backend_stream),
     ("wal_message", wal_message),
     ("timeline_history", timeline_history),

@@ -5,7 +5,9 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use pgraft_walstream::fuzzing::{self, TARGETS};
-use pgraft_walstream::{Lsn, PgTimestamp, PrimaryKeepalive, StandbyMessage, StandbyStatusUpdate, WalMessage, XLogData};
+use pgraft_walstream::{
+    Lsn, PgTimestamp, PrimaryKeepalive, StandbyMessage, StandbyStatusUpdate, WalMessage, XLogData,
+};
 use proptest::prelude::*;
 
 fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
@@ -31,9 +33,12 @@ fn corpus() -> Vec<Vec<u8>> {
         data: Bytes::from_static(b"\x10\xd1\x02\x00\x01\x00\x00\x00record bytes"),
     })
     .encode();
-    let keepalive =
-        WalMessage::PrimaryKeepalive(PrimaryKeepalive { wal_end: Lsn(77), server_time: PgTimestamp(-5), reply_requested: true })
-            .encode();
+    let keepalive = WalMessage::PrimaryKeepalive(PrimaryKeepalive {
+        wal_end: Lsn(77),
+        server_time: PgTimestamp(-5),
+        reply_requested: true,
+    })
+    .encode();
     let status = StandbyMessage::Status(StandbyStatusUpdate {
         written: Lsn(1),
         flushed: Lsn(2),

@@ -133,8 +133,11 @@ impl Drop for Load {
     }
 }
 
+/// Segments by (timeline, segment number).
+type Segments = BTreeSet<(u32, u64)>;
+
 /// (timeline, segno) of complete segments, and partials, in a receiver directory.
-fn listing(dir: &Path) -> (BTreeSet<(u32, u64)>, BTreeSet<(u32, u64)>) {
+fn listing(dir: &Path) -> (Segments, Segments) {
     let (mut complete, mut partial) = (BTreeSet::new(), BTreeSet::new());
     for e in fs::read_dir(dir).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -269,7 +272,7 @@ fn receive_survives_sigkill_byte_identical() {
         // Contiguous, complete, identical, each completed exactly once.
         let (complete, _) = listing(&dir);
         let first = complete.iter().next().expect("segments").1;
-        let want: BTreeSet<(u32, u64)> = (first..=last).map(|s| (1, s)).collect();
+        let want: Segments = (first..=last).map(|s| (1, s)).collect();
         assert_eq!(
             complete.iter().filter(|c| c.1 <= last).cloned().collect::<BTreeSet<_>>(),
             want,
@@ -343,7 +346,7 @@ fn slot_keeps_unflushed_wal() {
         let events = r2.sigterm();
         assert!(!events.iter().any(|e| e["event"] == "error"), "pg{major}: {events:?}");
         let (complete, _) = listing(&dir);
-        let want: BTreeSet<(u32, u64)> = (first..=last).map(|s| (1, s)).collect();
+        let want: Segments = (first..=last).map(|s| (1, s)).collect();
         assert_eq!(
             complete.iter().filter(|c| c.1 <= last).cloned().collect::<BTreeSet<_>>(),
             want,
@@ -423,7 +426,7 @@ fn receive_follows_a_timeline_switch() {
         assert!(String::from_utf8_lossy(&history).starts_with(&format!("1\t{at}")), "pg{major}: {history:?}");
         let (complete, _) = listing(&dir);
         let switch_seg = seg().segment_of(at);
-        let want: BTreeSet<(u32, u64)> = (switch_seg..=last).map(|s| (2, s)).collect();
+        let want: Segments = (switch_seg..=last).map(|s| (2, s)).collect();
         assert_eq!(complete.iter().filter(|c| c.0 == 2).cloned().collect::<BTreeSet<_>>(), want, "pg{major}");
         // Timeline 1's last segment stays .partial on both sides.
         compare_with_server(&server, &dir, ".partial");

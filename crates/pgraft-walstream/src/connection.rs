@@ -615,7 +615,7 @@ impl ReplicationClient {
         if let Some(t) = timeline {
             sql.push_str(&format!(" TIMELINE {t}"));
         }
-        self.start(&sql).await
+        self.start_streaming(&sql).await
     }
 
     /// `START_REPLICATION SLOT s LOGICAL start (options)`: decoded changes of a logical
@@ -633,12 +633,6 @@ impl ReplicationClient {
         options: &[(String, Option<String>)],
     ) -> Result<()> {
         check_slot_name(slot)?;
-        if self.logical_streamed {
-            return Err(Error::State(
-                "logical streaming already ran on this connection; the server cannot restart it: reconnect"
-                    .into(),
-            ));
-        }
         let mut sql = format!("START_REPLICATION SLOT {slot} LOGICAL {start}");
         if !options.is_empty() {
             let opts: Vec<String> = options
@@ -650,19 +644,26 @@ impl ReplicationClient {
                 .collect();
             sql.push_str(&format!(" ({})", opts.join(", ")));
         }
-        match self.start(&sql).await? {
-            StartOutcome::Streaming => {
-                self.logical_streamed = true;
-                Ok(())
-            }
+        match self.start_streaming(&sql).await? {
+            StartOutcome::Streaming => Ok(()),
             StartOutcome::EndOfTimeline(_) => {
                 Err(Error::Protocol("logical START_REPLICATION did not stream".into()))
             }
         }
     }
 
-    async fn start(&mut self, sql: &str) -> Result<StartOutcome> {
+    /// Sends a `START_REPLICATION` command as written and waits for CopyBothResponse (the
+    /// reference API's `start_streaming`); [`ReplicationClient::start_physical`] and
+    /// [`ReplicationClient::start_logical`] build the command for you.
+    pub async fn start_streaming(&mut self, sql: &str) -> Result<StartOutcome> {
         self.ready("START_REPLICATION")?;
+        let logical = sql.to_ascii_uppercase().contains(" LOGICAL ");
+        if logical && self.logical_streamed {
+            return Err(Error::State(
+                "logical streaming already ran on this connection; the server cannot restart it: reconnect"
+                    .into(),
+            ));
+        }
         frontend::query(sql, &mut self.wbuf).map_err(|e| Error::Config(format!("query text: {e}")))?;
         self.send().await?;
         let mut next: Option<TimelineSwitch> = None;
@@ -671,6 +672,7 @@ impl ReplicationClient {
             match self.read_timed(sql).await? {
                 Backend::CopyBothResponse => {
                     self.state = State::Streaming;
+                    self.logical_streamed |= logical;
                     return Ok(StartOutcome::Streaming);
                 }
                 Backend::Other(Message::ErrorResponse(b)) => error = Some(frame::server_error(b.fields())?),

@@ -453,9 +453,9 @@ fn decode_prints_exactly_the_changes() {
         }
         let end = sql_lsn(&mut sql, "SELECT pg_current_wal_lsn()::text");
         let conninfo = format!("{} dbname=postgres", server.replicator_conninfo());
-        let decode = |extra: &[&str]| -> String {
+        let decode_slot = |slot: &str, extra: &[&str]| -> String {
             let out = Command::new(env!("CARGO_BIN_EXE_pgraftctl"))
-                .args(["wal", "decode", "--conninfo", &conninfo, "--slot", "show"])
+                .args(["wal", "decode", "--conninfo", &conninfo, "--slot", slot])
                 .args(["-o", "include-xids=0", "-o", "skip-empty-xacts=1", "--status-interval", "1"])
                 .args(extra)
                 .output()
@@ -463,6 +463,7 @@ fn decode_prints_exactly_the_changes() {
             assert!(out.status.success(), "pg{major}: {}", String::from_utf8_lossy(&out.stderr));
             String::from_utf8(out.stdout).expect("UTF-8")
         };
+        let decode = |extra: &[&str]| decode_slot("show", extra);
         let printed = decode(&["--end-lsn", &end.to_string()]);
         assert_eq!(
             printed,
@@ -491,5 +492,15 @@ fn decode_prints_exactly_the_changes() {
             printed, "BEGIN\ntable public.items: INSERT: id[integer]:3 name[text]:'three'\nCOMMIT\n",
             "pg{major}"
         );
+
+        // --create-slot makes a logical slot with the plugin; it sees nothing from before.
+        let end = sql_lsn(&mut sql, "SELECT pg_current_wal_lsn()::text");
+        let printed = decode_slot("fresh", &["--create-slot", "--end-lsn", &end.to_string()]);
+        assert_eq!(printed, "", "pg{major}");
+        let plugin: String = sql
+            .query_one("SELECT plugin::text FROM pg_replication_slots WHERE slot_name = 'fresh'", &[])
+            .expect("the slot exists")
+            .get(0);
+        assert_eq!(plugin, "test_decoding");
     }
 }

@@ -34,6 +34,7 @@ mod plain_server;
 mod ports;
 mod procs;
 mod proxy;
+mod replication_server;
 mod server_user;
 mod wait;
 
@@ -44,5 +45,6 @@ pub use plain_server::{PlainOptions, PlainServer};
 pub use ports::free_port;
 pub use procs::processes_in;
 pub use proxy::{PartitionProxy, ProxyClient};
+pub use replication_server::{ReplicationServer, ReplicationServerOptions, REPLICATOR_PASSWORD};
 pub use server_user::ServerUser;
 pub use wait::wait_until;

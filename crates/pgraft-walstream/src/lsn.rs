@@ -90,6 +90,9 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// The table of the issue: what `pg_lsn_in` takes and what it refuses. Reference:
+    /// PostgreSQL's `pg_lsn_in_internal` (`strspn` over hex digits, 1 to 8 of them on each
+    /// side of one `/`, nothing after).
     #[test]
     fn valid_inputs() {
         let cases = [
@@ -101,38 +104,50 @@ mod tests {
             ("00000000/00000000", 0),
             ("0/016B3748", 0x016B_3748),
             ("00000001/0000000A", 0x1_0000_000A),
+            ("16/0374D848", 0x16_0374_D848),
+            ("00000016/B374D848", 0x16_B374_D848),
         ];
         for (text, v) in cases {
-            assert_eq!(text.parse::<Lsn>(), Ok(Lsn(v)), "{text}");
+            assert_eq!(text.parse::<Lsn>().ok(), Some(Lsn(v)), "{text}");
         }
     }
 
     #[test]
     fn invalid_inputs() {
         let cases = [
-            "",
-            "/",
-            "0",
-            "0/",
-            "/0",
-            "-1/0",
-            "+1/0",
-            "0x1/0",
-            "1/0x0",
-            "123456789/0",
-            "0/123456789",
-            "0/0 ",
-            " 0/0",
-            "0 /0",
-            "0/ 0",
-            "1/2/3",
-            "G/0",
-            "0/g",
-            "0//0",
-            "１/0",
+            ("", "no '/'"),
+            ("/", "empty"),
+            ("0", "no '/'"),
+            ("0/", "empty"),
+            ("/0", "empty"),
+            ("-1/0", "not a hex digit"),
+            ("+1/0", "not a hex digit"),
+            ("0x1/0", "not a hex digit"),
+            ("1/0x0", "not a hex digit"),
+            ("123456789/0", "longer than 8"),
+            ("0/123456789", "longer than 8"),
+            ("000000001/0", "longer than 8"),
+            ("0/0 ", "not a hex digit"),
+            ("0/0\n", "not a hex digit"),
+            (" 0/0", "not a hex digit"),
+            ("0 /0", "not a hex digit"),
+            ("0/ 0", "not a hex digit"),
+            ("1/2/3", "not a hex digit"),
+            ("G/0", "not a hex digit"),
+            ("0/g", "not a hex digit"),
+            ("0//0", "not a hex digit"),
+            ("１/0", "not a hex digit"),
+            ("0/0\0", "not a hex digit"),
         ];
-        for text in cases {
-            assert!(text.parse::<Lsn>().is_err(), "{text:?} was accepted");
+        for (text, why) in cases {
+            match text.parse::<Lsn>() {
+                Ok(v) => panic!("{text:?} was accepted as {v}"),
+                Err(Error::InvalidLsn { input, reason }) => {
+                    assert_eq!(input, text);
+                    assert!(reason.contains(why), "{text:?}: {reason:?} does not say {why:?}");
+                }
+                Err(e) => panic!("{text:?}: unexpected error {e}"),
+            }
         }
     }
 
@@ -156,17 +171,26 @@ mod tests {
 
     #[test]
     fn arithmetic_checks_overflow() {
-        assert_eq!(Lsn(10).checked_add(5), Ok(Lsn(15)));
+        assert_eq!(Lsn(10).checked_add(5).ok(), Some(Lsn(15)));
         assert!(Lsn(u64::MAX).checked_add(1).is_err());
-        assert_eq!(Lsn(15).bytes_since(Lsn(10)), Ok(5));
+        assert_eq!(Lsn(15).bytes_since(Lsn(10)).ok(), Some(5));
         assert!(Lsn(10).bytes_since(Lsn(15)).is_err());
     }
 
     proptest! {
         #[test]
         fn format_then_parse_is_identity(v in any::<u64>()) {
-            prop_assert_eq!(Lsn(v).to_string().parse::<Lsn>(), Ok(Lsn(v)));
-            prop_assert_eq!(Lsn(v).to_padded_string().parse::<Lsn>(), Ok(Lsn(v)));
+            prop_assert_eq!(Lsn(v).to_string().parse::<Lsn>().ok(), Some(Lsn(v)));
+            prop_assert_eq!(Lsn(v).to_padded_string().parse::<Lsn>().ok(), Some(Lsn(v)));
+            // The text is exactly PostgreSQL's %X/%X: upper-case hex, no padding.
+            prop_assert_eq!(Lsn(v).to_string(), format!("{:X}/{:X}", v >> 32, v & 0xFFFF_FFFF));
+        }
+
+        #[test]
+        fn parse_accepts_any_digits_of_valid_length(hi in "[0-9a-fA-F]{1,8}", lo in "[0-9a-fA-F]{1,8}") {
+            let text = format!("{hi}/{lo}");
+            let want = (u64::from_str_radix(&hi, 16).expect("hex") << 32) | u64::from_str_radix(&lo, 16).expect("hex");
+            prop_assert_eq!(text.parse::<Lsn>().ok(), Some(Lsn(want)));
         }
 
         #[test]

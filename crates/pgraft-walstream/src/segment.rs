@@ -52,6 +52,11 @@ impl SegmentSize {
             .ok_or_else(|| Error::LsnOverflow(format!("segment {segno} of {} bytes", self.0)))
     }
 
+    /// The first position of the segment holding `lsn` (where a receiver restarts).
+    pub fn align_down(self, lsn: Lsn) -> Lsn {
+        Lsn(lsn.0 - lsn.0 % self.0)
+    }
+
     /// The file name of the segment holding `lsn` on timeline `tli` (PostgreSQL's
     /// XLogFileName): 8 hex digits each of timeline, xlogid and segment within it.
     pub fn file_name(self, tli: TimeLineId, lsn: Lsn) -> String {
@@ -102,6 +107,7 @@ mod tests {
         let lsn: Lsn = "16/B374D848".parse().expect("valid");
         assert_eq!(s.file_name(1, lsn), "0000000100000016000000B3");
         assert_eq!(s.offset_in_segment(lsn), 0x74D848);
+        assert_eq!(s.align_down(lsn), "16/B3000000".parse().expect("valid"));
         assert_eq!(s.file_name(2, Lsn(0)), "000000020000000000000000");
         // 1 GiB segments: four per xlogid.
         let g = SegmentSize::new(1 << 30).expect("valid");
@@ -113,7 +119,7 @@ mod tests {
         let s = SegmentSize::DEFAULT;
         for segno in [0u64, 1, 255, 256, 0x16B3, (1 << 40) - 1] {
             let name = s.segment_file_name(7, segno);
-            assert_eq!(s.parse_file_name(&name), Ok((7, segno)));
+            assert_eq!(s.parse_file_name(&name).ok(), Some((7, segno)));
             assert_eq!(s.segment_of(s.segment_start(segno).expect("in range")), segno);
         }
         assert!(s.parse_file_name("00000001000000000000010").is_err());

@@ -2,14 +2,16 @@
 //!
 //! `pgraftctl local ...` starts, stops and breaks real clusters on this machine (the tool
 //! behind the demo, the integration tests and the benchmarks); `pgraftctl lsn ...` does
-//! WAL position arithmetic; `pgraftctl server ...` calls the server API functions and
-//! `pgraftctl backup` makes (and `--verify` checks) a file-level base backup through them.
+//! WAL position arithmetic; `pgraftctl wal ...` streams WAL (receive, decode);
+//! `pgraftctl server ...` calls the server API functions and `pgraftctl backup` makes (and
+//! `--verify` checks) a file-level base backup through them.
 
 mod backup;
 mod local;
 mod lsn;
 mod manifest;
 mod server;
+mod wal;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +33,8 @@ enum Command {
     Server(server::ServerArgs),
     /// A file-level base backup of a running primary, or --verify of a finished one.
     Backup(backup::BackupArgs),
+    /// WAL streaming: receive segments into a directory, decode a logical slot.
+    Wal(wal::WalArgs),
 }
 
 fn main() {
@@ -40,6 +44,7 @@ fn main() {
         Command::Lsn(args) => lsn::run(args),
         Command::Server(args) => server::run(args),
         Command::Backup(args) => backup::run(args),
+        Command::Wal(args) => wal::run(args),
     };
     if let Err(e) = result {
         eprintln!("pgraftctl: error: {e:#}");

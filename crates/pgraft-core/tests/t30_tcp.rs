@@ -158,23 +158,8 @@ impl Drop for Cluster {
 }
 
 fn make_certs(dir: &Path, n: u64, ca_name: &str) {
-    std::fs::create_dir_all(dir).expect("tls dir");
-    let ca_key = rcgen::KeyPair::generate().expect("CA key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, ca_name);
-    let ca = ca_params.self_signed(&ca_key).expect("CA cert");
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    std::fs::write(dir.join("ca.crt"), ca.pem()).expect("write CA");
-    for id in 1..=n {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-        p.subject_alt_names.push(rcgen::SanType::IpAddress(IpAddr::from([127, 0, 0, 1])));
-        p.distinguished_name.push(rcgen::DnType::CommonName, format!("node{id}"));
-        let cert = p.signed_by(&key, &issuer).expect("sign");
-        std::fs::write(dir.join(format!("node{id}.crt")), cert.pem()).expect("write cert");
-        std::fs::write(dir.join(format!("node{id}.key")), key.serialize_pem()).expect("write key");
-    }
+    let ca = pgraft_testkit::TestCa::new(ca_name).expect("a CA");
+    ca.write_member_files(dir, n).expect("member certificates");
 }
 
 #[test]

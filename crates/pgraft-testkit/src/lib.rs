@@ -36,6 +36,7 @@ mod procs;
 mod proxy;
 mod replication_server;
 mod server_user;
+mod test_ca;
 mod wait;
 
 pub use local_cluster::{ClusterState, LocalCluster, NodeStatus, UpOptions};
@@ -47,4 +48,5 @@ pub use procs::processes_in;
 pub use proxy::{PartitionProxy, ProxyClient};
 pub use replication_server::{ReplicationServer, ReplicationServerOptions, REPLICATOR_PASSWORD};
 pub use server_user::ServerUser;
+pub use test_ca::{IssuedCert, MemberTlsFiles, TestCa};
 pub use wait::wait_until;

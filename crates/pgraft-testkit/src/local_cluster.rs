@@ -27,6 +27,7 @@ use crate::ports::free_port;
 use crate::procs::{alive, processes_in, signal};
 use crate::proxy::ProxyClient;
 use crate::server_user::ServerUser;
+use crate::test_ca::{MemberTlsFiles, TestCa};
 use crate::wait::wait_until;
 
 const STATE_FILE: &str = "cluster.json";
@@ -50,6 +51,9 @@ pub struct UpOptions {
     pub pg_config: PathBuf,
     /// The program that serves `local proxy --dir DIR` (the `pgraftctl` binary).
     pub proxy_exe: PathBuf,
+    /// Mutual TLS between members: a certificate authority and one certificate per
+    /// member are made under `DIR/tls`, and the `pgraft.ssl_*` settings point at them.
+    pub tls: bool,
 }
 
 impl Default for UpOptions {
@@ -62,6 +66,7 @@ impl Default for UpOptions {
             no_init: false,
             pg_config: PathBuf::from(PgInstall::DEFAULT_PG_CONFIG),
             proxy_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("pgraftctl")),
+            tls: false,
         }
     }
 }
@@ -77,6 +82,9 @@ pub struct ClusterState {
     pub proxy_exe: PathBuf,
     /// The members.
     pub nodes: Vec<Node>,
+    /// Whether members talk over mutual TLS (certificates in `DIR/tls`).
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// One line of `pgraftctl local status`.
@@ -160,9 +168,13 @@ impl LocalCluster {
             pg_config: opts.pg_config.clone(),
             proxy_exe: opts.proxy_exe.clone(),
             nodes,
+            tls: opts.tls,
         };
         let cluster = Self { dir, state, install, user };
         cluster.save_state()?;
+        if opts.tls {
+            cluster.make_certificates()?;
+        }
         for n in &cluster.state.nodes {
             cluster.initdb(n)?;
         }
@@ -521,6 +533,44 @@ impl LocalCluster {
             .with_context(|| format!("open {}", conf.display()))?;
         f.write_all(n.postgresql_conf(&self.state.cluster_id).as_bytes())
             .with_context(|| format!("append to {}", conf.display()))?;
+        if self.state.tls {
+            let t = self.tls_files(n.node_id);
+            let lines = format!(
+                "pgraft.ssl_enabled = on\n\
+                 pgraft.ssl_cert_file = '{}'\n\
+                 pgraft.ssl_key_file = '{}'\n\
+                 pgraft.ssl_ca_file = '{}'\n",
+                t.cert.display(),
+                t.key.display(),
+                t.ca.display()
+            );
+            f.write_all(lines.as_bytes()).with_context(|| format!("append to {}", conf.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Where member `id`'s TLS files are (in a cluster made with `tls`).
+    pub fn tls_files(&self, id: u64) -> MemberTlsFiles {
+        let dir = self.dir.join("tls");
+        MemberTlsFiles {
+            cert: dir.join(format!("node{id}.crt")),
+            key: dir.join(format!("node{id}.key")),
+            ca: dir.join("ca.crt"),
+        }
+    }
+
+    /// A certificate authority for this cluster and a certificate per member, owned by
+    /// the account that runs the servers.
+    fn make_certificates(&self) -> Result<()> {
+        let dir = self.dir.join("tls");
+        let ca = TestCa::new(&format!("pgraft local cluster {}", self.state.cluster_id))?;
+        let files = ca.write_member_files(&dir, self.state.nodes.len() as u64)?;
+        self.user.chown(&dir)?;
+        for f in &files {
+            self.user.chown(&f.cert)?;
+            self.user.chown(&f.key)?;
+        }
+        self.user.chown(&dir.join("ca.crt"))?;
         Ok(())
     }
 

@@ -4,11 +4,10 @@
 
 mod common;
 
-use std::net::IpAddr;
 use std::path::Path;
 
 use common::{pg_configs, runtime};
-use pgraft_testkit::{ReplicationServer, ReplicationServerOptions};
+use pgraft_testkit::{ReplicationServer, ReplicationServerOptions, TestCa};
 use pgraft_walstream::{Config, Error, ReplicationClient};
 
 struct Pki {
@@ -18,29 +17,16 @@ struct Pki {
     server_key: String,
 }
 
-fn ca(name: &str) -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>) {
-    let key = rcgen::KeyPair::generate().expect("CA key");
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.distinguished_name.push(rcgen::DnType::CommonName, name);
-    let cert = params.self_signed(&key).expect("CA certificate");
-    (cert, rcgen::Issuer::new(params, key))
-}
-
 fn pki() -> Pki {
-    let (ca_cert, issuer) = ca("pgraft test CA");
-    let (other, _) = ca("another CA");
-    // The server's certificate names pg.test and 127.0.0.1.
-    let key = rcgen::KeyPair::generate().expect("server key");
-    let mut p = rcgen::CertificateParams::new(vec!["pg.test".to_string()]).expect("params");
-    p.subject_alt_names.push(rcgen::SanType::IpAddress(IpAddr::from([127, 0, 0, 1])));
-    p.distinguished_name.push(rcgen::DnType::CommonName, "pg.test");
-    let cert = p.signed_by(&key, &issuer).expect("sign");
+    let ca = TestCa::new("pgraft test CA").expect("CA");
+    let other = TestCa::new("another CA").expect("another CA");
+    // The server's certificate names pg.test, localhost and 127.0.0.1.
+    let server = ca.issue("pg.test", &["pg.test"]).expect("server certificate");
     Pki {
-        ca_pem: ca_cert.pem(),
+        ca_pem: ca.pem(),
         other_ca_pem: other.pem(),
-        server_pem: cert.pem(),
-        server_key: key.serialize_pem(),
+        server_pem: server.cert_pem,
+        server_key: server.key_pem,
     }
 }
 

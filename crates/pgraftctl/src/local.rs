@@ -36,6 +36,10 @@ enum LocalCommand {
         /// The PostgreSQL installation to run, into which the extension was installed.
         #[arg(long, env = "PGRAFT_PG_CONFIG", default_value = pgraft_testkit::PgInstall::DEFAULT_PG_CONFIG)]
         pg_config: PathBuf,
+        /// Mutual TLS between members: a CA and a certificate per member under DIR/tls,
+        /// set in pgraft.ssl_enabled / ssl_cert_file / ssl_key_file / ssl_ca_file.
+        #[arg(long)]
+        tls: bool,
     },
     /// One JSON line per member: running, pid, partitioned, extension.
     Status {
@@ -101,7 +105,7 @@ enum LocalCommand {
 
 pub fn run(args: LocalArgs) -> Result<()> {
     match args.command {
-        LocalCommand::Up { nodes, dir, raft_port, pg_port, no_init, pg_config } => {
+        LocalCommand::Up { nodes, dir, raft_port, pg_port, no_init, pg_config, tls } => {
             let opts = UpOptions {
                 nodes,
                 dir,
@@ -110,6 +114,7 @@ pub fn run(args: LocalArgs) -> Result<()> {
                 no_init,
                 pg_config,
                 proxy_exe: std::env::current_exe().context("locate the pgraftctl binary")?,
+                tls,
             };
             let cluster = LocalCluster::up(&opts)?;
             for n in cluster.nodes() {

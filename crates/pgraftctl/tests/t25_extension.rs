@@ -23,18 +23,16 @@ struct Cluster {
 
 impl Cluster {
     fn up(name: &str, pg_config: &Path) -> Cluster {
+        Cluster::up_with(name, pg_config, &[])
+    }
+
+    fn up_with(name: &str, pg_config: &Path, extra: &[&str]) -> Cluster {
         let dir = cluster_dir(name);
         let down = Down(dir.clone());
-        let nodes = json_lines(&pgraftctl(&[
-            "local",
-            "up",
-            "--nodes",
-            "3",
-            "--dir",
-            &dir.to_string_lossy(),
-            "--pg-config",
-            &pg_config.to_string_lossy(),
-        ]));
+        let (d, pgc) = (dir.to_string_lossy().into_owned(), pg_config.to_string_lossy().into_owned());
+        let mut args = vec!["local", "up", "--nodes", "3", "--dir", &d, "--pg-config", &pgc];
+        args.extend_from_slice(extra);
+        let nodes = json_lines(&pgraftctl(&args));
         Cluster { dir, nodes, _down: down }
     }
 
@@ -346,5 +344,55 @@ fn members_refuse_a_foreign_identity_and_say_why() {
     wait("member 3 to catch up", Duration::from_secs(30), || {
         (c.try_one::<String>(3, "SELECT pgraft_kv_get('id')")? == "two").then_some(())
     });
+    c.ctl(&["down"]);
+}
+
+#[test]
+fn members_talk_mutual_tls_set_by_the_ssl_settings() {
+    use std::io::{Read, Write};
+    let pg_config = pg_configs().remove(0);
+    let c = Cluster::up_with("tls", &pg_config, &["--tls"]);
+    let leader = c.leader();
+    for id in 1..=3 {
+        assert_eq!(c.one::<String>(id, "SHOW pgraft.ssl_enabled"), "on", "node {id}");
+    }
+    // Everything works as without TLS: a write on a follower is read on every member.
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    assert!(c.one::<bool>(follower, "SELECT pgraft_kv_put('tls', 'works')"));
+    for id in 1..=3 {
+        assert_eq!(c.one::<String>(id, "SELECT pgraft_kv_get('tls')"), "works", "node {id}");
+    }
+    // Plain bytes on a member's Raft port are refused, logged, and change nothing.
+    let refused = |id: u64| -> i64 {
+        c.one::<String>(
+            id,
+            "SELECT value FROM pgraft_health_check() WHERE metric = 'refused_peer_connections'",
+        )
+        .parse()
+        .expect("a count")
+    };
+    let before = refused(follower);
+    let listen: std::net::SocketAddr =
+        format!("{}:{}", c.field(follower, "listen_address"), c.field(follower, "raft_port"))
+            .parse()
+            .expect("addr");
+    let mut s = dial_from("127.0.0.1", listen).expect("dial the Raft port");
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("write");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest); // closed by the member
+    wait("the refusal to be counted and logged", Duration::from_secs(10), || {
+        (refused(follower) > before && c.log(follower).contains("TLS handshake failed")).then_some(())
+    });
+    assert!(c.one::<bool>(leader, "SELECT pgraft_kv_put('tls', 'still works')"));
+    // Key material never reaches the logs.
+    for id in 1..=3 {
+        assert!(!c.log(id).contains("PRIVATE KEY"), "node {id}'s log holds key material");
+    }
+    assert!(
+        c.one::<String>(1, "SELECT value FROM pgraft_get_config() WHERE name = 'ssl_key_file'")
+            .ends_with("node1.key"),
+        "the setting shows the path, not the key"
+    );
     c.ctl(&["down"]);
 }

@@ -244,6 +244,29 @@ fn a_stopped_worker_answers_with_a_clear_error() {
     let pg_config = pg_configs().remove(0);
     let c = Cluster::up("worker", &pg_config);
     c.leader();
+    // SIGHUP: the worker rereads its settings.
+    let mut s2 = c.client(2);
+    s2.batch_execute("ALTER SYSTEM SET pgraft.heartbeat_interval = '150ms'").expect("alter system");
+    s2.batch_execute("SELECT pg_reload_conf()").expect("reload");
+    wait("the worker to reload", Duration::from_secs(10), || {
+        c.log(2).contains("pgraft: configuration reloaded").then_some(())
+    });
+    assert_eq!(
+        c.one::<String>(
+            2,
+            "SELECT value || ' ' || source FROM pgraft_get_config() WHERE name = 'heartbeat_interval'"
+        ),
+        "150ms configuration file"
+    );
+    // Postmaster death: the worker exits with it rather than linger.
+    let pid3: i32 = c.one(3, "SELECT worker_pid FROM pgraft_worker_status");
+    c.ctl(&["kill", "3"]);
+    wait("member 3's worker to exit with its postmaster", Duration::from_secs(10), || {
+        // SAFETY: signal 0 only checks that the process exists.
+        (unsafe { libc::kill(pid3, 0) } != 0).then_some(())
+    });
+    c.ctl(&["start", "3"]);
+    c.leader();
     let pid: i32 = c.one(2, "SELECT worker_pid FROM pgraft_worker_status");
     assert!(pid > 0);
     // SIGTERM: the worker stops cleanly and stays stopped.
@@ -394,5 +417,76 @@ fn members_talk_mutual_tls_set_by_the_ssl_settings() {
             .ends_with("node1.key"),
         "the setting shows the path, not the key"
     );
+    c.ctl(&["down"]);
+}
+
+#[test]
+fn a_hot_standby_hosts_a_member_too() {
+    let pg_config = pg_configs().remove(0);
+    let c = Cluster::up("standby", &pg_config);
+    let leader = c.leader();
+    assert!(c.one::<bool>(leader, "SELECT pgraft_kv_put('from', 'the primary')"));
+    // A physical standby of member 1's PostgreSQL, hosting a fourth Raft member of its own.
+    let user = pgraft_testkit::ServerUser::for_invoker().expect("server account");
+    let install = pgraft_testkit::PgInstall::from_pg_config(&pg_config).expect("install");
+    let sdir = c.dir.join("standby");
+    std::fs::create_dir_all(&sdir).expect("standby dir");
+    user.chown(&sdir).expect("chown");
+    let sdata = sdir.join("pgdata");
+    let run = |program: &str, args: &[&str]| {
+        let out = user.command(install.bin(program)).args(args).output().expect("run");
+        assert!(out.status.success(), "{program}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(
+        "pg_basebackup",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &c.field(1, "pg_port"),
+            "-U",
+            "postgres",
+            "-D",
+            &sdata.to_string_lossy(),
+            "-R",
+            "--no-sync",
+        ],
+    );
+    let free = || pgraft_testkit::free_port().expect("a free port");
+    let (pg_port, raft_port) = (free(), free());
+    let conf = format!(
+        "\nport = {pg_port}\nunix_socket_directories = '{dir}'\nhot_standby = on\n\
+         pgraft.node_id = 4\npgraft.port = {raft_port}\npgraft.listen_address = '127.0.0.1'\n\
+         pgraft.data_dir = '{dir}/raft'\n",
+        dir = sdir.display()
+    );
+    let mut text = std::fs::read_to_string(sdata.join("postgresql.conf")).expect("conf");
+    text.push_str(&conf);
+    std::fs::write(sdata.join("postgresql.conf"), text).expect("write conf");
+    let log = sdir.join("postgres.log");
+    run("pg_ctl", &["-D", &sdata.to_string_lossy(), "-l", &log.to_string_lossy(), "-w", "start"]);
+    let standby = format!("host=127.0.0.1 port={pg_port} user=postgres dbname=postgres");
+    let one =
+        |q: &str| -> Option<String> { connect(&standby).ok()?.query_one(q, &[]).ok().map(|r| r.get(0)) };
+    assert_eq!(one("SELECT pg_is_in_recovery()::text").as_deref(), Some("true"), "a hot standby");
+    wait("the standby's worker", Duration::from_secs(30), || {
+        (one("SELECT pgraft_get_worker_state()")? == "running").then_some(())
+    });
+    let mut l = c.client(leader);
+    let port = i32::from(raft_port);
+    assert!(l
+        .query_one("SELECT pgraft_add_node(4, '127.0.0.1', $1)", &[&port])
+        .expect("add")
+        .get::<_, bool>(0));
+    // The standby's member reads linearizably and writes, though PostgreSQL there is
+    // read-only: Raft state is the worker's own, not PostgreSQL's.
+    wait("the standby's member to catch up", Duration::from_secs(30), || {
+        (one("SELECT pgraft_kv_get('from')")? == "the primary").then_some(())
+    });
+    assert_eq!(one("SELECT pgraft_kv_put('from', 'the standby')::text").as_deref(), Some("true"));
+    assert_eq!(c.one::<String>(2, "SELECT pgraft_kv_get('from')"), "the standby");
+    assert_eq!(c.one::<i64>(leader, "SELECT count(*) FROM pgraft_get_nodes()"), 4);
+    run("pg_ctl", &["-D", &sdata.to_string_lossy(), "-m", "fast", "-w", "stop"]);
+    assert!(c.one::<bool>(leader, "SELECT pgraft_remove_node(4)"));
     c.ctl(&["down"]);
 }

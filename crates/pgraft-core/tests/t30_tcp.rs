@@ -172,6 +172,14 @@ fn three_members_elect_forward_and_survive_leader_loss() {
     for id in 1..=3 {
         assert_eq!(c.get(id, "k", Consistency::Linearizable).as_deref(), Some("v1"), "node {id}");
     }
+    // A transfer asked on a follower, toward the other follower: raft forwards it to the
+    // leader with the transferee as sender, which the transport lets through.
+    let other = (1..=3).find(|id| *id != leader && *id != follower).expect("another follower");
+    let r = c.handle(follower).call_blocking(Request::TransferLeader { to: other }, Duration::from_secs(10));
+    assert!(matches!(r, Ok(Response::Reached(_))), "transfer asked on a follower: {r:?}");
+    let leader = c.leader(Duration::from_secs(10));
+    assert_eq!(leader, other);
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
     // Lose the leader: a new one within 3 election timeouts.
     let lost = Instant::now();
     c.members[(leader - 1) as usize].node.take();

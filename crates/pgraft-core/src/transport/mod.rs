@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use raft::prelude::Message;
+use raft::prelude::{Message, MessageType};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -286,7 +286,11 @@ where
         };
         match reassembly.feed(frame, cfg.snapshot_cap) {
             Ok(Some(m)) => {
-                if m.from != hello.from || m.to != cfg.node_id {
+                // A follower forwards a leadership transfer with `from` set to the
+                // transferee (raft's convention): the one message whose sender is not its
+                // author.
+                let forwarded_transfer = m.get_msg_type() == MessageType::MsgTransferLeader;
+                if (m.from != hello.from && !forwarded_transfer) || m.to != cfg.node_id {
                     return Err(format!(
                         "node {} sent a message from {} to {} on its connection",
                         hello.from, m.from, m.to

@@ -369,6 +369,7 @@ mod tests {
             "pgraft_kv_put(text, text)",
             "pgraft_kv_put(text, jsonb)",
             "pgraft_kv_delete(text)",
+            "pgraft_kv_delete_prefix(text)",
             "pgraft_kv_cas(text, text, text)",
             "pgraft_kv_compact()",
             "pgraft_kv_reset()",

@@ -61,6 +61,23 @@ fn pgraft_kv_delete(key: &str) -> bool {
     matches!(bridge::raft(Request::Propose(Body::Kv(op))), Response::Applied { .. })
 }
 
+/// Deletes every key that starts with `prefix`, atomically in one revision (etcd's
+/// `del --prefix`); returns how many keys went away. The prefix must not be empty:
+/// `pgraft_kv_reset()` clears everything.
+#[pg_extern]
+fn pgraft_kv_delete_prefix(prefix: &str) -> i64 {
+    use pgraft_core::kv::KvResult;
+    use pgraft_core::state_machine::Outcome;
+    if prefix.is_empty() {
+        invalid("the prefix must not be empty; pgraft_kv_reset() clears the whole store");
+    }
+    let op = KvOp::DeletePrefix { prefix: prefix.to_string(), time_ms: now_ms() };
+    match bridge::raft(Request::Propose(Body::Kv(op))) {
+        Response::Applied { outcome: Outcome::Kv(KvResult::Deleted { deleted, .. }), .. } => deleted as i64,
+        other => invalid(format!("unexpected answer {other:?}")),
+    }
+}
+
 /// Whether a key exists (linearizable).
 #[pg_extern]
 fn pgraft_kv_exists(key: &str) -> bool {
@@ -283,6 +300,20 @@ mod tests {
         assert!(yes(&format!("SELECT pgraft_kv_put(({key}), 'x')")));
         assert_eq!(one::<String>(&format!("SELECT pgraft_kv_get(({key}))")), "x");
         assert!(yes(&format!("SELECT pgraft_replicate_entry(repeat('e', {}))", 2 << 20)));
+    }
+
+    #[pg_test]
+    fn prefix_delete_is_one_revision() {
+        init_and_lead();
+        for k in ["t10/a", "t10/b", "t10/c/d", "t10x"] {
+            assert!(yes(&format!("SELECT pgraft_kv_put('{k}', 'v')")));
+        }
+        let rev = one::<i64>("SELECT revision FROM pgraft_kv_get_stats()");
+        assert_eq!(one::<i64>("SELECT pgraft_kv_delete_prefix('t10/')"), 3);
+        assert_eq!(one::<i64>("SELECT revision FROM pgraft_kv_get_stats()"), rev + 1, "one revision");
+        assert_eq!(one::<i64>("SELECT count(*) FROM pgraft_kv_range('t10')"), 1, "t10x stays");
+        assert_eq!(one::<i64>("SELECT pgraft_kv_delete_prefix('t10/')"), 0, "nothing left");
+        assert_error("SELECT pgraft_kv_delete_prefix('')", "22023", "the prefix must not be empty");
     }
 
     #[pg_test]

@@ -215,6 +215,7 @@ REVOKE EXECUTE ON FUNCTION pgraft_log_append(bigint, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION pgraft_kv_put(text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION pgraft_kv_put(text, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION pgraft_kv_delete(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pgraft_kv_delete_prefix(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION pgraft_kv_cas(text, text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION pgraft_kv_compact() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION pgraft_kv_reset() FROM PUBLIC;

@@ -264,10 +264,11 @@ pub fn sql_error(e: postgres::Error) -> anyhow::Error {
     if let Some(d) = db.detail() {
         text.push_str(&format!("; detail: {d}"));
     }
-    if let Some(h) = db.hint() {
-        text.push_str(&format!("; hint: {h}"));
-    } else if matches!(db.code().code(), "42883" | "42P01" | "3F000") && db.message().contains("pgraft") {
+    if matches!(db.code().code(), "42883" | "42P01" | "3F000") && db.message().contains("pgraft") {
+        // The server's own hint (explicit casts) misleads here.
         text.push_str("; hint: is the pgraft extension created in this database (--dbname)?");
+    } else if let Some(h) = db.hint() {
+        text.push_str(&format!("; hint: {h}"));
     }
     anyhow!(text)
 }

@@ -141,7 +141,7 @@ fn range(cl: &mut Client, prefix: &str, serializable: bool) -> Result<Vec<Value>
     let rows = cl
         .query(
             "SELECT key, value, version, create_revision, mod_revision \
-               FROM pgraft_kv_range($1, $2) ORDER BY key",
+               FROM pgraft_kv_range($1, $2) ORDER BY key COLLATE \"C\"",
             &[&prefix, &serializable],
         )
         .map_err(sql_error)?;

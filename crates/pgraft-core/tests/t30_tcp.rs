@@ -179,7 +179,6 @@ fn three_members_elect_forward_and_survive_leader_loss() {
     assert!(matches!(r, Ok(Response::Reached(_))), "transfer asked on a follower: {r:?}");
     let leader = c.leader(Duration::from_secs(10));
     assert_eq!(leader, other);
-    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
     // Lose the leader: a new one within 3 election timeouts.
     let lost = Instant::now();
     c.members[(leader - 1) as usize].node.take();

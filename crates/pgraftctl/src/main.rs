@@ -4,13 +4,22 @@
 //! behind the demo, the integration tests and the benchmarks); `pgraftctl lsn ...` does
 //! WAL position arithmetic; `pgraftctl wal ...` streams WAL (receive, decode);
 //! `pgraftctl server ...` calls the server API functions and `pgraftctl backup` makes (and
-//! `--verify` checks) a file-level base backup through them.
+//! `--verify` checks) a file-level base backup through them. `pgraftctl member|endpoint|
+//! leader|kv|log|config ...` operate a running cluster over libpq, with etcdctl's habits.
 
 mod backup;
+mod cluster_args;
+mod config;
+mod endpoint;
+mod kv;
+mod leader;
 mod local;
+mod log;
 mod lsn;
 mod manifest;
+mod member;
 mod server;
+mod table;
 mod wal;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +44,18 @@ enum Command {
     Backup(backup::BackupArgs),
     /// WAL streaming: receive segments into a directory, decode a logical slot.
     Wal(wal::WalArgs),
+    /// Cluster membership: list, add, remove (like etcdctl member).
+    Member(member::MemberArgs),
+    /// Every endpoint's status or health at once; --watch refreshes in place.
+    Endpoint(endpoint::EndpointArgs),
+    /// Hand leadership to another member.
+    Leader(leader::LeaderArgs),
+    /// The replicated key-value store: get, put, del (with --prefix).
+    Kv(kv::KvArgs),
+    /// The Raft log's indexes and size.
+    Log(log::LogArgs),
+    /// pgraft's settings: get, and set on every member.
+    Config(config::ConfigArgs),
 }
 
 fn main() {
@@ -45,6 +66,12 @@ fn main() {
         Command::Server(args) => server::run(args),
         Command::Backup(args) => backup::run(args),
         Command::Wal(args) => wal::run(args),
+        Command::Member(args) => member::run(args),
+        Command::Endpoint(args) => endpoint::run(args),
+        Command::Leader(args) => leader::run(args),
+        Command::Kv(args) => kv::run(args),
+        Command::Log(args) => log::run(args),
+        Command::Config(args) => config::run(args),
     };
     if let Err(e) = result {
         eprintln!("pgraftctl: error: {e:#}");

@@ -14,6 +14,9 @@ say() { printf '\n'; bold "── $*"; }
 
 say "Building pgraftctl and installing the extension into $("$pg_config" --version)"
 cargo build --quiet -p pgraftctl
+# Unlink the old library first: servers still running keep the file they mapped, rather
+# than crash on a library rewritten in place under them (SIGBUS).
+rm -f "$("$pg_config" --pkglibdir)/pgraft.so"
 (cd crates/pgraft && cargo pgrx install --pg-config "$pg_config" >/dev/null)
 ctl="$CARGO_TARGET_DIR/debug/pgraftctl"
 

@@ -86,8 +86,10 @@ done
 pg_configs=()
 for v in $versions; do
   pgc=$(pg_config_for "$v")
+  # The old library is unlinked first: running servers keep what they mapped instead of
+  # crashing (SIGBUS) on a file rewritten in place.
   step "install the extension into PostgreSQL $v" \
-    bash -c "cd crates/pgraft && cargo pgrx install --pg-config '$pgc' >/dev/null"
+    bash -c "rm -f \"\$('$pgc' --pkglibdir)/pgraft.so\" && cd crates/pgraft && cargo pgrx install --pg-config '$pgc' >/dev/null"
   pg_configs+=("$pgc")
 done
 

@@ -1,14 +1,72 @@
-//! Free TCP ports on 127.0.0.1.
+//! Free TCP ports on 127.0.0.1 for servers the tests start.
+//!
+//! A port the OS hands out for `bind(0)` comes from the ephemeral range, the same range
+//! outgoing connections take their local ports from: between choosing it and the server's
+//! bind, any client connection on the machine may take it (seen under load: a PostgreSQL
+//! server failing with "Address already in use"). So ports are drawn at random from below
+//! the ephemeral range, where outgoing connections never go, and checked free by binding.
 
 use std::net::{Ipv4Addr, TcpListener};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Result};
 
-/// A TCP port that was free on 127.0.0.1 a moment ago (the OS picked it).
+/// The lowest port handed out.
+const FLOOR: u16 = 10_000;
+
+/// A TCP port free on 127.0.0.1 now, outside the ephemeral port range.
 ///
-/// There is a window between this call and the caller's bind; the cluster tool binds its
-/// ports right after choosing them, and a lost race shows up as a clear bind error.
+/// Two callers can still draw the same port and race for it; the draw is random over
+/// thousands of ports, so that is rare, and the loser gets a clear bind error.
 pub fn free_port() -> Result<u16> {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("bind 127.0.0.1:0")?;
-    Ok(l.local_addr().context("local address of a bound socket")?.port())
+    let ceiling = ephemeral_low().saturating_sub(1).max(FLOOR + 1_000);
+    let span = u64::from(ceiling - FLOOR);
+    for _ in 0..1_000 {
+        let port = FLOOR + (next_random() % span) as u16;
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port between {FLOOR} and {ceiling} on 127.0.0.1 after 1,000 tries")
+}
+
+/// The first port of the kernel's ephemeral range (32768 when it cannot be read).
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()))
+        .unwrap_or(32_768)
+}
+
+/// A splitmix64 stream seeded from the clock and the process id: different in every
+/// process and every call.
+fn next_random() -> u64 {
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    let seed = || {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        t ^ (u64::from(std::process::id()) << 32)
+    };
+    let _ = STATE.compare_exchange(0, seed() | 1, Ordering::Relaxed, Ordering::Relaxed);
+    let mut z = STATE.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_free_distinct_and_below_the_ephemeral_range() {
+        let ports: Vec<u16> = (0..50).map(|_| free_port().expect("a port")).collect();
+        assert!(ports.iter().all(|p| *p >= FLOOR && *p < ephemeral_low()));
+        let mut d = ports.clone();
+        d.sort_unstable();
+        d.dedup();
+        assert!(d.len() >= 45, "50 draws gave only {} distinct ports", d.len());
+    }
 }

@@ -36,6 +36,7 @@ mod procs;
 mod proxy;
 mod replication_server;
 mod server_user;
+pub mod torture;
 mod wait;
 
 pub use local_cluster::{ClusterState, LocalCluster, NodeStatus, UpOptions};

@@ -201,7 +201,12 @@ impl PartitionProxy {
                 let cut: Vec<String> = st.cut.iter().map(|n| n.to_string()).collect();
                 let links: Vec<String> = st.cut_links.iter().map(|(a, b)| format!("{a}-{b}")).collect();
                 (
-                    format!("ok cut={} cut_links={} links={}", cut.join(","), links.join(","), st.links.len()),
+                    format!(
+                        "ok cut={} cut_links={} links={}",
+                        cut.join(","),
+                        links.join(","),
+                        st.links.len()
+                    ),
                     false,
                 )
             }

@@ -45,14 +45,11 @@ fn torture(name: &str, pg_config: &PathBuf, args: &[&str]) -> (i32, Report) {
     eprintln!("{stderr}");
     let code = out.status.code().unwrap_or(-1);
     assert!(code == 0 || code == 1, "pgraft-torture could not run (exit {code}): {stderr}");
-    let report: Report = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("a JSON report on stdout ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    let report: Report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("a JSON report on stdout ({e}): {}", String::from_utf8_lossy(&out.stdout))
+    });
     eprintln!("{}", report.render());
-    assert!(
-        pgraft_testkit::processes_in(&dir).is_empty(),
-        "the run left processes in {}",
-        dir.display()
-    );
+    assert!(pgraft_testkit::processes_in(&dir).is_empty(), "the run left processes in {}", dir.display());
     if code == 0 {
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -57,7 +57,10 @@ impl Cluster {
     fn refused(&self, id: u64) -> i64 {
         let mut c = self.0.connect(id).expect("connect");
         let v: String = c
-            .query_one("SELECT value FROM pgraft_health_check() WHERE metric = 'refused_peer_connections'", &[])
+            .query_one(
+                "SELECT value FROM pgraft_health_check() WHERE metric = 'refused_peer_connections'",
+                &[],
+            )
             .expect("health check")
             .get(0);
         v.parse().expect("a count")
@@ -66,23 +69,34 @@ impl Cluster {
     /// Waits until member `id` has logged a refusal containing `needle` and counted it.
     fn wait_refusal(&self, id: u64, before: i64, needle: &str) {
         let log = self.0.node(id).expect("node").log_file.clone();
-        wait_until(&format!("node {id} to log {needle:?}"), Duration::from_secs(20), Duration::from_millis(100), || {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let logged = text.lines().any(|l| l.contains("refused peer connection") && l.contains(needle));
-            Ok((logged && self.refused(id) > before).then_some(()))
-        })
+        wait_until(
+            &format!("node {id} to log {needle:?}"),
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            || {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let logged =
+                    text.lines().any(|l| l.contains("refused peer connection") && l.contains(needle));
+                Ok((logged && self.refused(id) > before).then_some(()))
+            },
+        )
         .expect("the refusal is logged and counted");
     }
 
     /// The cluster still commits writes, through every member.
     fn still_serves(&self, tag: &str) {
         for id in 1..=3 {
-            let ok = wait_until("a write to be accepted", Duration::from_secs(30), Duration::from_millis(100), || {
-                let mut c = self.0.connect(id)?;
-                Ok(c.query_one("SELECT pgraft_kv_put($1::text, 'v')", &[&format!("{tag}/{id}")])?
-                    .get::<_, bool>(0)
-                    .then_some(()))
-            });
+            let ok = wait_until(
+                "a write to be accepted",
+                Duration::from_secs(30),
+                Duration::from_millis(100),
+                || {
+                    let mut c = self.0.connect(id)?;
+                    Ok(c.query_one("SELECT pgraft_kv_put($1::text, 'v')", &[&format!("{tag}/{id}")])?
+                        .get::<_, bool>(0)
+                        .then_some(()))
+                },
+            );
             ok.expect("the cluster keeps serving");
         }
         let mut c = self.0.connect(2).expect("connect");
@@ -91,8 +105,11 @@ impl Cluster {
     }
 
     fn dial(&self, id: u64) -> TcpStream {
-        let s = TcpStream::connect_timeout(&self.0.node(id).expect("node").listen_socket().into(), Duration::from_secs(3))
-            .expect("dial the Raft port");
+        let s = TcpStream::connect_timeout(
+            &self.0.node(id).expect("node").listen_socket().into(),
+            Duration::from_secs(3),
+        )
+        .expect("dial the Raft port");
         s.set_read_timeout(Some(Duration::from_secs(15))).expect("read timeout");
         s
     }
@@ -152,7 +169,13 @@ fn hostile_peers_are_refused_logged_and_the_cluster_keeps_serving() {
     // A frame above the size cap after a valid handshake: refused before reading it.
     let before = c.refused(3);
     let mut s = c.dial(3);
-    let hello = Hello { version: PROTOCOL_VERSION, from: 1, to: 3, cluster_id: c.cluster_id(), address: String::new() };
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        from: 1,
+        to: 3,
+        cluster_id: c.cluster_id(),
+        address: String::new(),
+    };
     s.write_all(&hello.encode()).expect("send the hello");
     let mut ack = [0u8; ACK_LEN];
     s.read_exact(&mut ack).expect("read the ack");

@@ -55,6 +55,10 @@ pub struct LogRecord {
     pub applied_ms: u64,
 }
 
+/// How many (linearized set, state) pairs the checker may explore per key before it gives
+/// up undecided (which fails the run: nothing is claimed that was not checked).
+pub const MAX_CHECKER_STATES: usize = 2_000_000;
+
 /// The KV history (with the final reads placed after everything) is linearizable per key.
 pub fn linearizable(history: &[HistoryOp], finals: &FinalValues) -> Vec<Anomaly> {
     let mut ops: Vec<Operation> = history.iter().filter_map(HistoryOp::to_checker).collect();
@@ -71,26 +75,70 @@ pub fn linearizable(history: &[HistoryOp], finals: &FinalValues) -> Vec<Anomaly>
             });
         }
     }
-    match linearizability::check(&ops) {
-        Verdict::Linearizable => Vec::new(),
-        Verdict::Violation { key, ops } => {
-            let mut lines: Vec<String> = ops
-                .iter()
-                .take(60)
-                .map(|o| {
-                    let done = o.complete.map_or("never".to_string(), |c| format!("{c}"));
-                    format!("  client {} {:?} -> {:?} [{} .. {}]", o.client, o.call, o.ret, o.invoke, done)
-                })
-                .collect();
-            if ops.len() > 60 {
-                lines.push(format!("  ... {} more", ops.len() - 60));
-            }
+    match linearizability::check_bounded(&ops, MAX_CHECKER_STATES) {
+        Err(key) => vec![Anomaly::new(
+            "linearizable",
+            format!(
+                "undecided: the checker gave up on key {key:?} after {MAX_CHECKER_STATES} states; \
+                 the run cannot be called linearizable"
+            ),
+        )],
+        Ok(Verdict::Linearizable) => Vec::new(),
+        Ok(Verdict::Violation { key, ops }) => {
+            let nodes: HashMap<u64, u64> = history.iter().map(|o| (o.client, o.node)).collect();
+            let (culprit, context) = witness(ops.clone());
+            let show = |o: &Operation| {
+                let done = o.complete.map_or("never".to_string(), |c| format!("{:.3}s", c as f64 / 1e6));
+                let node = nodes.get(&o.client).map_or("final read".to_string(), |n| format!("node {n}"));
+                format!(
+                    "  client {:>3} ({node}) {:?} -> {:?} [{:.3}s .. {done}]",
+                    o.client,
+                    o.call,
+                    o.ret,
+                    o.invoke as f64 / 1e6
+                )
+            };
+            let lines: Vec<String> = context.iter().map(show).collect();
             vec![Anomaly::new(
                 "linearizable",
-                format!("the history of key {key:?} is not linearizable ({} operations):\n{}", ops.len(), lines.join("\n")),
+                format!(
+                    "the history of key {key:?} ({} operations) is not linearizable; the shortest failing prefix \
+                     (by completion) ends with\n{}\nafter these operations (the 25 before it and those concurrent \
+                     with it):\n{}",
+                    ops.len(),
+                    show(&culprit),
+                    lines.join("\n")
+                ),
             )]
         }
     }
+}
+
+/// Narrows a key's non-linearizable history down for a human: the shortest prefix (ops
+/// ordered by completion) that is already not linearizable, found by bisection; returns
+/// its last operation and the operations just before or concurrent with it.
+fn witness(mut ops: Vec<Operation>) -> (Operation, Vec<Operation>) {
+    ops.sort_by_key(|o| (o.complete.unwrap_or(u64::MAX), o.invoke));
+    let fails = |n: usize| {
+        matches!(linearizability::check_bounded(&ops[..n], MAX_CHECKER_STATES), Ok(Verdict::Violation { .. }))
+    };
+    let (mut lo, mut hi) = (1, ops.len());
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if fails(mid) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    let culprit = ops[hi - 1].clone();
+    let before = hi.saturating_sub(26);
+    let mut context: Vec<Operation> = ops[before..hi - 1].to_vec();
+    context.extend(
+        ops[hi..].iter().filter(|o| o.invoke <= culprit.complete.unwrap_or(u64::MAX)).take(10).cloned(),
+    );
+    context.sort_by_key(|o| o.invoke);
+    (culprit, context)
 }
 
 /// What a write leaves behind: `Some(Some(v))` writes v, `Some(None)` deletes, `None`
@@ -99,7 +147,9 @@ fn written(op: &HistoryOp) -> Option<Option<String>> {
     match (&op.call, &op.result) {
         (OpCall::Put { value, .. }, OpResult::Ok | OpResult::Unknown { .. }) => Some(Some(value.clone())),
         (OpCall::Delete { .. }, OpResult::Ok | OpResult::Unknown { .. }) => Some(None),
-        (OpCall::Cas { new, .. }, OpResult::Cas { matched: true } | OpResult::Unknown { .. }) => Some(new.clone()),
+        (OpCall::Cas { new, .. }, OpResult::Cas { matched: true } | OpResult::Unknown { .. }) => {
+            Some(new.clone())
+        }
         _ => None,
     }
 }
@@ -124,7 +174,8 @@ pub fn lost_writes(history: &[HistoryOp], finals: &FinalValues) -> Vec<Anomaly> 
             let ops = by_key.get(key.as_str()).map(Vec::as_slice).unwrap_or(&[]);
             // Writes that could have produced the final value; a write without an answer
             // may have landed at any time, so it bounds nothing.
-            let producers: Vec<&&HistoryOp> = ops.iter().filter(|o| written(o).as_ref() == Some(value)).collect();
+            let producers: Vec<&&HistoryOp> =
+                ops.iter().filter(|o| written(o).as_ref() == Some(value)).collect();
             if value.is_some() && producers.is_empty() {
                 out.push(Anomaly::new(
                     "no lost writes",
@@ -163,7 +214,10 @@ pub fn same_state(hashes: &BTreeMap<u64, (i64, i64)>, finals: &FinalValues) -> V
     let mut out = Vec::new();
     let distinct: BTreeSet<&(i64, i64)> = hashes.values().collect();
     if distinct.len() > 1 {
-        out.push(Anomaly::new("same state", format!("members hold different KV hashes (hash, revision): {hashes:?}")));
+        out.push(Anomaly::new(
+            "same state",
+            format!("members hold different KV hashes (hash, revision): {hashes:?}"),
+        ));
     }
     let mut reference: Option<(u64, &BTreeMap<String, Option<String>>)> = None;
     for (member, values) in finals {
@@ -277,7 +331,15 @@ mod tests {
     use crate::torture::leader_monitor::Sighting;
 
     fn op(client: u64, call: OpCall, result: OpResult, invoke_us: u64, complete_us: u64) -> HistoryOp {
-        HistoryOp { client, node: client, call, result, invoke_us, complete_us, invoke_unix_ms: invoke_us / 1000 }
+        HistoryOp {
+            client,
+            node: client,
+            call,
+            result,
+            invoke_us,
+            complete_us,
+            invoke_unix_ms: invoke_us / 1000,
+        }
     }
     fn put(v: &str) -> OpCall {
         OpCall::Put { key: "k".into(), value: v.into() }
@@ -349,7 +411,8 @@ mod tests {
         // Ending with the CAS's value means the later delete was lost.
         assert_eq!(lost_writes(&h, &finals(Some("c"))).len(), 1);
         // A CAS that answered "no match" cannot have written.
-        let h2 = vec![op(1, put("a"), OpResult::Ok, 0, 10), op(2, cas, OpResult::Cas { matched: false }, 20, 30)];
+        let h2 =
+            vec![op(1, put("a"), OpResult::Ok, 0, 10), op(2, cas, OpResult::Cas { matched: false }, 20, 30)];
         assert!(!linearizable(&h2, &finals(Some("a"))).is_empty(), "the CAS should have matched");
     }
 

@@ -116,12 +116,26 @@ impl Workload {
                     _ => {}
                 }
             }
-            history.push(HistoryOp { client: id, node, call, result, invoke_us, complete_us, invoke_unix_ms });
+            history.push(HistoryOp {
+                client: id,
+                node,
+                call,
+                result,
+                invoke_us,
+                complete_us,
+                invoke_unix_ms,
+            });
         }
     }
 
     /// The next operation: 40% get, 25% put, 15% cas, 8% delete, 12% append.
-    fn choose(&self, rng: &mut SeededRng, client: u64, seq: u64, seen: &HashMap<String, Option<String>>) -> OpCall {
+    fn choose(
+        &self,
+        rng: &mut SeededRng,
+        client: u64,
+        seq: u64,
+        seen: &HashMap<String, Option<String>>,
+    ) -> OpCall {
         let generation = self.start.elapsed().as_millis() as u64 / self.key_period.as_millis().max(1) as u64;
         let key = format!("t/{generation}/{}", rng.below(self.keys.max(1)));
         let value = format!("c{client}-{seq}");

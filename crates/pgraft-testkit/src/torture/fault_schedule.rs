@@ -83,8 +83,12 @@ impl FaultKind {
         if text.trim() == "all" {
             return Ok(Self::ALL.to_vec());
         }
-        let mut out: Vec<FaultKind> =
-            text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::parse).collect::<Result<_>>()?;
+        let mut out: Vec<FaultKind> = text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::parse)
+            .collect::<Result<_>>()?;
         out.sort();
         out.dedup();
         if out.is_empty() {

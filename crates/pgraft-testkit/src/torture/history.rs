@@ -64,9 +64,10 @@ impl OpCall {
     /// The key, for KV operations.
     pub fn key(&self) -> Option<&str> {
         match self {
-            OpCall::Put { key, .. } | OpCall::Get { key } | OpCall::Delete { key } | OpCall::Cas { key, .. } => {
-                Some(key)
-            }
+            OpCall::Put { key, .. }
+            | OpCall::Get { key }
+            | OpCall::Delete { key }
+            | OpCall::Cas { key, .. } => Some(key),
             OpCall::Append { .. } => None,
         }
     }
@@ -198,7 +199,8 @@ mod tests {
 
     #[test]
     fn unknown_writes_have_no_return_and_failed_reads_vanish() {
-        let put = op(OpCall::Put { key: "k".into(), value: "v".into() }, OpResult::Unknown { error: "t".into() });
+        let put =
+            op(OpCall::Put { key: "k".into(), value: "v".into() }, OpResult::Unknown { error: "t".into() });
         let c = put.to_checker().expect("a KV op");
         assert_eq!(c.ret, Ret::Unknown);
         assert_eq!(c.complete, None);

@@ -66,13 +66,16 @@ impl LeaderMonitor {
                         tokio::time::sleep(Duration::from_millis(150)).await;
                         let Some(s) = session.as_ref() else {
                             session =
-                                Session::connect(&conninfo, Duration::from_secs(2), Duration::from_secs(2)).await.ok();
+                                Session::connect(&conninfo, Duration::from_secs(2), Duration::from_secs(2))
+                                    .await
+                                    .ok();
                             continue;
                         };
                         let q = "SELECT is_leader, term, leader_id FROM pgraft_shared_state()";
                         match s.one(q, &[], Duration::from_secs(2)).await {
                             Ok(row) => {
-                                let (is_leader, term, leader): (bool, i64, i64) = (row.get(0), row.get(1), row.get(2));
+                                let (is_leader, term, leader): (bool, i64, i64) =
+                                    (row.get(0), row.get(1), row.get(2));
                                 let leader = if is_leader { node } else { leader.max(0) as u64 };
                                 me.record(term.max(0) as u64, leader, node, w.now_us());
                             }

@@ -123,7 +123,10 @@ impl<'a> Nemesis<'a> {
             turn += 1;
             let mut c = self.connect(id)?;
             let ok: bool = c
-                .query_one("SELECT pgraft_kv_put('torture/probe', $1::text)", &[&format!("{}", self.now_us())])
+                .query_one(
+                    "SELECT pgraft_kv_put('torture/probe', $1::text)",
+                    &[&format!("{}", self.now_us())],
+                )
                 .with_context(|| format!("probe write on node {id}"))?
                 .get(0);
             Ok(ok.then(|| began.elapsed()))
@@ -188,7 +191,10 @@ impl<'a> Nemesis<'a> {
                 minority.extend(others.iter().take(minority_size.saturating_sub(1)));
                 let majority: Vec<u64> = ids.iter().copied().filter(|i| !minority.contains(i)).collect();
                 self.cut_between(&minority, &majority)?;
-                Ok((format!("leader {leader} in minority {minority:?} against {majority:?}"), Undo::HealLinks))
+                Ok((
+                    format!("leader {leader} in minority {minority:?} against {majority:?}"),
+                    Undo::HealLinks,
+                ))
             }
             FaultKind::Bridge => {
                 let mut order = ids.clone();
@@ -196,7 +202,10 @@ impl<'a> Nemesis<'a> {
                 let mid = order.len() / 2;
                 let (left, bridge, right) = (&order[..mid], order[mid], &order[mid + 1..]);
                 self.cut_between(left, right)?;
-                Ok((format!("bridge: {left:?} and {right:?} meet only through node {bridge}"), Undo::HealLinks))
+                Ok((
+                    format!("bridge: {left:?} and {right:?} meet only through node {bridge}"),
+                    Undo::HealLinks,
+                ))
             }
             FaultKind::Ring => {
                 let mut order = ids.clone();
@@ -276,7 +285,8 @@ impl<'a> Nemesis<'a> {
                 self.wait_worker(id)?;
                 let port = i32::from(self.cluster.node(id)?.raft_port);
                 self.on_leader(&format!("pgraft_add_node({id})"), |c| {
-                    c.query_one("SELECT pgraft_add_node($1, '127.0.0.1', $2)", &[&(id as i32), &port]).map(|_| ())
+                    c.query_one("SELECT pgraft_add_node($1, '127.0.0.1', $2)", &[&(id as i32), &port])
+                        .map(|_| ())
                 })?;
                 wait_until(
                     &format!("node {id} to follow a leader again"),
@@ -284,7 +294,8 @@ impl<'a> Nemesis<'a> {
                     Duration::from_millis(100),
                     || {
                         let mut c = self.connect(id)?;
-                        let leader: i64 = c.query_one("SELECT leader_id FROM pgraft_shared_state()", &[])?.get(0);
+                        let leader: i64 =
+                            c.query_one("SELECT leader_id FROM pgraft_shared_state()", &[])?.get(0);
                         Ok((leader > 0).then_some(()))
                     },
                 )

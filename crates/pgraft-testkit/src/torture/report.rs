@@ -102,7 +102,8 @@ impl Report {
             self.duration_s,
             if self.broken_local_reads { " · BROKEN local reads" } else { "" }
         );
-        let _ = writeln!(s, "operations: {total} ({ok} ok, {:.0} ok/s)", ok as f64 / self.duration_s.max(1.0));
+        let _ =
+            writeln!(s, "operations: {total} ({ok} ok, {:.0} ok/s)", ok as f64 / self.duration_s.max(1.0));
         for (k, c) in &self.ops {
             let _ = writeln!(s, "  {k:<7} ok {:>7}  failed {:>5}  unknown {:>5}", c.ok, c.failed, c.unknown);
         }
@@ -164,11 +165,12 @@ pub fn count_ops(history: &[HistoryOp]) -> BTreeMap<String, OpCounts> {
     out
 }
 
-/// Successful operations per 5-second bucket of completion time, over `run_us`.
+/// Successful operations per whole 5-second bucket of completion time, over `run_us`.
 pub fn throughput(history: &[HistoryOp], run_us: u64) -> Vec<u64> {
     let bucket = 5_000_000;
-    let mut out = vec![0u64; run_us.div_ceil(bucket).max(1) as usize];
-    for op in history.iter().filter(|o| o.result.is_ok() && o.complete_us < run_us) {
+    let whole = run_us / bucket;
+    let mut out = vec![0u64; whole as usize];
+    for op in history.iter().filter(|o| o.result.is_ok() && o.complete_us < whole * bucket) {
         out[(op.complete_us / bucket) as usize] += 1;
     }
     out

@@ -63,16 +63,18 @@ mod tests {
 
     #[test]
     fn one_seed_one_stream() {
-        let a: Vec<u64> = (0..5).map({
-            let mut r = SeededRng::new(7);
-            move |_| r.next_u64()
-        })
-        .collect();
-        let b: Vec<u64> = (0..5).map({
-            let mut r = SeededRng::new(7);
-            move |_| r.next_u64()
-        })
-        .collect();
+        let a: Vec<u64> = (0..5)
+            .map({
+                let mut r = SeededRng::new(7);
+                move |_| r.next_u64()
+            })
+            .collect();
+        let b: Vec<u64> = (0..5)
+            .map({
+                let mut r = SeededRng::new(7);
+                move |_| r.next_u64()
+            })
+            .collect();
         assert_eq!(a, b);
         assert_ne!(SeededRng::derive(7, 1).next_u64(), SeededRng::derive(7, 2).next_u64());
     }

@@ -88,7 +88,9 @@ impl QueryError {
 impl From<tokio_postgres::Error> for QueryError {
     fn from(e: tokio_postgres::Error) -> Self {
         match e.as_db_error() {
-            Some(db) => QueryError::Server { code: db.code().code().to_string(), message: db.message().to_string() },
+            Some(db) => {
+                QueryError::Server { code: db.code().code().to_string(), message: db.message().to_string() }
+            }
             None => QueryError::Connection(e.to_string()),
         }
     }

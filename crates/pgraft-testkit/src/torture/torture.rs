@@ -134,8 +134,8 @@ fn drive(opts: &TortureOptions, cluster: &LocalCluster) -> Result<Report> {
         members: cluster.nodes().iter().map(|n| (n.node_id, n.conninfo.clone())).collect(),
         clients_per_member: opts.clients_per_member,
         seed: opts.seed,
-        keys: 4,
-        key_period: Duration::from_secs(10),
+        keys: 8,
+        key_period: Duration::from_secs(5),
         op_timeout: Duration::from_secs(8),
         statement_timeout: Duration::from_secs(5),
         broken_local_reads: opts.broken_local_reads,
@@ -185,7 +185,12 @@ fn drive(opts: &TortureOptions, cluster: &LocalCluster) -> Result<Report> {
     });
     rt.shutdown_timeout(Duration::from_secs(5));
     let history = history.snapshot();
-    progress(&format!("workload stopped after {:.1} s with {} operations; healing", run_us as f64 / 1e6, history.len()));
+    write_history(opts, &history)?;
+    progress(&format!(
+        "workload stopped after {:.1} s with {} operations; healing",
+        run_us as f64 / 1e6,
+        history.len()
+    ));
 
     // Heal everything and converge.
     let mut anomalies: Vec<Anomaly> = Vec::new();
@@ -195,10 +200,12 @@ fn drive(opts: &TortureOptions, cluster: &LocalCluster) -> Result<Report> {
     let final_recovery_ms = match nemesis.probe_write() {
         Ok(d) => Some(d.as_millis() as u64),
         Err(e) => {
-            anomalies.push(Anomaly { check: "writes accepted after healing".into(), detail: format!("{e:#}") });
+            anomalies
+                .push(Anomaly { check: "writes accepted after healing".into(), detail: format!("{e:#}") });
             None
         }
     };
+    progress("waiting for every member to hold the same state");
     let hashes = converge(cluster).unwrap_or_else(|(e, last)| {
         anomalies.push(Anomaly { check: "convergence".into(), detail: format!("{e:#}") });
         last
@@ -224,6 +231,12 @@ fn drive(opts: &TortureOptions, cluster: &LocalCluster) -> Result<Report> {
         }
     }
 
+    // Everything is collected: free the machine for the checker.
+    progress("state collected; taking the cluster down and checking");
+    if let Err(e) = cluster.down() {
+        progress(&format!("taking the cluster down: {e:#}"));
+    }
+
     // The checks.
     let mut results = Vec::new();
     let mut check = |name: &str, scope: String, found: Vec<Anomaly>| {
@@ -239,7 +252,11 @@ fn drive(opts: &TortureOptions, cluster: &LocalCluster) -> Result<Report> {
     check("no acknowledged write lost", format!("{} keys on {} members", keys.len(), finals.len()), {
         checks::lost_writes(&history, &finals)
     });
-    check("same KV state on every member", format!("hashes {hashes:?}"), checks::same_state(&hashes, &finals));
+    check(
+        "same KV state on every member",
+        format!("hashes {hashes:?}"),
+        checks::same_state(&hashes, &finals),
+    );
     let records: usize = logs.values().map(Vec::len).sum();
     check("same applied log on every member", format!("{records} applied entries"), checks::same_log(&logs));
     let (found, checked) = checks::appends_present(&history, &logs);
@@ -273,7 +290,12 @@ fn drive(opts: &TortureOptions, cluster: &LocalCluster) -> Result<Report> {
         nodes: opts.nodes,
         clients: opts.nodes * opts.clients_per_member,
         duration_s: run_us as f64 / 1e6,
-        fault_kinds: opts.faults.iter().filter(|k| k.applies_to(opts.nodes)).map(|k| k.name().to_string()).collect(),
+        fault_kinds: opts
+            .faults
+            .iter()
+            .filter(|k| k.applies_to(opts.nodes))
+            .map(|k| k.name().to_string())
+            .collect(),
         broken_local_reads: opts.broken_local_reads,
         ops: report::count_ops(&history),
         throughput_per_5s: report::throughput(&history, run_us),
@@ -288,7 +310,6 @@ fn drive(opts: &TortureOptions, cluster: &LocalCluster) -> Result<Report> {
         replay: opts.replay_command(),
         dir: opts.dir.display().to_string(),
     };
-    write_history(opts, &history)?;
     Ok(report)
 }
 
@@ -318,28 +339,37 @@ type Hashes = BTreeMap<u64, (i64, i64)>;
 /// Waits until every member has applied the same index and holds the same KV hash.
 fn converge(cluster: &LocalCluster) -> std::result::Result<Hashes, (anyhow::Error, Hashes)> {
     let mut last = Hashes::new();
-    let r = wait_until("every member to hold the same state", Duration::from_secs(120), Duration::from_millis(250), || {
-        let mut hashes = Hashes::new();
-        let mut applied = BTreeSet::new();
-        for n in cluster.nodes() {
-            let mut c = connect(cluster, n.node_id)?;
-            let row = c
+    let r = wait_until(
+        "every member to hold the same state",
+        Duration::from_secs(120),
+        Duration::from_millis(250),
+        || {
+            let mut hashes = Hashes::new();
+            let mut applied = BTreeSet::new();
+            for n in cluster.nodes() {
+                let mut c = connect(cluster, n.node_id)?;
+                let row = c
                 .query_one(
                     "SELECT h.hash, h.hash_revision, s.last_applied FROM pgraft_kv_hash() h, pgraft_shared_state() s",
                     &[],
                 )
                 .with_context(|| format!("kv hash of node {}", n.node_id))?;
-            hashes.insert(n.node_id, (row.get(0), row.get(1)));
-            applied.insert(row.get::<_, i64>(2));
-        }
-        last = hashes.clone();
-        let distinct: BTreeSet<_> = hashes.values().collect();
-        Ok((distinct.len() == 1 && applied.len() == 1).then_some(hashes))
-    });
+                hashes.insert(n.node_id, (row.get(0), row.get(1)));
+                applied.insert(row.get::<_, i64>(2));
+            }
+            last = hashes.clone();
+            let distinct: BTreeSet<_> = hashes.values().collect();
+            Ok((distinct.len() == 1 && applied.len() == 1).then_some(hashes))
+        },
+    );
     r.map_err(|e| (e, last))
 }
 
-fn final_values(cluster: &LocalCluster, id: u64, keys: &[String]) -> Result<BTreeMap<String, Option<String>>> {
+fn final_values(
+    cluster: &LocalCluster,
+    id: u64,
+    keys: &[String],
+) -> Result<BTreeMap<String, Option<String>>> {
     let mut c = connect(cluster, id)?;
     let rows = c
         .query("SELECT k, pgraft_kv_get_serializable(k) FROM unnest($1::text[]) k", &[&keys])

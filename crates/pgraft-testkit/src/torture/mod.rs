@@ -28,7 +28,7 @@ mod nemesis;
 mod report;
 mod seeded_rng;
 mod session;
-mod torture;
+mod torture_run;
 
 pub use checks::{
     appends_present, linearizable, lost_writes, one_leader_per_term, same_log, same_state, Anomaly,
@@ -42,4 +42,4 @@ pub use nemesis::{FaultRecord, Nemesis};
 pub use report::{CheckResult, Gap, OpCounts, Report};
 pub use seeded_rng::SeededRng;
 pub use session::{QueryError, Session};
-pub use torture::{run, TortureOptions};
+pub use torture_run::{run, TortureOptions};

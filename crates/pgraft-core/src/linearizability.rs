@@ -119,18 +119,32 @@ pub enum Verdict {
 
 /// Checks a whole history, key by key. Every key starts absent.
 pub fn check(history: &[Operation]) -> Verdict {
+    match check_bounded(history, usize::MAX) {
+        Ok(v) => v,
+        Err(key) => unreachable!("an unbounded search gave up on key {key}"),
+    }
+}
+
+/// [`check`] that explores at most `max_states` (linearized set, state) pairs per key, so
+/// a pathological history (many concurrent operations without answers) cannot take the
+/// machine. `Err(key)`: the search of that key was abandoned undecided.
+pub fn check_bounded(history: &[Operation], max_states: usize) -> Result<Verdict, String> {
     let mut by_key: BTreeMap<&str, Vec<&Operation>> = BTreeMap::new();
     for op in history {
         by_key.entry(op.key.as_str()).or_default().push(op);
     }
     for (key, ops) in by_key {
-        if !check_key(&ops) {
-            let mut ops: Vec<Operation> = ops.into_iter().cloned().collect();
-            ops.sort_by_key(|o| o.invoke);
-            return Verdict::Violation { key: key.to_string(), ops };
+        match check_key(&ops, max_states) {
+            Some(true) => {}
+            Some(false) => {
+                let mut ops: Vec<Operation> = ops.into_iter().cloned().collect();
+                ops.sort_by_key(|o| o.invoke);
+                return Ok(Verdict::Violation { key: key.to_string(), ops });
+            }
+            None => return Err(key.to_string()),
         }
     }
-    Verdict::Linearizable
+    Ok(Verdict::Linearizable)
 }
 
 #[derive(Clone, Copy)]
@@ -232,7 +246,8 @@ struct Frame {
     alternatives: Vec<State>,
 }
 
-fn check_key(ops: &[&Operation]) -> bool {
+/// `Some(linearizable?)`, or `None` when more than `max_states` states were explored.
+fn check_key(ops: &[&Operation], max_states: usize) -> Option<bool> {
     let n = ops.len();
     let mut events = Events::new(ops);
     let mut linearized = vec![0u64; n.div_ceil(64)];
@@ -251,10 +266,13 @@ fn check_key(ops: &[&Operation]) -> bool {
         let Some(e) = cursor else {
             // Only operations without a return event may remain: place them at the end,
             // where they affect nothing.
-            return true;
+            return Some(true);
         };
         if events.head.is_none() {
-            return true;
+            return Some(true);
+        }
+        if cache.len() > max_states {
+            return None;
         }
         let ev = events.ev[e];
         if ev.is_call {
@@ -279,7 +297,7 @@ fn check_key(ops: &[&Operation]) -> bool {
         } else {
             // A return whose operation is not linearized yet: undo the last choice, try its
             // other outcomes, else move on past its call.
-            let Some(mut frame) = stack.pop() else { return false };
+            let Some(mut frame) = stack.pop() else { return Some(false) };
             events.unlift(frame.op);
             state = frame.before.clone();
             set(&mut linearized, frame.op, false);
@@ -423,6 +441,29 @@ mod tests {
             op(3, Call::Get, val(Some("b")), 5, Some(6)),
         ];
         assert_eq!(check(&unknown), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn a_bounded_search_gives_up_instead_of_exhausting_memory() {
+        // Many overlapping writes without answers and reads that contradict each other
+        // force a wide search.
+        let mut h = Vec::new();
+        for i in 0..40u64 {
+            h.push(op(i, put(&format!("v{i}")), Ret::Unknown, i, None));
+        }
+        for i in 0..40u64 {
+            h.push(op(
+                100 + i,
+                Call::Get,
+                val(Some(&format!("v{}", 39 - i))),
+                100 + 2 * i,
+                Some(101 + 2 * i),
+            ));
+        }
+        h.push(op(200, Call::Get, val(Some("nobody")), 300, Some(301)));
+        assert_eq!(check_bounded(&h, 50), Err("k".to_string()));
+        let fine = vec![op(1, put("a"), Ret::Ok, 0, Some(1))];
+        assert_eq!(check_bounded(&fine, 50), Ok(Verdict::Linearizable));
     }
 
     #[test]

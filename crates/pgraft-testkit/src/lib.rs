@@ -37,6 +37,7 @@ mod proxy;
 mod replication_server;
 mod server_user;
 mod test_ca;
+pub mod torture;
 mod wait;
 
 pub use local_cluster::{ClusterState, LocalCluster, NodeStatus, UpOptions};

@@ -322,7 +322,56 @@ impl LocalCluster {
         self.proxy().request(&format!("partition {id}")).map(|_| ())
     }
 
-    /// Undoes `partition` for one member, or for all when `id` is `None`.
+    /// Cuts the one link between members `a` and `b` (both directions); their links to
+    /// the others stay up. Several cuts make bridge, ring and minority partitions.
+    pub fn cut(&self, a: u64, b: u64) -> Result<()> {
+        self.node(a)?;
+        self.node(b)?;
+        self.proxy().request(&format!("cut {a} {b}")).map(|_| ())
+    }
+
+    /// Kills member `id`'s pgraft background worker alone with SIGKILL. PostgreSQL treats
+    /// a child killed by a signal as a crash: it ends every backend, reinitialises shared
+    /// memory and starts the worker again, without a new postmaster.
+    pub fn kill_worker(&self, id: u64) -> Result<i32> {
+        let mut c = self.connect(id)?;
+        let pid: i32 = c
+            .query_one("SELECT worker_pid FROM pgraft_worker_status", &[])
+            .with_context(|| format!("ask node {id} for its worker's pid"))?
+            .get(0);
+        if pid <= 0 {
+            bail!("node {id} has no running pgraft worker");
+        }
+        if !processes_in(&self.node(id)?.data_dir).contains(&pid) {
+            bail!("process {pid} is not a server process of node {id}");
+        }
+        signal(pid, libc::SIGKILL).with_context(|| format!("kill -9 {pid} (the worker of node {id})"))?;
+        Ok(pid)
+    }
+
+    /// Freezes every process of member `id` with SIGSTOP: the member neither answers nor
+    /// times anything out, like a machine that stalls, until [`LocalCluster::resume`].
+    /// Returns how many processes were stopped.
+    pub fn pause(&self, id: u64) -> Result<usize> {
+        let pids = processes_in(&self.node(id)?.data_dir);
+        if pids.is_empty() {
+            bail!("node {id} is not running");
+        }
+        for p in &pids {
+            signal(*p, libc::SIGSTOP).with_context(|| format!("SIGSTOP {p} (node {id})"))?;
+        }
+        Ok(pids.len())
+    }
+
+    /// Undoes [`LocalCluster::pause`] (SIGCONT to every process of member `id`).
+    pub fn resume(&self, id: u64) -> Result<()> {
+        for p in processes_in(&self.node(id)?.data_dir) {
+            signal(p, libc::SIGCONT).with_context(|| format!("SIGCONT {p} (node {id})"))?;
+        }
+        Ok(())
+    }
+
+    /// Undoes `partition` and `cut` for one member, or every cut when `id` is `None`.
     pub fn heal(&self, id: Option<u64>) -> Result<()> {
         match id {
             Some(id) => {

@@ -9,10 +9,22 @@
 //! The proxy knows the target of each link from the front port it accepted on, and the
 //! source from the peer's address (members dial from their listen address). `partition N`
 //! closes every open link whose source or target is N and refuses new ones until `heal`.
+//! `cut A B` does the same for the one link between A and B (both directions), which is
+//! how bridge, ring and leader-in-the-minority partitions are made:
+//!
+//! ```text
+//!   bridge of 5:  1 ─ 2        cut 1 4, cut 1 5, cut 2 4, cut 2 5
+//!                  \ /
+//!                   3          member 3 sees everyone; {1,2} and {4,5} see only 3
+//!                  / \
+//!                 4 ─ 5
+//! ```
+//!
 //! It never inspects the bytes, so it works the same with TLS between members.
 //!
 //! It is controlled through a Unix socket with one-line requests: `partition N`,
-//! `heal [N]`, `status`, `stop`; each is answered with one line (`ok ...` or `error ...`).
+//! `cut A B`, `heal [N]`, `status`, `stop`; each is answered with one line (`ok ...` or
+//! `error ...`). `heal` lifts every cut; `heal N` lifts N's partition and its cut links.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Write};
@@ -53,14 +65,23 @@ impl Link {
 
 #[derive(Default)]
 struct State {
+    /// Members cut off from everyone.
     cut: BTreeSet<u64>,
+    /// Single links cut, as (smaller id, larger id).
+    cut_links: BTreeSet<(u64, u64)>,
     links: HashMap<u64, Link>,
 }
 
 impl State {
     fn is_cut(&self, from: Option<u64>, to: u64) -> bool {
-        self.cut.contains(&to) || from.is_some_and(|f| self.cut.contains(&f))
+        self.cut.contains(&to)
+            || from.is_some_and(|f| self.cut.contains(&f) || self.cut_links.contains(&link_key(f, to)))
     }
+}
+
+/// The key of the undirected link between `a` and `b`.
+fn link_key(a: u64, b: u64) -> (u64, u64) {
+    (a.min(b), a.max(b))
 }
 
 /// The proxy of one local cluster.
@@ -152,13 +173,25 @@ impl PartitionProxy {
                 }
                 Err(e) => (format!("error {e}"), false),
             },
+            ["cut", a, b] => match (self.node_arg(a), self.node_arg(b)) {
+                (Ok(a), Ok(b)) if a != b => {
+                    let closed = self.cut_link(a, b);
+                    (format!("ok cut link {a}-{b}, closed {closed} links"), false)
+                }
+                (Ok(a), Ok(_)) => (format!("error a link joins two members, not {a} and itself"), false),
+                (Err(e), _) | (_, Err(e)) => (format!("error {e}"), false),
+            },
             ["heal"] => {
-                self.lock().cut.clear();
+                let mut st = self.lock();
+                st.cut.clear();
+                st.cut_links.clear();
                 ("ok healed".to_string(), false)
             }
             ["heal", n] => match self.node_arg(n) {
                 Ok(id) => {
-                    self.lock().cut.remove(&id);
+                    let mut st = self.lock();
+                    st.cut.remove(&id);
+                    st.cut_links.retain(|&(a, b)| a != id && b != id);
                     (format!("ok healed node {id}"), false)
                 }
                 Err(e) => (format!("error {e}"), false),
@@ -166,7 +199,16 @@ impl PartitionProxy {
             ["status"] => {
                 let st = self.lock();
                 let cut: Vec<String> = st.cut.iter().map(|n| n.to_string()).collect();
-                (format!("ok cut={} links={}", cut.join(","), st.links.len()), false)
+                let links: Vec<String> = st.cut_links.iter().map(|(a, b)| format!("{a}-{b}")).collect();
+                (
+                    format!(
+                        "ok cut={} cut_links={} links={}",
+                        cut.join(","),
+                        links.join(","),
+                        st.links.len()
+                    ),
+                    false,
+                )
             }
             ["stop"] => ("ok stopping".to_string(), true),
             _ => match extra(&words) {
@@ -194,6 +236,24 @@ impl PartitionProxy {
         st.cut.insert(id);
         let doomed: Vec<u64> =
             st.links.iter().filter(|(_, l)| l.to == id || l.from == Some(id)).map(|(k, _)| *k).collect();
+        for k in &doomed {
+            if let Some(l) = st.links.remove(k) {
+                l.close();
+            }
+        }
+        doomed.len()
+    }
+
+    /// Cuts the link between `a` and `b` and closes it if open; returns how many were closed.
+    fn cut_link(&self, a: u64, b: u64) -> usize {
+        let mut st = self.lock();
+        st.cut_links.insert(link_key(a, b));
+        let doomed: Vec<u64> = st
+            .links
+            .iter()
+            .filter(|(_, l)| l.from.is_some_and(|f| link_key(f, l.to) == link_key(a, b)))
+            .map(|(k, _)| *k)
+            .collect();
         for k in &doomed {
             if let Some(l) = st.links.remove(k) {
                 l.close();
@@ -309,6 +369,24 @@ impl ProxyClient {
             .map(|s| s.parse::<u64>().with_context(|| format!("bad node id {s:?} in proxy status")))
             .collect()
     }
+
+    /// The single links currently cut, as (smaller id, larger id).
+    pub fn cut_links(&self) -> Result<BTreeSet<(u64, u64)>> {
+        let answer = self.request("status")?;
+        let list = answer
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("cut_links="))
+            .context("malformed status answer from the partition proxy")?;
+        list.split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                let (a, b) = s.split_once('-').with_context(|| format!("bad link {s:?} in proxy status"))?;
+                let a = a.parse::<u64>().with_context(|| format!("bad node id in link {s:?}"))?;
+                let b = b.parse::<u64>().with_context(|| format!("bad node id in link {s:?}"))?;
+                Ok((a, b))
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -393,6 +471,22 @@ mod tests {
         assert!(client.cut().expect("status").is_empty());
         round_trip(n1, n2).expect("1 -> 2 after healing");
         round_trip(n2, n3).expect("2 -> 3 after healing");
+
+        // One link cut: 1 and 3 no longer talk, both still talk to 2 (a bridge).
+        let open_13 = round_trip(n1, n3).expect("1 -> 3 before the cut");
+        client.request("cut 3 1").expect("cut 3 1");
+        assert_eq!(client.cut_links().expect("status"), BTreeSet::from([(1, 3)]));
+        let mut buf = [0u8; 1];
+        assert_eq!((&open_13).read(&mut buf).unwrap_or(0), 0, "the open 1-3 link stayed open");
+        assert!(round_trip(n1, n3).is_err());
+        assert!(round_trip(n3, n1).is_err());
+        round_trip(n1, n2).expect("1 -> 2 across the bridge");
+        round_trip(n3, n2).expect("3 -> 2 across the bridge");
+        round_trip(n2, n1).expect("2 -> 1 across the bridge");
+        assert!(client.request("cut 2 2").is_err(), "a link needs two members");
+        client.request("heal 3").expect("heal 3 lifts its links");
+        assert!(client.cut_links().expect("status").is_empty());
+        round_trip(n1, n3).expect("1 -> 3 after healing");
         client.request("stop").expect("stop");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -79,7 +79,43 @@ enum LocalCommand {
         #[arg(long)]
         dir: PathBuf,
     },
-    /// Undo `partition` for member N, or for every member.
+    /// Cut the one link between members A and B (both directions); several cuts make a
+    /// bridge, a ring or a minority. `heal` undoes them.
+    Cut {
+        /// One end of the link.
+        a: u64,
+        /// The other end.
+        b: u64,
+        /// The cluster directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// kill -9 the pgraft background worker of member N alone (PostgreSQL then restarts
+    /// every backend and the worker: a crash restart).
+    KillWorker {
+        /// The member's node id.
+        node: u64,
+        /// The cluster directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Freeze every process of member N (SIGSTOP) until `resume`.
+    Pause {
+        /// The member's node id.
+        node: u64,
+        /// The cluster directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Thaw member N after `pause` (SIGCONT).
+    Resume {
+        /// The member's node id.
+        node: u64,
+        /// The cluster directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Undo `partition` and `cut` for member N, or every cut.
     Heal {
         /// The member's node id (default: all).
         node: Option<u64>,
@@ -131,6 +167,16 @@ pub fn run(args: LocalArgs) -> Result<()> {
         LocalCommand::Start { node: None, dir } => LocalCluster::open(&dir)?.start_all()?,
         LocalCommand::Stop { node, dir } => LocalCluster::open(&dir)?.stop(node)?,
         LocalCommand::Partition { node, dir } => LocalCluster::open(&dir)?.partition(node)?,
+        LocalCommand::Cut { a, b, dir } => LocalCluster::open(&dir)?.cut(a, b)?,
+        LocalCommand::KillWorker { node, dir } => {
+            let pid = LocalCluster::open(&dir)?.kill_worker(node)?;
+            println!("killed the worker of node {node} (pid {pid})");
+        }
+        LocalCommand::Pause { node, dir } => {
+            let n = LocalCluster::open(&dir)?.pause(node)?;
+            println!("paused node {node} ({n} processes)");
+        }
+        LocalCommand::Resume { node, dir } => LocalCluster::open(&dir)?.resume(node)?,
         LocalCommand::Heal { node, dir } => LocalCluster::open(&dir)?.heal(node)?,
         LocalCommand::Down { dir } => LocalCluster::open(&dir)?.down()?,
         LocalCommand::Proxy { dir } => LocalCluster::serve(&dir)?,

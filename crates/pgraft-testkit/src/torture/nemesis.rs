@@ -1,0 +1,319 @@
+//! The nemesis: injects each planned fault into a real local cluster, holds it, heals it,
+//! and measures how long the cluster then takes to accept a write again.
+//!
+//! ```text
+//!   quiet ──▶ inject ──▶ hold ──▶ heal ──▶ probe writes until one succeeds (≤ bound)
+//!                                            └─ recovery time, or an anomaly
+//! ```
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::fault_schedule::{FaultKind, PlannedFault};
+use super::seeded_rng::SeededRng;
+use crate::local_cluster::LocalCluster;
+use crate::wait::wait_until;
+
+/// What happened to one fault.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FaultRecord {
+    /// Its position in the schedule.
+    pub seq: u64,
+    /// The kind.
+    pub kind: FaultKind,
+    /// The targets as resolved at run time ("node 2", "cut {1} from {2,3}", ...).
+    pub detail: String,
+    /// When it was injected, in microseconds since the run started.
+    pub start_us: u64,
+    /// When it was healed.
+    pub healed_us: u64,
+    /// How long after healing the cluster accepted a write; `None` if it did not within
+    /// the bound.
+    pub recovery_ms: Option<u64>,
+    /// What went wrong injecting or healing it, if anything (not an anomaly by itself:
+    /// a leadership transfer may be refused during an election).
+    pub error: Option<String>,
+}
+
+/// What must be undone to heal an injected fault.
+enum Undo {
+    Start(u64),
+    WorkerBack(u64),
+    HealLinks,
+    Resume(u64),
+    AddBack(u64),
+    Nothing,
+}
+
+/// Injects faults into one cluster.
+pub struct Nemesis<'a> {
+    cluster: &'a LocalCluster,
+    start: Instant,
+    recovery_bound: Duration,
+}
+
+impl<'a> Nemesis<'a> {
+    /// A nemesis for `cluster`; times are measured from `start`; a cluster that does not
+    /// accept a write within `recovery_bound` after a heal is an anomaly.
+    pub fn new(cluster: &'a LocalCluster, start: Instant, recovery_bound: Duration) -> Self {
+        Self { cluster, start, recovery_bound }
+    }
+
+    fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    /// Injects, holds and heals one fault, then waits for the cluster to accept writes.
+    pub fn run(&self, f: &PlannedFault) -> FaultRecord {
+        let start_us = self.now_us();
+        let mut rng = SeededRng::new(f.pick);
+        let mut error = None;
+        let (detail, undo) = match self.inject(f.kind, &mut rng) {
+            Ok(x) => x,
+            Err(e) => {
+                error = Some(format!("inject: {e:#}"));
+                (String::from("not injected"), Undo::Nothing)
+            }
+        };
+        std::thread::sleep(f.hold);
+        if let Err(e) = self.undo(undo) {
+            let msg = format!("heal: {e:#}");
+            error = Some(error.map_or(msg.clone(), |a| format!("{a}; {msg}")));
+            // Whatever is left broken, repair it so the run can go on.
+            if let Err(e) = self.heal_everything() {
+                error = error.map(|a| format!("{a}; heal everything: {e:#}"));
+            }
+        }
+        let healed_us = self.now_us();
+        let recovery_ms = self.probe_write().ok().map(|d| d.as_millis() as u64);
+        FaultRecord { seq: f.seq, kind: f.kind, detail, start_us, healed_us, recovery_ms, error }
+    }
+
+    /// Lifts every fault that can be lifted: cuts, pauses, stopped members.
+    pub fn heal_everything(&self) -> Result<()> {
+        let mut errors = Vec::new();
+        if let Err(e) = self.cluster.heal(None) {
+            errors.push(format!("heal links: {e:#}"));
+        }
+        for n in self.cluster.nodes() {
+            if let Err(e) = self.cluster.resume(n.node_id) {
+                errors.push(format!("resume node {}: {e:#}", n.node_id));
+            }
+        }
+        if let Err(e) = self.cluster.start_all() {
+            errors.push(format!("start: {e:#}"));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            bail!("{}", errors.join("; "))
+        }
+    }
+
+    /// Writes through any member until one write succeeds; returns how long that took.
+    pub fn probe_write(&self) -> Result<Duration> {
+        let began = Instant::now();
+        let ids: Vec<u64> = self.cluster.nodes().iter().map(|n| n.node_id).collect();
+        let mut turn = 0usize;
+        wait_until("the cluster to accept a write", self.recovery_bound, Duration::from_millis(50), || {
+            let id = ids[turn % ids.len()];
+            turn += 1;
+            let mut c = self.connect(id)?;
+            let ok: bool = c
+                .query_one(
+                    "SELECT pgraft_kv_put('torture/probe', $1::text)",
+                    &[&format!("{}", self.now_us())],
+                )
+                .with_context(|| format!("probe write on node {id}"))?
+                .get(0);
+            Ok(ok.then(|| began.elapsed()))
+        })
+    }
+
+    fn connect(&self, id: u64) -> Result<postgres::Client> {
+        let n = self.cluster.node(id)?;
+        let mut cfg = postgres::Config::from_str(&n.conninfo).context("parse conninfo")?;
+        cfg.connect_timeout(Duration::from_secs(3));
+        cfg.application_name("pgraft-torture-nemesis");
+        let mut c = cfg.connect(postgres::NoTls).with_context(|| format!("connect to node {id}"))?;
+        c.batch_execute("SET statement_timeout = 5000").context("SET statement_timeout")?;
+        Ok(c)
+    }
+
+    /// The leader that the members agree on in the highest term any of them reports.
+    pub fn find_leader(&self) -> Result<u64> {
+        wait_until("a leader", Duration::from_secs(60), Duration::from_millis(100), || {
+            let mut best: Option<(i64, u64)> = None;
+            for n in self.cluster.nodes() {
+                let Ok(mut c) = self.connect(n.node_id) else { continue };
+                let Ok(row) = c.query_one("SELECT is_leader, term FROM pgraft_shared_state()", &[]) else {
+                    continue;
+                };
+                let (leads, term): (bool, i64) = (row.get(0), row.get(1));
+                if leads && best.is_none_or(|(t, _)| term > t) {
+                    best = Some((term, n.node_id));
+                }
+            }
+            Ok(best.map(|(_, id)| id))
+        })
+    }
+
+    fn voters(&self) -> Vec<u64> {
+        self.cluster.nodes().iter().map(|n| n.node_id).collect()
+    }
+
+    fn inject(&self, kind: FaultKind, rng: &mut SeededRng) -> Result<(String, Undo)> {
+        let ids = self.voters();
+        let any = *rng.pick(&ids);
+        match kind {
+            FaultKind::Kill => {
+                self.cluster.kill(any)?;
+                Ok((format!("kill -9 the postmaster of node {any}"), Undo::Start(any)))
+            }
+            FaultKind::KillWorker => {
+                let pid = self.cluster.kill_worker(any)?;
+                Ok((format!("kill -9 the worker of node {any} (pid {pid})"), Undo::WorkerBack(any)))
+            }
+            FaultKind::Isolate => {
+                self.cluster.partition(any)?;
+                Ok((format!("isolate node {any}"), Undo::HealLinks))
+            }
+            FaultKind::LeaderMinority => {
+                let leader = self.find_leader()?;
+                let mut others: Vec<u64> = ids.iter().copied().filter(|i| *i != leader).collect();
+                rng.shuffle(&mut others);
+                // The largest minority that contains the leader.
+                let minority_size = (ids.len() - 1) / 2;
+                let mut minority = vec![leader];
+                minority.extend(others.iter().take(minority_size.saturating_sub(1)));
+                let majority: Vec<u64> = ids.iter().copied().filter(|i| !minority.contains(i)).collect();
+                self.cut_between(&minority, &majority)?;
+                Ok((
+                    format!("leader {leader} in minority {minority:?} against {majority:?}"),
+                    Undo::HealLinks,
+                ))
+            }
+            FaultKind::Bridge => {
+                let mut order = ids.clone();
+                rng.shuffle(&mut order);
+                let mid = order.len() / 2;
+                let (left, bridge, right) = (&order[..mid], order[mid], &order[mid + 1..]);
+                self.cut_between(left, right)?;
+                Ok((
+                    format!("bridge: {left:?} and {right:?} meet only through node {bridge}"),
+                    Undo::HealLinks,
+                ))
+            }
+            FaultKind::Ring => {
+                let mut order = ids.clone();
+                rng.shuffle(&mut order);
+                let n = order.len();
+                let mut cuts = Vec::new();
+                for i in 0..n {
+                    for j in i + 1..n {
+                        let adjacent = j == i + 1 || (i == 0 && j == n - 1);
+                        if !adjacent {
+                            self.cluster.cut(order[i], order[j])?;
+                            cuts.push((order[i], order[j]));
+                        }
+                    }
+                }
+                Ok((format!("ring {order:?} (cut {cuts:?})"), Undo::HealLinks))
+            }
+            FaultKind::Pause => {
+                let n = self.cluster.pause(any)?;
+                Ok((format!("SIGSTOP node {any} ({n} processes)"), Undo::Resume(any)))
+            }
+            FaultKind::Transfer => {
+                let leader = self.find_leader()?;
+                let others: Vec<u64> = ids.iter().copied().filter(|i| *i != leader).collect();
+                let to = *rng.pick(&others);
+                let mut c = self.connect(leader)?;
+                c.query_one("SELECT pgraft_transfer_leadership($1)", &[&(to as i32)])
+                    .with_context(|| format!("pgraft_transfer_leadership({to}) on node {leader}"))?;
+                Ok((format!("transfer leadership from {leader} to {to}"), Undo::Nothing))
+            }
+            FaultKind::RemoveAdd => {
+                self.on_leader(&format!("pgraft_remove_node({any})"), |c| {
+                    c.query_one("SELECT pgraft_remove_node($1)", &[&(any as i32)]).map(|_| ())
+                })?;
+                Ok((format!("remove node {any}, wipe its Raft data, add it back"), Undo::AddBack(any)))
+            }
+        }
+    }
+
+    fn cut_between(&self, a: &[u64], b: &[u64]) -> Result<()> {
+        for x in a {
+            for y in b {
+                self.cluster.cut(*x, *y)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a leader-only statement, following leadership changes until it succeeds.
+    fn on_leader(
+        &self,
+        what: &str,
+        mut f: impl FnMut(&mut postgres::Client) -> std::result::Result<(), postgres::Error>,
+    ) -> Result<()> {
+        wait_until(what, Duration::from_secs(60), Duration::from_millis(200), || {
+            let leader = self.find_leader()?;
+            let mut c = self.connect(leader)?;
+            f(&mut c).with_context(|| format!("{what} on node {leader}"))?;
+            Ok(Some(()))
+        })
+    }
+
+    fn undo(&self, undo: Undo) -> Result<()> {
+        match undo {
+            Undo::Nothing => Ok(()),
+            Undo::Start(id) => self.cluster.start(id),
+            Undo::HealLinks => self.cluster.heal(None),
+            Undo::Resume(id) => self.cluster.resume(id),
+            Undo::WorkerBack(id) => self.wait_worker(id),
+            Undo::AddBack(id) => {
+                self.cluster.stop(id)?;
+                let raft = self.cluster.node(id)?.raft_data_dir.clone();
+                if raft.exists() {
+                    std::fs::remove_dir_all(&raft).with_context(|| format!("wipe {}", raft.display()))?;
+                }
+                self.cluster.start(id)?;
+                self.wait_worker(id)?;
+                let port = i32::from(self.cluster.node(id)?.raft_port);
+                self.on_leader(&format!("pgraft_add_node({id})"), |c| {
+                    c.query_one("SELECT pgraft_add_node($1, '127.0.0.1', $2)", &[&(id as i32), &port])
+                        .map(|_| ())
+                })?;
+                wait_until(
+                    &format!("node {id} to follow a leader again"),
+                    Duration::from_secs(60),
+                    Duration::from_millis(100),
+                    || {
+                        let mut c = self.connect(id)?;
+                        let leader: i64 =
+                            c.query_one("SELECT leader_id FROM pgraft_shared_state()", &[])?.get(0);
+                        Ok((leader > 0).then_some(()))
+                    },
+                )
+            }
+        }
+    }
+
+    fn wait_worker(&self, id: u64) -> Result<()> {
+        wait_until(
+            &format!("the worker of node {id} to run again"),
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || {
+                let mut c = self.connect(id)?;
+                let state: String = c.query_one("SELECT pgraft_get_worker_state()", &[])?.get(0);
+                Ok((state == "running").then_some(()))
+            },
+        )
+        .map_err(|e| anyhow!("{e:#}"))
+    }
+}

@@ -59,7 +59,7 @@ fn server_subcommands_answer_with_real_values() {
         assert_eq!(check["connection"], "ok");
         assert_eq!(check["valid"], true);
         let apis = check["apis"].as_array().expect("apis");
-        assert_eq!(apis.len(), 8);
+        assert_eq!(apis.len(), 9);
         assert!(apis.iter().all(|a| a["allowed"] == true), "{check}");
 
         let cp = one_json(&pgraftctl(&["server", "checkpoint", "-o", "json", "--conninfo", &ci]));
@@ -145,6 +145,8 @@ fn server_subcommands_answer_with_real_values() {
             err.contains("GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean) TO operator;"),
             "{err}"
         );
+        // Streaming the backup's WAL needs the REPLICATION attribute.
+        assert!(err.contains("stream_wal: ALTER ROLE operator REPLICATION;"), "{err}");
         drop(su);
         drop(srv);
         let _ = fs::remove_dir_all(&dir);

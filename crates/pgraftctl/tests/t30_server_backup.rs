@@ -608,6 +608,56 @@ fn the_backup_slot_keeps_wal_through_checkpoints() {
             wal.len()
         );
         assert!(!srv.log().contains("permission denied"), "{}", srv.log());
+
+        // A backup whose WAL stream breaks fails with the stream's error, stops the backup
+        // and leaves no slot behind: here its walsender is terminated during the pause.
+        let bdir2 = dir.join("broken");
+        let mut child = Bench(
+            Command::new(env!("CARGO_BIN_EXE_pgraftctl"))
+                .args(["backup", "--dir"])
+                .arg(&bdir2)
+                .args(["--conninfo", &srv.conninfo_as("backup")])
+                .env("PGRAFT_BACKUP_TEST_PAUSE", &pause)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start pgraftctl backup"),
+        );
+        wait_until("the second backup to pause", Duration::from_secs(60), POLL, || {
+            if let Some(status) = child.0.try_wait()? {
+                panic!("the backup exited early ({status})");
+            }
+            Ok(fs::read_to_string(&pause).ok().and_then(|t| t.parse::<Lsn>().ok()))
+        })
+        .expect("paused");
+        let killed: bool = su
+            .query_one("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots", &[])
+            .expect("terminate the walsender")
+            .get(0);
+        assert!(killed);
+        fs::remove_file(&pause).expect("resume the backup");
+        let status = wait_until("the broken backup to exit", Duration::from_secs(120), POLL, || {
+            Ok(child.0.try_wait()?)
+        })
+        .expect("exited");
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.0.stderr.take().expect("stderr"), &mut stderr)
+            .expect("read stderr");
+        assert!(!status.success(), "a backup without its WAL succeeded");
+        assert!(stderr.contains("stream the backup's WAL"), "{stderr}");
+        assert!(!bdir2.join("backup_manifest.json").exists(), "an unfinished backup has no manifest");
+        let slots: i64 = su.query_one("SELECT count(*) FROM pg_replication_slots", &[]).expect("q").get(0);
+        assert_eq!(slots, 0, "the broken backup left its slot");
+        eprintln!("PostgreSQL {major}: a backup whose WAL stream broke: {}", stderr.trim());
+        // And the next backup works.
+        let again = one_json(&pgraftctl(&[
+            "backup",
+            "--dir",
+            &dir.join("again").to_string_lossy(),
+            "--conninfo",
+            &srv.conninfo_as("backup"),
+        ]));
+        assert!(again["wal_files"].as_u64() >= Some(1), "{again}");
         drop(rc);
         drop(restored);
         drop(srv);

@@ -664,3 +664,90 @@ fn the_backup_slot_keeps_wal_through_checkpoints() {
         let _ = fs::remove_dir_all(&dir);
     }
 }
+
+/// A backup of a server on timeline 2 (restarted as a standby of its own WAL and
+/// promoted) streams the timeline's history file into `pg_wal` with its segments; the
+/// restored server comes up on timeline 2 with the rows.
+#[test]
+fn backup_on_a_new_timeline_carries_its_history_file() {
+    for pg_config in pg_configs() {
+        let major = PgInstall::from_pg_config(&pg_config).expect("pg_config").major;
+        let dir = cluster_dir(&format!("btli{major}"));
+        let srv = PlainServer::init(
+            &pg_config,
+            &dir.join("src"),
+            &PlainOptions { wal_segsize_mb: Some(1), ..Default::default() },
+        )
+        .expect("initdb and start");
+        let mut su = srv.connect().expect("connect");
+        su.batch_execute("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 500)")
+            .expect("rows");
+        drop(su);
+        srv.stop().expect("stop");
+        fs::write(srv.data_dir.join("standby.signal"), b"").expect("standby.signal");
+        srv.user.chown(&srv.data_dir.join("standby.signal")).expect("chown");
+        srv.start().expect("start as a standby");
+        let pg_ctl = |args: &[&str]| {
+            let out = srv
+                .user
+                .command(srv.install.bin("pg_ctl"))
+                .arg("-D")
+                .arg(&srv.data_dir)
+                .args(args)
+                .output()
+                .expect("run pg_ctl");
+            assert!(out.status.success(), "pg_ctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        pg_ctl(&["-w", "-t", "60", "promote"]);
+        let mut su = srv.connect().expect("connect after promotion");
+        wait_until("the promotion to end recovery", Duration::from_secs(60), POLL, || {
+            let rec: bool = su.query_one("SELECT pg_is_in_recovery()", &[])?.get(0);
+            Ok((!rec).then_some(()))
+        })
+        .expect("promoted");
+        su.batch_execute("INSERT INTO t SELECT generate_series(501, 700)").expect("rows on timeline 2");
+
+        let bdir = dir.join("backup");
+        let done = one_json(&pgraftctl(&[
+            "backup",
+            "--dir",
+            &bdir.to_string_lossy(),
+            "--conninfo",
+            &srv.conninfo(),
+        ]));
+        assert_eq!(done["timeline"], 2, "{done}");
+        let manifest: Value =
+            serde_json::from_slice(&fs::read(bdir.join("backup_manifest.json")).expect("manifest"))
+                .expect("JSON");
+        let wal: Vec<&str> = manifest["wal_files"]
+            .as_array()
+            .expect("wal")
+            .iter()
+            .map(|v| v.as_str().expect("name"))
+            .collect();
+        assert_eq!(wal.first().copied(), Some("00000002.history"), "{wal:?}");
+        assert!(wal[1..].iter().all(|n| n.starts_with("00000002")), "{wal:?}");
+        assert_eq!(
+            fs::read(bdir.join("data/pg_wal/00000002.history")).expect("the backup's history file"),
+            fs::read(srv.data_dir.join("pg_wal/00000002.history")).expect("the server's history file")
+        );
+        let v = one_json(&pgraftctl(&["backup", "--verify", "--dir", &bdir.to_string_lossy()]));
+        assert_eq!(v["verified"], true);
+
+        let rdir = dir.join("restored");
+        copy_tree(&bdir.join("data"), &rdir.join("pgdata"));
+        let restored = PlainServer::adopt(srv.install.clone(), srv.user.clone(), &rdir, rdir.join("pgdata"))
+            .expect("adopt the restored directory");
+        restored.start().expect("the restored server starts");
+        let mut rc = restored.connect().expect("connect to the restored server");
+        let n: i64 = rc.query_one("SELECT count(*) FROM t", &[]).expect("rows").get(0);
+        assert_eq!(n, 700);
+        let tli: i32 =
+            rc.query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[]).expect("tli").get(0);
+        assert!(tli >= 2, "the restored server is on timeline {tli}");
+        drop(rc);
+        drop(restored);
+        drop(srv);
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

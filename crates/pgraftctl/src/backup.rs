@@ -29,7 +29,6 @@ use pgraft_server_api::{Api, Lsn, SegmentSize, Server};
 use pgraft_walstream::Config as WalConfig;
 
 use crate::backup_wal::BackupWal;
-
 use crate::manifest::{self, FileEntry, HashingWriter, Manifest};
 use crate::server::ConnArgs;
 

@@ -31,11 +31,15 @@ pub enum Api {
     BackupStart,
     /// `server_backup_stop`: stop it; end LSN, backup_label, tablespace map.
     BackupStop,
+    /// Streaming WAL over a physical replication connection (and a replication slot), as
+    /// a backup takes its WAL. Not in the reference; the connection itself is opened with
+    /// `pgraft-walstream`.
+    StreamWal,
 }
 
 impl Api {
     /// Every function that talks to the server, in the order of the reference document.
-    pub const ALL: [Api; 8] = [
+    pub const ALL: [Api; 9] = [
         Api::Info,
         Api::VerifyConnection,
         Api::ReadBinaryFile,
@@ -44,6 +48,7 @@ impl Api {
         Api::ListDir,
         Api::BackupStart,
         Api::BackupStop,
+        Api::StreamWal,
     ];
 
     /// The function's name in this library.
@@ -57,6 +62,7 @@ impl Api {
             Api::ListDir => "list_dir",
             Api::BackupStart => "backup_start",
             Api::BackupStop => "backup_stop",
+            Api::StreamWal => "stream_wal",
         }
     }
 
@@ -78,6 +84,7 @@ impl Api {
             Api::ReadBinaryFile | Api::Checkpoint | Api::FileStat | Api::ListDir => vec![Superuser],
             Api::BackupStart => vec![Execute(version.backup_start_function())],
             Api::BackupStop => vec![Execute(version.backup_stop_function())],
+            Api::StreamWal => vec![Replication],
         }
     }
 }
@@ -97,6 +104,8 @@ pub enum Requirement {
     PredefinedRole(&'static str),
     /// EXECUTE on a function, given by its signature.
     Execute(&'static str),
+    /// The REPLICATION attribute (or SUPERUSER): replication connections and slots.
+    Replication,
 }
 
 impl Requirement {
@@ -106,6 +115,7 @@ impl Requirement {
             Requirement::Superuser => "the SUPERUSER attribute".to_string(),
             Requirement::PredefinedRole(r) => format!("the privileges of role {r} (or SUPERUSER)"),
             Requirement::Execute(f) => format!("EXECUTE on function {f}"),
+            Requirement::Replication => "the REPLICATION attribute (or SUPERUSER)".to_string(),
         }
     }
 
@@ -115,6 +125,7 @@ impl Requirement {
             Requirement::Superuser => format!("ALTER ROLE {role} SUPERUSER;"),
             Requirement::PredefinedRole(r) => format!("GRANT {r} TO {role};"),
             Requirement::Execute(f) => format!("GRANT EXECUTE ON FUNCTION {f} TO {role};"),
+            Requirement::Replication => format!("ALTER ROLE {role} REPLICATION;"),
         }
     }
 }
@@ -172,18 +183,21 @@ pub(crate) fn check(
     };
     let row = client
         .query_one(
-            "SELECT quote_ident(current_user)::text, rolsuper FROM pg_roles WHERE rolname = current_user",
+            "SELECT quote_ident(current_user)::text, rolsuper, rolreplication FROM pg_roles \
+             WHERE rolname = current_user",
             &[],
         )
         .map_err(q)?;
     let role: String = row.get(0);
     let superuser: bool = row.get(1);
+    let replication: bool = row.get(2);
     let required = api.requirements(version);
     let mut missing = Vec::new();
     if !superuser {
         for req in &required {
             let has = match *req {
                 Requirement::Superuser => false,
+                Requirement::Replication => replication,
                 Requirement::PredefinedRole(r) => client
                     .query_one("SELECT pg_has_role(current_user, $1::text, 'USAGE')", &[&r])
                     .map_err(q)?
@@ -218,6 +232,8 @@ mod tests {
         assert_eq!(Api::BackupStop.requirements(v15), vec![Requirement::Execute("pg_backup_stop(boolean)")]);
         assert_eq!(Api::ReadBinaryFile.requirements(PgVersion(100000)), vec![Requirement::Superuser]);
         assert!(Api::Info.requirements(v15).is_empty());
+        assert_eq!(Api::StreamWal.requirements(v13), vec![Requirement::Replication]);
+        assert_eq!(Requirement::Replication.grant_sql("backup"), "ALTER ROLE backup REPLICATION;");
     }
 
     #[test]

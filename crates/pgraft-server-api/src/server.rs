@@ -179,8 +179,10 @@ impl Server {
         Ok(v)
     }
 
-    /// Checks that the connected role may call `api`, before the call is sent.
-    pub(crate) fn require(&mut self, api: Api) -> Result<()> {
+    /// Checks that the connected role may call `api`: `Err(PermissionDenied)` naming what
+    /// is missing otherwise. The library's functions run it themselves before each call;
+    /// a caller uses it for [`Api::StreamWal`], whose connection another crate opens.
+    pub fn require(&mut self, api: Api) -> Result<()> {
         let version = self.version()?;
         let name = self.name.clone();
         privilege::check(self.client()?, &name, api, version)?.into_result(&name)

@@ -10,7 +10,8 @@ use pgraft_server_api::{Api, Error, Server};
 use pgraft_testkit::PlainOptions;
 
 /// The grants of `reference/server-apis.txt` for PostgreSQL 15 and later, each with the
-/// API function that needs it. `pg_ls_dir` is ours: walking a data directory.
+/// API function that needs it. `pg_ls_dir` is ours: walking a data directory; so is
+/// REPLICATION: streaming a backup's WAL.
 const GRANTS_15: &[(&str, &str)] = &[
     ("read_binary_file", "GRANT pg_read_server_files TO {r}"),
     (
@@ -22,6 +23,7 @@ const GRANTS_15: &[(&str, &str)] = &[
     ("list_dir", "GRANT EXECUTE ON FUNCTION pg_ls_dir(text, boolean, boolean) TO {r}"),
     ("backup_start", "GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean) TO {r}"),
     ("backup_stop", "GRANT EXECUTE ON FUNCTION pg_backup_stop(boolean) TO {r}"),
+    ("stream_wal", "ALTER ROLE {r} REPLICATION"),
 ];
 
 /// A login role with every grant of the list except `skip`.
@@ -35,7 +37,7 @@ fn role_with(su: &mut postgres::Client, name: &str, skip: Option<usize>) {
 }
 
 /// Calls one API function the way a tool would; `Ok` when it did its work.
-fn call(s: &mut Server, api: &str) -> Result<(), Error> {
+fn call(s: &mut Server, conninfo: &str, api: &str) -> Result<(), Error> {
     match api {
         "read_binary_file" => s.read_binary_file("PG_VERSION", 0, 2).map(|b| assert_eq!(b.len(), 2)),
         "checkpoint" => s.checkpoint().map(|c| assert_eq!(c.timeline, 1)),
@@ -52,6 +54,24 @@ fn call(s: &mut Server, api: &str) -> Result<(), Error> {
                 s.backup_start("privileges", true).expect("start before stop");
             }
             s.backup_stop(false).map(|stop| assert!(stop.start_lsn().is_some()))
+        }
+        "stream_wal" => {
+            // The check, then what a backup does with it: a physical replication
+            // connection (opened by pgraft-walstream, not this library).
+            s.require(Api::StreamWal)?;
+            let cfg =
+                pgraft_walstream::Config::from_conninfo(conninfo).expect("a replication connection string");
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let id = rt
+                .block_on(async {
+                    let mut c = pgraft_walstream::ReplicationClient::connect(&cfg).await?;
+                    let id = c.identify_system().await?;
+                    c.disconnect().await?;
+                    Ok::<_, pgraft_walstream::Error>(id)
+                })
+                .expect("a replication connection with REPLICATION");
+            assert_eq!(id.timeline, 1);
+            Ok(())
         }
         other => panic!("unknown api {other}"),
     }
@@ -71,9 +91,17 @@ fn exact_grants_suffice_and_each_missing_one_is_named() {
         assert!(!info.checksums, "initdb without --data-checksums");
         assert!(s.valid());
         s.verify_connection().expect("verify_connection needs no grant");
-        for api in ["read_binary_file", "checkpoint", "file_stat", "list_dir", "backup_start", "backup_stop"]
-        {
-            call(&mut s, api).unwrap_or_else(|e| panic!("{api} as full_role: {e}"));
+        for api in [
+            "read_binary_file",
+            "checkpoint",
+            "file_stat",
+            "list_dir",
+            "backup_start",
+            "backup_stop",
+            "stream_wal",
+        ] {
+            call(&mut s, &srv.conninfo_as("full_role"), api)
+                .unwrap_or_else(|e| panic!("{api} as full_role: {e}"));
         }
         assert!(s.check_privileges().expect("check").iter().all(|a| a.allowed()));
 
@@ -93,14 +121,16 @@ fn exact_grants_suffice_and_each_missing_one_is_named() {
             role_with(&mut su, &role, Some(i));
             let mut s = Server::from_conninfo("priv", &srv.conninfo_as(&role)).expect("conninfo");
             // backup_stop is refused with the backup started, which stays in progress.
-            let err = call(&mut s, api).expect_err("a grant is missing");
+            let err = call(&mut s, &srv.conninfo_as(&role), api).expect_err("a grant is missing");
             let expected = format!("{};", grant.replace("{r}", &role));
             match &err {
                 Error::PermissionDenied { api: a, role: r, grant: g, missing, .. } => {
                     assert_eq!(a, api);
                     assert_eq!(r, &role);
                     assert_eq!(g, &expected, "the GRANT that fixes it");
-                    let what = if grant.contains("EXECUTE") {
+                    let what = if grant.starts_with("ALTER ROLE") {
+                        "the REPLICATION attribute".to_string()
+                    } else if grant.contains("EXECUTE") {
                         let f = grant
                             .split("FUNCTION ")
                             .nth(1)
@@ -121,7 +151,8 @@ fn exact_grants_suffice_and_each_missing_one_is_named() {
             assert!(msg.contains(&expected) && msg.contains(&role), "{msg}");
             // The reported GRANT fixes it.
             su.batch_execute(&expected).expect("run the GRANT from the error");
-            call(&mut s, api).unwrap_or_else(|e| panic!("{api} after `{expected}`: {e}"));
+            call(&mut s, &srv.conninfo_as(&role), api)
+                .unwrap_or_else(|e| panic!("{api} after `{expected}`: {e}"));
         }
 
         // No refused call ever reached the server: it logged no permission error.

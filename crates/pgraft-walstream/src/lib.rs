@@ -9,7 +9,8 @@
 //!   with the timeline that follows.
 //! - [`WalReceiver`] is what `pgraftctl wal receive` runs: WAL segment files written as
 //!   `.partial`, fsynced and renamed when complete, resumed after a crash, following
-//!   timeline switches.
+//!   timeline switches. Its [`WalWriter`] (one timeline's stream into a [`WalDir`]) is
+//!   also what `pgraftctl backup` writes the backup's WAL with.
 //!
 //! ```no_run
 //! use pgraft_walstream::{Config, Lsn, ReplicationClient, StandbyStatusUpdate, StreamEvent, WalMessage, PgTimestamp};
@@ -54,6 +55,7 @@ mod segment;
 mod time;
 mod timeline;
 mod tls;
+mod wal_writer;
 mod waldir;
 
 pub use config::{Config, ReplicationMode, SslMode};
@@ -72,4 +74,5 @@ pub use replies::{
 pub use segment::{SegmentSize, TimeLineId};
 pub use time::{PgTimestamp, POSTGRES_EPOCH_UNIX_SECONDS};
 pub use timeline::{HistoryEntry, TimelineHistory};
+pub use wal_writer::WalWriter;
 pub use waldir::{ResumePoint, WalDir};

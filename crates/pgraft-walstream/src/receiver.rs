@@ -29,11 +29,11 @@ use crate::config::{Config, ReplicationMode};
 use crate::connection::ReplicationClient;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
-use crate::message::{StandbyStatusUpdate, WalMessage};
+use crate::message::WalMessage;
 use crate::replies::{SlotKind, StartOutcome, StreamEnd, StreamEvent, TimelineSwitch};
 use crate::segment::{SegmentSize, TimeLineId};
-use crate::time::PgTimestamp;
-use crate::waldir::{SegmentWriter, WalDir};
+use crate::wal_writer::WalWriter;
+use crate::waldir::WalDir;
 
 /// How the receiver behaves.
 #[derive(Debug, Clone)]
@@ -118,72 +118,6 @@ pub struct WalReceiver {
     cfg: Config,
     dir_path: PathBuf,
     opts: ReceiverOptions,
-}
-
-/// The state of one streamed timeline.
-struct Stream<'a> {
-    dir: &'a WalDir,
-    seg: SegmentSize,
-    tli: TimeLineId,
-    /// The next position expected from the server.
-    written: Lsn,
-    /// Everything before this is durable.
-    flushed: Lsn,
-    writer: Option<SegmentWriter>,
-}
-
-impl Stream<'_> {
-    fn write(&mut self, start: Lsn, mut data: &[u8], events: &mut dyn FnMut(ReceiverEvent)) -> Result<()> {
-        if start != self.written {
-            return Err(Error::WalDir(format!(
-                "the server sent WAL from {start}, but the next position expected is {}",
-                self.written
-            )));
-        }
-        while !data.is_empty() {
-            let segno = self.seg.segment_of(self.written);
-            if self.writer.as_ref().map(|w| w.id()) != Some((self.tli, segno)) {
-                if self.seg.offset_in_segment(self.written) != 0 {
-                    return Err(Error::WalDir(format!(
-                        "streaming started inside a segment, at {}",
-                        self.written
-                    )));
-                }
-                self.writer = Some(self.dir.open_segment(self.tli, segno)?);
-            }
-            let w = self.writer.as_mut().expect("a writer was opened above");
-            let n = (w.remaining() as usize).min(data.len());
-            w.write(&data[..n])?;
-            self.written = self.written.checked_add(n as u64)?;
-            data = &data[n..];
-            if w.is_full() {
-                let w = self.writer.take().expect("the writer is present");
-                let path = w.complete()?;
-                self.flushed = self.written;
-                events(ReceiverEvent::SegmentCompleted { path });
-            }
-        }
-        Ok(())
-    }
-
-    /// fsyncs what is written; afterwards `flushed == written`.
-    fn sync(&mut self) -> Result<()> {
-        if let Some(w) = self.writer.as_mut() {
-            w.sync()?;
-        }
-        self.flushed = self.written;
-        Ok(())
-    }
-
-    fn status(&self, reply_requested: bool) -> StandbyStatusUpdate {
-        StandbyStatusUpdate {
-            written: self.written,
-            flushed: self.flushed,
-            applied: Lsn::INVALID,
-            client_time: PgTimestamp::now(),
-            reply_requested,
-        }
-    }
 }
 
 enum TimelineEnd {
@@ -273,8 +207,7 @@ impl WalReceiver {
             let end = match outcome {
                 StartOutcome::EndOfTimeline(sw) => StreamEnd { next_timeline: Some(sw), discarded_bytes: 0 },
                 StartOutcome::Streaming => {
-                    let mut stream =
-                        Stream { dir: &dir, seg, tli, written: start, flushed: start, writer: None };
+                    let mut stream = WalWriter::new(&dir, tli, start)?;
                     let r = self.stream_timeline(&mut client, &mut stream, stop.as_mut(), events).await;
                     // Whatever happened, make what was written durable before returning.
                     let synced = stream.sync();
@@ -283,7 +216,7 @@ impl WalReceiver {
                     match end {
                         TimelineEnd::Stopped => {
                             events(ReceiverEvent::Stopped {
-                                flushed: stream.flushed,
+                                flushed: stream.flushed(),
                                 reason: "stop requested".into(),
                             });
                             client.disconnect().await?;
@@ -292,7 +225,7 @@ impl WalReceiver {
                         TimelineEnd::Ended(e) => {
                             if e.next_timeline.is_none() {
                                 events(ReceiverEvent::Stopped {
-                                    flushed: stream.flushed,
+                                    flushed: stream.flushed(),
                                     reason: "server ended streaming".into(),
                                 });
                             }
@@ -326,7 +259,7 @@ impl WalReceiver {
     async fn stream_timeline(
         &self,
         client: &mut ReplicationClient,
-        s: &mut Stream<'_>,
+        s: &mut WalWriter<'_>,
         mut stop: Pin<&mut (dyn Future<Output = ()> + Send)>,
         events: &mut dyn FnMut(ReceiverEvent),
     ) -> Result<TimelineEnd> {
@@ -346,7 +279,7 @@ impl WalReceiver {
                 ev = client.recv(Some(wait)) => match ev? {
                     None => {}
                     Some(StreamEvent::Message(WalMessage::XLogData(x))) => {
-                        s.write(x.wal_start, &x.data, events)?;
+                        s.write(x.wal_start, &x.data, &mut |path| events(ReceiverEvent::SegmentCompleted { path }))?;
                         if self.opts.synchronous {
                             reply_now = true;
                         }
@@ -366,36 +299,5 @@ impl WalReceiver {
                 next_status = Instant::now() + interval;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stream_writes_split_at_segment_ends() {
-        let path = std::env::temp_dir().join(format!("pgraft-recv-split-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        let seg = SegmentSize::new(1 << 20).expect("1 MiB");
-        let dir = WalDir::open(&path, seg).expect("open");
-        let start = Lsn(5 << 20);
-        let mut s = Stream { dir: &dir, seg, tli: 1, written: start, flushed: start, writer: None };
-        let mut seen = Vec::new();
-        let mut ev = |e: ReceiverEvent| seen.push(e);
-        s.write(start, &vec![1u8; (1 << 20) - 10], &mut ev).expect("most of a segment");
-        s.write(Lsn((6 << 20) - 10), &[2u8; 30], &mut ev).expect("across the boundary");
-        assert!(s.write(Lsn(1), &[0], &mut ev).is_err(), "a gap is refused");
-        s.sync().expect("sync");
-        assert_eq!(s.flushed, Lsn((6 << 20) + 20));
-        assert_eq!(seen.len(), 1, "{seen:?}");
-        let first = std::fs::read(path.join("000000010000000000000005")).expect("complete segment");
-        assert_eq!(first.len(), 1 << 20);
-        assert_eq!(&first[(1 << 20) - 11..], &[1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2]);
-        let partial = std::fs::read(path.join("000000010000000000000006.partial")).expect("partial");
-        assert_eq!(partial, vec![2u8; 20]);
-        drop(s);
-        drop(dir);
-        std::fs::remove_dir_all(&path).expect("clean up");
     }
 }

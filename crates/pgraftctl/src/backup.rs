@@ -1,10 +1,12 @@
 //! `pgraftctl backup`: a full file-level base backup of a running primary through the
-//! server API only, and `--verify` of a finished one.
+//! server API and the WAL streaming library, and `--verify` of a finished one.
 //!
 //! ```text
-//!   check grants ─▶ backup_start ─▶ walk the data directory (list_dir)
-//!        ─▶ read every file in chunks (read_binary_file) ─▶ backup_stop (server switches WAL)
-//!        ─▶ backup_label + tablespace_map ─▶ WAL segments start..end from pg_wal
+//!   check grants (REPLICATION too) ─▶ replication connection + temporary slot (RESERVE_WAL)
+//!        ─▶ backup_start ─▶ stream WAL from the start segment into data/pg_wal (a thread)
+//!        ─▶ walk the data directory (list_dir) ─▶ read every file in chunks (read_chunk)
+//!        ─▶ backup_stop (server switches WAL) ─▶ stream until the end segment is complete,
+//!           CopyDone, drop the slot ─▶ backup_label + tablespace_map
 //!        ─▶ manifest (size + SHA-256 per file), written last
 //!
 //!   DIR/data/                 the data directory, ready to start (after chown/chmod 0700)
@@ -13,10 +15,8 @@
 //!   DIR/backup_manifest.json  every file's size and SHA-256
 //! ```
 //!
-//! The WAL comes from the server's own `pg_wal` (read with `pg_read_binary_file` after
-//! backup stop, which completes the last segment). When the WAL streaming library
-//! exists, it can stream the same range during the backup instead, which also removes
-//! the risk that a checkpoint recycles a segment before it is copied.
+//! The WAL is streamed while the files are copied ([`crate::backup_wal`]); the slot keeps
+//! every segment from the backup's start on the server until the backup holds it.
 
 use std::fs::{self, File};
 use std::io::{BufWriter, IsTerminal, Write};
@@ -25,8 +25,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use pgraft_server_api::{Api, Error as ApiError, Lsn, SegmentSize, Server};
+use pgraft_server_api::{Api, Lsn, SegmentSize, Server};
+use pgraft_walstream::Config as WalConfig;
 
+use crate::backup_wal::BackupWal;
 use crate::manifest::{self, FileEntry, HashingWriter, Manifest};
 use crate::server::ConnArgs;
 
@@ -131,7 +133,7 @@ fn make_backup(args: &BackupArgs) -> Result<Manifest> {
     }
     let seg = SegmentSize::new(info.wal_segment_size)?;
     // Every grant the backup needs, checked before anything starts, all named at once.
-    let needed = [Api::ListDir, Api::ReadBinaryFile, Api::BackupStart, Api::BackupStop];
+    let needed = [Api::ListDir, Api::ReadBinaryFile, Api::BackupStart, Api::BackupStop, Api::StreamWal];
     let denied: Vec<String> = s
         .check_privileges()?
         .into_iter()
@@ -152,9 +154,16 @@ fn make_backup(args: &BackupArgs) -> Result<Manifest> {
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
         )
     });
-    let start = s.backup_start(&label, !args.spread_checkpoint).context("backup start")?;
+    // The slot first, so the server keeps every segment from the backup's start on.
+    let wal_cfg = WalConfig::from_conninfo(&args.conn.conninfo)
+        .context("--conninfo, for the replication connection that streams the WAL")?;
     let data = dir.join("data");
-    let copied = copy_data_directory(&mut s, dir, args.chunk_size, !args.no_sync);
+    let mut wal = BackupWal::open(&wal_cfg, &data.join("pg_wal"), seg)
+        .context("prepare streaming the backup's WAL (a replication connection and a temporary slot)")?;
+    let start = s.backup_start(&label, !args.spread_checkpoint).context("backup start")?;
+    let copied = test_pause(start)
+        .and_then(|()| wal.start(start))
+        .and_then(|()| copy_data_directory(&mut s, dir, args.chunk_size, !args.no_sync, &mut wal));
     // Stop the backup even when the copy failed, so the server does not keep it open; the
     // copy's error is the one to report then.
     let stopped = s.backup_stop(info.archive_mode != "off").context("backup stop");
@@ -163,40 +172,26 @@ fn make_backup(args: &BackupArgs) -> Result<Manifest> {
     if stop.lsn < start {
         bail!("backup stop LSN {} is before the start LSN {start}", stop.lsn);
     }
+    let streamed = wal.finish(stop.lsn)?;
+    let tli = stop.start_timeline().context("backup_label has no START TIMELINE")?;
+    if tli != streamed.timeline {
+        bail!(
+            "the backup started on timeline {tli}, but its WAL was streamed from timeline {}",
+            streamed.timeline
+        );
+    }
 
     files.push(write_small(dir, "data/backup_label", stop.label_file.as_bytes(), !args.no_sync)?);
     if !stop.tablespace_map.is_empty() {
         files.push(write_small(dir, "data/tablespace_map", stop.tablespace_map.as_bytes(), !args.no_sync)?);
     }
-
-    // The WAL from the segment holding the start to the one holding the last byte before
-    // the end LSN (backup stop switched away from it, so it is complete).
-    let tli = stop.start_timeline().context("backup_label has no START TIMELINE")?;
-    let last = seg.segment_of(Lsn(stop.lsn.0.saturating_sub(1)));
-    let mut wal_files = Vec::new();
     fs::create_dir_all(data.join("pg_wal/archive_status")).context("create pg_wal/archive_status")?;
-    let mut wanted: Vec<String> =
-        (seg.segment_of(start)..=last).map(|n| seg.segment_file_name(tli, n)).collect();
-    if tli > 1 {
-        wanted.insert(0, format!("{tli:08X}.history"));
+    for name in &streamed.files {
+        let rel = format!("data/pg_wal/{name}");
+        let (size, sha256) = manifest::hash_file(&dir.join(&rel))?;
+        files.push(FileEntry { path: rel, size, sha256 });
     }
-    for name in wanted {
-        let server_path = format!("pg_wal/{name}");
-        let backup_path = format!("data/pg_wal/{name}");
-        let size = if name.ends_with(".history") { None } else { Some(seg.bytes()) };
-        let entry =
-            copy_wal_file(&mut s, dir, &server_path, &backup_path, size, !args.no_sync).map_err(|e| {
-                match e.downcast_ref::<ApiError>() {
-                    Some(ApiError::FileNotFound { .. }) => e.context(format!(
-                        "WAL file {name} was removed from pg_wal before the backup could copy it; \
-                     raise wal_keep_size (or use archiving) and take the backup again"
-                    )),
-                    _ => e,
-                }
-            })?;
-        files.push(entry);
-        wal_files.push(name);
-    }
+    let wal_files = streamed.files;
 
     if !args.no_sync {
         sync_dirs(dir)?;
@@ -230,7 +225,13 @@ fn prepare_dir(dir: &Path) -> Result<()> {
 
 /// Walks the data directory (and tablespaces, through `pg_tblspc`), then copies every
 /// file in chunks with a progress bar on a terminal.
-fn copy_data_directory(s: &mut Server, dir: &Path, chunk: u64, sync: bool) -> Result<Vec<FileEntry>> {
+fn copy_data_directory(
+    s: &mut Server,
+    dir: &Path,
+    chunk: u64,
+    sync: bool,
+    wal: &mut BackupWal,
+) -> Result<Vec<FileEntry>> {
     let mut plan = Vec::new();
     // (server path, backup path)
     let mut stack = vec![(".".to_string(), "data".to_string())];
@@ -261,6 +262,8 @@ fn copy_data_directory(s: &mut Server, dir: &Path, chunk: u64, sync: bool) -> Re
     let mut progress = Progress::new(total);
     let mut files = Vec::with_capacity(plan.len());
     for p in plan {
+        // A backup whose WAL stream failed is lost: stop copying at once.
+        wal.check()?;
         let path = dir.join(&p.backup_path);
         let f = File::create(&path).with_context(|| format!("create {}", path.display()))?;
         let mut w = HashingWriter::new(BufWriter::with_capacity(1 << 20, f));
@@ -298,33 +301,6 @@ fn copy_data_directory(s: &mut Server, dir: &Path, chunk: u64, sync: bool) -> Re
     Ok(files)
 }
 
-/// Copies one WAL file exactly (`size` bytes when known).
-fn copy_wal_file(
-    s: &mut Server,
-    dir: &Path,
-    server_path: &str,
-    backup_path: &str,
-    size: Option<u64>,
-    sync: bool,
-) -> Result<FileEntry> {
-    let path = dir.join(backup_path);
-    let f = File::create(&path).with_context(|| format!("create {}", path.display()))?;
-    let mut w = HashingWriter::new(BufWriter::with_capacity(1 << 20, f));
-    match size {
-        Some(n) => s.read_binary_file_to(server_path, 0, n, &mut w)?,
-        None => {
-            let st = s.file_stat(server_path)?;
-            s.read_binary_file_to(server_path, 0, st.size, &mut w)?
-        }
-    }
-    w.get_mut().flush().with_context(|| format!("write {}", path.display()))?;
-    if sync {
-        w.get_mut().get_ref().sync_all().with_context(|| format!("fsync {}", path.display()))?;
-    }
-    let (size, sha256) = w.finish();
-    Ok(FileEntry { path: backup_path.to_string(), size, sha256 })
-}
-
 fn write_small(dir: &Path, rel: &str, bytes: &[u8], sync: bool) -> Result<FileEntry> {
     let path = dir.join(rel);
     let mut w =
@@ -335,6 +311,27 @@ fn write_small(dir: &Path, rel: &str, bytes: &[u8], sync: bool) -> Result<FileEn
     }
     let (size, sha256) = w.finish();
     Ok(FileEntry { path: rel.to_string(), size, sha256 })
+}
+
+/// For tests only (documented in docs/backup.md): with `PGRAFT_BACKUP_TEST_PAUSE` set to
+/// a file name, the backup writes its start LSN into that file right after backup start,
+/// before streaming WAL and copying files, and waits (up to 10 minutes) until the file is
+/// removed. A test uses the pause to run checkpoints and WAL switches that would recycle
+/// the backup's first segments were it not for the slot.
+fn test_pause(start: Lsn) -> Result<()> {
+    let Some(file) = std::env::var_os("PGRAFT_BACKUP_TEST_PAUSE") else {
+        return Ok(());
+    };
+    let file = PathBuf::from(file);
+    fs::write(&file, start.to_string()).with_context(|| format!("write {}", file.display()))?;
+    let deadline = Instant::now() + std::time::Duration::from_secs(600);
+    while file.exists() {
+        if Instant::now() > deadline {
+            bail!("PGRAFT_BACKUP_TEST_PAUSE: {} was not removed within 10 minutes", file.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// fsyncs every directory of the backup, so the new names are durable.

@@ -8,6 +8,7 @@
 //! leader|kv|log|config ...` operate a running cluster over libpq, with etcdctl's habits.
 
 mod backup;
+mod backup_wal;
 mod cluster_args;
 mod config;
 mod endpoint;

@@ -95,23 +95,11 @@ pub fn verify(dir: &Path) -> Result<(usize, u64)> {
     let mut bytes = 0;
     for e in &m.files {
         let path = dir.join(&e.path);
-        let mut f = match File::open(&path) {
-            Ok(f) => f,
-            Err(err) => {
-                problems.push(format!("{}: cannot open: {err}", e.path));
-                continue;
-            }
-        };
-        let mut w = HashingWriter::new(std::io::sink());
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf).with_context(|| format!("read {}", path.display()))?;
-            if n == 0 {
-                break;
-            }
-            w.write_all(&buf[..n]).context("hash")?;
+        if let Err(err) = File::open(&path) {
+            problems.push(format!("{}: cannot open: {err}", e.path));
+            continue;
         }
-        let (size, sha256) = w.finish();
+        let (size, sha256) = hash_file(&path)?;
         bytes += size;
         if size != e.size {
             problems.push(format!("{}: size {size}, manifest says {}", e.path, e.size));
@@ -123,6 +111,21 @@ pub fn verify(dir: &Path) -> Result<(usize, u64)> {
         bail!("backup {} does not match its manifest:\n  {}", dir.display(), problems.join("\n  "));
     }
     Ok((m.files.len(), bytes))
+}
+
+/// The size and SHA-256 (lower-case hex) of a file's contents.
+pub fn hash_file(path: &Path) -> Result<(u64, String)> {
+    let mut f = File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut w = HashingWriter::new(std::io::sink());
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).with_context(|| format!("read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        w.write_all(&buf[..n]).context("hash")?;
+    }
+    Ok(w.finish())
 }
 
 /// A writer that passes bytes on while counting them and computing their SHA-256.

@@ -59,7 +59,7 @@ fn server_subcommands_answer_with_real_values() {
         assert_eq!(check["connection"], "ok");
         assert_eq!(check["valid"], true);
         let apis = check["apis"].as_array().expect("apis");
-        assert_eq!(apis.len(), 8);
+        assert_eq!(apis.len(), 9);
         assert!(apis.iter().all(|a| a["allowed"] == true), "{check}");
 
         let cp = one_json(&pgraftctl(&["server", "checkpoint", "-o", "json", "--conninfo", &ci]));
@@ -145,13 +145,15 @@ fn server_subcommands_answer_with_real_values() {
             err.contains("GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean) TO operator;"),
             "{err}"
         );
+        // Streaming the backup's WAL needs the REPLICATION attribute.
+        assert!(err.contains("stream_wal: ALTER ROLE operator REPLICATION;"), "{err}");
         drop(su);
         drop(srv);
         let _ = fs::remove_dir_all(&dir);
     }
 }
 
-/// Kills a started pgbench when the test ends, even by panic.
+/// Kills a started pgbench (or backup) when the test ends, even by panic.
 struct Bench(Child);
 
 impl Drop for Bench {
@@ -412,6 +414,338 @@ fn backup_under_pgbench_restores_exactly_the_committed_rows() {
             "PostgreSQL {major}: backup of {} files in {backup_secs:.1}s; {} rows restored, {} committed after the cut",
             v["files"], expected_history.0, late.len()
         );
+        drop(restored);
+        drop(srv);
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
+
+const POLL: Duration = Duration::from_millis(20);
+
+/// The grants docs/backup.md lists for a backup role on PostgreSQL 15 and later, with
+/// REPLICATION for the WAL stream.
+const BACKUP_ROLE_15: &str = "CREATE ROLE backup LOGIN REPLICATION;
+GRANT pg_read_server_files TO backup;
+GRANT EXECUTE ON FUNCTION pg_read_binary_file(text, bigint, bigint, boolean) TO backup;
+GRANT EXECUTE ON FUNCTION pg_ls_dir(text, boolean, boolean) TO backup;
+GRANT EXECUTE ON FUNCTION pg_stat_file(text, boolean) TO backup;
+GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean) TO backup;
+GRANT EXECUTE ON FUNCTION pg_backup_stop(boolean) TO backup;";
+
+/// The WAL files in the server's pg_wal.
+fn server_wal_files(c: &mut postgres::Client) -> HashSet<String> {
+    c.query("SELECT name FROM pg_ls_waldir()", &[]).expect("pg_ls_waldir").iter().map(|r| r.get(0)).collect()
+}
+
+/// The backup's replication slot keeps its WAL: with 1 MiB segments, `wal_keep_size = 0`
+/// and a 4 MiB `max_wal_size`, the backup is held right after backup start (the test-only
+/// `PGRAFT_BACKUP_TEST_PAUSE`) while rounds of inserts, WAL switches and CHECKPOINTs write
+/// far more WAL than the server keeps. The segment holding the backup's start stays in
+/// pg_wal until the backup has streamed it (and goes at the next checkpoint after the
+/// backup, with the slot); the backup, made by a role with exactly the documented grants,
+/// restores with every row committed before backup stop and none after.
+#[test]
+fn the_backup_slot_keeps_wal_through_checkpoints() {
+    for pg_config in pg_configs() {
+        let major = PgInstall::from_pg_config(&pg_config).expect("pg_config").major;
+        let dir = cluster_dir(&format!("bslot{major}"));
+        let srv = PlainServer::init(
+            &pg_config,
+            &dir.join("src"),
+            &PlainOptions {
+                wal_segsize_mb: Some(1),
+                extra_conf: vec![
+                    "wal_keep_size = 0".into(),
+                    "min_wal_size = 2MB".into(),
+                    "max_wal_size = 4MB".into(),
+                ],
+                ..Default::default()
+            },
+        )
+        .expect("initdb and start");
+        let mut su = srv.connect().expect("connect");
+        su.batch_execute(BACKUP_ROLE_15).expect("the backup role");
+        su.batch_execute("CREATE TABLE kept (id int PRIMARY KEY, v text)").expect("create the table");
+        su.batch_execute("INSERT INTO kept SELECT g, md5(g::text) FROM generate_series(1, 1000) g")
+            .expect("first rows");
+
+        let bdir = dir.join("backup");
+        let pause = dir.join("pause");
+        let out = fs::File::create(dir.join("backup.out")).expect("stdout file");
+        let err = fs::File::create(dir.join("backup.err")).expect("stderr file");
+        let mut child = Bench(
+            Command::new(env!("CARGO_BIN_EXE_pgraftctl"))
+                .args(["backup", "--label", "slot", "--dir"])
+                .arg(&bdir)
+                .args(["--conninfo", &srv.conninfo_as("backup")])
+                .env("PGRAFT_BACKUP_TEST_PAUSE", &pause)
+                .stdout(Stdio::from(out))
+                .stderr(Stdio::from(err))
+                .spawn()
+                .expect("start pgraftctl backup"),
+        );
+        let start: Lsn =
+            wait_until("the backup to pause after backup start", Duration::from_secs(60), POLL, || {
+                if let Some(status) = child.0.try_wait()? {
+                    panic!("the backup exited ({status}): {}", fs::read_to_string(dir.join("backup.err"))?);
+                }
+                Ok(fs::read_to_string(&pause).ok().and_then(|t| t.parse().ok()))
+            })
+            .expect("paused");
+
+        // The slot exists, is temporary, and reserves WAL from no later than the start.
+        let row = su
+            .query_one(
+                "SELECT slot_name::text, temporary, restart_lsn::text, pg_walfile_name($1::text::pg_lsn) \
+                 FROM pg_replication_slots",
+                &[&start.to_string()],
+            )
+            .expect("one slot");
+        let (slot, temporary, restart, start_file): (String, bool, String, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        assert!(slot.starts_with("pgraft_backup_"), "{slot}");
+        assert!(temporary, "the slot is temporary");
+        assert!(restart.parse::<Lsn>().expect("an LSN") <= start, "restart_lsn {restart} after {start}");
+        assert!(server_wal_files(&mut su).contains(&start_file), "{start_file} already gone");
+
+        // Far more WAL than max_wal_size, with checkpoints that would recycle it.
+        let rounds = 8;
+        for r in 0..rounds {
+            su.batch_execute(&format!(
+                "INSERT INTO kept SELECT g, repeat(md5(g::text), 20) FROM generate_series({}, {}) g; \
+                 SELECT pg_switch_wal(); CHECKPOINT;",
+                2000 + r * 2000,
+                2000 + r * 2000 + 1999
+            ))
+            .expect("a round of WAL and a checkpoint");
+        }
+        let flush: Lsn = su
+            .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
+            .expect("flush")
+            .get::<_, String>(0)
+            .parse()
+            .expect("LSN");
+        let seg = SegmentSize::new(1 << 20).expect("1 MiB");
+        assert!(
+            seg.segment_of(flush) - seg.segment_of(start) >= 3 * 4,
+            "the rounds wrote too little WAL ({start} to {flush})"
+        );
+        let files = server_wal_files(&mut su);
+        assert!(files.contains(&start_file), "{start_file} was recycled though the slot holds it: {files:?}");
+        let committed: (i64, String) = {
+            let r = su
+                .query_one("SELECT count(*), md5(string_agg(id || ':' || v, ',' ORDER BY id)) FROM kept", &[])
+                .expect("rows");
+            (r.get(0), r.get(1))
+        };
+
+        fs::remove_file(&pause).expect("resume the backup");
+        let status =
+            wait_until("the backup to finish", Duration::from_secs(120), POLL, || Ok(child.0.try_wait()?))
+                .expect("finished");
+        assert!(
+            status.success(),
+            "backup failed: {}",
+            fs::read_to_string(dir.join("backup.err")).unwrap_or_default()
+        );
+        let done = one_json(&fs::read_to_string(dir.join("backup.out")).expect("output"));
+        // Rows after backup stop must not be in the restored cluster.
+        su.batch_execute("INSERT INTO kept VALUES (-1, 'after the backup')").expect("a later row");
+
+        // The slot went with the backup; the next checkpoints remove the start segment.
+        let slots: i64 = su.query_one("SELECT count(*) FROM pg_replication_slots", &[]).expect("q").get(0);
+        assert_eq!(slots, 0, "the backup's slot is still there");
+        su.batch_execute("SELECT pg_switch_wal(); CHECKPOINT; SELECT pg_switch_wal(); CHECKPOINT;")
+            .expect("checkpoints after the backup");
+        assert!(!server_wal_files(&mut su).contains(&start_file), "{start_file} is kept without the slot");
+
+        // The backup's WAL: every segment from the start's to the end's, nothing else.
+        let end: Lsn = done["end_lsn"].as_str().expect("end").parse().expect("LSN");
+        let manifest: Value =
+            serde_json::from_slice(&fs::read(bdir.join("backup_manifest.json")).expect("manifest"))
+                .expect("JSON");
+        let wal: Vec<String> = manifest["wal_files"]
+            .as_array()
+            .expect("wal")
+            .iter()
+            .map(|v| v.as_str().expect("name").to_string())
+            .collect();
+        let expected: Vec<String> = (seg.segment_of(start)..=seg.segment_of(Lsn(end.0 - 1)))
+            .map(|n| seg.segment_file_name(1, n))
+            .collect();
+        assert_eq!(wal, expected);
+        let mut on_disk: Vec<String> = fs::read_dir(bdir.join("data/pg_wal"))
+            .expect("pg_wal")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        on_disk.sort();
+        let mut want = expected.clone();
+        want.push("archive_status".into());
+        want.sort();
+        assert_eq!(on_disk, want, "the backup's pg_wal holds exactly its segments");
+        for name in &expected {
+            assert_eq!(fs::metadata(bdir.join("data/pg_wal").join(name)).expect("segment").len(), 1 << 20);
+        }
+        let v = one_json(&pgraftctl(&["backup", "--verify", "--dir", &bdir.to_string_lossy()]));
+        assert_eq!(v["verified"], true);
+
+        let rdir = dir.join("restored");
+        copy_tree(&bdir.join("data"), &rdir.join("pgdata"));
+        let restored = PlainServer::adopt(srv.install.clone(), srv.user.clone(), &rdir, rdir.join("pgdata"))
+            .expect("adopt the restored directory");
+        restored.start().expect("the restored server starts");
+        let mut rc = restored.connect().expect("connect to the restored server");
+        let got: (i64, String) = {
+            let r = rc
+                .query_one("SELECT count(*), md5(string_agg(id || ':' || v, ',' ORDER BY id)) FROM kept", &[])
+                .expect("restored rows");
+            (r.get(0), r.get(1))
+        };
+        assert_eq!(got, committed, "the restored rows differ from those committed before backup stop");
+        assert_eq!(got.0, 1000 + 2000 * rounds as i64);
+        eprintln!(
+            "PostgreSQL {major}: {} WAL segments from {start} to {end} kept by slot {slot} through {rounds} checkpoints",
+            wal.len()
+        );
+        assert!(!srv.log().contains("permission denied"), "{}", srv.log());
+
+        // A backup whose WAL stream breaks fails with the stream's error, stops the backup
+        // and leaves no slot behind: here its walsender is terminated during the pause.
+        let bdir2 = dir.join("broken");
+        let mut child = Bench(
+            Command::new(env!("CARGO_BIN_EXE_pgraftctl"))
+                .args(["backup", "--dir"])
+                .arg(&bdir2)
+                .args(["--conninfo", &srv.conninfo_as("backup")])
+                .env("PGRAFT_BACKUP_TEST_PAUSE", &pause)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start pgraftctl backup"),
+        );
+        wait_until("the second backup to pause", Duration::from_secs(60), POLL, || {
+            if let Some(status) = child.0.try_wait()? {
+                panic!("the backup exited early ({status})");
+            }
+            Ok(fs::read_to_string(&pause).ok().and_then(|t| t.parse::<Lsn>().ok()))
+        })
+        .expect("paused");
+        let killed: bool = su
+            .query_one("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots", &[])
+            .expect("terminate the walsender")
+            .get(0);
+        assert!(killed);
+        fs::remove_file(&pause).expect("resume the backup");
+        let status = wait_until("the broken backup to exit", Duration::from_secs(120), POLL, || {
+            Ok(child.0.try_wait()?)
+        })
+        .expect("exited");
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.0.stderr.take().expect("stderr"), &mut stderr)
+            .expect("read stderr");
+        assert!(!status.success(), "a backup without its WAL succeeded");
+        assert!(stderr.contains("stream the backup's WAL"), "{stderr}");
+        assert!(!bdir2.join("backup_manifest.json").exists(), "an unfinished backup has no manifest");
+        let slots: i64 = su.query_one("SELECT count(*) FROM pg_replication_slots", &[]).expect("q").get(0);
+        assert_eq!(slots, 0, "the broken backup left its slot");
+        eprintln!("PostgreSQL {major}: a backup whose WAL stream broke: {}", stderr.trim());
+        // And the next backup works.
+        let again = one_json(&pgraftctl(&[
+            "backup",
+            "--dir",
+            &dir.join("again").to_string_lossy(),
+            "--conninfo",
+            &srv.conninfo_as("backup"),
+        ]));
+        assert!(again["wal_files"].as_u64() >= Some(1), "{again}");
+        drop(rc);
+        drop(restored);
+        drop(srv);
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
+
+/// A backup of a server on timeline 2 (restarted as a standby of its own WAL and
+/// promoted) streams the timeline's history file into `pg_wal` with its segments; the
+/// restored server comes up on timeline 2 with the rows.
+#[test]
+fn backup_on_a_new_timeline_carries_its_history_file() {
+    for pg_config in pg_configs() {
+        let major = PgInstall::from_pg_config(&pg_config).expect("pg_config").major;
+        let dir = cluster_dir(&format!("btli{major}"));
+        let srv = PlainServer::init(
+            &pg_config,
+            &dir.join("src"),
+            &PlainOptions { wal_segsize_mb: Some(1), ..Default::default() },
+        )
+        .expect("initdb and start");
+        let mut su = srv.connect().expect("connect");
+        su.batch_execute("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 500)")
+            .expect("rows");
+        drop(su);
+        srv.stop().expect("stop");
+        fs::write(srv.data_dir.join("standby.signal"), b"").expect("standby.signal");
+        srv.user.chown(&srv.data_dir.join("standby.signal")).expect("chown");
+        srv.start().expect("start as a standby");
+        let pg_ctl = |args: &[&str]| {
+            let out = srv
+                .user
+                .command(srv.install.bin("pg_ctl"))
+                .arg("-D")
+                .arg(&srv.data_dir)
+                .args(args)
+                .output()
+                .expect("run pg_ctl");
+            assert!(out.status.success(), "pg_ctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        pg_ctl(&["-w", "-t", "60", "promote"]);
+        let mut su = srv.connect().expect("connect after promotion");
+        wait_until("the promotion to end recovery", Duration::from_secs(60), POLL, || {
+            let rec: bool = su.query_one("SELECT pg_is_in_recovery()", &[])?.get(0);
+            Ok((!rec).then_some(()))
+        })
+        .expect("promoted");
+        su.batch_execute("INSERT INTO t SELECT generate_series(501, 700)").expect("rows on timeline 2");
+
+        let bdir = dir.join("backup");
+        let done = one_json(&pgraftctl(&[
+            "backup",
+            "--dir",
+            &bdir.to_string_lossy(),
+            "--conninfo",
+            &srv.conninfo(),
+        ]));
+        assert_eq!(done["timeline"], 2, "{done}");
+        let manifest: Value =
+            serde_json::from_slice(&fs::read(bdir.join("backup_manifest.json")).expect("manifest"))
+                .expect("JSON");
+        let wal: Vec<&str> = manifest["wal_files"]
+            .as_array()
+            .expect("wal")
+            .iter()
+            .map(|v| v.as_str().expect("name"))
+            .collect();
+        assert_eq!(wal.first().copied(), Some("00000002.history"), "{wal:?}");
+        assert!(wal[1..].iter().all(|n| n.starts_with("00000002")), "{wal:?}");
+        assert_eq!(
+            fs::read(bdir.join("data/pg_wal/00000002.history")).expect("the backup's history file"),
+            fs::read(srv.data_dir.join("pg_wal/00000002.history")).expect("the server's history file")
+        );
+        let v = one_json(&pgraftctl(&["backup", "--verify", "--dir", &bdir.to_string_lossy()]));
+        assert_eq!(v["verified"], true);
+
+        let rdir = dir.join("restored");
+        copy_tree(&bdir.join("data"), &rdir.join("pgdata"));
+        let restored = PlainServer::adopt(srv.install.clone(), srv.user.clone(), &rdir, rdir.join("pgdata"))
+            .expect("adopt the restored directory");
+        restored.start().expect("the restored server starts");
+        let mut rc = restored.connect().expect("connect to the restored server");
+        let n: i64 = rc.query_one("SELECT count(*) FROM t", &[]).expect("rows").get(0);
+        assert_eq!(n, 700);
+        let tli: i32 =
+            rc.query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[]).expect("tli").get(0);
+        assert!(tli >= 2, "the restored server is on timeline {tli}");
+        drop(rc);
         drop(restored);
         drop(srv);
         let _ = fs::remove_dir_all(&dir);

@@ -2,9 +2,8 @@
 //! cluster keeps serving writes. (Reference: ARCHITECTURE.md decision 8, "a peer that
 //! fails the handshake is dropped and logged"; decision 1, frames have a size cap.)
 //!
-//! The TLS cases of issue 5 (a peer without a client certificate, a certificate from
-//! another CA) need local clusters with TLS between members, which the test kit does not
-//! start yet; pgraft-core's `t30_tcp` covers them on the transport alone.
+//! With TLS between members (`UpOptions::tls`): a peer without a client certificate and a
+//! peer with a certificate from another CA are refused the same way.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -39,6 +38,10 @@ impl Drop for Cluster {
 }
 
 fn up(name: &str) -> Cluster {
+    up_with(name, false)
+}
+
+fn up_with(name: &str, tls: bool) -> Cluster {
     let dir = std::env::temp_dir().join(format!("pgraft-t-sec-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create the cluster directory");
@@ -48,6 +51,7 @@ fn up(name: &str) -> Cluster {
         dir,
         pg_config: pg_config(),
         proxy_exe: PathBuf::from(env!("CARGO_BIN_EXE_pgraft-torture")),
+        tls,
         ..UpOptions::default()
     };
     Cluster(LocalCluster::up(&opts).expect("start a three-member cluster"))
@@ -185,4 +189,81 @@ fn hostile_peers_are_refused_logged_and_the_cluster_keeps_serving() {
     drain(s);
     c.wait_refusal(3, before, "exceeds the cap");
     c.still_serves("frame");
+}
+
+/// Completes a TLS handshake (as a client trusting the cluster's CA, presenting `client`
+/// if any) on member `id`'s Raft port and sends a hello; returns what the member answered
+/// before closing, or the TLS error.
+fn tls_attempt(c: &Cluster, id: u64, client: Option<(&std::path::Path, &std::path::Path)>) -> String {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = c.0.tls_files(id).ca;
+    for cert in CertificateDer::pem_file_iter(&ca).expect("read the CA") {
+        roots.add(cert.expect("a CA certificate")).expect("add the CA");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .expect("read the certificate")
+                .collect::<Result<_, _>>()
+                .expect("certificates");
+            let key = PrivateKeyDer::from_pem_file(key).expect("read the key");
+            builder.with_client_auth_cert(chain, key).expect("client certificate")
+        }
+    };
+    let name = ServerName::try_from("127.0.0.1").expect("a server name");
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("a TLS client");
+    let mut tcp = c.dial(id);
+    let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        from: 1,
+        to: id,
+        cluster_id: c.cluster_id(),
+        address: String::new(),
+    };
+    if let Err(e) = tls.write_all(&hello.encode()).and_then(|()| tls.flush()) {
+        return format!("refused: {e}");
+    }
+    let mut answer = [0u8; ACK_LEN];
+    match tls.read_exact(&mut answer) {
+        Ok(()) => format!("answered: {:?}", Ack::decode(&answer).map(|a| a.status)),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => "closed without an answer".to_string(),
+        Err(e) => format!("refused: {e}"),
+    }
+}
+
+#[test]
+fn with_tls_peers_without_a_certificate_or_from_another_ca_are_refused() {
+    let c = up_with("tls", true);
+    c.still_serves("before");
+
+    // No client certificate: the member requires one.
+    let before = c.refused(1);
+    let r = tls_attempt(&c, 1, None);
+    assert!(r.starts_with("refused") || r.starts_with("closed"), "a peer without a certificate got in: {r}");
+    c.wait_refusal(1, before, "TLS handshake failed");
+    c.still_serves("no-cert");
+
+    // A certificate from another CA, for the right cluster and node ids.
+    let other = pgraft_testkit::TestCa::new("an attacker's CA").expect("another CA");
+    let dir = c.0.dir().join("other-ca");
+    let files = other.write_member_files(&dir, 1).expect("a foreign certificate");
+    let before = c.refused(2);
+    let r = tls_attempt(&c, 2, Some((&files[0].cert, &files[0].key)));
+    assert!(r.starts_with("refused") || r.starts_with("closed"), "a foreign certificate got in: {r}");
+    c.wait_refusal(2, before, "TLS handshake failed");
+    c.still_serves("other-ca");
+
+    // The cluster's own certificate is accepted (the test's client is sound).
+    let own = c.0.tls_files(3);
+    let r = tls_attempt(&c, 2, Some((&own.cert, &own.key)));
+    assert_eq!(r, "answered: Ok(Accepted)", "a member's own certificate");
 }

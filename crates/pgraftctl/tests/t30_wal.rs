@@ -285,7 +285,18 @@ fn receive_survives_sigkill_byte_identical() {
         completed.extend(segment_events(&events2));
         let unique: BTreeSet<&String> = completed.iter().collect();
         assert_eq!(unique.len(), completed.len(), "pg{major}: a segment was completed twice: {completed:?}");
-        assert_eq!(unique.len(), complete.len(), "pg{major}: every complete file was reported once");
+        // A SIGKILL between a segment's rename and its report leaves one complete file
+        // unreported (the restarted receiver finds it done); none is reported and missing.
+        assert!(
+            completed.iter().all(|name| complete.iter().any(|c| seg().segment_file_name(c.0, c.1) == *name)),
+            "pg{major}: a reported segment is not a complete file: {completed:?}"
+        );
+        assert!(
+            complete.len() - unique.len() <= 1,
+            "pg{major}: {} complete files, {} reported",
+            complete.len(),
+            unique.len()
+        );
     }
 }
 

@@ -27,14 +27,21 @@ pub fn invalid(msg: impl Into<String>) -> ! {
     fail(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, msg, None)
 }
 
-/// How long the cluster may take: just under statement_timeout when it is set (so the
-/// session hears pgraft's reason rather than a bare cancel), else pgraft.request_timeout.
+/// How long the cluster may take: just under what is left of statement_timeout when it is
+/// set (so the session hears pgraft's reason rather than a bare cancel, even when one
+/// function makes several calls), else pgraft.request_timeout.
 pub fn budget() -> Duration {
-    // SAFETY: reading a backend-local GUC variable on the backend's main thread.
-    let st = unsafe { pg_sys::StatementTimeout };
+    // SAFETY: reading a backend-local GUC variable and the transaction's timestamps on the
+    // backend's main thread.
+    let (st, elapsed_us) = unsafe {
+        (
+            pg_sys::StatementTimeout,
+            pg_sys::GetCurrentTimestamp() - pg_sys::GetCurrentStatementStartTimestamp(),
+        )
+    };
     if st > 0 {
-        let st = st as u64;
-        Duration::from_millis(st - (st / 10).min(200))
+        let left = (st as u64).saturating_sub(elapsed_us.max(0) as u64 / 1000);
+        Duration::from_millis((left - (left / 10).min(200)).max(1))
     } else {
         Duration::from_millis(gucs::REQUEST_TIMEOUT.get().max(1) as u64)
     }

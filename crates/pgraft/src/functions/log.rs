@@ -220,8 +220,17 @@ mod tests {
         // with pgraft's reason, not a bare cancel.
         Spi::run("SET LOCAL statement_timeout = '700ms'").expect("set");
         let ahead = last + 1_000_000;
-        assert_error(&format!("SELECT pgraft_log_commit({ahead})"), "57014", "");
-        assert_error(&format!("SELECT pgraft_log_apply({ahead})"), "57014", "");
+        // (The budget is what is left of statement_timeout since the statement started.)
+        assert_error(
+            &format!("SELECT pgraft_log_commit({ahead})"),
+            "57014",
+            "timed out waiting for the cluster",
+        );
+        assert_error(
+            &format!("SELECT pgraft_log_apply({ahead})"),
+            "57014",
+            "timed out waiting for the cluster",
+        );
         assert_eq!(maybe::<String>(&format!("SELECT pgraft_log_get_entry({ahead})")), None);
         Spi::run("SET LOCAL statement_timeout = 0").expect("reset");
         assert!(yes("SELECT pgraft_log_sync_with_leader()"));

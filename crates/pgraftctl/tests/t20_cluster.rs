@@ -12,17 +12,6 @@ fn leader_seen_by(conninfo: &str) -> Option<i32> {
     c.query_one("SELECT pgraft_get_leader()", &[]).ok().map(|r| r.get::<_, i32>(0)).filter(|l| *l > 0)
 }
 
-fn wait<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn bootstrap_write_anywhere_lose_the_leader_and_partition() {
     for pg_config in pg_configs() {

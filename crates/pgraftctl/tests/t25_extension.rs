@@ -83,17 +83,6 @@ impl Cluster {
     }
 }
 
-fn wait<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// `cp -a`, keeping the server account's ownership.
 fn copy_dir(from: &Path, to: &Path) {
     let st = Command::new("cp").arg("-a").arg(from).arg(to).status().expect("run cp");

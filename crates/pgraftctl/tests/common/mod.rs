@@ -81,3 +81,15 @@ impl Drop for Down {
 pub fn processes_left(dir: &Path) -> Vec<i32> {
     pgraft_testkit::processes_in(dir)
 }
+
+/// Polls `f` until it gives a value, failing the test after `timeout`.
+pub fn wait<T>(what: &str, timeout: std::time::Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < end, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

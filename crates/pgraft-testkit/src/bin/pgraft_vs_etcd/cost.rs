@@ -92,6 +92,9 @@ pub struct Disk {
     pub before: u64,
     pub after_writes: u64,
     pub after_compaction: u64,
+    /// The largest files of member 1 after the writes and after compaction.
+    pub files_after_writes: Vec<(String, u64)>,
+    pub files_after_compaction: Vec<(String, u64)>,
 }
 
 impl Disk {

@@ -77,3 +77,38 @@ pub fn loadavg() -> String {
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
 }
+
+/// Bytes free to an unprivileged user on the filesystem that holds `path`.
+pub fn free_bytes(path: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return 0 };
+    // SAFETY: statvfs writes into the zeroed struct we own; c is a valid C string.
+    unsafe {
+        let mut s: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut s) != 0 {
+            return 0;
+        }
+        s.f_bavail as u64 * s.f_frsize as u64
+    }
+}
+
+/// The `n` largest files under `dir` by allocated size: (path relative to `dir`, bytes).
+pub fn largest_files(dir: &Path, n: usize) -> Vec<(String, u64)> {
+    fn walk(base: &Path, d: &Path, out: &mut Vec<(String, u64)>) {
+        let Ok(entries) = fs::read_dir(d) else { return };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else {
+                let rel = p.strip_prefix(base).unwrap_or(&p).to_string_lossy().into_owned();
+                out.push((rel, disk_bytes(&p)));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort_by_key(|f| std::cmp::Reverse(f.1));
+    out.truncate(n);
+    out
+}

@@ -44,6 +44,8 @@ pub struct Report {
     pub disk_etcd: Option<Disk>,
     pub growth_pgraft: Vec<(u64, f64)>,
     pub growth_etcd: Vec<(u64, f64)>,
+    pub growth_target: u64,
+    pub growth_note: Option<String>,
     pub members: Vec<(usize, Figures, Figures)>,
     pub errors: Vec<String>,
 }
@@ -93,6 +95,8 @@ impl Report {
             disk_etcd: None,
             growth_pgraft: Vec::new(),
             growth_etcd: Vec::new(),
+            growth_target: plan.grow_to,
+            growth_note: None,
             members: Vec::new(),
             errors: Vec::new(),
         }
@@ -256,6 +260,18 @@ impl Report {
                 );
             }
             s.push('\n');
+            for (name, d) in [("pgraft", pd), ("etcd", ed)] {
+                let f = |v: &[(String, u64)]| {
+                    v.iter().map(|(p, b)| format!("`{p}` {} MiB", mib(*b))).collect::<Vec<_>>().join(", ")
+                };
+                let _ = writeln!(
+                    s,
+                    "- {name}, member 1's largest files after the writes: {}; after compaction: {}.",
+                    f(&d.files_after_writes),
+                    f(&d.files_after_compaction)
+                );
+            }
+            s.push('\n');
         }
         if !self.members.is_empty() {
             let _ = writeln!(
@@ -282,8 +298,11 @@ impl Report {
                 s,
                 "### Throughput as the store grows\n\nFresh keys written by {} clients in steps of a tenth of {} keys \
                  (on top of the keys the earlier cases left), each step timed; at most {} s per system.\n",
-                self.args.load_clients, p.grow_to, p.grow_budget
+                self.args.load_clients, self.growth_target, p.grow_budget
             );
+            if let Some(n) = &self.growth_note {
+                let _ = writeln!(s, "The target was {n}.\n");
+            }
             s.push_str("| keys written | pgraft puts/s | etcd puts/s |\n|--:|--:|--:|\n");
             let n = self.growth_pgraft.len().max(self.growth_etcd.len());
             for i in 0..n {
@@ -386,6 +405,30 @@ impl Report {
              request when the previous one is answered.\n"
         );
         s.push_str(&self.text());
+        s.push_str(
+            "## How to reproduce\n\n\
+             ```sh\n\
+             make bench        # the full run: this file and docs/benchmarks/*.png\n\
+             make bench-quick  # a smoke run of a few minutes; its report goes under /tmp/pgraft-bench-quick\n\
+             ```\n\n\
+             `scripts/bench.sh` installs what is missing (the usual set-up, Debian's etcd-server and \
+             fonts-dejavu-core), installs a release build of the extension into a private copy of PostgreSQL 15 \
+             (`scripts/bench-pg.sh`, so the debug build the tests use stays in place), builds `pgraftctl` and \
+             `pgraft-vs-etcd` in release mode and runs the benchmark; extra arguments go to the benchmark \
+             (`--only kv,failover`, `--clients 1,64`, `--seconds 30`, ...; see `pgraft-vs-etcd --help`).\n\n",
+        );
+        s.push_str(
+            "## Reading the figures\n\n\
+             - One machine runs both clusters and the clients: the client threads compete with the members for \
+             the same cores, as they do for etcd. With two cores, the high client counts measure CPU contention \
+             as much as consensus.\n\
+             - Throughput ratios below 1 mean pgraft is slower; latency ratios above 1 mean pgraft is slower.\n\
+             - A pgraft request crosses more layers than an etcd one: SQL parsing and execution in a backend, \
+             the backend-to-worker socket, then Raft; etcd's gRPC handler talks to Raft in-process.\n\
+             - The disk figures are `du` of the members' directories: pgraft.data_dir (log, hard state, KV \
+             store, snapshots) and etcd's data directory (WAL and bbolt database). PostgreSQL's own WAL and \
+             data files are not counted for pgraft: the KV store does not write to them.\n\n",
+        );
         if !plots.is_empty() {
             s.push_str("## Plots\n\n");
             for (title, file) in plots {

@@ -89,6 +89,8 @@ pub fn memory(pgraft: &LocalCluster, etcd: &EtcdCluster) -> Result<Memory> {
 #[derive(Clone, Debug, Default)]
 pub struct Disk {
     pub writes: u64,
+    /// Writes that failed (timed out) and were sent again.
+    pub retried: u64,
     pub before: u64,
     pub after_writes: u64,
     pub after_compaction: u64,

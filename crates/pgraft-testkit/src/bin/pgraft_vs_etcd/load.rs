@@ -51,6 +51,8 @@ pub struct Figures {
     pub p999: Duration,
     /// Every request's latency in microseconds, sorted.
     pub latencies_us: Vec<u32>,
+    /// Requests that failed (timed out) and were sent again (`fill` only).
+    pub retried: u64,
 }
 
 impl Figures {
@@ -69,6 +71,7 @@ impl Figures {
             p99: pct(0.99),
             p999: pct(0.999),
             latencies_us: all,
+            retried: 0,
         }
     }
 }
@@ -125,7 +128,9 @@ pub fn run(
 }
 
 /// Writes keys `key_of(n)` for every `n` in `from..to`, the clients taking the next index
-/// from a shared counter until it runs out.
+/// from a shared counter until it runs out. A write that fails (a server-side timeout
+/// under sustained load) is counted and sent again, up to three times; its latency counts
+/// from the first attempt.
 pub fn fill(
     clients: &mut [Box<dyn Client>],
     from: u64,
@@ -134,12 +139,13 @@ pub fn fill(
     value: &str,
 ) -> Result<Figures> {
     let next = AtomicU64::new(from);
+    let retried = AtomicU64::new(0);
     let started = Instant::now();
     let all = std::thread::scope(|s| -> Result<Vec<u32>> {
         let handles: Vec<_> = clients
             .iter_mut()
             .map(|c| {
-                let next = &next;
+                let (next, retried) = (&next, &retried);
                 s.spawn(move || -> Result<Vec<u32>> {
                     let mut lat = Vec::new();
                     loop {
@@ -148,7 +154,16 @@ pub fn fill(
                             return Ok(lat);
                         }
                         let t = Instant::now();
-                        c.put(&key_of(n), value).with_context(|| format!("write key number {n}"))?;
+                        let mut attempt = 0;
+                        while let Err(e) = c.put(&key_of(n), value) {
+                            attempt += 1;
+                            if attempt > 3 {
+                                return Err(e)
+                                    .with_context(|| format!("write key number {n}, attempt {attempt}"));
+                            }
+                            eprintln!("  write {n} failed, sending it again: {e:#}");
+                            retried.fetch_add(1, Ordering::Relaxed);
+                        }
                         lat.push(micros(t.elapsed()));
                     }
                 })
@@ -160,7 +175,9 @@ pub fn fill(
         }
         Ok(all)
     })?;
-    Ok(Figures::from(all, started.elapsed()))
+    let mut f = Figures::from(all, started.elapsed());
+    f.retried = retried.into_inner();
+    Ok(f)
 }
 
 fn micros(d: Duration) -> u32 {

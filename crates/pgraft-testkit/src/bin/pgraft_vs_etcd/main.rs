@@ -400,7 +400,7 @@ fn disk_case(ctx: &Ctx, rep: &mut Report, pgraft: &LocalCluster, etcd: &etcd::Et
     let dirs = cost::pgraft_dirs(pgraft);
     let mut d = cost::Disk { writes: w, before: cost::settled_disk(&dirs), ..Default::default() };
     eprintln!("disk: {w} writes to pgraft");
-    load::fill(&mut pgraft_clients(&conninfos(pgraft), n)?, 0, w, &key_of, &ctx.value)?;
+    d.retried = load::fill(&mut pgraft_clients(&conninfos(pgraft), n)?, 0, w, &key_of, &ctx.value)?.retried;
     d.after_writes = cost::settled_disk(&dirs);
     d.files_after_writes = procstat::largest_files(&dirs[0], 4);
     cost::pgraft_compact(pgraft)?;
@@ -411,7 +411,7 @@ fn disk_case(ctx: &Ctx, rep: &mut Report, pgraft: &LocalCluster, etcd: &etcd::Et
     let dirs = etcd.data_dirs.clone();
     let mut d = cost::Disk { writes: w, before: cost::settled_disk(&dirs), ..Default::default() };
     eprintln!("disk: {w} writes to etcd");
-    load::fill(&mut etcd_clients(&etcd.client_urls, n)?, 0, w, &key_of, &ctx.value)?;
+    d.retried = load::fill(&mut etcd_clients(&etcd.client_urls, n)?, 0, w, &key_of, &ctx.value)?.retried;
     d.after_writes = cost::settled_disk(&dirs);
     d.files_after_writes = procstat::largest_files(&dirs[0], 4);
     cost::etcd_compact(etcd)?;
@@ -428,7 +428,7 @@ fn grow(
     to: u64,
     budget: Duration,
     value: &str,
-) -> Result<Vec<(u64, f64)>> {
+) -> Result<Vec<(u64, f64, u64)>> {
     let step = (to / 10).max(1);
     let key_of = |n: u64| format!("grow/{n:09}");
     let started = Instant::now();
@@ -438,8 +438,8 @@ fn grow(
         let next = (at + step).min(to);
         let f = load::fill(&mut clients, at, next, &key_of, value)?;
         at = next;
-        eprintln!("  {at} keys: {:.0} writes/s", f.per_second);
-        out.push((at, f.per_second));
+        eprintln!("  {at} keys: {:.0} writes/s, {} retried", f.per_second, f.retried);
+        out.push((at, f.per_second, f.retried));
     }
     Ok(out)
 }

@@ -76,7 +76,7 @@ fn disk_of(dir: &Path) -> String {
                 .or_else(|_| fs::read_to_string(format!("/sys/block/{base}/{f}")))
                 .ok()
         })
-        .map(|v| if v.trim() == "1" { "rotational" } else { "non-rotational" })
+        .map(|v| if v.trim() == "1" { "rotational as the kernel reports it" } else { "non-rotational" })
         .unwrap_or("kind unknown");
     let size = fs::read_to_string(format!("/sys/block/{name}/size"))
         .or_else(|_| fs::read_to_string(format!("/sys/block/{base}/size")))

@@ -136,9 +136,12 @@ fn draw_panel(
             format!("{v:.2}")
         }
     };
-    chart
-        .configure_mesh()
-        .x_desc(&p.x_desc)
+    let mut mesh = chart.configure_mesh();
+    if p.log_x {
+        // Few labels on a log axis, so they fall on round decades.
+        mesh.x_labels(5);
+    }
+    mesh.x_desc(&p.x_desc)
         .y_desc(&p.y_desc)
         .x_label_formatter(&fmt_x)
         .y_label_formatter(&fmt_y)

@@ -346,7 +346,7 @@ impl Report {
         if !self.errors.is_empty() {
             s.push_str("## Sections that failed\n\n");
             for e in &self.errors {
-                let _ = writeln!(s, "- {e}");
+                let _ = writeln!(s, "- {}", e.replace('\n', " "));
             }
             s.push('\n');
         }

@@ -24,6 +24,10 @@ pub enum Error {
     /// The member named is not in the cluster.
     #[error("node {0} is not a member of the cluster")]
     UnknownMember(u64),
+    /// This member applied a configuration that no longer holds it: it was removed, and
+    /// serves no reads or writes until it is added back.
+    #[error("node {0} was removed from the cluster and serves no requests until it is added back")]
+    Removed(u64),
     /// An argument breaks a rule.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -449,6 +449,18 @@ impl<S: LogStore> Member<S> {
         self.answers.push((token, r));
     }
 
+    /// True once this member has applied a configuration without itself. A member that
+    /// has no configuration yet (joining, waiting for its first snapshot) is not removed.
+    fn removed(&self) -> bool {
+        let conf = self.raw.raft.prs().conf();
+        let id = self.cfg.id;
+        let voters = conf.voters().ids();
+        !voters.is_empty()
+            && !voters.contains(id)
+            && !conf.learners().contains(&id)
+            && !conf.learners_next().contains(&id)
+    }
+
     fn not_leader(&self) -> Error {
         let id = self.raw.raft.leader_id;
         Error::NotLeader {
@@ -466,6 +478,15 @@ impl<S: LogStore> Member<S> {
     /// once for reads of local state and refusals, later for anything that waits on the
     /// log.
     pub fn submit(&mut self, token: Token, req: Request) {
+        let needs_cluster = matches!(
+            req,
+            Request::Propose(_) | Request::ProposeInTerm { .. } | Request::Read(_, Consistency::Linearizable)
+        );
+        if needs_cluster && self.removed() {
+            // Without this the request would wait for a leader that no longer talks to
+            // this member, and end in a timeout that tells the client nothing.
+            return self.answer(token, Err(Error::Removed(self.cfg.id)));
+        }
         match req {
             Request::Propose(body) => {
                 if let Err(e) = validate_body(&body) {

@@ -135,6 +135,13 @@ pub fn raise(e: Error) -> ! {
             fail(ERRCODE_INVALID_PARAMETER_VALUE, msg, None)
         }
         Error::Busy(_) => fail(ERRCODE_OBJECT_IN_USE, msg, None),
+        Error::Removed(id) => fail(
+            ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            msg,
+            Some(&format!(
+                "Run the request on a member of the cluster, or add node {id} back with pgraft_add_node on the leader."
+            )),
+        ),
         Error::Stopped => fail(
             ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             msg,

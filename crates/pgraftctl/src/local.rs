@@ -151,6 +151,7 @@ pub fn run(args: LocalArgs) -> Result<()> {
                 pg_config,
                 proxy_exe: std::env::current_exe().context("locate the pgraftctl binary")?,
                 tls,
+                direct_peers: false,
             };
             let cluster = LocalCluster::up(&opts)?;
             for n in cluster.nodes() {

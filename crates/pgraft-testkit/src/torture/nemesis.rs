@@ -71,6 +71,11 @@ impl<'a> Nemesis<'a> {
         let start_us = self.now_us();
         let mut rng = SeededRng::new(f.pick);
         let mut error = None;
+        // A member an earlier remove-add could not add back would turn every later fault
+        // into a fault on a four-member cluster, and the probe would keep asking it first.
+        if let Err(e) = self.rejoin_missing() {
+            error = Some(format!("before injecting: {e:#}"));
+        }
         let (detail, undo) = match self.inject(f.kind, &mut rng) {
             Ok(x) => x,
             Err(e) => {
@@ -105,6 +110,9 @@ impl<'a> Nemesis<'a> {
         }
         if let Err(e) = self.cluster.start_all() {
             errors.push(format!("start: {e:#}"));
+        }
+        if let Err(e) = self.rejoin_missing() {
+            errors.push(format!("add back removed members: {e:#}"));
         }
         if errors.is_empty() {
             Ok(())
@@ -163,6 +171,32 @@ impl<'a> Nemesis<'a> {
 
     fn voters(&self) -> Vec<u64> {
         self.cluster.nodes().iter().map(|n| n.node_id).collect()
+    }
+
+    /// The members of the cluster's configuration, as the leader reports them.
+    fn configured_members(&self) -> Result<Vec<u64>> {
+        let mut members = Vec::new();
+        self.on_leader("pgraft_get_nodes()", |c| {
+            members = c
+                .query("SELECT node_id FROM pgraft_get_nodes()", &[])?
+                .iter()
+                .map(|r| r.get::<_, i32>(0) as u64)
+                .collect();
+            Ok(())
+        })?;
+        Ok(members)
+    }
+
+    /// Adds back, with a wiped Raft directory, every member of the local cluster that the
+    /// configuration no longer holds (a remove-add whose add step failed).
+    fn rejoin_missing(&self) -> Result<()> {
+        let members = self.configured_members()?;
+        for id in self.voters() {
+            if !members.contains(&id) {
+                self.add_back(id).with_context(|| format!("add node {id} back"))?;
+            }
+        }
+        Ok(())
     }
 
     fn inject(&self, kind: FaultKind, rng: &mut SeededRng) -> Result<(String, Undo)> {
@@ -237,8 +271,15 @@ impl<'a> Nemesis<'a> {
                 Ok((format!("transfer leadership from {leader} to {to}"), Undo::Nothing))
             }
             FaultKind::RemoveAdd => {
+                // A removal whose answer was lost (leader change, timeout) may still have
+                // taken effect; a retry then finds the member gone, which is success.
+                let mut attempts = 0;
                 self.on_leader(&format!("pgraft_remove_node({any})"), |c| {
-                    c.query_one("SELECT pgraft_remove_node($1)", &[&(any as i32)]).map(|_| ())
+                    attempts += 1;
+                    match c.query_one("SELECT pgraft_remove_node($1)", &[&(any as i32)]) {
+                        Err(e) if attempts > 1 && is_not_a_member(&e) => Ok(()),
+                        other => other.map(|_| ()),
+                    }
                 })?;
                 Ok((format!("remove node {any}, wipe its Raft data, add it back"), Undo::AddBack(any)))
             }
@@ -275,32 +316,39 @@ impl<'a> Nemesis<'a> {
             Undo::HealLinks => self.cluster.heal(None),
             Undo::Resume(id) => self.cluster.resume(id),
             Undo::WorkerBack(id) => self.wait_worker(id),
-            Undo::AddBack(id) => {
-                self.cluster.stop(id)?;
-                let raft = self.cluster.node(id)?.raft_data_dir.clone();
-                if raft.exists() {
-                    std::fs::remove_dir_all(&raft).with_context(|| format!("wipe {}", raft.display()))?;
-                }
-                self.cluster.start(id)?;
-                self.wait_worker(id)?;
-                let port = i32::from(self.cluster.node(id)?.raft_port);
-                self.on_leader(&format!("pgraft_add_node({id})"), |c| {
-                    c.query_one("SELECT pgraft_add_node($1, '127.0.0.1', $2)", &[&(id as i32), &port])
-                        .map(|_| ())
-                })?;
-                wait_until(
-                    &format!("node {id} to follow a leader again"),
-                    Duration::from_secs(60),
-                    Duration::from_millis(100),
-                    || {
-                        let mut c = self.connect(id)?;
-                        let leader: i64 =
-                            c.query_one("SELECT leader_id FROM pgraft_shared_state()", &[])?.get(0);
-                        Ok((leader > 0).then_some(()))
-                    },
-                )
-            }
+            Undo::AddBack(id) => self.add_back(id),
         }
+    }
+
+    /// Stops a removed member, wipes its Raft data, starts it, adds it back on the leader
+    /// and waits until it follows a leader.
+    fn add_back(&self, id: u64) -> Result<()> {
+        self.cluster.stop(id)?;
+        let raft = self.cluster.node(id)?.raft_data_dir.clone();
+        if raft.exists() {
+            std::fs::remove_dir_all(&raft).with_context(|| format!("wipe {}", raft.display()))?;
+        }
+        self.cluster.start(id)?;
+        self.wait_worker(id)?;
+        let port = i32::from(self.cluster.node(id)?.raft_port);
+        let mut attempts = 0;
+        self.on_leader(&format!("pgraft_add_node({id})"), |c| {
+            attempts += 1;
+            match c.query_one("SELECT pgraft_add_node($1, '127.0.0.1', $2)", &[&(id as i32), &port]) {
+                Err(e) if attempts > 1 && is_already_a_member(&e) => Ok(()),
+                other => other.map(|_| ()),
+            }
+        })?;
+        wait_until(
+            &format!("node {id} to follow a leader again"),
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || {
+                let mut c = self.connect(id)?;
+                let leader: i64 = c.query_one("SELECT leader_id FROM pgraft_shared_state()", &[])?.get(0);
+                Ok((leader > 0).then_some(()))
+            },
+        )
     }
 
     fn wait_worker(&self, id: u64) -> Result<()> {
@@ -316,4 +364,12 @@ impl<'a> Nemesis<'a> {
         )
         .map_err(|e| anyhow!("{e:#}"))
     }
+}
+
+fn is_not_a_member(e: &postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|d| d.message().contains("is not a member"))
+}
+
+fn is_already_a_member(e: &postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|d| d.message().contains("already"))
 }

@@ -105,6 +105,7 @@ pub fn run(opts: &TortureOptions) -> Result<Report> {
         pg_config: opts.pg_config.clone(),
         proxy_exe: opts.proxy_exe.clone(),
         tls: opts.tls,
+        direct_peers: false,
     };
     let cluster = match LocalCluster::up(&up) {
         Ok(c) => c,

@@ -1,7 +1,9 @@
 //! Closed-loop load: N clients, each with its own connection, each sending one request at
-//! a time for a fixed duration; every request's latency kept.
+//! a time for a fixed duration (or until a shared key counter runs out); every request's
+//! latency kept.
 
-use std::sync::{Arc, Barrier};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -12,6 +14,11 @@ pub trait Client: Send {
     fn put(&mut self, key: &str, value: &str) -> Result<()>;
     /// Reads `key` linearizably.
     fn get(&mut self, key: &str) -> Result<()>;
+    /// Replicates `payload` as one log entry (pgraft only).
+    fn replicate(&mut self, payload: &str) -> Result<()> {
+        let _ = payload;
+        anyhow::bail!("this system has no replicate call")
+    }
 }
 
 /// What is measured.
@@ -21,14 +28,52 @@ pub enum Op {
     Put,
     /// Linearizable reads of keys written before.
     Get,
+    /// `pgraft_replicate_entry`.
+    Replicate,
+}
+
+impl Op {
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Put => "put",
+            Op::Get => "get",
+            Op::Replicate => "replicate",
+        }
+    }
 }
 
 /// Throughput and latency of one case.
+#[derive(Clone, Debug)]
 pub struct Figures {
     pub per_second: f64,
     pub p50: Duration,
     pub p99: Duration,
     pub p999: Duration,
+    /// Every request's latency in microseconds, sorted.
+    pub latencies_us: Vec<u32>,
+    /// Requests that failed (timed out) and were sent again (`fill` only).
+    pub retried: u64,
+}
+
+impl Figures {
+    fn from(mut all: Vec<u32>, elapsed: Duration) -> Self {
+        all.sort_unstable();
+        let pct = |p: f64| {
+            if all.is_empty() {
+                return Duration::ZERO;
+            }
+            let i = ((all.len() as f64 * p).ceil() as usize).clamp(1, all.len()) - 1;
+            Duration::from_micros(u64::from(all[i]))
+        };
+        Figures {
+            per_second: all.len() as f64 / elapsed.as_secs_f64().max(1e-9),
+            p50: pct(0.50),
+            p99: pct(0.99),
+            p999: pct(0.999),
+            latencies_us: all,
+            retried: 0,
+        }
+    }
 }
 
 /// The key a client uses for its `i`-th request: `keys` keys per client, reused.
@@ -38,58 +83,103 @@ pub fn key(client: usize, i: usize, keys: usize) -> String {
 
 /// Runs `clients` (already connected) for `duration`, all starting together.
 pub fn run(
-    clients: Vec<Box<dyn Client>>,
+    clients: &mut [Box<dyn Client>],
     op: Op,
     duration: Duration,
     keys: usize,
     value: &str,
 ) -> Result<Figures> {
-    let barrier = Arc::new(Barrier::new(clients.len() + 1));
-    let handles: Vec<_> = clients
-        .into_iter()
-        .enumerate()
-        .map(|(id, mut c)| {
-            let barrier = barrier.clone();
-            let value = value.to_string();
-            std::thread::spawn(move || -> Result<Vec<u32>> {
-                let mut lat = Vec::with_capacity(4096);
-                barrier.wait();
-                let end = Instant::now() + duration;
-                let mut i = 0;
-                while Instant::now() < end {
-                    let k = key(id, i, keys);
-                    let t = Instant::now();
-                    match op {
-                        Op::Put => c.put(&k, &value),
-                        Op::Get => c.get(&k),
+    let barrier = Barrier::new(clients.len() + 1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = clients
+            .iter_mut()
+            .enumerate()
+            .map(|(id, c)| {
+                let barrier = &barrier;
+                s.spawn(move || -> Result<Vec<u32>> {
+                    let mut lat = Vec::with_capacity(4096);
+                    barrier.wait();
+                    let end = Instant::now() + duration;
+                    let mut i = 0;
+                    while Instant::now() < end {
+                        let k = key(id, i, keys);
+                        let t = Instant::now();
+                        match op {
+                            Op::Put => c.put(&k, value),
+                            Op::Get => c.get(&k),
+                            Op::Replicate => c.replicate(value),
+                        }
+                        .with_context(|| format!("client {id}, request {i}"))?;
+                        lat.push(micros(t.elapsed()));
+                        i += 1;
                     }
-                    .with_context(|| format!("client {id}, request {i}"))?;
-                    lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                    i += 1;
-                }
-                Ok(lat)
+                    Ok(lat)
+                })
             })
-        })
-        .collect();
-    barrier.wait();
-    let started = Instant::now();
-    let mut all = Vec::new();
-    for h in handles {
-        all.extend(h.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??);
-    }
-    let elapsed = started.elapsed();
-    all.sort_unstable();
-    let pct = |p: f64| {
-        if all.is_empty() {
-            return Duration::ZERO;
+            .collect();
+        barrier.wait();
+        let started = Instant::now();
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(h.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??);
         }
-        let i = ((all.len() as f64 * p).ceil() as usize).clamp(1, all.len()) - 1;
-        Duration::from_micros(all[i] as u64)
-    };
-    Ok(Figures {
-        per_second: all.len() as f64 / elapsed.as_secs_f64(),
-        p50: pct(0.50),
-        p99: pct(0.99),
-        p999: pct(0.999),
+        Ok(Figures::from(all, started.elapsed()))
     })
+}
+
+/// Writes keys `key_of(n)` for every `n` in `from..to`, the clients taking the next index
+/// from a shared counter until it runs out. A write that fails (a server-side timeout
+/// under sustained load) is counted and sent again, up to three times; its latency counts
+/// from the first attempt.
+pub fn fill(
+    clients: &mut [Box<dyn Client>],
+    from: u64,
+    to: u64,
+    key_of: &(dyn Fn(u64) -> String + Sync),
+    value: &str,
+) -> Result<Figures> {
+    let next = AtomicU64::new(from);
+    let retried = AtomicU64::new(0);
+    let started = Instant::now();
+    let all = std::thread::scope(|s| -> Result<Vec<u32>> {
+        let handles: Vec<_> = clients
+            .iter_mut()
+            .map(|c| {
+                let (next, retried) = (&next, &retried);
+                s.spawn(move || -> Result<Vec<u32>> {
+                    let mut lat = Vec::new();
+                    loop {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        if n >= to {
+                            return Ok(lat);
+                        }
+                        let t = Instant::now();
+                        let mut attempt = 0;
+                        while let Err(e) = c.put(&key_of(n), value) {
+                            attempt += 1;
+                            if attempt > 3 {
+                                return Err(e)
+                                    .with_context(|| format!("write key number {n}, attempt {attempt}"));
+                            }
+                            eprintln!("  write {n} failed, sending it again: {e:#}");
+                            retried.fetch_add(1, Ordering::Relaxed);
+                        }
+                        lat.push(micros(t.elapsed()));
+                    }
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(h.join().map_err(|_| anyhow::anyhow!("a writer thread panicked"))??);
+        }
+        Ok(all)
+    })?;
+    let mut f = Figures::from(all, started.elapsed());
+    f.retried = retried.into_inner();
+    Ok(f)
+}
+
+fn micros(d: Duration) -> u32 {
+    d.as_micros().min(u128::from(u32::MAX)) as u32
 }

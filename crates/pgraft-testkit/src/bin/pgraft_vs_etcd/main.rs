@@ -1,121 +1,184 @@
-//! `pgraft-vs-etcd`: KV writes and linearizable reads on a three-member pgraft cluster
-//! (through SQL over libpq) and a three-member etcd cluster (through its gRPC API), side
-//! by side on this machine, both on loopback, both fsyncing, same key and value sizes,
-//! same client counts and the same heartbeat and election timeout. Prints throughput,
-//! p50/p99/p99.9 latency and pgraft's ratio to etcd for every case.
+//! `pgraft-vs-etcd`: pgraft next to etcd on one machine, in one run, and the report.
+//!
+//! Both systems run three members on loopback (127.0.0.0/8), both fsync, both get the
+//! same heartbeat and election timeout, the same key and value sizes and the same client
+//! counts. pgraft is driven through SQL over libpq, etcd (Debian's `etcd-server`) through
+//! its gRPC API.
 //!
 //! ```text
-//!  client threads ──libpq──▶ pgraft member i%3 (followers forward to the leader)
-//!  client threads ──gRPC───▶ etcd member i%3   (followers forward to the leader)
+//!  client threads ──libpq──▶ pgraft member i%N (followers forward to the leader)
+//!  client threads ──gRPC───▶ etcd member i%N   (followers forward to the leader)
 //! ```
 //!
-//! The first step of issue 8's benchmarks: leader loss, resource cost, scaling and
-//! plots are not measured yet.
+//! Sections, in the order they run: idle CPU and memory, pgbench with and without the
+//! extension, KV puts and linearizable gets, `pgraft_replicate_entry`, leader loss,
+//! disk per write before and after compaction, throughput as the store grows, and
+//! throughput at 3, 5 and 7 members. The figures go to stdout and, with `--report`, to
+//! a Markdown file with PNG plots beside it.
 
+mod clients;
+mod cost;
 mod etcd;
+mod failover;
 mod load;
+mod machine;
+mod plot;
+mod procstat;
+mod report;
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use load::{Client, Figures, Op};
-use pgraft_testkit::{LocalCluster, UpOptions};
+use clients::{etcd_clients, pgraft_clients};
+use load::{Client, Op};
+use pgraft_testkit::{LocalCluster, PlainOptions, PlainServer, UpOptions};
+use report::{KvRow, Report};
 
-/// KV throughput and latency of pgraft next to etcd.
-#[derive(Parser)]
+/// pgraft next to etcd: KV throughput and latency, leader loss, cost, scaling, overhead.
+#[derive(Parser, Clone, Debug)]
 #[command(name = "pgraft-vs-etcd")]
-struct Args {
-    /// Client counts, one case each.
+pub struct Args {
+    /// A smoke run of a couple of minutes: short cases, few trials, small stores.
+    #[arg(long)]
+    quick: bool,
+    /// Client counts of the KV and replicate cases.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
     clients: Vec<usize>,
-    /// How long each case runs.
-    #[arg(long, default_value_t = 5)]
-    seconds: u64,
-    /// Value size in bytes.
+    /// How long each throughput case runs, in seconds [default: 10, quick 2].
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// Value size in bytes (keys are 17 bytes).
     #[arg(long, default_value_t = 256)]
     value_size: usize,
-    /// Distinct keys per client (reads cycle over keys written by the write case).
+    /// Distinct keys per client (reads cycle over keys written beforehand).
     #[arg(long, default_value_t = 100)]
     keys: usize,
+    /// Leader-loss trials per system [default: 20, quick 3].
+    #[arg(long)]
+    trials: Option<usize>,
+    /// Member counts of the scaling case [default: 3,5,7, quick 3,5].
+    #[arg(long, value_delimiter = ',')]
+    members: Option<Vec<usize>>,
+    /// Keys the store grows to [default: 1000000, quick 20000].
+    #[arg(long)]
+    grow_to: Option<u64>,
+    /// Time allowed per system for growing the store, in seconds; the report says how far
+    /// it got [default: 240, quick 30].
+    #[arg(long)]
+    grow_budget: Option<u64>,
+    /// Writes of the disk case (overwrites of 1,000 keys) [default: 200000, quick 10000].
+    #[arg(long)]
+    disk_writes: Option<u64>,
+    /// Clients of the disk, growth and scaling cases.
+    #[arg(long, default_value_t = 64)]
+    load_clients: usize,
+    /// Length of the idle CPU window, in seconds [default: 10, quick 3].
+    #[arg(long)]
+    idle_seconds: Option<u64>,
+    /// pgbench rounds per server and script [default: 3, quick 1].
+    #[arg(long)]
+    pgbench_rounds: Option<usize>,
+    /// Length of one pgbench run, in seconds [default: 10, quick 3].
+    #[arg(long)]
+    pgbench_seconds: Option<u64>,
+    /// Sections to run (idle,pgbench,kv,replicate,failover,disk,growth,members); all by
+    /// default.
+    #[arg(long, value_delimiter = ',')]
+    only: Option<Vec<String>>,
     /// The PostgreSQL install into which the extension was installed.
     #[arg(long, default_value = pgraft_testkit::PgInstall::DEFAULT_PG_CONFIG)]
     pg_config: PathBuf,
     /// The etcd binary (Debian's `etcd-server`).
     #[arg(long, default_value = "/usr/bin/etcd")]
     etcd: PathBuf,
-    /// pgraftctl, which serves the local cluster's proxy (default: beside this binary).
+    /// pgraftctl, which serves the local cluster's supervisor (default: beside this binary).
     #[arg(long)]
     pgraftctl: Option<PathBuf>,
-    /// Where both clusters live while the benchmark runs (removed afterwards).
+    /// Where the clusters live while the benchmark runs (removed afterwards).
     #[arg(long, default_value = "/tmp/pgraft-vs-etcd")]
     dir: PathBuf,
+    /// Write the report (Markdown) here, and its plots into a directory beside it named
+    /// after it without `.md`.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// The command line to print in the report (what `make bench` ran).
+    #[arg(long)]
+    command: Option<String>,
+    /// Free text about how the extension was built, for the report.
+    #[arg(long, default_value = "")]
+    build: String,
 }
 
 /// pgraft's defaults (pgraft.heartbeat_interval, pgraft.election_timeout), given to etcd.
-const HEARTBEAT_MS: u64 = 100;
-const ELECTION_MS: u64 = 1000;
+pub const HEARTBEAT_MS: u64 = 100;
+pub const ELECTION_MS: u64 = 1000;
 
-struct PgraftClient(postgres::Client, postgres::Statement, postgres::Statement);
+/// The settings after `--quick` has filled in what was not given.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub seconds: u64,
+    pub trials: usize,
+    pub members: Vec<usize>,
+    pub grow_to: u64,
+    pub grow_budget: u64,
+    pub disk_writes: u64,
+    pub idle_seconds: u64,
+    pub pgbench_rounds: usize,
+    pub pgbench_seconds: u64,
+}
 
-impl Client for PgraftClient {
-    fn put(&mut self, key: &str, value: &str) -> Result<()> {
-        let ok: bool = self.0.query_one(&self.1, &[&key, &value]).context("pgraft_kv_put")?.get(0);
-        anyhow::ensure!(ok, "pgraft_kv_put answered false");
-        Ok(())
-    }
-    fn get(&mut self, key: &str) -> Result<()> {
-        let v: Option<String> = self.0.query_one(&self.2, &[&key]).context("pgraft_kv_get")?.get(0);
-        anyhow::ensure!(v.is_some(), "{key} is missing");
-        Ok(())
+impl Plan {
+    fn from(a: &Args) -> Self {
+        let q = a.quick;
+        Plan {
+            seconds: a.seconds.unwrap_or(if q { 2 } else { 10 }),
+            trials: a.trials.unwrap_or(if q { 3 } else { 20 }),
+            members: a.members.clone().unwrap_or(if q { vec![3, 5] } else { vec![3, 5, 7] }),
+            grow_to: a.grow_to.unwrap_or(if q { 20_000 } else { 1_000_000 }),
+            grow_budget: a.grow_budget.unwrap_or(if q { 30 } else { 240 }),
+            disk_writes: a.disk_writes.unwrap_or(if q { 10_000 } else { 200_000 }),
+            idle_seconds: a.idle_seconds.unwrap_or(if q { 3 } else { 10 }),
+            pgbench_rounds: a.pgbench_rounds.unwrap_or(if q { 1 } else { 3 }),
+            pgbench_seconds: a.pgbench_seconds.unwrap_or(if q { 3 } else { 10 }),
+        }
     }
 }
 
-struct EtcdClient(tokio::runtime::Runtime, etcd_client::Client);
+/// Everything a section needs.
+struct Ctx {
+    args: Args,
+    plan: Plan,
+    pgraftctl: PathBuf,
+    value: String,
+}
 
-impl Client for EtcdClient {
-    fn put(&mut self, key: &str, value: &str) -> Result<()> {
-        self.0.block_on(self.1.put(key, value, None)).context("etcd put")?;
-        Ok(())
+impl Ctx {
+    fn wants(&self, section: &str) -> bool {
+        self.args.only.as_ref().is_none_or(|o| o.iter().any(|s| s == section))
     }
-    fn get(&mut self, key: &str) -> Result<()> {
-        let r = self.0.block_on(self.1.get(key, None)).context("etcd get")?;
-        anyhow::ensure!(!r.kvs().is_empty(), "{key} is missing");
-        Ok(())
+
+    fn up_pgraft(&self, name: &str, nodes: u64) -> Result<LocalCluster> {
+        let opts = UpOptions {
+            nodes,
+            dir: self.args.dir.join(name),
+            pg_config: self.args.pg_config.clone(),
+            proxy_exe: self.pgraftctl.clone(),
+            direct_peers: true,
+            ..UpOptions::default()
+        };
+        LocalCluster::up(&opts).with_context(|| format!("start {nodes} pgraft members"))
+    }
+
+    fn up_etcd(&self, name: &str, n: usize) -> Result<etcd::EtcdCluster> {
+        etcd::EtcdCluster::start(&self.args.etcd, &self.args.dir.join(name), n, HEARTBEAT_MS, ELECTION_MS)
+            .with_context(|| format!("start {n} etcd members"))
     }
 }
 
-fn pgraft_clients(cluster: &LocalCluster, n: usize) -> Result<Vec<Box<dyn Client>>> {
-    let nodes = cluster.nodes();
-    (0..n)
-        .map(|i| {
-            let conninfo = &nodes[i % nodes.len()].conninfo;
-            let mut c = postgres::Client::connect(conninfo, postgres::NoTls)
-                .with_context(|| format!("connect client {i} to {conninfo}"))?;
-            let put = c.prepare("SELECT pgraft_kv_put($1::text, $2::text)").context("prepare the put")?;
-            let get = c.prepare("SELECT pgraft_kv_get($1)").context("prepare the get")?;
-            Ok(Box::new(PgraftClient(c, put, get)) as Box<dyn Client>)
-        })
-        .collect()
-}
-
-fn etcd_clients(urls: &[String], n: usize) -> Result<Vec<Box<dyn Client>>> {
-    (0..n)
-        .map(|i| {
-            let rt =
-                tokio::runtime::Builder::new_current_thread().enable_all().build().context("a runtime")?;
-            let url = &urls[i % urls.len()];
-            let c = rt
-                .block_on(etcd_client::Client::connect([url.as_str()], None))
-                .with_context(|| format!("connect client {i} to {url}"))?;
-            Ok(Box::new(EtcdClient(rt, c)) as Box<dyn Client>)
-        })
-        .collect()
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2}", d.as_secs_f64() * 1000.0)
+fn conninfos(c: &LocalCluster) -> Vec<String> {
+    c.nodes().iter().map(|n| n.conninfo.clone()).collect()
 }
 
 fn main() -> Result<()> {
@@ -136,111 +199,314 @@ fn main() -> Result<()> {
             pgraftctl.display()
         );
     }
+    if args.report.is_some() {
+        plot::init_font()?;
+    }
     let _ = std::fs::remove_dir_all(&args.dir);
     std::fs::create_dir_all(&args.dir).with_context(|| format!("create {}", args.dir.display()))?;
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&args.dir, std::fs::Permissions::from_mode(0o755)).context("chmod 755")?;
     }
+    let plan = Plan::from(&args);
     let value: String = (0..args.value_size).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    let ctx = Ctx { args: args.clone(), plan: plan.clone(), pgraftctl, value };
 
-    eprintln!("starting 3 etcd members and 3 pgraft members under {}", args.dir.display());
-    let etcd = etcd::EtcdCluster::start(&args.etcd, &args.dir, 3, HEARTBEAT_MS, ELECTION_MS)?;
-    let opts = UpOptions {
-        nodes: 3,
-        dir: args.dir.join("pgraft"),
-        pg_config: args.pg_config.clone(),
-        proxy_exe: pgraftctl,
-        ..UpOptions::default()
-    };
-    let pgraft = LocalCluster::up(&opts)?;
-    let result = run_cases(&args, &pgraft, &etcd, &value);
-    let down = pgraft.down();
-    drop(etcd);
-    let rows = result?;
-    down?;
+    let started = Instant::now();
+    let mut rep = Report::new(&args, &plan);
+    rep.machine = machine::Machine::describe(&args.dir)?;
+    rep.loadavg_start = procstat::loadavg();
+    rep.versions = versions(&args);
+    eprintln!(
+        "machine: {} x {}, fsync p50 {} us",
+        rep.machine.cpus, rep.machine.cpu_model, rep.machine.fsync_p50_us
+    );
+
+    let main_result = main_clusters(&ctx, &mut rep);
+    if let Err(e) = &main_result {
+        rep.errors.push(format!("three-member run: {e:#}"));
+    }
+    if ctx.wants("members") {
+        if let Err(e) = members_case(&ctx, &mut rep) {
+            rep.errors.push(format!("members: {e:#}"));
+        }
+    }
+    rep.loadavg_end = procstat::loadavg();
+    rep.wall = started.elapsed();
     let _ = std::fs::remove_dir_all(&args.dir);
 
-    println!(
-        "{} s per case, {}-byte values, {} keys per client; pgraft through SQL (libpq), etcd through gRPC",
-        args.seconds, args.value_size, args.keys
-    );
-    println!(
-        "{:<4} {:>7}  {:>10} {:>8} {:>8} {:>9}  {:>10} {:>8} {:>8} {:>9}  {:>8} {:>8}",
-        "op",
-        "clients",
-        "pgraft/s",
-        "p50 ms",
-        "p99 ms",
-        "p99.9 ms",
-        "etcd/s",
-        "p50 ms",
-        "p99 ms",
-        "p99.9 ms",
-        "tput x",
-        "p99 x"
-    );
-    for (op, n, p, e) in &rows {
-        println!(
-            "{:<4} {:>7}  {:>10.0} {:>8} {:>8} {:>9}  {:>10.0} {:>8} {:>8} {:>9}  {:>8.2} {:>8.2}",
-            if *op == Op::Put { "put" } else { "get" },
-            n,
-            p.per_second,
-            ms(p.p50),
-            ms(p.p99),
-            ms(p.p999),
-            e.per_second,
-            ms(e.p50),
-            ms(e.p99),
-            ms(e.p999),
-            p.per_second / e.per_second,
-            p.p99.as_secs_f64() / e.p99.as_secs_f64().max(1e-6),
-        );
+    print!("{}", rep.text());
+    if let Some(path) = &args.report {
+        rep.write(path)?;
+        eprintln!("wrote {}", path.display());
     }
-    println!("tput x: pgraft's throughput over etcd's; p99 x: pgraft's p99 latency over etcd's");
+    if !rep.errors.is_empty() {
+        bail!("{} section(s) failed: {}", rep.errors.len(), rep.errors.join("; "));
+    }
     Ok(())
 }
 
-fn run_cases(
-    args: &Args,
-    pgraft: &LocalCluster,
-    etcd: &etcd::EtcdCluster,
-    value: &str,
-) -> Result<Vec<(Op, usize, Figures, Figures)>> {
-    let duration = Duration::from_secs(args.seconds);
+fn versions(args: &Args) -> Vec<(String, String)> {
+    let first_line = |cmd: &Path, arg: &str| {
+        std::process::Command::new(cmd)
+            .arg(arg)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string())
+            .unwrap_or_default()
+    };
+    let pg = pgraft_testkit::PgInstall::from_pg_config(&args.pg_config)
+        .map(|i| first_line(&i.bin("postgres"), "--version"))
+        .unwrap_or_default();
+    vec![("etcd".into(), first_line(&args.etcd, "--version")), ("PostgreSQL".into(), pg)]
+}
+
+/// The sections that run on one three-member cluster of each system.
+fn main_clusters(ctx: &Ctx, rep: &mut Report) -> Result<()> {
+    eprintln!("starting 3 etcd members and 3 pgraft members under {}", ctx.args.dir.display());
+    let mut etcd = ctx.up_etcd("etcd", 3)?;
+    let pgraft = ctx.up_pgraft("pgraft", 3)?;
+    let r = sections(ctx, rep, &pgraft, &mut etcd);
+    let down = pgraft.down();
+    drop(etcd);
+    r?;
+    down
+}
+
+fn section(rep: &mut Report, name: &str, r: Result<()>) {
+    if let Err(e) = r {
+        eprintln!("{name} failed: {e:#}");
+        rep.errors.push(format!("{name}: {e:#}"));
+    }
+}
+
+fn sections(ctx: &Ctx, rep: &mut Report, pgraft: &LocalCluster, etcd: &mut etcd::EtcdCluster) -> Result<()> {
+    let plan = &ctx.plan;
+    if ctx.wants("idle") {
+        eprintln!("idle: CPU over {} s", plan.idle_seconds);
+        let r = (|| {
+            rep.idle = Some(cost::idle_cpu(pgraft, etcd, Duration::from_secs(plan.idle_seconds))?);
+            rep.memory_idle = Some(cost::memory(pgraft, etcd)?);
+            Ok(())
+        })();
+        section(rep, "idle", r);
+    }
+    if ctx.wants("pgbench") {
+        eprintln!("pgbench: with and without pgraft");
+        let r = pgbench_case(ctx, rep, pgraft);
+        section(rep, "pgbench", r);
+    }
+    if ctx.wants("kv") || ctx.wants("replicate") {
+        let r = kv_cases(ctx, rep, pgraft, etcd);
+        section(rep, "kv", r);
+        let r = cost::memory(pgraft, etcd).map(|m| rep.memory_load = Some(m));
+        section(rep, "memory", r);
+    }
+    if ctx.wants("failover") {
+        let r = failover_case(ctx, rep, pgraft, etcd);
+        section(rep, "failover", r);
+    }
+    if ctx.wants("disk") {
+        let r = disk_case(ctx, rep, pgraft, etcd);
+        section(rep, "disk", r);
+    }
+    if ctx.wants("growth") {
+        let r = growth_case(ctx, rep, pgraft, etcd);
+        section(rep, "growth", r);
+        let r = cost::memory(pgraft, etcd).map(|m| rep.memory_grown = Some(m));
+        section(rep, "memory", r);
+    }
+    Ok(())
+}
+
+fn pgbench_case(ctx: &Ctx, rep: &mut Report, pgraft: &LocalCluster) -> Result<()> {
+    let plain = PlainServer::init(
+        &ctx.args.pg_config,
+        &ctx.args.dir.join("plain"),
+        &PlainOptions {
+            // The settings `pgraftctl local` gives its members, without the extension.
+            extra_conf: vec![
+                "max_connections = 100".into(),
+                "shared_buffers = 32MB".into(),
+                "fsync = on".into(),
+            ],
+            ..PlainOptions::default()
+        },
+    )?;
+    let bin = plain.install.bin("pgbench");
+    let with_port = pgraft.node(1)?.pg_port;
+    let r = cost::pgbench(&bin, with_port, plain.port, ctx.plan.pgbench_rounds, ctx.plan.pgbench_seconds, 8);
+    let _ = plain.stop();
+    rep.pgbench = r?;
+    Ok(())
+}
+
+fn kv_cases(ctx: &Ctx, rep: &mut Report, pgraft: &LocalCluster, etcd: &etcd::EtcdCluster) -> Result<()> {
+    let args = &ctx.args;
+    let duration = Duration::from_secs(ctx.plan.seconds);
     let max = args.clients.iter().copied().max().unwrap_or(1);
-    // Every key a read case asks for exists: written once beforehand by as many clients
-    // as the largest case has.
-    for (name, clients) in
-        [("pgraft", pgraft_clients(pgraft, 16)?), ("etcd", etcd_clients(&etcd.client_urls, 16)?)]
-    {
-        eprintln!("{name}: writing {} keys for the read cases", max * args.keys);
-        let per = max.div_ceil(16);
-        let mut handles = Vec::new();
-        for (t, mut c) in clients.into_iter().enumerate() {
-            let (keys, value) = (args.keys, value.to_string());
-            handles.push(std::thread::spawn(move || -> Result<()> {
-                for client in (t * per..(t + 1) * per).filter(|c| *c < max) {
-                    for i in 0..keys {
-                        c.put(&load::key(client, i, keys), &value)?;
-                    }
-                }
-                Ok(())
-            }));
+    let pg = conninfos(pgraft);
+    if ctx.wants("kv") {
+        // Every key a read case asks for exists: written once beforehand.
+        for (name, mut clients) in
+            [("pgraft", pgraft_clients(&pg, 16)?), ("etcd", etcd_clients(&etcd.client_urls, 16)?)]
+        {
+            eprintln!("{name}: writing {} keys for the read cases", max * args.keys);
+            let keys = args.keys as u64;
+            let key_of = move |n: u64| load::key((n / keys) as usize, n as usize, keys as usize);
+            load::fill(&mut clients, 0, max as u64 * keys, &key_of, &ctx.value)?;
         }
-        for h in handles {
-            h.join().map_err(|_| anyhow::anyhow!("a loader panicked"))??;
+        for op in [Op::Put, Op::Get] {
+            for &n in &args.clients {
+                eprintln!("{} with {n} clients: pgraft", op.name());
+                let p = load::run(&mut pgraft_clients(&pg, n)?, op, duration, args.keys, &ctx.value)?;
+                eprintln!("{} with {n} clients: etcd", op.name());
+                let e =
+                    load::run(&mut etcd_clients(&etcd.client_urls, n)?, op, duration, args.keys, &ctx.value)?;
+                rep.kv.push(KvRow { op, clients: n, pgraft: p, etcd: e });
+            }
         }
     }
-    let mut rows = Vec::new();
-    for op in [Op::Put, Op::Get] {
+    if ctx.wants("replicate") {
         for &n in &args.clients {
-            eprintln!("{op:?} with {n} clients: pgraft");
-            let p = load::run(pgraft_clients(pgraft, n)?, op, duration, args.keys, value)?;
-            eprintln!("{op:?} with {n} clients: etcd");
-            let e = load::run(etcd_clients(&etcd.client_urls, n)?, op, duration, args.keys, value)?;
-            rows.push((op, n, p, e));
+            eprintln!("pgraft_replicate_entry with {n} clients");
+            let p = load::run(&mut pgraft_clients(&pg, n)?, Op::Replicate, duration, args.keys, &ctx.value)?;
+            rep.replicate.push((n, p));
         }
     }
-    Ok(rows)
+    Ok(())
+}
+
+fn failover_case(
+    ctx: &Ctx,
+    rep: &mut Report,
+    pgraft: &LocalCluster,
+    etcd: &mut etcd::EtcdCluster,
+) -> Result<()> {
+    for t in 0..ctx.plan.trials {
+        eprintln!("leader loss, trial {}/{}: pgraft", t + 1, ctx.plan.trials);
+        rep.failover_pgraft.push(failover::pgraft_trial(pgraft, t)?);
+        eprintln!("leader loss, trial {}/{}: etcd", t + 1, ctx.plan.trials);
+        rep.failover_etcd.push(failover::etcd_trial(etcd, t)?);
+    }
+    Ok(())
+}
+
+fn disk_case(ctx: &Ctx, rep: &mut Report, pgraft: &LocalCluster, etcd: &etcd::EtcdCluster) -> Result<()> {
+    let w = ctx.plan.disk_writes;
+    let key_of = |n: u64| format!("disk/{:06}", n % 1000);
+    let n = ctx.args.load_clients;
+    // pgraft
+    let dirs = cost::pgraft_dirs(pgraft);
+    let mut d = cost::Disk { writes: w, before: cost::settled_disk(&dirs), ..Default::default() };
+    eprintln!("disk: {w} writes to pgraft");
+    d.retried = load::fill(&mut pgraft_clients(&conninfos(pgraft), n)?, 0, w, &key_of, &ctx.value)?.retried;
+    d.after_writes = cost::settled_disk(&dirs);
+    d.files_after_writes = procstat::largest_files(&dirs[0], 4);
+    cost::pgraft_compact(pgraft)?;
+    d.after_compaction = cost::settled_disk(&dirs);
+    d.files_after_compaction = procstat::largest_files(&dirs[0], 4);
+    rep.disk_pgraft = Some(d);
+    // etcd
+    let dirs = etcd.data_dirs.clone();
+    let mut d = cost::Disk { writes: w, before: cost::settled_disk(&dirs), ..Default::default() };
+    eprintln!("disk: {w} writes to etcd");
+    d.retried = load::fill(&mut etcd_clients(&etcd.client_urls, n)?, 0, w, &key_of, &ctx.value)?.retried;
+    d.after_writes = cost::settled_disk(&dirs);
+    d.files_after_writes = procstat::largest_files(&dirs[0], 4);
+    cost::etcd_compact(etcd)?;
+    d.after_compaction = cost::settled_disk(&dirs);
+    d.files_after_compaction = procstat::largest_files(&dirs[0], 4);
+    rep.disk_etcd = Some(d);
+    Ok(())
+}
+
+/// Writes fresh keys in steps of a tenth of the target, timing each step, until the
+/// target or the time budget is reached.
+fn grow(
+    mut clients: Vec<Box<dyn Client>>,
+    to: u64,
+    budget: Duration,
+    value: &str,
+) -> Result<Vec<(u64, f64, u64)>> {
+    let step = (to / 10).max(1);
+    let key_of = |n: u64| format!("grow/{n:09}");
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < to && started.elapsed() < budget {
+        let next = (at + step).min(to);
+        let f = load::fill(&mut clients, at, next, &key_of, value)?;
+        at = next;
+        eprintln!("  {at} keys: {:.0} writes/s, {} retried", f.per_second, f.retried);
+        out.push((at, f.per_second, f.retried));
+    }
+    Ok(out)
+}
+
+fn growth_case(ctx: &Ctx, rep: &mut Report, pgraft: &LocalCluster, etcd: &etcd::EtcdCluster) -> Result<()> {
+    let budget = Duration::from_secs(ctx.plan.grow_budget);
+    let n = ctx.args.load_clients;
+    // The machine's disk is shared: the store may take at most 30% of the free space, at
+    // the cost per write the disk case measured (8 KiB per member when it did not run).
+    let per_write = rep
+        .disk_pgraft
+        .as_ref()
+        .map(|d| d.after_writes.saturating_sub(d.before) / d.writes.max(1))
+        .unwrap_or(8192)
+        .max(1);
+    let free = procstat::free_bytes(&ctx.args.dir);
+    let fits = free / 10 * 3 / (per_write * pgraft.nodes().len() as u64);
+    let mut to = ctx.plan.grow_to;
+    if fits < to {
+        to = (fits / 10_000 * 10_000).max(10_000);
+        rep.growth_note = Some(format!(
+            "capped at {to} keys instead of {}: at {per_write} bytes per write and member, more would have taken over 30% \
+             of the {:.1} GiB free on the disk",
+            ctx.plan.grow_to,
+            free as f64 / (1u64 << 30) as f64
+        ));
+    }
+    eprintln!("growth: pgraft to {to} keys");
+    rep.growth_pgraft = grow(pgraft_clients(&conninfos(pgraft), n)?, to, budget, &ctx.value)?;
+    eprintln!("growth: etcd to {to} keys");
+    rep.growth_etcd = grow(etcd_clients(&etcd.client_urls, n)?, to, budget, &ctx.value)?;
+    rep.growth_target = to;
+    Ok(())
+}
+
+fn members_case(ctx: &Ctx, rep: &mut Report) -> Result<()> {
+    let duration = Duration::from_secs(ctx.plan.seconds);
+    let n = ctx.args.load_clients;
+    for &m in &ctx.plan.members {
+        eprintln!("members: {m} of each");
+        let name = format!("m{m}");
+        let etcd = ctx.up_etcd(&format!("{name}-etcd"), m)?;
+        let pgraft = ctx.up_pgraft(&format!("{name}-pgraft"), m as u64)?;
+        let r = (|| -> Result<(load::Figures, load::Figures)> {
+            let p = load::run(
+                &mut pgraft_clients(&conninfos(&pgraft), n)?,
+                Op::Put,
+                duration,
+                ctx.args.keys,
+                &ctx.value,
+            )?;
+            let e = load::run(
+                &mut etcd_clients(&etcd.client_urls, n)?,
+                Op::Put,
+                duration,
+                ctx.args.keys,
+                &ctx.value,
+            )?;
+            Ok((p, e))
+        })();
+        let down = pgraft.down();
+        drop(etcd);
+        let (p, e) = r?;
+        down?;
+        let _ = std::fs::remove_dir_all(ctx.args.dir.join(format!("{name}-pgraft")));
+        let _ = std::fs::remove_dir_all(ctx.args.dir.join(format!("{name}-etcd")));
+        rep.members.push((m, p, e));
+    }
+    Ok(())
 }

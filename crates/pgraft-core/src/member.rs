@@ -711,9 +711,11 @@ impl<S: LogStore> Member<S> {
         if let Some(hs) = rd.hs() {
             self.raw.mut_store().set_hard_state(hs)?;
         }
-        // 4. Committed entries are durable on a quorum: apply them.
+        // 4. Committed entries are durable on a quorum; they are applied after `advance`
+        //    below. Applied here, a committed removal of this leader would drop its own
+        //    progress before raft records that the leader persisted this Ready's new
+        //    entries, and raft-rs unwraps that progress (found by the simulation).
         let committed = rd.take_committed_entries();
-        self.apply_entries(committed)?;
         // 5. Messages that promise what was just persisted.
         out.extend(rd.take_persisted_messages());
         for rs in rd.take_read_states() {
@@ -727,6 +729,7 @@ impl<S: LogStore> Member<S> {
             }
         }
         let mut light = self.raw.advance(rd);
+        self.apply_entries(committed)?;
         if let Some(commit) = light.commit_index() {
             let mut hs = self.raw.store().hard_state();
             hs.commit = commit;
@@ -779,14 +782,18 @@ impl<S: LogStore> Member<S> {
         let cs = self.raw.apply_conf_change(&cc).map_err(raft_err)?;
         self.raw.mut_store().set_conf_state(&cs)?;
         if self.raw.raft.state == StateRole::Leader && !cs.voters.contains(&self.cfg.id) {
-            // A leader that removed itself would keep leading a configuration it is not
-            // part of, dropping every proposal (raft-rs does not step down on its own):
-            // hand leadership to the most up-to-date voter.
+            // A leader that removed itself must stop leading at once. raft-rs does not step
+            // down on its own (etcd's raft has StepDownOnRemoval), and a leader without its
+            // own progress panics in raft-rs as soon as a follower's acknowledgement
+            // advances the commit index (found by the simulation). Tell the most
+            // up-to-date voter to campaign now, then step down.
             let prs = self.raw.raft.prs();
             let best = cs.voters.iter().copied().max_by_key(|id| prs.get(*id).map_or(0, |p| p.matched));
             if let Some(to) = best {
-                self.raw.transfer_leader(to);
+                self.raw.raft.send_timeout_now(to);
             }
+            let term = self.raw.raft.term;
+            self.raw.raft.become_follower(term, raft::INVALID_ID);
         }
         let changes: Vec<(u64, MembershipChange)> = cc
             .changes

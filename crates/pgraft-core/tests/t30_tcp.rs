@@ -84,8 +84,17 @@ impl Cluster {
         let proxy = dir.join("proxy.sock");
         let specs: Vec<pgraft_testkit::Node> = members.iter().map(|m| m.spec.clone()).collect();
         let p = proxy.clone();
-        std::thread::spawn(move || PartitionProxy::new(&specs).run(&p, |_| None));
-        wait_until("the proxy", Duration::from_secs(5), Duration::from_millis(10), || {
+        let proxy_error = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+        let e = proxy_error.clone();
+        std::thread::spawn(move || {
+            if let Err(err) = PartitionProxy::new(&specs).run(&p, |_| None) {
+                *e.lock().expect("lock") = Some(format!("{err:#}"));
+            }
+        });
+        wait_until("the proxy", Duration::from_secs(15), Duration::from_millis(10), || {
+            if let Some(err) = proxy_error.lock().expect("lock").as_ref() {
+                panic!("the proxy failed: {err}");
+            }
             Ok(ProxyClient::new(proxy.clone()).request("status").ok())
         })
         .expect("proxy up");

@@ -90,9 +90,15 @@ impl Workload {
                     if e.session_lost() {
                         session = None;
                     }
+                    // Like a real client, do not hammer a member that just refused.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                     // A failed read changed nothing. A failed write may have been proposed
-                    // before it failed: its outcome is unknown.
-                    if call.is_write() {
+                    // before it failed: its outcome is unknown, unless it was refused
+                    // before anything was proposed. (A removed member refuses at once, so
+                    // its clients fail fast; as unknowns those failures would each be a
+                    // write that may land at any later time, and the checker's search
+                    // would explode.)
+                    if call.is_write() && !e.refused_before_proposing() {
                         OpResult::Unknown { error: e.to_string() }
                     } else {
                         OpResult::Failed { error: e.to_string() }

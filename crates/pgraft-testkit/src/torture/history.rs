@@ -94,7 +94,8 @@ pub enum OpResult {
         /// Whether it matched (and wrote).
         matched: bool,
     },
-    /// A read failed: it changed nothing and is left out of the checks.
+    /// A read failed, or a write was refused before anything was proposed: it changed
+    /// nothing and is left out of the checks.
     Failed {
         /// Why.
         error: String,

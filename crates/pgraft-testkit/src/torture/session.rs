@@ -83,6 +83,14 @@ impl QueryError {
     pub fn session_lost(&self) -> bool {
         !matches!(self, QueryError::Server { .. })
     }
+
+    /// Whether pgraft refused the request before proposing anything, so that a write
+    /// that failed this way certainly did not happen: the member was removed from the
+    /// cluster (it checks that before it proposes).
+    pub fn refused_before_proposing(&self) -> bool {
+        matches!(self, QueryError::Server { code, message }
+            if code == "55000" && message.contains("was removed from the cluster"))
+    }
 }
 
 impl From<tokio_postgres::Error> for QueryError {

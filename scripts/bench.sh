@@ -15,18 +15,10 @@ cache="${PGRAFT_CACHE:-$HOME/.cache/pgraft}"
 log() { printf '[bench] %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-scripts/setup.sh --versions "15"
+# The usual set-up for PostgreSQL 15, plus etcd from Debian and a TrueType font that the
+# plots' text is drawn with.
+scripts/setup.sh --versions "15" --packages "etcd-server fonts-dejavu-core"
 
-# etcd from Debian, and a TrueType font that the plots' text is drawn with.
-missing=()
-for p in etcd-server fonts-dejavu-core; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  log "installing Debian packages: ${missing[*]}"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
 # Debian's package starts a single-member etcd on 127.0.0.1:2379 as a service; the
 # benchmark runs its own members on free ports, so that one only costs CPU: stop it.
 if command -v systemctl >/dev/null && systemctl is-active --quiet etcd 2>/dev/null; then

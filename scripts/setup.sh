@@ -4,14 +4,21 @@
 # pgserver wheel from PyPI), 17 and 18 (built from Debian's source packages), and
 # `cargo pgrx init` pointed at all four. Idempotent: on a set-up machine it takes seconds.
 #
-# Usage: scripts/setup.sh [--versions "15 16 17 18"]
+# Usage: scripts/setup.sh [--versions "15 16 17 18"] [--packages "more Debian packages"]
 # Environment: PGRAFT_CACHE (default ~/.cache/pgraft) holds the PostgreSQL builds.
 set -euo pipefail
 
 PGRX_VERSION=0.18.1
 PGSERVER_VERSION=0.1.4
 versions="15 16 17 18"
-if [ "${1:-}" = "--versions" ]; then versions="$2"; fi
+extra_packages=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --versions) versions="$2"; shift 2 ;;
+    --packages) extra_packages="$2"; shift 2 ;;
+    *) echo "setup.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
 
 cache="${PGRAFT_CACHE:-$HOME/.cache/pgraft}"
 mkdir -p "$cache"
@@ -23,6 +30,8 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 packages=(postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang
           bison flex libreadline-dev zlib1g-dev libssl-dev pkg-config sudo make
           protobuf-compiler ca-certificates bzip2 xz-utils python3)
+# shellcheck disable=SC2206 # a space-separated list on purpose
+packages+=($extra_packages)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

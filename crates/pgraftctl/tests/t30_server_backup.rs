@@ -201,6 +201,16 @@ fn commits_between(srv: &PlainServer, from: Lsn, to: Lsn) -> HashSet<i64> {
     xids
 }
 
+/// Copies the backup's data directory to `rdir/pgdata` and starts a server on it, from
+/// the installation and as the user of `srv`.
+fn restore(srv: &PlainServer, bdir: &Path, rdir: &Path) -> PlainServer {
+    copy_tree(&bdir.join("data"), &rdir.join("pgdata"));
+    let restored = PlainServer::adopt(srv.install.clone(), srv.user.clone(), rdir, rdir.join("pgdata"))
+        .expect("adopt the restored directory");
+    restored.start().expect("the restored server starts");
+    restored
+}
+
 fn copy_tree(from: &Path, to: &Path) {
     fs::create_dir_all(to).expect("mkdir");
     for e in fs::read_dir(from).expect("read_dir") {
@@ -344,10 +354,7 @@ fn backup_under_pgbench_restores_exactly_the_committed_rows() {
 
         // Restore into a new data directory and start: recovery must finish.
         let rdir = dir.join("restored");
-        copy_tree(&bdir.join("data"), &rdir.join("pgdata"));
-        let restored = PlainServer::adopt(srv.install.clone(), srv.user.clone(), &rdir, rdir.join("pgdata"))
-            .expect("adopt the restored directory");
-        restored.start().expect("the restored server starts");
+        let restored = restore(&srv, &bdir, &rdir);
         let mut rc = restored.connect().expect("connect to the restored server");
         let in_recovery: bool = rc.query_one("SELECT pg_is_in_recovery()", &[]).expect("q").get(0);
         assert!(!in_recovery, "recovery did not finish");
@@ -590,10 +597,7 @@ fn the_backup_slot_keeps_wal_through_checkpoints() {
         assert_eq!(v["verified"], true);
 
         let rdir = dir.join("restored");
-        copy_tree(&bdir.join("data"), &rdir.join("pgdata"));
-        let restored = PlainServer::adopt(srv.install.clone(), srv.user.clone(), &rdir, rdir.join("pgdata"))
-            .expect("adopt the restored directory");
-        restored.start().expect("the restored server starts");
+        let restored = restore(&srv, &bdir, &rdir);
         let mut rc = restored.connect().expect("connect to the restored server");
         let got: (i64, String) = {
             let r = rc
@@ -735,10 +739,7 @@ fn backup_on_a_new_timeline_carries_its_history_file() {
         assert_eq!(v["verified"], true);
 
         let rdir = dir.join("restored");
-        copy_tree(&bdir.join("data"), &rdir.join("pgdata"));
-        let restored = PlainServer::adopt(srv.install.clone(), srv.user.clone(), &rdir, rdir.join("pgdata"))
-            .expect("adopt the restored directory");
-        restored.start().expect("the restored server starts");
+        let restored = restore(&srv, &bdir, &rdir);
         let mut rc = restored.connect().expect("connect to the restored server");
         let n: i64 = rc.query_one("SELECT count(*) FROM t", &[]).expect("rows").get(0);
         assert_eq!(n, 700);

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Takes a fresh Debian 12 machine (root, Rust installed) to a working pgraft build:
 # Debian packages, cargo-pgrx at the pinned version, PostgreSQL 15 (Debian), 16 (the
-# pgserver wheel from PyPI), 17 and 18 (built from Debian's source packages), and
-# `cargo pgrx init` pointed at all four. Idempotent: on a set-up machine it takes seconds.
+# pgserver wheel from PyPI), 17 and 18 (built from pinned upstream tarballs served by
+# Debian's pool), and `cargo pgrx init` pointed at all four. Every download is pinned and
+# verified (scripts/pins.sh). Idempotent: on a set-up machine it takes seconds.
 #
 # Usage: scripts/setup.sh [--versions "15 16 17 18"] [--packages "more Debian packages"]
 # Environment: PGRAFT_CACHE (default ~/.cache/pgraft) holds the PostgreSQL builds.
 set -euo pipefail
 
-PGRX_VERSION=0.18.1
-PGSERVER_VERSION=0.1.4
+# shellcheck source=scripts/pins.sh
+. "$(dirname "$0")/pins.sh"
 versions="15 16 17 18"
 extra_packages=""
 while [ $# -gt 0 ]; do
@@ -29,7 +30,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # --- Debian packages -------------------------------------------------------------------
 packages=(postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang
           bison flex libreadline-dev zlib1g-dev libssl-dev pkg-config sudo make
-          protobuf-compiler ca-certificates bzip2 xz-utils python3)
+          protobuf-compiler ca-certificates curl bzip2 xz-utils python3)
 # shellcheck disable=SC2206 # a space-separated list on purpose
 packages+=($extra_packages)
 missing=()
@@ -38,8 +39,21 @@ for p in "${packages[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # apt checks every package against the signed index of the machine's Debian suite
+  # (bookworm); the versions are that suite's, which moves only by point releases.
+  if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq; then
+    log "apt-get update failed: Debian's package index is not reachable"; exit 1
+  fi
+  if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+       --no-install-recommends "${missing[@]}" >"$cache/apt-install.log" 2>&1; then
+    tail -20 "$cache/apt-install.log" >&2
+    still=()
+    for p in "${missing[@]}"; do
+      dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || still+=("$p")
+    done
+    log "installing Debian packages failed; not installed: ${still[*]} (log: $cache/apt-install.log)"
+    exit 1
+  fi
 fi
 # The Debian cluster that postgresql-15 creates is not ours; keep it from holding ports.
 if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q online; then
@@ -60,7 +74,9 @@ fi
 # --- cargo-pgrx at the pinned version --------------------------------------------------
 if ! cargo pgrx --version 2>/dev/null | grep -q " $PGRX_VERSION\$"; then
   log "installing cargo-pgrx $PGRX_VERSION (about 4 minutes)"
-  cargo install cargo-pgrx --version "$PGRX_VERSION" --locked --quiet
+  if ! cargo install cargo-pgrx --version "=$PGRX_VERSION" --locked --quiet; then
+    log "installing cargo-pgrx $PGRX_VERSION from crates.io failed (see above)"; exit 1
+  fi
 fi
 
 # --- PostgreSQL 16 from the pgserver wheel ---------------------------------------------
@@ -68,45 +84,78 @@ pg16="$cache/pg16"
 if [[ " $versions " == *" 16 "* ]] && [ ! -x "$pg16/pgserver/pginstall/bin/pg_config" ]; then
   log "installing PostgreSQL 16 from the pgserver $PGSERVER_VERSION wheel"
   rm -rf "$pg16.tmp"
-  python3 -m pip install --quiet --disable-pip-version-check --no-deps \
-    --target "$pg16.tmp" "pgserver==$PGSERVER_VERSION"
+  printf 'pgserver==%s --hash=sha256:%s\n' "$PGSERVER_VERSION" "$PGSERVER_SHA256" > "$cache/pg16-requirements.txt"
+  if ! python3 -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes \
+       --only-binary :all: --target "$pg16.tmp" -r "$cache/pg16-requirements.txt"; then
+    log "installing PostgreSQL 16 failed: PyPI did not serve pgserver $PGSERVER_VERSION with sha256 $PGSERVER_SHA256 (see above)"
+    exit 1
+  fi
   rm -rf "$pg16"; mv "$pg16.tmp" "$pg16"
 fi
 if [ -d "$pg16" ]; then chmod -R o+rX "$pg16"; fi
 
-# --- PostgreSQL 17 and 18 from Debian's source packages --------------------------------
-build_from_source() {
-  local v="$1" prefix="$cache/pg$1"
-  [ -x "$prefix/bin/pg_config" ] && return 0
-  local aptdir="$cache/apt" src="$cache/src"
-  mkdir -p "$aptdir/lists/partial" "$aptdir/cache/archives/partial" "$aptdir/sources.list.d" "$src"
-  if ! ls "$src"/postgresql-"$v"_*.orig.tar.bz2 >/dev/null 2>&1; then
-    # A private apt configuration: the machine's own sources stay untouched. The mirror and
-    # keyring are read from the machine's deb822 sources, never hard-coded.
-    local main_src=/etc/apt/sources.list.d/debian.sources uri keyring
-    uri=$(awk '/^URIs:/{print $2; exit}' "$main_src")
-    keyring=$(awk '/^Signed-By:/{print $2; exit}' "$main_src")
-    cat > "$aptdir/sources.list" <<SRC
-deb-src [signed-by=$keyring] $uri trixie main
-deb-src [signed-by=$keyring] $uri sid main
-SRC
-    cat > "$aptdir/apt.conf" <<CONF
-Dir::Etc::sourcelist "$aptdir/sources.list";
-Dir::Etc::sourceparts "$aptdir/sources.list.d";
-Dir::State::Lists "$aptdir/lists";
-Dir::Cache "$aptdir/cache";
-APT::Sandbox::User "root";
-CONF
-    log "fetching Debian's source package of PostgreSQL $v"
-    APT_CONFIG="$aptdir/apt.conf" apt-get update -qq
-    (cd "$src" && APT_CONFIG="$aptdir/apt.conf" apt-get source --download-only -qq "postgresql-$v")
+# --- PostgreSQL 17 and 18 from pinned source tarballs ---------------------------------
+# Debian's mirror, as the machine's apt sources name it (never hard-coded).
+debian_mirror() {
+  if [ -n "${PGRAFT_DEBIAN_MIRROR:-}" ]; then echo "$PGRAFT_DEBIAN_MIRROR"; return; fi
+  local uri=""
+  if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+    uri=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources)
   fi
-  local tarball
-  tarball=$(ls "$src"/postgresql-"$v"_*.orig.tar.bz2 | head -1)
+  if [ -z "$uri" ] && [ -f /etc/apt/sources.list ]; then
+    uri=$(awk '$1=="deb"{for(i=2;i<=NF;i++) if ($i ~ /^https?:/) {print $i; exit}}' /etc/apt/sources.list)
+  fi
+  echo "${uri:-http://deb.debian.org/debian}"
+}
+# Leaves the verified tarball of the newest pinned version of major $1 that the mirror
+# serves in $src and prints its version; says what failed for each and returns 1 if none.
+fetch_source() {
+  local v="$1" src="$2" mirror entry ver sum file url got
+  local -n pins="PG${v}_SOURCES"
+  mirror=$(debian_mirror)
+  for entry in "${pins[@]}"; do
+    read -r ver sum <<<"$entry"
+    file="postgresql-${v}_${ver}.orig.tar.bz2"
+    if [ -f "$src/$file" ] && echo "$sum  $src/$file" | sha256sum -c --quiet - >/dev/null 2>&1; then
+      echo "$ver"; return 0
+    fi
+    url="$mirror/pool/main/p/postgresql-$v/$file"
+    log "fetching PostgreSQL $ver: $url"
+    rm -f "$src/$file.part"
+    if ! curl -fsSL --retry 3 --connect-timeout 20 -o "$src/$file.part" "$url"; then
+      log "PostgreSQL $ver is not served at $url; trying the next pinned version"
+      continue
+    fi
+    got=$(sha256sum "$src/$file.part" | cut -d' ' -f1)
+    if [ "$got" != "$sum" ]; then
+      log "PostgreSQL $ver from $url has sha256 $got, not the pinned $sum: not used"
+      rm -f "$src/$file.part"; continue
+    fi
+    mv "$src/$file.part" "$src/$file"
+    echo "$ver"; return 0
+  done
+  log "no pinned PostgreSQL $v source could be had from $mirror (pinned: $(printf '%s; ' "${pins[@]}"))"
+  log "pin a version the mirror serves in scripts/pins.sh (docs/operations.md, \"Set-up and pinned versions\")"
+  return 1
+}
+build_from_source() {
+  local v="$1" prefix="$cache/pg$1" src="$cache/src" ver
+  local -n pins="PG${v}_SOURCES"
+  # A build is reused only if it is of a version still pinned.
+  if [ -x "$prefix/bin/pg_config" ] && [ -f "$prefix/.pgraft-version" ]; then
+    local have entry
+    have=$(cat "$prefix/.pgraft-version")
+    for entry in "${pins[@]}"; do
+      [ "${entry%% *}" = "$have" ] && return 0
+    done
+    log "PostgreSQL $have in $prefix is no longer pinned: rebuilding"
+  fi
+  mkdir -p "$src"
+  ver=$(fetch_source "$v" "$src") || exit 1
   local build="$cache/build-$v"
-  rm -rf "$build"; mkdir -p "$build"
-  tar -xjf "$tarball" -C "$build" --strip-components=1
-  log "building PostgreSQL $v (about 2 minutes)"
+  rm -rf "$build" "$prefix"; mkdir -p "$build"
+  tar -xjf "$src/postgresql-${v}_${ver}.orig.tar.bz2" -C "$build" --strip-components=1
+  log "building PostgreSQL $ver (about 2 minutes)"
   # Run under `make test`, the outer make's jobserver settings must not leak into this
   # build; its output goes to a log that is shown when it fails.
   local blog="$cache/build-$v.log"
@@ -114,9 +163,10 @@ CONF
         "./configure --prefix='$prefix' --without-icu --with-openssl \
          && make -j$(nproc) && make install && make -C contrib install") >"$blog" 2>&1; then
     tail -40 "$blog" >&2
-    log "building PostgreSQL $v failed; the whole log is $blog"
+    log "building PostgreSQL $ver failed; the whole log is $blog"
     exit 1
   fi
+  echo "$ver" > "$prefix/.pgraft-version"
   rm -rf "$build" "$blog"
   chmod -R o+rX "$prefix"
 }

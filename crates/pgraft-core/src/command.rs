@@ -1,22 +1,27 @@
 //! What travels in a Raft entry: a proposal and its origin.
 //!
 //! ```text
-//! entry.data    = FORMAT (1 byte, 1) ++ postcard(Proposal)
+//! entry.data    = PROPOSAL_FORMAT (1 byte, 2) ++ postcard(Proposal)
+//!                 (format 1, still read: the same without `low`)
 //! entry.context = empty for normal entries; for a membership change:
-//!                 FORMAT ++ postcard(ConfContext)
+//!                 FORMAT (1 byte, 1) ++ postcard(ConfContext)
 //! ```
 //!
 //! The origin (member id, incarnation, sequence) lets the member that proposed an entry
 //! find the client waiting for it when the entry is applied, even when the proposal was
 //! forwarded to the leader; the incarnation keeps a restarted member from mistaking an old
-//! entry for a new request.
+//! entry for a new request. With `low` it also lets the state machine apply a proposal
+//! sent twice only once (see [`crate::sessions`]).
 
 use serde::{Deserialize, Serialize};
 
 use crate::kv::KvOp;
 
-/// The encoding version of entry payloads.
+/// The encoding version of membership change contexts.
 pub const FORMAT: u8 = 1;
+
+/// The encoding version of proposals (2 added `low`).
+pub const PROPOSAL_FORMAT: u8 = 2;
 
 /// Who proposed an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -69,6 +74,17 @@ pub struct Proposal {
     pub time_ms: i64,
     /// What to do.
     pub body: Body,
+    /// The lowest sequence number its proposer still waited for when proposing it: every
+    /// lower one of the same incarnation is settled and never applied again.
+    pub low: u64,
+}
+
+/// A proposal of format 1, before `low` existed (read from older logs).
+#[derive(Deserialize)]
+struct ProposalV1 {
+    origin: Origin,
+    time_ms: i64,
+    body: Body,
 }
 
 /// The context of a membership change entry.
@@ -103,12 +119,25 @@ fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError> {
 impl Proposal {
     /// The entry data.
     pub fn encode(&self) -> Vec<u8> {
-        encode(self)
+        let mut out = vec![PROPOSAL_FORMAT];
+        out.extend(postcard::to_stdvec(self).expect("postcard serialises plain data into a Vec"));
+        out
     }
 
-    /// Reads entry data.
+    /// Reads entry data of either format.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        decode(bytes)
+        match bytes.split_first() {
+            Some((&PROPOSAL_FORMAT, rest)) => {
+                postcard::from_bytes(rest).map_err(|e| DecodeError(e.to_string()))
+            }
+            Some((1, rest)) => {
+                let v1: ProposalV1 = postcard::from_bytes(rest).map_err(|e| DecodeError(e.to_string()))?;
+                // No watermark: nothing of this proposer's is known to be settled.
+                Ok(Proposal { origin: v1.origin, time_ms: v1.time_ms, body: v1.body, low: 0 })
+            }
+            Some((v, _)) => Err(DecodeError(format!("unknown payload format {v}"))),
+            None => Err(DecodeError("empty payload".into())),
+        }
     }
 }
 
@@ -135,8 +164,13 @@ mod tests {
             origin: Origin { node: 2, incarnation: 99, seq: 7 },
             time_ms: 1_700_000_000_000,
             body: Body::Kv(KvOp::Put { key: "k".into(), value: vec![0, 255], time_ms: 5 }),
+            low: 3,
         };
-        assert_eq!(Proposal::decode(&p.encode()), Ok(p));
+        assert_eq!(Proposal::decode(&p.encode()), Ok(p.clone()));
+        // Format 1 (no watermark) is still read.
+        let mut v1 = vec![1u8];
+        v1.extend(postcard::to_stdvec(&(p.origin, p.time_ms, p.body.clone())).expect("encodes"));
+        assert_eq!(Proposal::decode(&v1), Ok(Proposal { low: 0, ..p }));
         let c = ConfContext {
             origin: Origin { node: 1, incarnation: 1, seq: 1 },
             address: "127.0.0.1:7002".into(),
@@ -147,8 +181,9 @@ mod tests {
     #[test]
     fn unknown_formats_and_garbage_are_errors() {
         assert!(Proposal::decode(&[]).is_err());
-        assert!(Proposal::decode(&[2, 0, 0]).is_err());
-        assert!(Proposal::decode(&[FORMAT, 0xff, 0xff, 0xff]).is_err());
+        assert!(Proposal::decode(&[3, 0, 0]).is_err());
+        assert!(Proposal::decode(&[PROPOSAL_FORMAT, 0xff, 0xff, 0xff]).is_err());
+        assert!(ConfContext::decode(&[2, 0, 0]).is_err());
     }
 
     proptest! {

@@ -14,13 +14,17 @@
 use std::collections::{BTreeMap, HashMap};
 
 use prost::Message as _;
-use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message};
+use raft::prelude::{
+    ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, SnapshotMetadata,
+};
 use raft::{RawNode, StateRole};
 use raft_proto::ConfChangeI as _;
 
 use crate::command::{Body, ConfContext, Origin, Proposal};
 use crate::error::{Error, Result};
+use crate::proposals::Proposals;
 use crate::request::{Consistency, KvFigures, Read, Request, Response};
+use crate::snapshot_job::{SnapshotDone, SnapshotJob};
 use crate::state_machine::{MembershipChange, StateMachine};
 use crate::storage::{snapshot_of, Identity, LogStore};
 
@@ -132,6 +136,10 @@ pub struct Counters {
     pub applied_entries: u64,
     /// Snapshots taken here.
     pub snapshots_taken: u64,
+    /// The longest a snapshot here took to encode and write, in ms (off the Raft thread).
+    pub snapshot_max_ms: u64,
+    /// Proposals sent again because they seemed lost (see `proposals`).
+    pub proposals_resent: u64,
     /// Snapshots received from a leader and installed.
     pub snapshots_installed: u64,
 }
@@ -188,28 +196,36 @@ enum Waiting {
     Applied(u64),
     /// Waiting for a leadership transfer to land.
     Transfer(u64),
-    /// A proposal raft dropped (no leader yet): retried on every tick until its deadline.
-    Retry(RetryKind),
+    /// Waiting for a snapshot with the whole log compacted behind it, at this index.
+    Compacted(u64),
+    /// A membership change raft dropped (no leader yet): retried on every tick until its
+    /// deadline.
+    Retry(ConfProposal),
 }
 
-enum RetryKind {
-    Propose(Vec<u8>, u64),
-    Conf(ConfChangeV2, Vec<u8>, u64),
-}
+/// A membership change with its context and sequence number.
+struct ConfProposal(ConfChangeV2, Vec<u8>, u64);
 
 /// One Raft member.
 pub struct Member<S: LogStore> {
     raw: RawNode<S>,
     sm: StateMachine,
     cfg: MemberConfig,
-    seq: u64,
     now_ms: i64,
     waiting: HashMap<Token, Waiting>,
-    /// Proposal sequence numbers of this incarnation -> waiting token.
-    proposals: HashMap<u64, Token>,
+    /// This incarnation's proposals not yet applied.
+    proposals: Proposals,
     answers: Vec<(Token, Result<Response>)>,
     counters: Counters,
     last_snapshot: u64,
+    /// A snapshot to take, for the driver ([`Member::take_snapshot_job`]).
+    snapshot_job: Option<SnapshotJob>,
+    /// The index of the snapshot being written, until [`Member::snapshot_done`].
+    snapshot_in_flight: Option<u64>,
+    /// `pgraft_kv_compact` asked for a snapshot with the whole log compacted.
+    compact_requested: bool,
+    /// The index of the last snapshot with the whole log compacted behind it.
+    full_compaction: u64,
     ticks: u64,
     /// The role at the last soft-state change, to count elections this member started.
     last_role: StateRole,
@@ -274,13 +290,16 @@ impl<S: LogStore> Member<S> {
             raw,
             sm,
             cfg,
-            seq: 0,
             now_ms: 0,
             waiting: HashMap::new(),
-            proposals: HashMap::new(),
+            proposals: Proposals::default(),
             answers: Vec::new(),
             counters: Counters::default(),
             last_snapshot,
+            snapshot_job: None,
+            snapshot_in_flight: None,
+            compact_requested: false,
+            full_compaction: 0,
             ticks: 0,
             last_role: StateRole::Follower,
             last_heard: BTreeMap::new(),
@@ -355,12 +374,12 @@ impl<S: LogStore> Member<S> {
         }
     }
 
-    /// Advances the logical clock by one tick; retries proposals dropped while no leader
-    /// was known and re-asks reads that got no read index.
+    /// Advances the logical clock by one tick; sends again proposals that seem lost (see
+    /// [`crate::proposals`]) and re-asks reads that got no read index.
     pub fn tick(&mut self) {
         self.raw.tick();
-        self.retry_dropped();
         self.ticks += 1;
+        self.retry_dropped();
         // raft-rs drops a read index request silently when no leader is known (and a new
         // leader forgets what its predecessor had pending): ask again for every read that
         // has waited an election timeout without a read index.
@@ -431,7 +450,7 @@ impl<S: LogStore> Member<S> {
     /// Forgets a request whose deadline passed; a late result is dropped.
     pub fn cancel(&mut self, token: Token) {
         self.waiting.remove(&token);
-        self.proposals.retain(|_, t| *t != token);
+        self.proposals.forget_token(token);
     }
 
     /// Requests still waiting.
@@ -469,9 +488,10 @@ impl<S: LogStore> Member<S> {
         }
     }
 
+    /// The origin of a new proposal and its watermark (see [`crate::sessions`]).
     fn next_origin(&mut self) -> (Origin, u64) {
-        self.seq += 1;
-        (Origin { node: self.cfg.id, incarnation: self.cfg.incarnation, seq: self.seq }, self.seq)
+        let (seq, low) = self.proposals.next();
+        (Origin { node: self.cfg.id, incarnation: self.cfg.incarnation, seq }, low)
     }
 
     /// Accepts a client request. The answer arrives through [`Member::take_answers`], at
@@ -492,11 +512,10 @@ impl<S: LogStore> Member<S> {
                 if let Err(e) = validate_body(&body) {
                     return self.answer(token, Err(e));
                 }
-                let (origin, seq) = self.next_origin();
-                let data = Proposal { origin, time_ms: self.now_ms, body }.encode();
-                self.proposals.insert(seq, token);
+                let (origin, low) = self.next_origin();
+                let data = Proposal { origin, time_ms: self.now_ms, body, low }.encode();
                 self.waiting.insert(token, Waiting::Proposal);
-                self.propose(token, RetryKind::Propose(data, seq));
+                self.propose_entry(token, origin.seq, data);
             }
             Request::ProposeInTerm { term, body } => {
                 let current = self.raw.raft.term;
@@ -536,6 +555,15 @@ impl<S: LogStore> Member<S> {
             }
             Request::WaitApplied(i) => {
                 self.waiting.insert(token, Waiting::Applied(i));
+                self.resolve_waiters();
+            }
+            Request::CompactLog => {
+                let at = self.sm.applied_index;
+                if self.full_compaction < at {
+                    self.compact_requested = true;
+                }
+                self.waiting.insert(token, Waiting::Compacted(at));
+                self.maybe_snapshot();
                 self.resolve_waiters();
             }
         }
@@ -596,37 +624,52 @@ impl<S: LogStore> Member<S> {
                 Err(Error::Busy("another membership change is still being applied; try again".into())),
             );
         }
-        let (origin, seq) = self.next_origin();
+        let (origin, _) = self.next_origin();
         let ctx = ConfContext { origin, address: addr }.encode();
         let cc = ConfChangeV2 {
             changes: vec![ConfChangeSingle { change_type: change as i32, node_id: id }],
             ..Default::default()
         };
-        self.proposals.insert(seq, token);
+        self.proposals.open(origin.seq, token, None, self.raw.raft.term, self.ticks, true);
         self.waiting.insert(token, Waiting::Proposal);
-        self.propose(token, RetryKind::Conf(cc, ctx, seq));
+        self.propose_conf(token, ConfProposal(cc, ctx, origin.seq));
     }
 
-    fn propose(&mut self, token: Token, kind: RetryKind) {
-        let r = match &kind {
-            RetryKind::Propose(data, _) => self.raw.propose(vec![], data.clone()),
-            RetryKind::Conf(cc, ctx, _) => self.raw.propose_conf_change(ctx.clone(), cc.clone()),
-        };
-        match r {
+    fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// Hands a normal entry to raft for the first time and keeps it until it is applied.
+    fn propose_entry(&mut self, token: Token, seq: u64, data: Vec<u8>) {
+        let (term, leader) = (self.raw.raft.term, self.is_leader());
+        match self.raw.propose(vec![], data.clone()) {
+            Ok(()) => {
+                self.counters.proposals += 1;
+                self.proposals.open(seq, token, Some(data), term, self.ticks, leader);
+            }
+            // No leader yet: sent as soon as one is known.
+            Err(raft::Error::ProposalDropped) => {
+                self.proposals.open(seq, token, Some(data), 0, self.ticks, leader)
+            }
+            Err(e) => self.answer(token, Err(Error::InvalidArgument(e.to_string()))),
+        }
+    }
+
+    fn propose_conf(&mut self, token: Token, p: ConfProposal) {
+        match self.raw.propose_conf_change(p.1.clone(), p.0.clone()) {
             Ok(()) => self.counters.proposals += 1,
             Err(raft::Error::ProposalDropped) => {
-                self.waiting.insert(token, Waiting::Retry(kind));
+                self.waiting.insert(token, Waiting::Retry(p));
             }
             Err(e) => {
-                let seq = match kind {
-                    RetryKind::Propose(_, s) | RetryKind::Conf(_, _, s) => s,
-                };
-                self.proposals.remove(&seq);
+                self.proposals.forget(p.2);
                 self.answer(token, Err(Error::InvalidArgument(e.to_string())));
             }
         }
     }
 
+    /// Sends again what raft refused while no leader was known, and normal proposals that
+    /// seem lost.
     fn retry_dropped(&mut self) {
         if self.raw.raft.leader_id == 0 {
             return;
@@ -635,11 +678,29 @@ impl<S: LogStore> Member<S> {
             self.waiting.iter().filter(|(_, w)| matches!(w, Waiting::Retry(_))).map(|(t, _)| *t).collect();
         tokens.sort_unstable();
         for t in tokens {
-            if let Some(Waiting::Retry(kind)) = self.waiting.remove(&t) {
+            if let Some(Waiting::Retry(p)) = self.waiting.remove(&t) {
                 self.waiting.insert(t, Waiting::Proposal);
-                self.propose(t, kind);
+                self.propose_conf(t, p);
             }
         }
+        let term = self.raw.raft.term;
+        for (seq, data) in self.proposals.due(term, self.ticks, self.cfg.election_tick as u64) {
+            let leader = self.is_leader();
+            match self.raw.propose(vec![], data) {
+                Ok(()) => {
+                    self.counters.proposals += 1;
+                    self.proposals.sent_again(seq, term, self.ticks, leader);
+                }
+                Err(raft::Error::ProposalDropped) => self.proposals.sent_again(seq, 0, self.ticks, leader),
+                Err(e) => {
+                    if let Some(token) = self.proposals.token(seq) {
+                        self.proposals.forget(seq);
+                        self.answer(token, Err(Error::InvalidArgument(e.to_string())));
+                    }
+                }
+            }
+        }
+        self.counters.proposals_resent = self.proposals.resent;
     }
 
     fn read(&self, read: &Read, read_index: u64) -> Result<Response> {
@@ -739,8 +800,8 @@ impl<S: LogStore> Member<S> {
         let committed = light.take_committed_entries();
         self.apply_entries(committed)?;
         self.raw.advance_apply();
-        self.maybe_snapshot()?;
-        self.snapshot_for_readded_peers()?;
+        self.maybe_snapshot();
+        self.snapshot_for_readded_peers();
         self.resolve_waiters();
         self.counters.messages_sent += out.len() as u64;
         Ok(out)
@@ -760,8 +821,10 @@ impl<S: LogStore> Member<S> {
                     let p = Proposal::decode(&e.data).map_err(|err| {
                         Error::Storage(format!("entry {} cannot be applied: {err}", e.index))
                     })?;
-                    let outcome = self.sm.apply(e.index, e.term, &p, self.now_ms);
-                    self.complete(p.origin, Ok(Response::Applied { index: e.index, outcome }));
+                    // `None`: a copy of a proposal already applied, answered then.
+                    if let Some(outcome) = self.sm.apply(e.index, e.term, &p, self.now_ms) {
+                        self.complete(p.origin, Ok(Response::Applied { index: e.index, outcome }));
+                    }
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => self.apply_conf_change(&e)?,
             }
@@ -822,54 +885,102 @@ impl<S: LogStore> Member<S> {
         if origin.node != self.cfg.id || origin.incarnation != self.cfg.incarnation {
             return;
         }
-        if let Some(token) = self.proposals.remove(&origin.seq) {
+        if let Some(token) = self.proposals.applied(origin.seq) {
             if self.waiting.contains_key(&token) {
                 self.answer(token, r);
             }
         }
     }
 
-    /// Snapshots the state machine at the applied index and compacts the log behind it,
-    /// keeping `keep` entries before the snapshot.
-    fn take_snapshot(&mut self, keep: u64) -> Result<()> {
+    /// Entries between two snapshots of this member: `snapshot_count`, plus a share of
+    /// up to a quarter of it drawn from the node id, so members do not all snapshot at the
+    /// same index.
+    fn snapshot_interval(&self) -> u64 {
+        let count = self.cfg.snapshot_count.max(1);
+        count + self.cfg.id.wrapping_mul(0x9E37_79B9_7F4A_7C15) % (count / 4).max(1)
+    }
+
+    /// Prepares a snapshot job when one is due and none is being written: a clone of the
+    /// state (cheap: persistent structures) that the driver encodes and writes elsewhere.
+    fn maybe_snapshot(&mut self) {
+        if self.snapshot_in_flight.is_some() {
+            return;
+        }
         let applied = self.sm.applied_index;
-        let cs = self.raw.raft.prs().conf().to_conf_state();
-        let data = self.sm.encode();
-        self.raw.mut_store().create_snapshot(applied, &cs, data, keep)?;
-        self.last_snapshot = applied;
+        let due = applied >= self.last_snapshot + self.snapshot_interval();
+        if !due && !self.compact_requested {
+            return;
+        }
+        let keep = if self.compact_requested { 0 } else { self.cfg.snapshot_catchup };
+        self.compact_requested = false;
+        self.start_snapshot(keep);
+    }
+
+    fn start_snapshot(&mut self, keep: u64) {
+        let metadata = SnapshotMetadata {
+            index: self.sm.applied_index,
+            term: self.sm.applied_term,
+            conf_state: Some(self.raw.raft.prs().conf().to_conf_state()),
+        };
+        self.snapshot_in_flight = Some(metadata.index);
+        self.snapshot_job = Some(SnapshotJob {
+            state: self.sm.clone(),
+            metadata,
+            keep,
+            writer: self.raw.store().snapshot_writer(),
+        });
+    }
+
+    /// A snapshot to take: the driver runs it ([`SnapshotJob::run`], on another thread or
+    /// later) and hands the result to [`Member::snapshot_done`].
+    pub fn take_snapshot_job(&mut self) -> Option<SnapshotJob> {
+        self.snapshot_job.take()
+    }
+
+    /// Records a snapshot whose image a job wrote, and compacts the log behind it. A
+    /// failed write stops the member: its storage can no longer be trusted.
+    pub fn snapshot_done(&mut self, done: SnapshotDone) -> Result<()> {
+        if self.snapshot_in_flight == Some(done.index) {
+            self.snapshot_in_flight = None;
+        }
+        let image =
+            done.image.map_err(|e| Error::Storage(format!("snapshot at index {}: {e}", done.index)))?;
+        self.raw.mut_store().create_snapshot(image, done.keep)?;
+        self.last_snapshot = self.last_snapshot.max(done.index);
+        if done.keep == 0 {
+            self.full_compaction = self.full_compaction.max(done.index);
+        }
         self.counters.snapshots_taken += 1;
+        let ms = done.elapsed.as_millis() as u64;
+        self.counters.snapshot_max_ms = self.counters.snapshot_max_ms.max(ms);
+        // A compaction asked for while this one was written starts now.
+        self.maybe_snapshot();
+        self.resolve_waiters();
         Ok(())
     }
 
-    fn maybe_snapshot(&mut self) -> Result<()> {
-        if self.sm.applied_index < self.last_snapshot + self.cfg.snapshot_count {
-            return Ok(());
+    /// Runs a snapshot job here and now (the one-thread drivers: tests, tools).
+    pub fn run_snapshot_job_now(&mut self) -> Result<()> {
+        match self.take_snapshot_job() {
+            Some(job) => self.snapshot_done(job.run()),
+            None => Ok(()),
         }
-        self.take_snapshot(self.cfg.snapshot_catchup)
     }
 
     /// A leader whose peer needs a snapshot that the stored one cannot serve (it predates
     /// the peer's re-admission, so it does not name the peer) takes a fresh one.
-    fn snapshot_for_readded_peers(&mut self) -> Result<()> {
-        if self.raw.raft.state != StateRole::Leader {
-            return Ok(());
+    fn snapshot_for_readded_peers(&mut self) {
+        if self.raw.raft.state != StateRole::Leader || self.snapshot_in_flight.is_some() {
+            return;
         }
-        let first = self.raw.store().first_index().map_err(raft_err)?;
+        let first = self.raw.store().first_index().unwrap_or(0);
+        let meta = self.raw.store().snapshot_metadata();
         let stuck = self.raw.raft.prs().iter().any(|(id, pr)| {
-            *id != self.cfg.id && pr.next_idx < first && self.raw.store().snapshot(0, *id).is_err()
+            *id != self.cfg.id && pr.next_idx < first && !crate::storage::snapshot_usable_for(&meta, *id)
         });
         if stuck && self.sm.applied_index > self.last_snapshot {
-            self.take_snapshot(self.cfg.snapshot_catchup)?;
+            self.start_snapshot(self.cfg.snapshot_catchup);
         }
-        Ok(())
-    }
-
-    /// Takes a snapshot now and compacts the log behind it (`pgraft_kv_compact`).
-    pub fn compact_log(&mut self) -> Result<u64> {
-        if self.sm.applied_index > self.last_snapshot {
-            self.take_snapshot(0)?;
-        }
-        Ok(self.sm.applied_index)
     }
 
     fn resolve_waiters(&mut self) {
@@ -883,6 +994,7 @@ impl<S: LogStore> Member<S> {
                 Waiting::ReadAt(i, _) | Waiting::Applied(i) if *i <= applied => ready.push(*token),
                 Waiting::Committed(i) if *i <= commit => ready.push(*token),
                 Waiting::Transfer(to) if *to == leader => ready.push(*token),
+                Waiting::Compacted(i) if *i <= self.full_compaction => ready.push(*token),
                 _ => {}
             }
         }
@@ -893,6 +1005,7 @@ impl<S: LogStore> Member<S> {
                 Some(Waiting::Applied(_)) => Ok(Response::Reached(applied)),
                 Some(Waiting::Committed(_)) => Ok(Response::Reached(commit)),
                 Some(Waiting::Transfer(_)) => Ok(Response::Reached(term)),
+                Some(Waiting::Compacted(i)) => Ok(Response::Reached(i)),
                 _ => continue,
             };
             self.answers.push((token, r));

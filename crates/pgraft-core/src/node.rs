@@ -4,8 +4,13 @@
 //! ```text
 //!   NodeHandle::call ──┐                       ┌──▶ Transport::send (non-blocking)
 //!   transport inbound ─┼─▶ input channel ──▶ member thread: tick / step / submit /
-//!   set_timing ────────┘                     process_ready ──▶ replies (oneshot)
+//!   set_timing ────────┤                     process_ready ──▶ replies (oneshot)
+//!   snapshot done ─────┘                          └──▶ snapshot thread: encode, write
 //! ```
+//!
+//! The snapshot thread encodes and writes state machine images, so a snapshot never
+//! stops the member thread for longer than it takes to clone the state (persistent
+//! structures: constant time) and to record the written image.
 //!
 //! One tick source: the member thread. A leader ticks every heartbeat interval; anyone
 //! else every election timeout / election_tick, so both timeouts follow the configured
@@ -23,6 +28,7 @@ use crate::config::Timing;
 use crate::error::{Error, Result};
 use crate::member::{Member, MemberConfig, MemberStatus, Role, Token};
 use crate::request::{Request, Response};
+use crate::snapshot_job::{SnapshotDone, SnapshotJob};
 use crate::storage::RedbStore;
 use crate::transport::{Inbound, Tls, TlsFiles, Transport, TransportConfig};
 
@@ -71,6 +77,7 @@ enum Input {
     Call { req: Request, deadline: Instant, reply: Reply },
     Timing(Timing),
     Inspect(Inspector),
+    SnapshotDone(SnapshotDone),
     Stop,
 }
 
@@ -174,12 +181,13 @@ impl Node {
             *lock(&shared.transport) = Some(Arc::clone(&transport.stats));
             let timing = cfg.timing;
             let shared2 = Arc::clone(&shared);
+            let snapshots = start_snapshot_thread(tx.clone())?;
             shared.running.store(true, Ordering::SeqCst);
             let thread = std::thread::Builder::new()
                 .name("pgraft-raft".into())
                 .spawn(move || {
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        run_loop(member, transport, rx, timing, &shared2)
+                        run_loop(member, transport, rx, timing, &shared2, &snapshots)
                     }));
                     let fatal = match result {
                         Ok(Ok(())) => None,
@@ -329,6 +337,30 @@ impl NodeHandle {
     }
 }
 
+/// Starts the thread that runs snapshot jobs and hands their results back to the member
+/// thread. It ends when the member thread drops the job sender.
+fn start_snapshot_thread(done: Sender<Input>) -> Result<Sender<SnapshotJob>> {
+    let (tx, rx) = channel::<SnapshotJob>();
+    std::thread::Builder::new()
+        .name("pgraft-snapshot".into())
+        .spawn(move || {
+            for job in rx {
+                let index = job.index();
+                let result = job.run();
+                log::info!(
+                    "snapshot at index {index}: {} bytes written in {} ms",
+                    result.len(),
+                    result.elapsed.as_millis()
+                );
+                if done.send(Input::SnapshotDone(result)).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| Error::Storage(format!("start the snapshot thread: {e}")))?;
+    Ok(tx)
+}
+
 fn tick_interval(role: Role, t: &Timing, election_tick: usize) -> Duration {
     match role {
         Role::Leader => Duration::from_millis(t.heartbeat_interval_ms.max(1)),
@@ -342,6 +374,7 @@ fn run_loop(
     rx: Receiver<Input>,
     mut timing: Timing,
     shared: &Shared,
+    snapshots: &Sender<SnapshotJob>,
 ) -> Result<()> {
     let election_tick = 10;
     // The locally configured timing; settings replicated through the log override it.
@@ -391,6 +424,7 @@ fn run_loop(
                     next_tick = Instant::now() + tick_interval(member.role(), &timing, election_tick);
                 }
                 Input::Inspect(f) => f(&mut member),
+                Input::SnapshotDone(done) => member.snapshot_done(done)?,
                 Input::Stop => return Ok(()),
             }
         }
@@ -401,6 +435,9 @@ fn run_loop(
         }
         for m in member.process_ready()? {
             transport.send(m);
+        }
+        if let Some(job) = member.take_snapshot_job() {
+            snapshots.send(job).map_err(|_| Error::Storage("the snapshot thread is gone".into()))?;
         }
         let answers = member.take_answers();
         if !answers.is_empty() {

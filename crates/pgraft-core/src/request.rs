@@ -89,6 +89,9 @@ pub enum Request {
     WaitCommitted(u64),
     /// Answered once this member has applied the index.
     WaitApplied(u64),
+    /// Take a snapshot at the applied index and compact the whole log behind it
+    /// (`pgraft_kv_compact`); answered with that index once the snapshot is durable.
+    CompactLog,
 }
 
 /// KV store figures for `pgraft_kv_get_stats`.

@@ -1,12 +1,16 @@
 //! The replicated state: the KV store, the membership's addresses, cluster-wide settings,
-//! and a record of recently applied entries. Snapshots carry all of it.
+//! the proposer sessions, and a record of recently applied entries. Snapshots carry all of
+//! it. Cloning it is cheap (the KV store and the history are persistent structures), which
+//! is how a snapshot is taken without stopping the Raft thread.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
+use imbl::Vector;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Body, Proposal};
 use crate::kv::{Compare, KvOp, KvResult, KvStore, TxnAction};
+use crate::sessions::Sessions;
 
 /// How many applied entries the history keeps (`pgraft.applied_entries`).
 pub const HISTORY_LIMIT: usize = 10_000;
@@ -65,13 +69,27 @@ pub struct StateMachine {
     /// Cluster-wide settings changed through the log, name -> value.
     pub config: BTreeMap<String, String>,
     /// The last [`HISTORY_LIMIT`] applied entries, oldest first.
-    pub history: VecDeque<AppliedRecord>,
+    pub history: Vector<AppliedRecord>,
     /// The index of the last applied entry.
     pub applied_index: u64,
     /// Its term.
     pub applied_term: u64,
     /// How many raw entries were applied.
     pub raw_entries: u64,
+    /// Which proposals were applied, so a copy is not applied again.
+    pub sessions: Sessions,
+}
+
+/// The image of format 1, before sessions existed.
+#[derive(Deserialize)]
+struct StateMachineV1 {
+    kv: KvStore,
+    members: BTreeMap<u64, MemberInfo>,
+    config: BTreeMap<String, String>,
+    history: Vector<AppliedRecord>,
+    applied_index: u64,
+    applied_term: u64,
+    raw_entries: u64,
 }
 
 /// A snapshot image that cannot be read.
@@ -79,7 +97,8 @@ pub struct StateMachine {
 #[error("undecodable state machine snapshot: {0}")]
 pub struct SnapshotDecodeError(pub String);
 
-const SNAPSHOT_FORMAT: u8 = 1;
+/// The snapshot image's format: 2 added the sessions; 1 is still read.
+const SNAPSHOT_FORMAT: u8 = 2;
 
 impl StateMachine {
     /// The state to put in a snapshot.
@@ -95,6 +114,20 @@ impl StateMachine {
             Some((&SNAPSHOT_FORMAT, rest)) => {
                 postcard::from_bytes(rest).map_err(|e| SnapshotDecodeError(e.to_string()))
             }
+            Some((1, rest)) => {
+                let v1: StateMachineV1 =
+                    postcard::from_bytes(rest).map_err(|e| SnapshotDecodeError(e.to_string()))?;
+                Ok(Self {
+                    kv: v1.kv,
+                    members: v1.members,
+                    config: v1.config,
+                    history: v1.history,
+                    applied_index: v1.applied_index,
+                    applied_term: v1.applied_term,
+                    raw_entries: v1.raw_entries,
+                    sessions: Sessions::default(),
+                })
+            }
             Some((v, _)) => Err(SnapshotDecodeError(format!("unknown snapshot format {v}"))),
             None => Err(SnapshotDecodeError("empty snapshot".into())),
         }
@@ -109,8 +142,23 @@ impl StateMachine {
         self.history.push_back(rec);
     }
 
-    /// Applies a normal entry's proposal.
-    pub fn apply(&mut self, index: u64, term: u64, p: &Proposal, now_ms: i64) -> Outcome {
+    /// Applies a normal entry's proposal; `None` when it is a copy of a proposal already
+    /// applied (or settled), which changes nothing but the applied index.
+    pub fn apply(&mut self, index: u64, term: u64, p: &Proposal, now_ms: i64) -> Option<Outcome> {
+        if !self.sessions.admit(p.origin, p.low, index) {
+            let o = p.origin;
+            self.record(AppliedRecord {
+                index,
+                term,
+                entry_type: 0,
+                applied_ms: now_ms,
+                operation: "duplicate".into(),
+                target: Some(p.body.name().to_string()),
+                data: serde_json::json!({ "node": o.node, "incarnation": o.incarnation, "seq": o.seq })
+                    .to_string(),
+            });
+            return None;
+        }
         let (outcome, target, data) = match &p.body {
             Body::Kv(op) => {
                 let r = self.kv.apply(op);
@@ -144,7 +192,7 @@ impl StateMachine {
             target,
             data,
         });
-        outcome
+        Some(outcome)
     }
 
     /// Records an entry that carries no proposal (a new leader's empty entry).
@@ -254,7 +302,11 @@ mod tests {
     use crate::command::Origin;
 
     fn prop(body: Body) -> Proposal {
-        Proposal { origin: Origin { node: 1, incarnation: 1, seq: 1 }, time_ms: 10, body }
+        prop_seq(1, body)
+    }
+
+    fn prop_seq(seq: u64, body: Body) -> Proposal {
+        Proposal { origin: Origin { node: 1, incarnation: 1, seq }, time_ms: 10, body, low: 1 }
     }
 
     #[test]
@@ -262,15 +314,15 @@ mod tests {
         let mut sm = StateMachine::default();
         let big = vec![b'x'; HISTORY_DATA_LIMIT + 1];
         let put = KvOp::Put { key: "k".into(), value: big.clone(), time_ms: 1 };
-        sm.apply(1, 1, &prop(Body::Kv(put)), 5);
-        sm.apply(2, 1, &prop(Body::Raw(big.clone())), 5);
+        sm.apply(1, 1, &prop_seq(1, Body::Kv(put)), 5);
+        sm.apply(2, 1, &prop_seq(2, Body::Raw(big.clone())), 5);
         let cas = KvOp::CompareAndSwap {
             key: "k".into(),
             compare: Compare::Value(Some(big.clone())),
             action: TxnAction::Put(big),
             time_ms: 1,
         };
-        sm.apply(3, 1, &prop(Body::Kv(cas)), 5);
+        sm.apply(3, 1, &prop_seq(3, Body::Kv(cas)), 5);
         let data: Vec<&str> = sm.history.iter().map(|r| r.data.as_str()).collect();
         assert_eq!(data[0], format!("{{\"key\":\"k\",\"value_bytes\":{}}}", HISTORY_DATA_LIMIT + 1));
         assert_eq!(data[1], format!("{{\"data_bytes\":{}}}", HISTORY_DATA_LIMIT + 1));
@@ -285,12 +337,17 @@ mod tests {
     #[test]
     fn snapshot_round_trip_carries_everything() {
         let mut sm = StateMachine::default();
-        sm.apply(1, 1, &prop(Body::Kv(KvOp::Put { key: "a".into(), value: b"1".to_vec(), time_ms: 1 })), 100);
-        sm.apply(2, 1, &prop(Body::Raw(br#"{"x": 1}"#.to_vec())), 101);
+        sm.apply(
+            1,
+            1,
+            &prop_seq(1, Body::Kv(KvOp::Put { key: "a".into(), value: b"1".to_vec(), time_ms: 1 })),
+            100,
+        );
+        sm.apply(2, 1, &prop_seq(2, Body::Raw(br#"{"x": 1}"#.to_vec())), 101);
         sm.apply(
             3,
             1,
-            &prop(Body::SetConfig { name: "heartbeat_interval".into(), value: "75ms".into() }),
+            &prop_seq(3, Body::SetConfig { name: "heartbeat_interval".into(), value: "75ms".into() }),
             102,
         );
         sm.apply_membership(4, 1, 2, &[(2, MembershipChange::AddVoter)], "127.0.0.1:7002", 103);
@@ -308,9 +365,38 @@ mod tests {
     fn history_is_bounded() {
         let mut sm = StateMachine::default();
         for i in 1..=(HISTORY_LIMIT as u64 + 5) {
-            sm.apply(i, 1, &prop(Body::Probe), 0);
+            sm.apply(i, 1, &prop_seq(i, Body::Probe), 0);
         }
         assert_eq!(sm.history.len(), HISTORY_LIMIT);
         assert_eq!(sm.history.front().map(|r| r.index), Some(6));
+    }
+
+    #[test]
+    fn a_proposal_sent_twice_applies_once() {
+        let mut sm = StateMachine::default();
+        let put = |v: &str| Body::Kv(KvOp::Put { key: "k".into(), value: v.as_bytes().to_vec(), time_ms: 1 });
+        assert!(sm.apply(1, 1, &prop_seq(1, put("a")), 0).is_some());
+        assert!(sm.apply(2, 1, &prop_seq(2, put("b")), 0).is_some());
+        assert!(sm.apply(3, 2, &prop_seq(1, put("a")), 0).is_none(), "the copy of seq 1");
+        assert_eq!(sm.kv.get("k", None).ok().flatten().map(|kv| kv.value), Some(b"b".to_vec()));
+        assert_eq!(sm.kv.revision(), 2);
+        assert_eq!(sm.applied_index, 3);
+        assert_eq!(sm.history.back().map(|r| r.operation.as_str()), Some("duplicate"));
+        let back = StateMachine::decode(&sm.encode()).expect("decodes");
+        assert_eq!(back.sessions, sm.sessions, "snapshots carry the sessions");
+    }
+
+    #[test]
+    fn format_1_images_are_still_read() {
+        let mut sm = StateMachine::default();
+        sm.apply(1, 1, &prop(Body::Kv(KvOp::Put { key: "a".into(), value: b"1".to_vec(), time_ms: 1 })), 100);
+        let mut v1 = vec![1u8];
+        let fields =
+            (&sm.kv, &sm.members, &sm.config, &sm.history, sm.applied_index, sm.applied_term, sm.raw_entries);
+        v1.extend(postcard::to_stdvec(&fields).expect("encodes"));
+        let back = StateMachine::decode(&v1).expect("format 1 decodes");
+        assert_eq!(back.kv, sm.kv);
+        assert_eq!(back.applied_index, 1);
+        assert!(back.sessions.is_empty());
     }
 }

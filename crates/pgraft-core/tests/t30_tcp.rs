@@ -410,3 +410,43 @@ fn a_learner_is_added_promoted_and_a_removed_member_added_back() {
         other => panic!("expected NotLeader naming node {leader}, got {other:?}"),
     }
 }
+
+/// A proposal a follower forwards while its link to the leader is down is lost in
+/// transit; the follower sends it again after an election timeout, and the state machine
+/// applies it once even if both copies land.
+#[test]
+fn a_forwarded_proposal_lost_on_a_cut_link_is_sent_again_and_applied_once() {
+    let c = Cluster::start("resend", 3, false);
+    let leader = c.leader(Duration::from_secs(10));
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    assert!(matches!(c.put(follower, "warm", "up"), Ok(Response::Applied { .. })));
+    let revision = |via: u64| match c
+        .handle(via)
+        .call_blocking(Request::Read(Read::Stats, Consistency::Linearizable), CALL)
+    {
+        Ok(Response::KvFigures(f)) => f.revision,
+        other => panic!("stats on node {via}: {other:?}"),
+    };
+    let before = revision(leader);
+    let resent_before = c.handle(follower).status().expect("status").counters.proposals_resent;
+    let client = ProxyClient::new(c.proxy.clone());
+    client.request(&format!("cut {follower} {leader}")).expect("cut");
+    let h = c.handle(follower);
+    let started = Instant::now();
+    let put = std::thread::spawn(move || {
+        let op = KvOp::Put { key: "resent".into(), value: b"once".to_vec(), time_ms: 0 };
+        h.call_blocking(Request::Propose(Body::Kv(op)), Duration::from_secs(20))
+    });
+    // Shorter than an election timeout: the follower still follows the same leader.
+    std::thread::sleep(Duration::from_millis(TIMING.election_timeout_ms / 5));
+    client.request("heal").expect("heal");
+    let r = put.join().expect("the client thread");
+    let took = started.elapsed();
+    assert!(matches!(r, Ok(Response::Applied { .. })), "the put through a cut link: {r:?}");
+    assert!(took < Duration::from_secs(10), "answered after {took:?}: the proposal waited for a timeout");
+    let resent = c.handle(follower).status().expect("status").counters.proposals_resent;
+    assert!(resent > resent_before, "the put was answered without being sent again");
+    assert_eq!(c.get(leader, "resent", Consistency::Linearizable).as_deref(), Some("once"));
+    assert_eq!(revision(leader), before + 1, "a proposal sent twice was applied twice");
+    eprintln!("answered after {took:?}, proposals sent again: {}", resent - resent_before);
+}

@@ -43,6 +43,7 @@ fn corpus() -> Vec<Vec<u8>> {
             origin: Origin { node: 1, incarnation: 2, seq: 3 },
             time_ms: 4,
             body: Body::Kv(KvOp::Put { key: "k".into(), value: b"v".to_vec(), time_ms: 5 }),
+            low: 2,
         }
         .encode(),
         pgraft_core::state_machine::StateMachine::default().encode(),

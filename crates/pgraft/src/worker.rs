@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use pgraft_core::config::{parse_initial_cluster, Timing};
 use pgraft_core::ipc::{read_message, write_message, SOCKET_NAME};
+use pgraft_core::request::{Request, Response};
 use pgraft_core::transport::TlsFiles;
 use pgraft_core::{Bootstrap, MemberConfig, Node, NodeConfig, NodeHandle, Role};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
@@ -462,9 +463,12 @@ async fn answer(req: IpcRequest, ctx: &Ctx) -> IpcResponse {
             Ok(Err(e)) => IpcResponse::Failed(e.to_string()),
             Err(e) => IpcResponse::Failed(e.to_string()),
         },
-        IpcRequest::CompactLog => match node.inspect(|m| m.compact_log()).await {
-            Ok(Ok(i)) => IpcResponse::Compacted(i),
-            Ok(Err(e)) | Err(e) => IpcResponse::Failed(e.to_string()),
+        // The snapshot is encoded and written on the member's snapshot thread; the answer
+        // comes once it is durable and the log is compacted behind it.
+        IpcRequest::CompactLog => match node.call(Request::CompactLog, COMPACT_TIMEOUT).await {
+            Ok(Response::Reached(i)) => IpcResponse::Compacted(i),
+            Ok(other) => IpcResponse::Failed(format!("unexpected answer to a compaction: {other:?}")),
+            Err(e) => IpcResponse::Failed(e.to_string()),
         },
         IpcRequest::SetLogLevel(level) => {
             log::set_max_level(level_filter(&level));
@@ -482,6 +486,10 @@ async fn answer(req: IpcRequest, ctx: &Ctx) -> IpcResponse {
 }
 
 const SAVED_CONFIG: &str = "saved_config.json";
+
+/// How long `pgraft_kv_compact()` waits for its snapshot to be written (the session's
+/// statement_timeout and cancel end it sooner).
+const COMPACT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Writes the settings crash-safely: a temporary file, fsync, rename, fsync the directory.
 fn save_config(

@@ -1,7 +1,12 @@
 //! The MVCC key-value store.
+//!
+//! The keys live in a persistent B-tree (`imbl::OrdMap`) and values in reference-counted
+//! buffers: cloning the store is O(1) and shares everything, so a snapshot is a clone taken
+//! on the Raft thread and encoded elsewhere while the Raft thread keeps applying (a write
+//! copies only the tree path it changes).
 
-use std::collections::BTreeMap;
-
+use bytes::Bytes;
+use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
 use super::op::{Compare, KvOp, KvResult, TxnAction};
@@ -32,8 +37,7 @@ struct Rev {
     mod_revision: u64,
     create_revision: u64,
     version: u64,
-    #[serde(with = "serde_bytes")]
-    value: Option<Vec<u8>>,
+    value: Option<Bytes>,
     created_ms: i64,
     updated_ms: i64,
 }
@@ -60,7 +64,7 @@ pub struct KvStats {
 pub struct KvStore {
     revision: u64,
     compact_revision: u64,
-    keys: BTreeMap<String, Vec<Rev>>,
+    keys: OrdMap<String, Vec<Rev>>,
     stats: KvStats,
 }
 
@@ -115,7 +119,7 @@ impl KvStore {
         self.keys
             .iter()
             .map(|(k, h)| {
-                h.iter().map(|r| k.len() + r.value.as_ref().map_or(0, Vec::len) + 48).sum::<usize>()
+                h.iter().map(|r| k.len() + r.value.as_ref().map_or(0, Bytes::len) + 48).sum::<usize>()
             })
             .sum()
     }
@@ -131,7 +135,7 @@ impl KvStore {
     fn at_rev(key: &str, history: &[Rev], at: u64) -> Option<KeyValue> {
         let idx = history.partition_point(|r| r.mod_revision <= at);
         let r = history.get(idx.checked_sub(1)?)?;
-        let value = r.value.clone()?;
+        let value = r.value.as_ref()?.to_vec();
         Some(KeyValue {
             key: key.to_string(),
             value,
@@ -160,7 +164,7 @@ impl KvStore {
         let at = self.check_readable(at)?;
         let iter = self
             .keys
-            .range(prefix.to_string()..)
+            .range::<_, str>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
             .filter_map(|(k, h)| Self::at_rev(k, h, at));
         Ok(match limit {
@@ -198,7 +202,7 @@ impl KvStore {
         match op {
             KvOp::Put { key, value, time_ms } => {
                 let prev = self.get(key, None).unwrap_or(None);
-                self.put(key, value.clone(), *time_ms, prev.as_ref());
+                self.put(key, Bytes::copy_from_slice(value), *time_ms, prev.as_ref());
                 KvResult::Put { revision: self.revision, prev }
             }
             KvOp::Delete { key, time_ms } => {
@@ -229,7 +233,9 @@ impl KvStore {
                 if holds {
                     self.stats.cas_succeeded += 1;
                     match action {
-                        TxnAction::Put(v) => self.put(key, v.clone(), *time_ms, prev.as_ref()),
+                        TxnAction::Put(v) => {
+                            self.put(key, Bytes::copy_from_slice(v), *time_ms, prev.as_ref())
+                        }
                         TxnAction::Delete => {
                             self.delete(key, *time_ms);
                         }
@@ -254,7 +260,7 @@ impl KvStore {
         }
     }
 
-    fn put(&mut self, key: &str, value: Vec<u8>, time_ms: i64, prev: Option<&KeyValue>) {
+    fn put(&mut self, key: &str, value: Bytes, time_ms: i64, prev: Option<&KeyValue>) {
         self.revision += 1;
         let rev = Rev {
             mod_revision: self.revision,
@@ -264,7 +270,7 @@ impl KvStore {
             created_ms: prev.map_or(time_ms, |p| p.created_ms),
             updated_ms: time_ms,
         };
-        self.keys.entry(key.to_string()).or_default().push(rev);
+        self.push(key, rev);
         self.stats.puts += 1;
     }
 
@@ -288,7 +294,16 @@ impl KvStore {
             created_ms: time_ms,
             updated_ms: time_ms,
         };
-        self.keys.entry(key.to_string()).or_default().push(rev);
+        self.push(key, rev);
+    }
+
+    fn push(&mut self, key: &str, rev: Rev) {
+        match self.keys.get_mut(key) {
+            Some(history) => history.push(rev),
+            None => {
+                self.keys.insert(key.to_string(), vec![rev]);
+            }
+        }
     }
 
     fn compact(&mut self, revision: u64) -> Result<(), String> {
@@ -304,15 +319,20 @@ impl KvStore {
                 self.compact_revision
             ));
         }
-        for history in self.keys.values_mut() {
-            // Keep the last revision at or below `revision` (the state then) and all later.
-            let keep_from = history.partition_point(|r| r.mod_revision <= revision).saturating_sub(1);
-            history.drain(..keep_from);
-            if history.first().is_some_and(|r| r.mod_revision <= revision && r.value.is_none()) {
-                history.remove(0);
-            }
-        }
-        self.keys.retain(|_, h| !h.is_empty());
+        // Rebuilt rather than edited in place: the old tree may be shared with a snapshot
+        // being written, and a compaction touches most keys anyway.
+        self.keys = std::mem::take(&mut self.keys)
+            .into_iter()
+            .filter_map(|(key, mut history)| {
+                // Keep the last revision at or below `revision` (the state then) and all later.
+                let keep_from = history.partition_point(|r| r.mod_revision <= revision).saturating_sub(1);
+                history.drain(..keep_from);
+                if history.first().is_some_and(|r| r.mod_revision <= revision && r.value.is_none()) {
+                    history.remove(0);
+                }
+                (!history.is_empty()).then_some((key, history))
+            })
+            .collect();
         self.compact_revision = self.compact_revision.max(revision);
         self.stats.compactions += 1;
         Ok(())

@@ -23,6 +23,7 @@ use crate::kv::{Compare, KvOp, KvResult, TxnAction};
 use crate::linearizability::{self, Call, Operation, Ret, Verdict};
 use crate::member::{Member, MemberConfig, Role, Token};
 use crate::request::{Consistency, Read, Request, Response};
+use crate::snapshot_job::SnapshotJob;
 use crate::state_machine::Outcome;
 use crate::storage::MemStore;
 
@@ -84,6 +85,11 @@ pub struct SimReport {
     pub max_term: u64,
     /// Ticks from healing until a write succeeded.
     pub recovery_ticks: u64,
+    /// Proposals members sent again because they seemed lost (summed at the end).
+    pub resent: u64,
+    /// Copies of proposals the state machine skipped (applied entries marked duplicate,
+    /// among those the members still remember).
+    pub duplicates: u64,
 }
 
 /// A failed run: which invariant broke, and how to replay it.
@@ -153,6 +159,10 @@ struct Sim {
     probe_ok: bool,
     report: SimReport,
     logger: slog::Logger,
+    /// Snapshot jobs being "written": (due tick, node index, incarnation, job). They
+    /// finish a few ticks after they start, as on the snapshot thread, so members go on
+    /// applying meanwhile; a crash loses them.
+    snapshot_jobs: Vec<(u64, usize, u64, SnapshotJob)>,
 }
 
 /// Runs one seed.
@@ -209,6 +219,7 @@ impl Sim {
             probe_ok: false,
             report: SimReport { seed, ..Default::default() },
             logger: slog::Logger::root(slog::Discard, slog::o!()),
+            snapshot_jobs: Vec::new(),
         };
         for i in 0..sim.nodes.len() {
             sim.start(i);
@@ -240,6 +251,7 @@ impl Sim {
         }
         self.nodes[i].restart_at = Some(restart_at);
         self.net.forget(id);
+        self.snapshot_jobs.retain(|(_, node, _, _)| *node != i);
         // Requests waiting in the crashed member: their outcome is unknown.
         let lost: Vec<Token> = self.pending.iter().filter(|(_, p)| p.node == id).map(|(t, _)| *t).collect();
         for t in lost {
@@ -351,6 +363,16 @@ impl Sim {
             return Err(format!("history of key {key} is not linearizable:\n{}", lines.join("\n")));
         }
         self.report.max_term = self.leaders.keys().max().copied().unwrap_or(0);
+        for m in self.nodes.iter().filter_map(|n| n.member.as_ref()) {
+            self.report.resent += m.status().counters.proposals_resent;
+        }
+        self.report.duplicates = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.member.as_ref())
+            .map(|m| m.state().history.iter().filter(|r| r.operation == "duplicate").count() as u64)
+            .max()
+            .unwrap_or(0);
         Ok(std::mem::take(&mut self.report))
     }
 
@@ -649,12 +671,24 @@ impl Sim {
                 None => {}
             }
         }
+        // Snapshot jobs that are due finish now.
+        let (due, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.snapshot_jobs).into_iter().partition(|(t, _, _, _)| *t <= self.now);
+        self.snapshot_jobs = later;
+        for (_, i, incarnation, job) in due {
+            let node = &mut self.nodes[i];
+            let Some(m) = node.member.as_mut() else { continue };
+            if node.incarnation == incarnation {
+                m.snapshot_done(job.run()).map_err(|e| format!("node {} failed: {e}", node.id))?;
+            }
+        }
         // Process until quiet: a ready can produce another (e.g. after advance).
         for _ in 0..4 {
             let mut any = false;
             for i in 0..self.nodes.len() {
+                let (id, incarnation) = (self.nodes[i].id, self.nodes[i].incarnation);
                 let Some(m) = self.nodes[i].member.as_mut() else { continue };
-                let out = m.process_ready().map_err(|e| format!("node {} failed: {e}", self.nodes[i].id))?;
+                let out = m.process_ready().map_err(|e| format!("node {id} failed: {e}"))?;
                 any |= !out.is_empty();
                 for msg in out {
                     if self.opts.trace && msg.get_msg_type() == raft::prelude::MessageType::MsgSnapshot {
@@ -667,6 +701,10 @@ impl Sim {
                         );
                     }
                     self.net.send(&mut self.rng, self.now, msg);
+                }
+                if let Some(job) = m.take_snapshot_job() {
+                    let due = self.now + self.rng.range(1, 6);
+                    self.snapshot_jobs.push((due, i, incarnation, job));
                 }
                 self.collect(i);
             }

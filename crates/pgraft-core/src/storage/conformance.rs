@@ -7,7 +7,7 @@
 use raft::prelude::{ConfState, Entry, HardState};
 use raft::GetEntriesContext;
 
-use super::{Identity, LogStore, StorageError};
+use super::{create_snapshot_now, Identity, LogStore, StorageError};
 
 fn ent(index: u64, term: u64) -> Entry {
     Entry { index, term, data: format!("entry {index}@{term}").into_bytes(), ..Default::default() }
@@ -77,7 +77,7 @@ fn overwrite_truncates_the_suffix<S: LogStore>(open: &mut impl FnMut(Option<S>) 
 fn holes_and_compacted_writes_are_refused<S: LogStore>(mut s: S) {
     s.append(&ents(1..=3, 1)).expect("append");
     assert!(matches!(s.append(&ents(5..=6, 1)), Err(StorageError::Invalid(_))), "a hole at 4");
-    s.create_snapshot(3, &ConfState::from((vec![1], vec![])), b"sm".to_vec(), 0).expect("snapshot");
+    create_snapshot_now(&mut s, 3, &ConfState::from((vec![1], vec![])), b"sm".to_vec(), 0).expect("snapshot");
     assert!(matches!(s.append(&ents(2..=4, 1)), Err(StorageError::Invalid(_))), "below the compacted prefix");
     s.append(&ents(4..=4, 1)).expect("right after the snapshot");
 }
@@ -103,8 +103,9 @@ fn snapshots_compact_and_survive_reopen<S: LogStore>(open: &mut impl FnMut(Optio
     s.append(&ents(1..=4, 1)).expect("append");
     s.append(&ents(5..=10, 2)).expect("append");
     let cs = ConfState::from((vec![1, 2, 3], vec![]));
-    s.create_snapshot(8, &cs, b"state at 8".to_vec(), 2).expect("snapshot");
+    create_snapshot_now(&mut s, 8, &cs, b"state at 8".to_vec(), 2).expect("snapshot");
     let s = open(Some(s));
+    assert_eq!(s.snapshot_metadata().index, 8);
     assert_eq!(s.first_index().expect("first"), 7, "two entries kept before the snapshot index");
     assert_eq!(s.term(6).expect("term of the compacted boundary"), 2);
     assert!(s.term(5).is_err(), "5 is compacted");
@@ -130,7 +131,17 @@ fn applying_a_snapshot_replaces_the_log<S: LogStore>(open: &mut impl FnMut(Optio
     let snap = super::snapshot_of(20, 4, &ConfState::from((vec![1, 2], vec![])), b"leader state".to_vec());
     s.apply_snapshot(&snap).expect("apply");
     s.apply_snapshot(&snap).expect("apply again: idempotent");
+    // A local image written while the leader's snapshot arrived is older: discarded.
+    let older = raft::prelude::SnapshotMetadata {
+        index: 3,
+        term: 1,
+        conf_state: Some(ConfState::from((vec![1, 2], vec![]))),
+    };
+    let image = s.snapshot_writer().write(older, b"local state at 3".to_vec()).expect("image");
+    s.create_snapshot(image, 0).expect("an older image is dropped, not an error");
+    assert_eq!(s.snapshot_metadata().index, 20);
     let mut s = open(Some(s));
+    assert_eq!(s.snapshot(0, 0).expect("snapshot").data.as_ref() as &[u8], b"leader state");
     assert_eq!(s.first_index().expect("first"), 21);
     assert_eq!(s.last_index().expect("last"), 20);
     assert_eq!(s.term(20).expect("term"), 4);

@@ -1,11 +1,12 @@
 //! An in-memory store for unit tests and the deterministic simulation.
 
-use raft::prelude::{ConfState, Entry, HardState, Snapshot};
+use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState};
 
+use super::snapshot_file::{read_image, ImageData};
 use super::{
-    check_entries_range, snapshot_of, snapshot_usable_for, term_without_entry, Identity, LogStore, Result,
-    StorageError,
+    check_entries_range, snapshot_usable_for, term_without_entry, Identity, LogStore, Result, SnapshotImage,
+    SnapshotWriter, StorageError,
 };
 
 /// A store that keeps everything in memory: "durable" means "in this value". The
@@ -112,10 +113,20 @@ impl LogStore for MemStore {
         Ok(())
     }
 
-    fn create_snapshot(&mut self, index: u64, cs: &ConfState, data: Vec<u8>, keep: u64) -> Result<()> {
-        let term = raft::Storage::term(self, index)
-            .map_err(|e| StorageError::Invalid(format!("snapshot at {index}: {e}")))?;
-        self.snapshot = snapshot_of(index, term, cs, data);
+    fn snapshot_writer(&self) -> SnapshotWriter {
+        SnapshotWriter::memory()
+    }
+
+    fn create_snapshot(&mut self, image: SnapshotImage, keep: u64) -> Result<()> {
+        let index = image.metadata.index;
+        if index < self.snapshot.get_metadata().index || index <= self.trunc.0 {
+            return Ok(());
+        }
+        let data = match image.data {
+            ImageData::Memory(d) => d,
+            ImageData::File(p) => read_image(&p)?,
+        };
+        self.snapshot = Snapshot { data, metadata: Some(image.metadata) };
         let compact_to = index.saturating_sub(keep);
         if compact_to > self.trunc.0 {
             let t =
@@ -125,6 +136,10 @@ impl LogStore for MemStore {
             self.trunc = (compact_to, t);
         }
         Ok(())
+    }
+
+    fn snapshot_metadata(&self) -> SnapshotMetadata {
+        self.snapshot.get_metadata().clone()
     }
 
     fn hard_state(&self) -> HardState {

@@ -11,12 +11,14 @@
 mod identity;
 mod mem_store;
 pub(crate) mod redb_store;
+mod snapshot_file;
 
 pub mod conformance;
 
 pub use identity::Identity;
 pub use mem_store::MemStore;
 pub use redb_store::RedbStore;
+pub use snapshot_file::{SnapshotImage, SnapshotWriter};
 
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 
@@ -69,10 +71,20 @@ pub trait LogStore: raft::Storage {
     /// position, the conf state by its own. Durable before return. Idempotent.
     fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<()>;
 
-    /// Records a snapshot of the local state machine taken at `index` (applied here, so
-    /// committed), then discards the log before `index`... up to `keep` entries
-    /// before it stay, so slightly lagging followers still catch up from the log.
-    fn create_snapshot(&mut self, index: u64, cs: &ConfState, data: Vec<u8>, keep: u64) -> Result<()>;
+    /// A writer that makes snapshot images durable where this store keeps them; it is
+    /// `Send`, so images are written away from the Raft thread.
+    fn snapshot_writer(&self) -> SnapshotWriter;
+
+    /// Records a snapshot of the local state machine, whose image the store's writer made
+    /// (its index was applied here, so committed), then discards the log before its
+    /// index... up to `keep` entries before it stay, so slightly lagging followers still
+    /// catch up from the log. An image at or below the current snapshot's index (a newer
+    /// one arrived from the leader while it was being written) is discarded; one at the
+    /// same index replaces it (a compaction that keeps fewer entries).
+    fn create_snapshot(&mut self, image: SnapshotImage, keep: u64) -> Result<()>;
+
+    /// Index, term and membership of the current snapshot (index 0: none).
+    fn snapshot_metadata(&self) -> SnapshotMetadata;
 
     /// The hard state as last recorded.
     fn hard_state(&self) -> HardState;
@@ -85,6 +97,21 @@ pub trait LogStore: raft::Storage {
 
     /// Bytes used on disk (0 for memory).
     fn disk_usage(&self) -> u64;
+}
+
+/// Writes `data` as the image of the snapshot at `index`/`term` with membership `cs` and
+/// records it: [`LogStore::create_snapshot`] in one call, on the calling thread.
+pub fn create_snapshot_now<S: LogStore>(
+    store: &mut S,
+    index: u64,
+    cs: &ConfState,
+    data: Vec<u8>,
+    keep: u64,
+) -> Result<()> {
+    let term = store.term(index).map_err(|e| StorageError::Invalid(format!("snapshot at {index}: {e}")))?;
+    let metadata = SnapshotMetadata { index, term, conf_state: Some(cs.clone()) };
+    let image = store.snapshot_writer().write(metadata, data)?;
+    store.create_snapshot(image, keep)
 }
 
 /// A snapshot of the state machine image `data` at `index`/`term` with membership `cs`.

@@ -1,12 +1,16 @@
 //! The durable store, on redb.
 //!
-//! One redb file, `raft.redb`, in the member's data directory:
+//! One redb file, `raft.redb`, in the member's data directory, and the snapshot images
+//! beside it in `snap/` (see [`super::snapshot_file`]):
 //!
 //! ```text
 //! table "log":  u64 index -> record(Entry)
 //! table "meta": "hard_state" -> record(HardState)   "conf_state" -> record(ConfState)
 //!               "trunc" -> record(index u64 LE, term u64 LE)
-//!               "snapshot" -> record(Snapshot)       "identity" -> record(JSON Identity)
+//!               "snapshot_file" -> record(SnapshotMetadata): the image is
+//!                                  snap/<index>-<term>.snap
+//!               "snapshot" -> record(Snapshot)       (older stores: image inline; read)
+//!               "identity" -> record(JSON Identity)
 //! record(x) = crc32(x) as u32 LE ++ x       (x: a protobuf message, prost encoding)
 //! ```
 //!
@@ -15,6 +19,7 @@
 //! a flipped bit is reported as corruption instead of being used.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use prost::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -22,9 +27,10 @@ use raft::{GetEntriesContext, RaftState};
 use redb::{Database, ReadableTable, TableDefinition};
 
 use super::mem_store::check_append;
+use super::snapshot_file::{file_name, read_image, sync_dir, ImageData};
 use super::{
-    check_entries_range, snapshot_of, snapshot_usable_for, term_without_entry, to_raft, Identity, LogStore,
-    Result, StorageError,
+    check_entries_range, snapshot_usable_for, term_without_entry, to_raft, Identity, LogStore, Result,
+    SnapshotImage, SnapshotWriter, StorageError,
 };
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -36,15 +42,32 @@ const CACHE_BYTES: usize = 16 << 20;
 /// The file name inside the data directory.
 pub const FILE_NAME: &str = "raft.redb";
 
+/// The directory of snapshot images inside the data directory.
+pub const SNAP_DIR: &str = "snap";
+
+/// Where the current snapshot's image is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SnapSource {
+    None,
+    /// Inside the "snapshot" record (stores written before images moved to files).
+    Inline,
+    File(PathBuf),
+}
+
 /// A store on disk.
 pub struct RedbStore {
     db: Database,
     path: PathBuf,
+    snap_dir: PathBuf,
     hard_state: HardState,
     conf_state: ConfState,
     trunc: (u64, u64),
     last: u64,
     snapshot_meta: SnapshotMetadata,
+    snapshot_source: SnapSource,
+    /// The image last read, by snapshot index: a leader sends it to every follower that
+    /// needs it without reading the file again.
+    image_cache: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
     identity: Option<Identity>,
 }
 
@@ -103,18 +126,42 @@ impl RedbStore {
         }
         redb_try!(tx.commit(), "commit table creation");
 
+        let snap_dir = dir.join(SNAP_DIR);
+        std::fs::create_dir_all(&snap_dir)
+            .map_err(|e| StorageError::Io(format!("create {}: {e}", snap_dir.display())))?;
         let mut s = Self {
             db,
             path,
+            snap_dir,
             hard_state: HardState::default(),
             conf_state: ConfState::default(),
             trunc: (0, 0),
             last: 0,
             snapshot_meta: SnapshotMetadata::default(),
+            snapshot_source: SnapSource::None,
+            image_cache: Mutex::new(None),
             identity: None,
         };
         s.load()?;
+        s.remove_stale_images()?;
         Ok(s)
+    }
+
+    /// Removes image files the database does not name: left by a crash between writing an
+    /// image and recording it, or between recording a new one and removing the old.
+    fn remove_stale_images(&self) -> Result<()> {
+        let keep = match &self.snapshot_source {
+            SnapSource::File(p) => p.file_name().map(|n| n.to_os_string()),
+            _ => None,
+        };
+        let list = std::fs::read_dir(&self.snap_dir)
+            .map_err(|e| StorageError::Io(format!("list {}: {e}", self.snap_dir.display())))?;
+        for entry in list.flatten() {
+            if Some(entry.file_name()) != keep {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
     }
 
     fn load(&mut self) -> Result<()> {
@@ -137,9 +184,22 @@ impl RedbStore {
             let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
             self.trunc = (word(&p[..8]), word(&p[8..]));
         }
-        if let Some(r) = get("snapshot")? {
+        if let Some(r) = get("snapshot_file")? {
+            let meta: SnapshotMetadata = decode("snapshot_file", &r)?;
+            let file = self.snap_dir.join(file_name(meta.index, meta.term));
+            if !file.exists() {
+                return Err(StorageError::Corrupt(format!(
+                    "the snapshot at index {} names {}, which is missing",
+                    meta.index,
+                    file.display()
+                )));
+            }
+            self.snapshot_meta = meta;
+            self.snapshot_source = SnapSource::File(file);
+        } else if let Some(r) = get("snapshot")? {
             let snap: Snapshot = decode("snapshot", &r)?;
             self.snapshot_meta = snap.get_metadata().clone();
+            self.snapshot_source = SnapSource::Inline;
         }
         if let Some(r) = get("identity")? {
             let p = unseal("identity", &r)?;
@@ -170,6 +230,66 @@ impl RedbStore {
         let tx = redb_try!(self.db.begin_write(), what);
         f(&tx)?;
         redb_try!(tx.commit(), what);
+        Ok(())
+    }
+
+    /// The current snapshot's image.
+    fn image(&self) -> Result<Arc<Vec<u8>>> {
+        let index = self.snapshot_meta.index;
+        let mut cache = self.image_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((i, data)) = cache.as_ref() {
+            if *i == index {
+                return Ok(Arc::clone(data));
+            }
+        }
+        let data = match &self.snapshot_source {
+            SnapSource::None => return Err(StorageError::Invalid("there is no snapshot".into())),
+            SnapSource::File(p) => read_image(p)?,
+            SnapSource::Inline => {
+                let rtx = redb_try!(self.db.begin_read(), "begin read");
+                let meta = redb_try!(rtx.open_table(META), "open meta");
+                let rec = redb_try!(meta.get("snapshot"), "read snapshot")
+                    .ok_or_else(|| StorageError::Corrupt("the snapshot record is missing".into()))?;
+                let snap: Snapshot = decode("snapshot", rec.value())?;
+                snap.data
+            }
+        };
+        let data = Arc::new(data);
+        *cache = Some((index, Arc::clone(&data)));
+        Ok(data)
+    }
+
+    /// Makes `image` the current snapshot in the database, with the other meta records
+    /// `more` writes in the same transaction, then removes the previous image.
+    fn record_snapshot(
+        &mut self,
+        image: SnapshotImage,
+        more: impl FnOnce(&redb::WriteTransaction) -> Result<()>,
+    ) -> Result<()> {
+        let path = match image.data {
+            ImageData::File(p) => p,
+            // An image made by another kind of writer: write it here first.
+            ImageData::Memory(d) => match self.snapshot_writer().write(image.metadata.clone(), d)?.data {
+                ImageData::File(p) => p,
+                ImageData::Memory(_) => unreachable!("a directory writer writes files"),
+            },
+        };
+        let meta = image.metadata;
+        self.write("record snapshot", |tx| {
+            let mut m = redb_try!(tx.open_table(META), "open meta");
+            redb_try!(m.insert("snapshot_file", seal(&meta.encode_to_vec()).as_slice()), "write snapshot");
+            redb_try!(m.remove("snapshot"), "remove the inline snapshot");
+            drop(m);
+            more(tx)
+        })?;
+        let old = std::mem::replace(&mut self.snapshot_source, SnapSource::File(path.clone()));
+        if let SnapSource::File(old) = old {
+            if old != path {
+                let _ = std::fs::remove_file(old);
+                sync_dir(&self.snap_dir)?;
+            }
+        }
+        self.snapshot_meta = meta;
         Ok(())
     }
 
@@ -245,14 +365,8 @@ impl raft::Storage for RedbStore {
         if self.snapshot_meta.index < request_index || !snapshot_usable_for(&self.snapshot_meta, to) {
             return Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable));
         }
-        let read = || -> Result<Snapshot> {
-            let rtx = redb_try!(self.db.begin_read(), "begin read");
-            let meta = redb_try!(rtx.open_table(META), "open meta");
-            let rec = redb_try!(meta.get("snapshot"), "read snapshot")
-                .ok_or_else(|| StorageError::Corrupt("the snapshot record is missing".into()))?;
-            decode("snapshot", rec.value())
-        };
-        read().map_err(to_raft)
+        let data = self.image().map_err(to_raft)?;
+        Ok(Snapshot { data: data.as_ref().clone(), metadata: Some(self.snapshot_meta.clone()) })
     }
 }
 
@@ -308,11 +422,11 @@ impl LogStore for RedbStore {
         hs.term = hs.term.max(meta.term);
         hs.commit = hs.commit.max(meta.index);
         let cs = meta.get_conf_state().clone();
-        self.write("apply snapshot", |tx| {
+        let image = self.snapshot_writer().write(meta.clone(), snap.data.clone())?;
+        self.record_snapshot(image, |tx| {
             let mut log = redb_try!(tx.open_table(LOG), "open log");
             redb_try!(log.retain(|_, _| false), "clear the log");
             let mut m = redb_try!(tx.open_table(META), "open meta");
-            redb_try!(m.insert("snapshot", seal(&snap.encode_to_vec()).as_slice()), "write snapshot");
             redb_try!(m.insert("trunc", seal(&trunc_bytes(meta.index, meta.term)).as_slice()), "write trunc");
             redb_try!(m.insert("hard_state", seal(&hs.encode_to_vec()).as_slice()), "write hard state");
             redb_try!(m.insert("conf_state", seal(&cs.encode_to_vec()).as_slice()), "write conf state");
@@ -322,15 +436,19 @@ impl LogStore for RedbStore {
         self.last = meta.index;
         self.hard_state = hs;
         self.conf_state = cs;
-        self.snapshot_meta = meta;
         Ok(())
     }
 
-    fn create_snapshot(&mut self, index: u64, cs: &ConfState, data: Vec<u8>, keep: u64) -> Result<()> {
-        let term = raft::Storage::term(self, index)
-            .map_err(|e| StorageError::Invalid(format!("snapshot at {index}: {e}")))?;
-        let snap = snapshot_of(index, term, cs, data);
-        let meta = snap.get_metadata().clone();
+    fn snapshot_writer(&self) -> SnapshotWriter {
+        SnapshotWriter::in_dir(self.snap_dir.clone())
+    }
+
+    fn create_snapshot(&mut self, image: SnapshotImage, keep: u64) -> Result<()> {
+        let index = image.metadata.index;
+        if index < self.snapshot_meta.index || index <= self.trunc.0 {
+            image.discard();
+            return Ok(());
+        }
         let compact_to = index.saturating_sub(keep);
         let new_trunc = if compact_to > self.trunc.0 {
             let t =
@@ -339,10 +457,9 @@ impl LogStore for RedbStore {
         } else {
             None
         };
-        self.write("create snapshot", |tx| {
-            let mut m = redb_try!(tx.open_table(META), "open meta");
-            redb_try!(m.insert("snapshot", seal(&snap.encode_to_vec()).as_slice()), "write snapshot");
+        self.record_snapshot(image, |tx| {
             if let Some((i, t)) = new_trunc {
+                let mut m = redb_try!(tx.open_table(META), "open meta");
                 redb_try!(m.insert("trunc", seal(&trunc_bytes(i, t)).as_slice()), "write trunc");
                 let mut log = redb_try!(tx.open_table(LOG), "open log");
                 redb_try!(log.retain_in(..=i, |_, _| false), "compact the log");
@@ -352,8 +469,11 @@ impl LogStore for RedbStore {
         if let Some(t) = new_trunc {
             self.trunc = t;
         }
-        self.snapshot_meta = meta;
         Ok(())
+    }
+
+    fn snapshot_metadata(&self) -> SnapshotMetadata {
+        self.snapshot_meta.clone()
     }
 
     fn hard_state(&self) -> HardState {

@@ -85,7 +85,7 @@ if [[ " $versions " == *" 16 "* ]] && [ ! -x "$pg16/pgserver/pginstall/bin/pg_co
   log "installing PostgreSQL 16 from the pgserver $PGSERVER_VERSION wheel"
   rm -rf "$pg16.tmp"
   printf 'pgserver==%s --hash=sha256:%s\n' "$PGSERVER_VERSION" "$PGSERVER_SHA256" > "$cache/pg16-requirements.txt"
-  if ! python3 -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes \
+  if ! PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes \
        --only-binary :all: --target "$pg16.tmp" -r "$cache/pg16-requirements.txt"; then
     log "installing PostgreSQL 16 failed: PyPI did not serve pgserver $PGSERVER_VERSION with sha256 $PGSERVER_SHA256 (see above)"
     exit 1

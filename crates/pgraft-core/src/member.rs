@@ -375,7 +375,7 @@ impl<S: LogStore> Member<S> {
     }
 
     /// Advances the logical clock by one tick; sends again proposals that seem lost (see
-    /// [`crate::proposals`]) and re-asks reads that got no read index.
+    /// `proposals.rs`) and re-asks reads that got no read index.
     pub fn tick(&mut self) {
         self.raw.tick();
         self.ticks += 1;

@@ -361,6 +361,9 @@ fn start_snapshot_thread(done: Sender<Input>) -> Result<Sender<SnapshotJob>> {
     Ok(tx)
 }
 
+/// A pass of the member thread longer than this is logged.
+const SLOW_PASS: Duration = Duration::from_millis(100);
+
 fn tick_interval(role: Role, t: &Timing, election_tick: usize) -> Duration {
     match role {
         Role::Leader => Duration::from_millis(t.heartbeat_interval_ms.max(1)),
@@ -396,6 +399,7 @@ fn run_loop(
             Err(RecvTimeoutError::Disconnected) => return Ok(()),
         };
         member.set_time(now_ms());
+        let busy_since = Instant::now();
         // Take what is queued (bounded, so ticks are never starved).
         let mut inputs: Vec<Input> = first.into_iter().collect();
         while inputs.len() < 1024 {
@@ -450,6 +454,16 @@ fn run_loop(
             if let Some((reply, _)) = replies.remove(&token) {
                 let _ = reply.send(r);
             }
+        }
+        // With failover on, a member thread held past the election timeout is a failover:
+        // say so whenever one pass takes long.
+        let busy = busy_since.elapsed();
+        if busy >= SLOW_PASS {
+            log::warn!(
+                "the Raft thread was busy for {} ms in one pass (election timeout {} ms)",
+                busy.as_millis(),
+                timing.election_timeout_ms
+            );
         }
         // Deadlines: say why nothing happened.
         let now = Instant::now();

@@ -27,6 +27,7 @@ pub mod linearizability;
 pub mod logger;
 pub mod member;
 pub mod node;
+mod persistent_serde;
 mod proposals;
 pub mod request;
 pub mod sessions;

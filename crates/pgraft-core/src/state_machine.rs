@@ -69,6 +69,7 @@ pub struct StateMachine {
     /// Cluster-wide settings changed through the log, name -> value.
     pub config: BTreeMap<String, String>,
     /// The last [`HISTORY_LIMIT`] applied entries, oldest first.
+    #[serde(with = "crate::persistent_serde::vector")]
     pub history: Vector<AppliedRecord>,
     /// The index of the last applied entry.
     pub applied_index: u64,
@@ -86,6 +87,7 @@ struct StateMachineV1 {
     kv: KvStore,
     members: BTreeMap<u64, MemberInfo>,
     config: BTreeMap<String, String>,
+    #[serde(with = "crate::persistent_serde::vector")]
     history: Vector<AppliedRecord>,
     applied_index: u64,
     applied_term: u64,

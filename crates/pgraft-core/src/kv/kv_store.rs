@@ -64,6 +64,7 @@ pub struct KvStats {
 pub struct KvStore {
     revision: u64,
     compact_revision: u64,
+    #[serde(with = "crate::persistent_serde::ord_map")]
     keys: OrdMap<String, Vec<Rev>>,
     stats: KvStats,
 }

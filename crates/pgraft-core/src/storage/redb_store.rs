@@ -499,7 +499,11 @@ impl LogStore for RedbStore {
     }
 
     fn disk_usage(&self) -> u64 {
-        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+        let image = match &self.snapshot_source {
+            SnapSource::File(p) => std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        };
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0) + image
     }
 }
 

@@ -27,6 +27,7 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
+mod ha_setup;
 mod local_cluster;
 mod node;
 mod pg_install;
@@ -40,6 +41,7 @@ mod test_ca;
 pub mod torture;
 mod wait;
 
+pub use ha_setup::slot_name;
 pub use local_cluster::{ClusterState, LocalCluster, NodeStatus, UpOptions};
 pub use node::Node;
 pub use pg_install::PgInstall;

@@ -9,6 +9,9 @@
 //! DIR/nodeN/raft          pgraft.data_dir of member N
 //! DIR/nodeN/.s.PGSQL.*    its Unix socket
 //! ```
+//!
+//! An HA cluster (`UpOptions::ha`, see `ha_setup.rs`) has one primary (node 1) and
+//! streaming standbys cloned from it; a plain one has independent servers.
 
 use std::fs;
 use std::io::Write;
@@ -57,6 +60,9 @@ pub struct UpOptions {
     /// Members dial each other's listen address directly instead of through the partition
     /// proxy: one hop less on the Raft path (for benchmarks), but `partition` has no effect.
     pub direct_peers: bool,
+    /// One PostgreSQL cluster instead of N: node 1 is initdb'd as the primary, the others
+    /// are cloned from it as streaming standbys with a physical slot each.
+    pub ha: bool,
 }
 
 impl Default for UpOptions {
@@ -71,6 +77,7 @@ impl Default for UpOptions {
             proxy_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("pgraftctl")),
             tls: false,
             direct_peers: false,
+            ha: false,
         }
     }
 }
@@ -92,6 +99,9 @@ pub struct ClusterState {
     /// Whether members dial each other's listen address, bypassing the partition proxy.
     #[serde(default)]
     pub direct_peers: bool,
+    /// Whether the servers are one primary and its streaming standbys.
+    #[serde(default)]
+    pub ha: bool,
 }
 
 /// One line of `pgraftctl local status`.
@@ -109,6 +119,8 @@ pub struct NodeStatus {
     pub pid: Option<i32>,
     /// Whether the partition proxy cuts this member off.
     pub partitioned: bool,
+    /// `primary` or `standby` (in recovery), when the server answers.
+    pub role: Option<String>,
     /// The pgraft extension version created in database `postgres`, if any.
     pub extension: Option<String>,
     /// The worker's state (`running`, ...), when the extension is created.
@@ -129,7 +141,7 @@ pub struct NodeStatus {
 pub struct LocalCluster {
     dir: PathBuf,
     state: ClusterState,
-    install: PgInstall,
+    pub(crate) install: PgInstall,
     user: ServerUser,
 }
 
@@ -177,18 +189,23 @@ impl LocalCluster {
             nodes,
             tls: opts.tls,
             direct_peers: opts.direct_peers,
+            ha: opts.ha,
         };
         let cluster = Self { dir, state, install, user };
         cluster.save_state()?;
         if opts.tls {
             cluster.make_certificates()?;
         }
-        for n in &cluster.state.nodes {
-            cluster.initdb(n)?;
-        }
-        cluster.ensure_proxy()?;
-        for n in &cluster.state.nodes {
-            cluster.start(n.node_id)?;
+        if opts.ha {
+            cluster.up_primary_and_standbys()?;
+        } else {
+            for n in &cluster.state.nodes {
+                cluster.initdb(n)?;
+            }
+            cluster.ensure_proxy()?;
+            for n in &cluster.state.nodes {
+                cluster.start(n.node_id)?;
+            }
         }
         if !opts.no_init {
             cluster.bootstrap()?;
@@ -403,6 +420,7 @@ impl LocalCluster {
                 running: pid.is_some(),
                 pid,
                 partitioned: cut.contains(&n.node_id),
+                role: None,
                 extension: None,
                 worker: None,
                 is_leader: None,
@@ -423,6 +441,9 @@ impl LocalCluster {
 
     fn query_status(&self, id: u64, st: &mut NodeStatus) -> Result<()> {
         let mut c = self.connect(id)?;
+        let standby: bool =
+            c.query_one("SELECT pg_is_in_recovery()", &[]).context("query pg_is_in_recovery()")?.get(0);
+        st.role = Some(role_name(standby).to_string());
         let row = c
             .query_opt("SELECT extversion FROM pg_extension WHERE extname = 'pgraft'", &[])
             .context("query pg_extension")?;
@@ -506,7 +527,7 @@ impl LocalCluster {
     }
 
     /// Starts the partition proxy unless it already answers.
-    fn ensure_proxy(&self) -> Result<()> {
+    pub(crate) fn ensure_proxy(&self) -> Result<()> {
         if self.proxy().request("status").is_ok() {
             return Ok(());
         }
@@ -551,7 +572,7 @@ impl LocalCluster {
         )
     }
 
-    fn run_as(&self, program: &Path, args: &[&str], what: &str) -> Result<String> {
+    pub(crate) fn run_as(&self, program: &Path, args: &[&str], what: &str) -> Result<String> {
         let out = self
             .user
             .command(program)
@@ -571,18 +592,29 @@ impl LocalCluster {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    fn initdb(&self, n: &Node) -> Result<()> {
+    /// Creates member `n`'s own directory, owned by the server account.
+    pub(crate) fn make_node_dir(&self, n: &Node) -> Result<()> {
         let node_dir = n.node_dir();
         fs::create_dir_all(&node_dir).with_context(|| format!("create {}", node_dir.display()))?;
         fs::set_permissions(&node_dir, fs::Permissions::from_mode(0o755))
             .with_context(|| format!("chmod {}", node_dir.display()))?;
-        self.user.chown(&node_dir)?;
+        self.user.chown(&node_dir)
+    }
+
+    pub(crate) fn initdb(&self, n: &Node) -> Result<()> {
+        self.make_node_dir(n)?;
         let data = n.data_dir.to_string_lossy();
         self.run_as(
             &self.install.bin("initdb"),
             &["-D", &data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync", "--no-instructions"],
             &format!("initdb for node {}", n.node_id),
         )?;
+        self.write_node_conf(n)
+    }
+
+    /// Appends member `n`'s own settings to its postgresql.conf (a later line wins, so this
+    /// also turns a clone of another member's data directory into `n`'s).
+    pub(crate) fn write_node_conf(&self, n: &Node) -> Result<()> {
         let conf = n.data_dir.join("postgresql.conf");
         let mut f = fs::OpenOptions::new()
             .append(true)
@@ -699,6 +731,10 @@ impl LocalCluster {
     fn bootstrap(&self) -> Result<()> {
         let init = |id: u64| -> Result<()> {
             let mut c = self.connect(id)?;
+            if self.state.ha && id != 1 {
+                // A standby is read-only: the extension arrives by replication from node 1.
+                return self.init_standby_member(id);
+            }
             c.batch_execute("CREATE EXTENSION IF NOT EXISTS pgraft; SELECT pgraft_init();")
                 .with_context(|| format!("CREATE EXTENSION pgraft; SELECT pgraft_init() on node {id}"))
         };
@@ -735,6 +771,15 @@ impl LocalCluster {
             )?;
         }
         Ok(())
+    }
+}
+
+/// `primary` or `standby`, from `pg_is_in_recovery()`.
+pub(crate) fn role_name(in_recovery: bool) -> &'static str {
+    if in_recovery {
+        "standby"
+    } else {
+        "primary"
     }
 }
 

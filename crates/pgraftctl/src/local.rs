@@ -40,8 +40,13 @@ enum LocalCommand {
         /// set in pgraft.ssl_enabled / ssl_cert_file / ssl_key_file / ssl_ca_file.
         #[arg(long)]
         tls: bool,
+        /// One PostgreSQL cluster: node 1 the primary, the others its streaming standbys
+        /// (a physical slot each); each JSON line says the member's `role`, and a last line
+        /// gives the `read_write_conninfo` of the whole cluster.
+        #[arg(long)]
+        ha: bool,
     },
-    /// One JSON line per member: running, pid, partitioned, extension.
+    /// One JSON line per member: running, pid, partitioned, role, extension.
     Status {
         /// The cluster directory.
         #[arg(long)]
@@ -141,7 +146,7 @@ enum LocalCommand {
 
 pub fn run(args: LocalArgs) -> Result<()> {
     match args.command {
-        LocalCommand::Up { nodes, dir, raft_port, pg_port, no_init, pg_config, tls } => {
+        LocalCommand::Up { nodes, dir, raft_port, pg_port, no_init, pg_config, tls, ha } => {
             let opts = UpOptions {
                 nodes,
                 dir,
@@ -152,10 +157,16 @@ pub fn run(args: LocalArgs) -> Result<()> {
                 proxy_exe: std::env::current_exe().context("locate the pgraftctl binary")?,
                 tls,
                 direct_peers: false,
+                ha,
             };
             let cluster = LocalCluster::up(&opts)?;
             for n in cluster.nodes() {
-                println!("{}", serde_json::to_string(n).context("serialise a node")?);
+                let mut line = serde_json::to_value(n).context("serialise a node")?;
+                line["role"] = cluster.role(n.node_id)?.into();
+                println!("{line}");
+            }
+            if ha {
+                println!("{}", serde_json::json!({ "read_write_conninfo": cluster.read_write_conninfo() }));
             }
         }
         LocalCommand::Status { dir } => {

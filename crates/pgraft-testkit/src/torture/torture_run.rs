@@ -106,6 +106,7 @@ pub fn run(opts: &TortureOptions) -> Result<Report> {
         proxy_exe: opts.proxy_exe.clone(),
         tls: opts.tls,
         direct_peers: false,
+        ha: false,
     };
     let cluster = match LocalCluster::up(&up) {
         Ok(c) => c,

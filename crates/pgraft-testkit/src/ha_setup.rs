@@ -12,14 +12,13 @@
 //! servers afterwards, as in any local cluster; the extension reaches the standbys by
 //! replication (they are read-only), and `pgraft_init()` there only talks to the worker.
 
-use std::fs;
-use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 
 use crate::local_cluster::{role_name, LocalCluster};
 use crate::node::Node;
+use crate::plain_server::append_conf;
 use crate::wait::wait_until;
 
 /// Settings every server of an HA cluster gets (the primary's are cloned to the
@@ -46,7 +45,7 @@ impl LocalCluster {
         let nodes = self.nodes().to_vec();
         let (primary, standbys) = nodes.split_first().context("an HA cluster needs at least one member")?;
         self.initdb(primary)?;
-        append(primary, HA_SETTINGS)?;
+        append_conf(&primary.data_dir, HA_SETTINGS)?;
         self.ensure_proxy()?;
         self.start(primary.node_id)?;
         let mut c = self.connect(primary.node_id)?;
@@ -96,7 +95,7 @@ impl LocalCluster {
         )?;
         // The copy carries node 1's settings (port, node id, directories): N's own come after.
         self.write_node_conf(n)?;
-        append(n, &format!("cluster_name = 'pgraft_node_{}'\n", n.node_id))
+        append_conf(&n.data_dir, &format!("cluster_name = 'pgraft_node_{}'\n", n.node_id))
     }
 
     /// Waits until `n` is a standby whose WAL receiver streams from `from`.
@@ -152,13 +151,4 @@ impl LocalCluster {
             ports.join(",")
         )
     }
-}
-
-fn append(n: &Node, text: &str) -> Result<()> {
-    let conf = n.data_dir.join("postgresql.conf");
-    let mut f = fs::OpenOptions::new()
-        .append(true)
-        .open(&conf)
-        .with_context(|| format!("open {}", conf.display()))?;
-    f.write_all(text.as_bytes()).with_context(|| format!("append to {}", conf.display()))
 }

@@ -14,7 +14,6 @@
 //! streaming standbys cloned from it; a plain one has independent servers.
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -26,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::node::Node;
 use crate::pg_install::PgInstall;
+use crate::plain_server::append_conf;
 use crate::ports::free_port;
 use crate::procs::{alive, processes_in, signal};
 use crate::proxy::ProxyClient;
@@ -615,21 +615,14 @@ impl LocalCluster {
     /// Appends member `n`'s own settings to its postgresql.conf (a later line wins, so this
     /// also turns a clone of another member's data directory into `n`'s).
     pub(crate) fn write_node_conf(&self, n: &Node) -> Result<()> {
-        let conf = n.data_dir.join("postgresql.conf");
-        let mut f = fs::OpenOptions::new()
-            .append(true)
-            .open(&conf)
-            .with_context(|| format!("open {}", conf.display()))?;
-        f.write_all(n.postgresql_conf(&self.state.cluster_id).as_bytes())
-            .with_context(|| format!("append to {}", conf.display()))?;
+        let mut text = n.postgresql_conf(&self.state.cluster_id);
         if self.state.direct_peers {
             // A later line wins: peers are told the listen address, not the proxy's.
-            let line = format!("pgraft.address = '{}'\n", n.listen_address);
-            f.write_all(line.as_bytes()).with_context(|| format!("append to {}", conf.display()))?;
+            text.push_str(&format!("pgraft.address = '{}'\n", n.listen_address));
         }
         if self.state.tls {
             let t = self.tls_files(n.node_id);
-            let lines = format!(
+            text.push_str(&format!(
                 "pgraft.ssl_enabled = on\n\
                  pgraft.ssl_cert_file = '{}'\n\
                  pgraft.ssl_key_file = '{}'\n\
@@ -637,10 +630,9 @@ impl LocalCluster {
                 t.cert.display(),
                 t.key.display(),
                 t.ca.display()
-            );
-            f.write_all(lines.as_bytes()).with_context(|| format!("append to {}", conf.display()))?;
+            ));
         }
-        Ok(())
+        append_conf(&n.data_dir, &text)
     }
 
     /// Where member `id`'s TLS files are (in a cluster made with `tls`).

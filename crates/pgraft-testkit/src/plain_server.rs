@@ -114,12 +114,7 @@ impl PlainServer {
 
     /// Appends `text` to postgresql.conf (later lines win).
     pub fn append_conf(&self, text: &str) -> Result<()> {
-        let conf = self.data_dir.join("postgresql.conf");
-        let mut f = fs::OpenOptions::new()
-            .append(true)
-            .open(&conf)
-            .with_context(|| format!("open {}", conf.display()))?;
-        f.write_all(text.as_bytes()).with_context(|| format!("append to {}", conf.display()))
+        append_conf(&self.data_dir, text)
     }
 
     /// `pg_ctl start`, waiting until the server accepts connections (for a restored
@@ -208,4 +203,15 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Appends `text` to the postgresql.conf of the data directory `data_dir` (later lines
+/// win).
+pub(crate) fn append_conf(data_dir: &Path, text: &str) -> Result<()> {
+    let conf = data_dir.join("postgresql.conf");
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(&conf)
+        .with_context(|| format!("open {}", conf.display()))?;
+    f.write_all(text.as_bytes()).with_context(|| format!("append to {}", conf.display()))
 }

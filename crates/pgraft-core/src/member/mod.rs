@@ -13,20 +13,22 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use prost::Message as _;
-use raft::prelude::{
-    ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, SnapshotMetadata,
-};
+use raft::prelude::{ConfChangeV2, ConfState, Entry, EntryType, Message};
 use raft::{RawNode, StateRole};
-use raft_proto::ConfChangeI as _;
 
-use crate::command::{Body, ConfContext, Origin, Proposal};
+use crate::command::{Body, Origin, Proposal};
 use crate::error::{Error, Result};
 use crate::proposals::Proposals;
 use crate::request::{Consistency, KvFigures, Read, Request, Response};
-use crate::snapshot_job::{SnapshotDone, SnapshotJob};
-use crate::state_machine::{MembershipChange, StateMachine};
+use crate::snapshot_job::SnapshotJob;
+use crate::state_machine::StateMachine;
 use crate::storage::{snapshot_of, Identity, LogStore};
+
+mod member_status;
+mod membership;
+mod snapshots;
+
+pub use member_status::{Counters, MemberStatus, PeerProgress, Role};
 
 /// A driver's handle for one request; answers carry it back.
 pub type Token = u64;
@@ -68,119 +70,6 @@ impl MemberConfig {
             incarnation,
         }
     }
-}
-
-/// A member's role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Role {
-    /// Follows a leader (or waits for one).
-    Follower,
-    /// Asks for votes.
-    Candidate,
-    /// Asks whether it could win before asking for votes (pre-vote).
-    PreCandidate,
-    /// Leads.
-    Leader,
-}
-
-impl Role {
-    fn of(r: StateRole) -> Self {
-        match r {
-            StateRole::Follower => Role::Follower,
-            StateRole::Candidate => Role::Candidate,
-            StateRole::PreCandidate => Role::PreCandidate,
-            StateRole::Leader => Role::Leader,
-        }
-    }
-
-    /// The name shown in SQL: `Leader`, `Follower`, `Candidate`, `PreCandidate`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Follower => "Follower",
-            Role::Candidate => "Candidate",
-            Role::PreCandidate => "PreCandidate",
-            Role::Leader => "Leader",
-        }
-    }
-}
-
-/// Replication progress of one peer, as the leader sees it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PeerProgress {
-    /// The peer.
-    pub id: u64,
-    /// Highest index known to be replicated there.
-    pub matched: u64,
-    /// Next index to send.
-    pub next: u64,
-    /// `probe`, `replicate` or `snapshot`.
-    pub state: String,
-    /// Whether it answered within the last election timeout.
-    pub recent_active: bool,
-    /// A learner.
-    pub learner: bool,
-}
-
-/// Counters of what the member has done since it started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Counters {
-    /// Peer messages stepped.
-    pub messages_received: u64,
-    /// Peer messages produced for sending.
-    pub messages_sent: u64,
-    /// Elections this member started (it became a candidate).
-    pub elections: u64,
-    /// Proposals handed to raft.
-    pub proposals: u64,
-    /// Entries applied.
-    pub applied_entries: u64,
-    /// Snapshots taken here.
-    pub snapshots_taken: u64,
-    /// The longest a snapshot here took to encode and write, in ms (off the Raft thread).
-    pub snapshot_max_ms: u64,
-    /// Proposals sent again because they seemed lost (see `proposals`).
-    pub proposals_resent: u64,
-    /// Snapshots received from a leader and installed.
-    pub snapshots_installed: u64,
-}
-
-/// A picture of the member.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct MemberStatus {
-    /// This member.
-    pub id: u64,
-    /// Its role.
-    pub role: Role,
-    /// Current term.
-    pub term: u64,
-    /// Whom it voted for in this term (0: nobody).
-    pub vote: u64,
-    /// The leader it knows of (0: none).
-    pub leader_id: u64,
-    /// Commit index.
-    pub commit: u64,
-    /// Applied index.
-    pub applied: u64,
-    /// First index still in the log.
-    pub first_index: u64,
-    /// Last index in the log.
-    pub last_index: u64,
-    /// Voters.
-    pub voters: Vec<u64>,
-    /// Learners.
-    pub learners: Vec<u64>,
-    /// Per-peer progress (leader only).
-    pub progress: Vec<PeerProgress>,
-    /// Counters.
-    pub counters: Counters,
-    /// Requests waiting in this member.
-    pub pending: usize,
-    /// Whether a majority is reachable (see [`Member::quorum_active`]).
-    pub quorum_active: bool,
-    /// When this member last heard from each peer, ms since the Unix epoch.
-    pub last_heard_ms: BTreeMap<u64, i64>,
-    /// Members a leader has not heard from within an election timeout (empty elsewhere).
-    pub unreachable: Vec<u64>,
 }
 
 enum Waiting {
@@ -569,72 +458,6 @@ impl<S: LogStore> Member<S> {
         }
     }
 
-    /// Membership changes: `address` set = add (voter or learner by `flag`), `None` with
-    /// `flag` = remove, `None` without = promote.
-    fn change_membership(&mut self, token: Token, id: u64, address: Option<String>, flag: bool) {
-        if self.raw.raft.state != StateRole::Leader {
-            let e = self.not_leader();
-            return self.answer(token, Err(e));
-        }
-        if id == 0 {
-            return self
-                .answer(token, Err(Error::InvalidArgument("node id 0 is reserved; ids start at 1".into())));
-        }
-        let conf = self.raw.raft.prs().conf();
-        let is_voter = conf.voters().contains(id);
-        let is_learner = conf.learners().contains(&id);
-        let (change, addr) = match (&address, flag) {
-            (Some(addr), learner) => {
-                if let Some(m) = self.sm.members.get(&id) {
-                    if (is_voter || is_learner) && m.address == *addr && m.learner == learner {
-                        return self.answer(token, Ok(Response::Unchanged));
-                    }
-                    if (is_voter || is_learner) && m.address != *addr {
-                        return self.answer(
-                            token,
-                            Err(Error::InvalidArgument(format!(
-                                "node {id} is already a member at {}; remove it first to change its address",
-                                m.address
-                            ))),
-                        );
-                    }
-                }
-                let t = if learner { ConfChangeType::AddLearnerNode } else { ConfChangeType::AddNode };
-                (t, addr.clone())
-            }
-            (None, true) => {
-                if !is_voter && !is_learner {
-                    return self.answer(token, Err(Error::UnknownMember(id)));
-                }
-                (ConfChangeType::RemoveNode, String::new())
-            }
-            (None, false) => {
-                if is_voter {
-                    return self.answer(token, Ok(Response::Unchanged));
-                }
-                if !is_learner {
-                    return self.answer(token, Err(Error::UnknownMember(id)));
-                }
-                (ConfChangeType::AddNode, String::new())
-            }
-        };
-        if self.raw.raft.has_pending_conf() {
-            return self.answer(
-                token,
-                Err(Error::Busy("another membership change is still being applied; try again".into())),
-            );
-        }
-        let (origin, _) = self.next_origin();
-        let ctx = ConfContext { origin, address: addr }.encode();
-        let cc = ConfChangeV2 {
-            changes: vec![ConfChangeSingle { change_type: change as i32, node_id: id }],
-            ..Default::default()
-        };
-        self.proposals.open(origin.seq, token, None, self.raw.raft.term, self.ticks, true);
-        self.waiting.insert(token, Waiting::Proposal);
-        self.propose_conf(token, ConfProposal(cc, ctx, origin.seq));
-    }
-
     fn is_leader(&self) -> bool {
         self.raw.raft.state == StateRole::Leader
     }
@@ -832,55 +655,6 @@ impl<S: LogStore> Member<S> {
         Ok(())
     }
 
-    fn apply_conf_change(&mut self, e: &Entry) -> Result<()> {
-        let cc: ConfChangeV2 = if e.get_entry_type() == EntryType::EntryConfChange {
-            raft::prelude::ConfChange::decode(&e.data[..])
-                .map_err(|err| Error::Storage(format!("conf change {}: {err}", e.index)))?
-                .into_v2()
-        } else {
-            ConfChangeV2::decode(&e.data[..])
-                .map_err(|err| Error::Storage(format!("conf change {}: {err}", e.index)))?
-        };
-        let ctx = if e.context.is_empty() { None } else { ConfContext::decode(&e.context).ok() };
-        let cs = self.raw.apply_conf_change(&cc).map_err(raft_err)?;
-        self.raw.mut_store().set_conf_state(&cs)?;
-        if self.raw.raft.state == StateRole::Leader && !cs.voters.contains(&self.cfg.id) {
-            // A leader that removed itself must stop leading at once. raft-rs does not step
-            // down on its own (etcd's raft has StepDownOnRemoval), and a leader without its
-            // own progress panics in raft-rs as soon as a follower's acknowledgement
-            // advances the commit index (found by the simulation). Tell the most
-            // up-to-date voter to campaign now, then step down.
-            let prs = self.raw.raft.prs();
-            let best = cs.voters.iter().copied().max_by_key(|id| prs.get(*id).map_or(0, |p| p.matched));
-            if let Some(to) = best {
-                self.raw.raft.send_timeout_now(to);
-            }
-            let term = self.raw.raft.term;
-            self.raw.raft.become_follower(term, raft::INVALID_ID);
-        }
-        let changes: Vec<(u64, MembershipChange)> = cc
-            .changes
-            .iter()
-            .map(|c| {
-                let kind = match c.get_change_type() {
-                    ConfChangeType::AddNode => MembershipChange::AddVoter,
-                    ConfChangeType::AddLearnerNode => MembershipChange::AddLearner,
-                    ConfChangeType::RemoveNode => MembershipChange::Remove,
-                };
-                (c.node_id, kind)
-            })
-            .collect();
-        let address = ctx.as_ref().map(|c| c.address.clone()).unwrap_or_default();
-        self.sm.apply_membership(e.index, e.term, e.entry_type, &changes, &address, self.now_ms);
-        if let Some(ctx) = ctx {
-            self.complete(
-                ctx.origin,
-                Ok(Response::Applied { index: e.index, outcome: crate::state_machine::Outcome::Membership }),
-            );
-        }
-        Ok(())
-    }
-
     fn complete(&mut self, origin: Origin, r: Result<Response>) {
         if origin.node != self.cfg.id || origin.incarnation != self.cfg.incarnation {
             return;
@@ -889,97 +663,6 @@ impl<S: LogStore> Member<S> {
             if self.waiting.contains_key(&token) {
                 self.answer(token, r);
             }
-        }
-    }
-
-    /// Entries between two snapshots of this member: `snapshot_count`, plus a share of
-    /// up to a quarter of it drawn from the node id, so members do not all snapshot at the
-    /// same index.
-    fn snapshot_interval(&self) -> u64 {
-        let count = self.cfg.snapshot_count.max(1);
-        count + self.cfg.id.wrapping_mul(0x9E37_79B9_7F4A_7C15) % (count / 4).max(1)
-    }
-
-    /// Prepares a snapshot job when one is due and none is being written: a clone of the
-    /// state (cheap: persistent structures) that the driver encodes and writes elsewhere.
-    fn maybe_snapshot(&mut self) {
-        if self.snapshot_in_flight.is_some() {
-            return;
-        }
-        let applied = self.sm.applied_index;
-        let due = applied >= self.last_snapshot + self.snapshot_interval();
-        if !due && !self.compact_requested {
-            return;
-        }
-        let keep = if self.compact_requested { 0 } else { self.cfg.snapshot_catchup };
-        self.compact_requested = false;
-        self.start_snapshot(keep);
-    }
-
-    fn start_snapshot(&mut self, keep: u64) {
-        let metadata = SnapshotMetadata {
-            index: self.sm.applied_index,
-            term: self.sm.applied_term,
-            conf_state: Some(self.raw.raft.prs().conf().to_conf_state()),
-        };
-        self.snapshot_in_flight = Some(metadata.index);
-        self.snapshot_job = Some(SnapshotJob {
-            state: self.sm.clone(),
-            metadata,
-            keep,
-            writer: self.raw.store().snapshot_writer(),
-        });
-    }
-
-    /// A snapshot to take: the driver runs it ([`SnapshotJob::run`], on another thread or
-    /// later) and hands the result to [`Member::snapshot_done`].
-    pub fn take_snapshot_job(&mut self) -> Option<SnapshotJob> {
-        self.snapshot_job.take()
-    }
-
-    /// Records a snapshot whose image a job wrote, and compacts the log behind it. A
-    /// failed write stops the member: its storage can no longer be trusted.
-    pub fn snapshot_done(&mut self, done: SnapshotDone) -> Result<()> {
-        if self.snapshot_in_flight == Some(done.index) {
-            self.snapshot_in_flight = None;
-        }
-        let image =
-            done.image.map_err(|e| Error::Storage(format!("snapshot at index {}: {e}", done.index)))?;
-        self.raw.mut_store().create_snapshot(image, done.keep)?;
-        self.last_snapshot = self.last_snapshot.max(done.index);
-        if done.keep == 0 {
-            self.full_compaction = self.full_compaction.max(done.index);
-        }
-        self.counters.snapshots_taken += 1;
-        let ms = done.elapsed.as_millis() as u64;
-        self.counters.snapshot_max_ms = self.counters.snapshot_max_ms.max(ms);
-        // A compaction asked for while this one was written starts now.
-        self.maybe_snapshot();
-        self.resolve_waiters();
-        Ok(())
-    }
-
-    /// Runs a snapshot job here and now (the one-thread drivers: tests, tools).
-    pub fn run_snapshot_job_now(&mut self) -> Result<()> {
-        match self.take_snapshot_job() {
-            Some(job) => self.snapshot_done(job.run()),
-            None => Ok(()),
-        }
-    }
-
-    /// A leader whose peer needs a snapshot that the stored one cannot serve (it predates
-    /// the peer's re-admission, so it does not name the peer) takes a fresh one.
-    fn snapshot_for_readded_peers(&mut self) {
-        if self.raw.raft.state != StateRole::Leader || self.snapshot_in_flight.is_some() {
-            return;
-        }
-        let first = self.raw.store().first_index().unwrap_or(0);
-        let meta = self.raw.store().snapshot_metadata();
-        let stuck = self.raw.raft.prs().iter().any(|(id, pr)| {
-            *id != self.cfg.id && pr.next_idx < first && !crate::storage::snapshot_usable_for(&meta, *id)
-        });
-        if stuck && self.sm.applied_index > self.last_snapshot {
-            self.start_snapshot(self.cfg.snapshot_catchup);
         }
     }
 
@@ -1024,60 +707,6 @@ impl<S: LogStore> Member<S> {
         let mut e =
             s.entries(index, index + 1, None, raft::GetEntriesContext::empty(false)).map_err(raft_err)?;
         Ok(e.pop())
-    }
-
-    /// A picture of the member.
-    pub fn status(&self) -> MemberStatus {
-        let r = &self.raw.raft;
-        let conf = r.prs().conf();
-        let mut voters: Vec<u64> = conf.voters().ids().iter().collect();
-        voters.sort_unstable();
-        let mut learners: Vec<u64> = conf.learners().iter().copied().collect();
-        learners.sort_unstable();
-        let progress = if r.state == StateRole::Leader {
-            let mut p: Vec<PeerProgress> = r
-                .prs()
-                .iter()
-                .map(|(id, pr)| PeerProgress {
-                    id: *id,
-                    matched: pr.matched,
-                    next: pr.next_idx,
-                    state: format!("{:?}", pr.state).to_lowercase(),
-                    recent_active: pr.recent_active || *id == self.cfg.id,
-                    learner: conf.learners().contains(id),
-                })
-                .collect();
-            p.sort_by_key(|x| x.id);
-            p
-        } else {
-            Vec::new()
-        };
-        MemberStatus {
-            id: self.cfg.id,
-            role: Role::of(r.state),
-            term: r.term,
-            vote: r.vote,
-            leader_id: r.leader_id,
-            commit: r.raft_log.committed,
-            applied: self.sm.applied_index,
-            first_index: self.raw.store().first_index().unwrap_or(0),
-            last_index: r.raft_log.last_index(),
-            voters,
-            learners,
-            progress,
-            counters: self.counters,
-            pending: self.waiting.len(),
-            quorum_active: self.quorum_active(),
-            last_heard_ms: self.last_heard.clone(),
-            unreachable: if r.state == StateRole::Leader {
-                let mut ids: Vec<u64> =
-                    r.prs().iter().map(|(id, _)| *id).filter(|id| !self.heard_recently(*id)).collect();
-                ids.sort_unstable();
-                ids
-            } else {
-                Vec::new()
-            },
-        }
     }
 }
 

@@ -12,6 +12,7 @@
 //! servers afterwards, as in any local cluster; the extension reaches the standbys by
 //! replication (they are read-only), and `pgraft_init()` there only talks to the worker.
 
+use std::fs;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -19,6 +20,7 @@ use anyhow::{Context, Result};
 use crate::local_cluster::{role_name, LocalCluster};
 use crate::node::Node;
 use crate::plain_server::append_conf;
+use crate::proxy::replication_ip;
 use crate::wait::wait_until;
 
 /// Settings every server of an HA cluster gets (the primary's are cloned to the
@@ -95,7 +97,20 @@ impl LocalCluster {
         )?;
         // The copy carries node 1's settings (port, node id, directories): N's own come after.
         self.write_node_conf(n)?;
-        append_conf(&n.data_dir, &format!("cluster_name = 'pgraft_node_{}'\n", n.node_id))
+        append_conf(&n.data_dir, &format!("cluster_name = 'pgraft_node_{}'\n", n.node_id))?;
+        // Stream through the partition proxy's front for this link, so the replication link
+        // can be cut on its own. postgresql.auto.conf (where -R wrote the direct one) is
+        // read last, and a later line there wins.
+        let auto = n.data_dir.join("postgresql.auto.conf");
+        let line = format!(
+            "primary_conninfo = 'host={} port={} user=postgres application_name=pgraft_node_{}'\n",
+            replication_ip(n.node_id),
+            from.pg_port,
+            n.node_id
+        );
+        let mut text = fs::read_to_string(&auto).with_context(|| format!("read {}", auto.display()))?;
+        text.push_str(&line);
+        fs::write(&auto, text).with_context(|| format!("write {}", auto.display()))
     }
 
     /// Waits until `n` is a standby whose WAL receiver streams from `from`.

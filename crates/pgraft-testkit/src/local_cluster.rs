@@ -355,6 +355,20 @@ impl LocalCluster {
         self.proxy().request(&format!("cut {a} {b}")).map(|_| ())
     }
 
+    /// Cuts every replication link of member `id` (HA clusters): it neither streams from
+    /// nor serves WAL to the others; its Raft links stay up.
+    pub fn repl_partition(&self, id: u64) -> Result<()> {
+        self.node(id)?;
+        self.proxy().request(&format!("repl-partition {id}")).map(|_| ())
+    }
+
+    /// Cuts the replication link between members `a` and `b`; Raft links stay up.
+    pub fn repl_cut(&self, a: u64, b: u64) -> Result<()> {
+        self.node(a)?;
+        self.node(b)?;
+        self.proxy().request(&format!("repl-cut {a} {b}")).map(|_| ())
+    }
+
     /// Kills member `id`'s pgraft background worker alone with SIGKILL. PostgreSQL treats
     /// a child killed by a signal as a crash: it ends every backend, reinitialises shared
     /// memory and starts the worker again, without a new postmaster.

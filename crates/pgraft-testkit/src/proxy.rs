@@ -23,8 +23,20 @@
 //! It never inspects the bytes, so it works the same with TLS between members.
 //!
 //! It is controlled through a Unix socket with one-line requests: `partition N`,
-//! `cut A B`, `heal [N]`, `status`, `stop`; each is answered with one line (`ok ...` or
-//! `error ...`). `heal` lifts every cut; `heal N` lifts N's partition and its cut links.
+//! `cut A B`, `repl-partition N`, `repl-cut A B`, `heal [N]`, `status`, `stop`; each is
+//! answered with one line (`ok ...` or `error ...`). `heal` lifts every cut; `heal N`
+//! lifts N's partitions and its cut links.
+//!
+//! Replication links (PostgreSQL's streaming replication, in an HA cluster) go through it
+//! too, on a plane of their own, so Raft and replication can be cut separately. A
+//! standby names its own link in `primary_conninfo`: the proxy listens on
+//! `127.2.<hi>.<lo>:<primary's port>` for the standby whose id is `hi * 256 + lo` and
+//! forwards to the primary's server on 127.0.0.1, so the address it accepted on says who
+//! dials and the port whom.
+//!
+//! ```text
+//!   standby 2 ──▶ 127.2.0.2:<pg port of 1> ──copy──▶ 127.0.0.1:<pg port of 1>
+//! ```
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Write};
@@ -39,18 +51,29 @@ use anyhow::{bail, Context, Result};
 
 use crate::node::Node;
 
+/// Which traffic a link carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plane {
+    Raft,
+    Replication,
+}
+
 /// One forwarded route: the advertised port of a member and where the member listens.
 #[derive(Debug, Clone)]
 struct Route {
     node_id: u64,
     front: SocketAddrV4,
     backend: SocketAddrV4,
+    plane: Plane,
+    /// The member that dials this front (replication routes: one front per pair).
+    from: Option<u64>,
 }
 
 /// An open forwarded connection.
 struct Link {
     from: Option<u64>,
     to: u64,
+    plane: Plane,
     client: TcpStream,
     server: TcpStream,
 }
@@ -65,18 +88,32 @@ impl Link {
 
 #[derive(Default)]
 struct State {
-    /// Members cut off from everyone.
+    /// Members cut off from everyone (Raft).
     cut: BTreeSet<u64>,
-    /// Single links cut, as (smaller id, larger id).
+    /// Single links cut, as (smaller id, larger id) (Raft).
     cut_links: BTreeSet<(u64, u64)>,
+    /// Members whose replication links are all cut.
+    repl_cut: BTreeSet<u64>,
+    /// Single replication links cut, as (smaller id, larger id).
+    repl_cut_links: BTreeSet<(u64, u64)>,
     links: HashMap<u64, Link>,
 }
 
 impl State {
-    fn is_cut(&self, from: Option<u64>, to: u64) -> bool {
-        self.cut.contains(&to)
-            || from.is_some_and(|f| self.cut.contains(&f) || self.cut_links.contains(&link_key(f, to)))
+    fn is_cut(&self, plane: Plane, from: Option<u64>, to: u64) -> bool {
+        let (cut, links) = match plane {
+            Plane::Raft => (&self.cut, &self.cut_links),
+            Plane::Replication => (&self.repl_cut, &self.repl_cut_links),
+        };
+        cut.contains(&to) || from.is_some_and(|f| cut.contains(&f) || links.contains(&link_key(f, to)))
     }
+}
+
+/// The address a member dials its peers' PostgreSQL servers from, through the proxy
+/// (`127.2.<hi>.<lo>` for id `hi * 256 + lo`; ids are capped like the Raft addresses).
+pub fn replication_ip(node_id: u64) -> std::net::Ipv4Addr {
+    let n = node_id.min(65_279);
+    std::net::Ipv4Addr::new(127, 2, (n / 256) as u8, (n % 256) as u8)
 }
 
 /// The key of the undirected link between `a` and `b`.
@@ -94,10 +131,28 @@ pub struct PartitionProxy {
 impl PartitionProxy {
     /// A proxy for these members.
     pub fn new(nodes: &[Node]) -> Self {
-        let routes = nodes
+        let mut routes: Vec<Route> = nodes
             .iter()
-            .map(|n| Route { node_id: n.node_id, front: n.advertised_socket(), backend: n.listen_socket() })
+            .map(|n| Route {
+                node_id: n.node_id,
+                front: n.advertised_socket(),
+                backend: n.listen_socket(),
+                plane: Plane::Raft,
+                from: None,
+            })
             .collect();
+        // A replication front per ordered pair of members with a PostgreSQL server.
+        for to in nodes.iter().filter(|n| n.pg_port != 0) {
+            for from in nodes.iter().filter(|n| n.node_id != to.node_id) {
+                routes.push(Route {
+                    node_id: to.node_id,
+                    front: SocketAddrV4::new(replication_ip(from.node_id), to.pg_port),
+                    backend: SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, to.pg_port),
+                    plane: Plane::Replication,
+                    from: Some(from.node_id),
+                });
+            }
+        }
         Self { routes, state: Arc::default(), next_link: Arc::default() }
     }
 
@@ -111,8 +166,15 @@ impl PartitionProxy {
     {
         let mut listeners = Vec::new();
         for r in &self.routes {
-            let l = TcpListener::bind(r.front)
-                .with_context(|| format!("bind the Raft port of node {} at {}", r.node_id, r.front))?;
+            let l = TcpListener::bind(r.front).with_context(|| match r.plane {
+                Plane::Raft => format!("bind the Raft port of node {} at {}", r.node_id, r.front),
+                Plane::Replication => format!(
+                    "bind the replication front of node {} for node {} at {}",
+                    r.node_id,
+                    r.from.unwrap_or(0),
+                    r.front
+                ),
+            })?;
             listeners.push((r.clone(), l));
         }
         let _ = std::fs::remove_file(control);
@@ -181,10 +243,40 @@ impl PartitionProxy {
                 (Ok(a), Ok(_)) => (format!("error a link joins two members, not {a} and itself"), false),
                 (Err(e), _) | (_, Err(e)) => (format!("error {e}"), false),
             },
+            ["repl-partition", n] => match self.node_arg(n) {
+                Ok(id) => {
+                    let closed = self.cut_plane(
+                        Plane::Replication,
+                        |l| l.to == id || l.from == Some(id),
+                        |st| {
+                            st.repl_cut.insert(id);
+                        },
+                    );
+                    (format!("ok cut the replication links of node {id}, closed {closed} links"), false)
+                }
+                Err(e) => (format!("error {e}"), false),
+            },
+            ["repl-cut", a, b] => match (self.node_arg(a), self.node_arg(b)) {
+                (Ok(a), Ok(b)) if a != b => {
+                    let key = link_key(a, b);
+                    let closed = self.cut_plane(
+                        Plane::Replication,
+                        |l| l.from.is_some_and(|f| link_key(f, l.to) == key),
+                        |st| {
+                            st.repl_cut_links.insert(key);
+                        },
+                    );
+                    (format!("ok cut replication link {a}-{b}, closed {closed} links"), false)
+                }
+                (Ok(a), Ok(_)) => (format!("error a link joins two members, not {a} and itself"), false),
+                (Err(e), _) | (_, Err(e)) => (format!("error {e}"), false),
+            },
             ["heal"] => {
                 let mut st = self.lock();
                 st.cut.clear();
                 st.cut_links.clear();
+                st.repl_cut.clear();
+                st.repl_cut_links.clear();
                 ("ok healed".to_string(), false)
             }
             ["heal", n] => match self.node_arg(n) {
@@ -192,6 +284,8 @@ impl PartitionProxy {
                     let mut st = self.lock();
                     st.cut.remove(&id);
                     st.cut_links.retain(|&(a, b)| a != id && b != id);
+                    st.repl_cut.remove(&id);
+                    st.repl_cut_links.retain(|&(a, b)| a != id && b != id);
                     (format!("ok healed node {id}"), false)
                 }
                 Err(e) => (format!("error {e}"), false),
@@ -200,11 +294,16 @@ impl PartitionProxy {
                 let st = self.lock();
                 let cut: Vec<String> = st.cut.iter().map(|n| n.to_string()).collect();
                 let links: Vec<String> = st.cut_links.iter().map(|(a, b)| format!("{a}-{b}")).collect();
+                let repl: Vec<String> = st.repl_cut.iter().map(|n| n.to_string()).collect();
+                let repl_links: Vec<String> =
+                    st.repl_cut_links.iter().map(|(a, b)| format!("{a}-{b}")).collect();
                 (
                     format!(
-                        "ok cut={} cut_links={} links={}",
+                        "ok cut={} cut_links={} repl_cut={} repl_cut_links={} links={}",
                         cut.join(","),
                         links.join(","),
+                        repl.join(","),
+                        repl_links.join(","),
                         st.links.len()
                     ),
                     false,
@@ -232,34 +331,45 @@ impl PartitionProxy {
 
     /// Cuts `id` off and closes its open links; returns how many were closed.
     fn partition(&self, id: u64) -> usize {
-        let mut st = self.lock();
-        st.cut.insert(id);
-        let doomed: Vec<u64> =
-            st.links.iter().filter(|(_, l)| l.to == id || l.from == Some(id)).map(|(k, _)| *k).collect();
-        for k in &doomed {
-            if let Some(l) = st.links.remove(k) {
-                l.close();
-            }
-        }
-        doomed.len()
+        self.cut_plane(
+            Plane::Raft,
+            |l| l.to == id || l.from == Some(id),
+            |st| {
+                st.cut.insert(id);
+            },
+        )
     }
 
     /// Cuts the link between `a` and `b` and closes it if open; returns how many were closed.
     fn cut_link(&self, a: u64, b: u64) -> usize {
+        let key = link_key(a, b);
+        self.cut_plane(
+            Plane::Raft,
+            |l| l.from.is_some_and(|f| link_key(f, l.to) == key),
+            |st| {
+                st.cut_links.insert(key);
+            },
+        )
+    }
+
+    /// Records a cut (`mark`) and closes the open links of `plane` that `doomed` picks, under
+    /// one lock; returns how many were closed.
+    fn cut_plane(
+        &self,
+        plane: Plane,
+        doomed: impl Fn(&Link) -> bool,
+        mark: impl FnOnce(&mut State),
+    ) -> usize {
         let mut st = self.lock();
-        st.cut_links.insert(link_key(a, b));
-        let doomed: Vec<u64> = st
-            .links
-            .iter()
-            .filter(|(_, l)| l.from.is_some_and(|f| link_key(f, l.to) == link_key(a, b)))
-            .map(|(k, _)| *k)
-            .collect();
-        for k in &doomed {
+        mark(&mut st);
+        let keys: Vec<u64> =
+            st.links.iter().filter(|(_, l)| l.plane == plane && doomed(l)).map(|(k, _)| *k).collect();
+        for k in &keys {
             if let Some(l) = st.links.remove(k) {
                 l.close();
             }
         }
-        doomed.len()
+        keys.len()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -282,8 +392,11 @@ fn accept_loop(
 ) {
     for client in listener.incoming() {
         let Ok(client) = client else { continue };
-        let from = client.peer_addr().ok().and_then(|a: SocketAddr| sources.get(&a.ip()).copied());
-        if lock(&state).is_cut(from, route.node_id) {
+        let from = match route.plane {
+            Plane::Raft => client.peer_addr().ok().and_then(|a: SocketAddr| sources.get(&a.ip()).copied()),
+            Plane::Replication => route.from,
+        };
+        if lock(&state).is_cut(route.plane, from, route.node_id) {
             continue; // dropping the stream closes it: the link is cut
         }
         let server = match TcpStream::connect_timeout(&SocketAddr::V4(route.backend), Duration::from_secs(2))
@@ -302,10 +415,10 @@ fn accept_loop(
         {
             let mut st = lock(&state);
             // Re-check under the lock: a partition may have started while we connected.
-            if st.is_cut(from, route.node_id) {
+            if st.is_cut(route.plane, from, route.node_id) {
                 continue;
             }
-            st.links.insert(id, Link { from, to: route.node_id, client, server });
+            st.links.insert(id, Link { from, to: route.node_id, plane: route.plane, client, server });
         }
         for (mut r, mut w) in [(c2, s2), (s3, c3)] {
             let shared = Arc::clone(&state);

@@ -95,6 +95,24 @@ enum LocalCommand {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Cut every replication link of member N (HA clusters); its Raft links stay up.
+    ReplPartition {
+        /// The member's node id.
+        node: u64,
+        /// The cluster directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Cut the replication link between members A and B; Raft links stay up.
+    ReplCut {
+        /// One end of the link.
+        a: u64,
+        /// The other end.
+        b: u64,
+        /// The cluster directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// kill -9 the pgraft background worker of member N alone (PostgreSQL then restarts
     /// every backend and the worker: a crash restart).
     KillWorker {
@@ -180,6 +198,8 @@ pub fn run(args: LocalArgs) -> Result<()> {
         LocalCommand::Stop { node, dir } => LocalCluster::open(&dir)?.stop(node)?,
         LocalCommand::Partition { node, dir } => LocalCluster::open(&dir)?.partition(node)?,
         LocalCommand::Cut { a, b, dir } => LocalCluster::open(&dir)?.cut(a, b)?,
+        LocalCommand::ReplPartition { node, dir } => LocalCluster::open(&dir)?.repl_partition(node)?,
+        LocalCommand::ReplCut { a, b, dir } => LocalCluster::open(&dir)?.repl_cut(a, b)?,
         LocalCommand::KillWorker { node, dir } => {
             let pid = LocalCluster::open(&dir)?.kill_worker(node)?;
             println!("killed the worker of node {node} (pid {pid})");

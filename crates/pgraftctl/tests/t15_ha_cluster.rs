@@ -81,6 +81,9 @@ fn ha_clusters_have_one_primary_and_streaming_standbys() {
                     (r.get::<_, i32>(0) == 1 && r.get::<_, i64>(1) == n as i64).then_some(())
                 });
             }
+            if v == 0 && n == 3 {
+                replication_links_are_cut_apart_from_raft(&d, &conninfo, &mut app);
+            }
             // `status` says the role too.
             let st = json_lines(&pgraftctl(&["local", "status", "--dir", &d]));
             let roles: Vec<&str> = st.iter().map(|s| s["role"].as_str().unwrap_or("?")).collect();
@@ -90,4 +93,40 @@ fn ha_clusters_have_one_primary_and_streaming_standbys() {
             pgraftctl(&["local", "down", "--dir", &d]);
         }
     }
+}
+
+/// `repl-cut 1 2` stops node 2 streaming from the primary while node 3 goes on and every
+/// Raft link stays up; `heal` lets node 2 catch up.
+fn replication_links_are_cut_apart_from_raft(
+    d: &str,
+    conninfo: &dyn Fn(usize) -> String,
+    app: &mut postgres::Client,
+) {
+    let streaming = |c: &mut postgres::Client| -> Vec<String> {
+        c.query("SELECT application_name FROM pg_stat_replication WHERE state = 'streaming' ORDER BY 1", &[])
+            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+            .unwrap_or_default()
+    };
+    let mut primary = connect(&conninfo(0)).expect("connect to the primary");
+    assert_eq!(
+        streaming(&mut primary),
+        ["pgraft_node_2", "pgraft_node_3"],
+        "standbys stream through the proxy"
+    );
+    pgraftctl(&["local", "repl-cut", "1", "2", "--dir", d]);
+    wait("node 2's stream to stop", Duration::from_secs(30), || {
+        (streaming(&mut primary) == ["pgraft_node_3"]).then_some(())
+    });
+    app.batch_execute("INSERT INTO t SELECT generate_series(101, 200)").expect("write on the primary");
+    let count = |i: usize| -> Option<i64> {
+        connect(&conninfo(i)).ok()?.query_one("SELECT count(*) FROM t", &[]).ok().map(|r| r.get(0))
+    };
+    wait("node 3 to replay the new rows", Duration::from_secs(30), || (count(2) == Some(200)).then_some(()));
+    assert_eq!(count(1), Some(100), "node 2 received WAL through a cut link");
+    // Raft through node 2 is untouched.
+    let mut c2 = connect(&conninfo(1)).expect("connect to node 2");
+    let put: bool = c2.query_one("SELECT pgraft_kv_put('cut', 'replication only')", &[]).expect("put").get(0);
+    assert!(put);
+    pgraftctl(&["local", "heal", "--dir", d]);
+    wait("node 2 to catch up after heal", Duration::from_secs(60), || (count(1) == Some(200)).then_some(()));
 }

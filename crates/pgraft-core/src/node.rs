@@ -345,10 +345,10 @@ fn start_snapshot_thread(done: Sender<Input>) -> Result<Sender<SnapshotJob>> {
         .name("pgraft-snapshot".into())
         .spawn(move || {
             for job in rx {
-                let index = job.index();
                 let result = job.run();
                 log::info!(
-                    "snapshot at index {index}: {} bytes written in {} ms",
+                    "snapshot at index {}: {} bytes written in {} ms",
+                    result.index(),
                     result.len(),
                     result.elapsed.as_millis()
                 );

@@ -69,19 +69,14 @@ impl Proposals {
         self.open.insert(seq, Outstanding { token, data, term, at_tick: tick, as_leader: leader, resent: 0 });
     }
 
-    /// The proposal `seq` was applied: the token waiting for it, if it still waits.
-    pub fn applied(&mut self, seq: u64) -> Option<Token> {
+    /// Closes the proposal `seq` (applied, or failed): the token waiting for it, if any.
+    pub fn close(&mut self, seq: u64) -> Option<Token> {
         self.open.remove(&seq).map(|o| o.token)
     }
 
     /// Forgets the proposal `token` waits for (its client gave up or it failed).
     pub fn forget_token(&mut self, token: Token) {
         self.open.retain(|_, o| o.token != token);
-    }
-
-    /// Forgets the proposal `seq`.
-    pub fn forget(&mut self, seq: u64) {
-        self.open.remove(&seq);
     }
 
     /// Normal proposals to send again now, in sequence order.
@@ -109,11 +104,6 @@ impl Proposals {
             o.as_leader = leader;
         }
     }
-
-    /// The token of the proposal `seq`, if open.
-    pub fn token(&self, seq: u64) -> Option<Token> {
-        self.open.get(&seq).map(|o| o.token)
-    }
 }
 
 #[cfg(test)]
@@ -129,7 +119,7 @@ mod tests {
         let (s2, low2) = p.next();
         assert_eq!((s2, low2), (2, 1));
         p.open(s2, 11, Some(vec![2]), 2, 0, false);
-        assert_eq!(p.applied(s1), Some(10));
+        assert_eq!(p.close(s1), Some(10));
         assert_eq!(p.next(), (3, 2));
         p.forget_token(11);
         assert_eq!(p.next(), (4, 4), "nothing open: the new proposal is the lowest");

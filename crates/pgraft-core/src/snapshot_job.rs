@@ -37,18 +37,13 @@ pub struct SnapshotDone {
 }
 
 impl SnapshotJob {
-    /// The applied index the snapshot is taken at.
-    pub fn index(&self) -> u64 {
-        self.metadata.index
-    }
-
     /// Encodes the state and makes the image durable: the slow part, for any thread.
     pub fn run(self) -> SnapshotDone {
         let started = Instant::now();
         let index = self.metadata.index;
         let data = self.state.encode();
         drop(self.state);
-        let image = self.writer.write(self.metadata, data);
+        let image = self.writer.write(self.metadata, &data);
         SnapshotDone { index, keep: self.keep, image, elapsed: started.elapsed() }
     }
 }

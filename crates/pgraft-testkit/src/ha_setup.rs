@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::local_cluster::{role_name, LocalCluster};
+use crate::local_cluster::{server_role, LocalCluster};
 use crate::node::Node;
 use crate::plain_server::append_conf;
 use crate::proxy::replication_ip;
@@ -150,9 +150,7 @@ impl LocalCluster {
 
     /// `primary` or `standby`: what member `id`'s server is now.
     pub fn role(&self, id: u64) -> Result<&'static str> {
-        let mut c = self.connect(id)?;
-        let standby: bool = c.query_one("SELECT pg_is_in_recovery()", &[])?.get(0);
-        Ok(role_name(standby))
+        server_role(&mut self.connect(id)?)
     }
 
     /// A libpq connection string naming every member, which connects to whichever server

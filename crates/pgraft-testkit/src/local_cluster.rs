@@ -455,9 +455,7 @@ impl LocalCluster {
 
     fn query_status(&self, id: u64, st: &mut NodeStatus) -> Result<()> {
         let mut c = self.connect(id)?;
-        let standby: bool =
-            c.query_one("SELECT pg_is_in_recovery()", &[]).context("query pg_is_in_recovery()")?.get(0);
-        st.role = Some(role_name(standby).to_string());
+        st.role = Some(server_role(&mut c)?.to_string());
         let row = c
             .query_opt("SELECT extversion FROM pg_extension WHERE extname = 'pgraft'", &[])
             .context("query pg_extension")?;
@@ -780,13 +778,11 @@ impl LocalCluster {
     }
 }
 
-/// `primary` or `standby`, from `pg_is_in_recovery()`.
-pub(crate) fn role_name(in_recovery: bool) -> &'static str {
-    if in_recovery {
-        "standby"
-    } else {
-        "primary"
-    }
+/// `primary` or `standby`: what the server `c` is connected to is now.
+pub(crate) fn server_role(c: &mut postgres::Client) -> Result<&'static str> {
+    let in_recovery: bool =
+        c.query_one("SELECT pg_is_in_recovery()", &[]).context("query pg_is_in_recovery()")?.get(0);
+    Ok(if in_recovery { "standby" } else { "primary" })
 }
 
 /// Reaps our zombie children that are PostgreSQL processes (orphaned postmasters). Other

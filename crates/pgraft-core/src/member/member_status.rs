@@ -160,7 +160,7 @@ impl<S: LogStore> Member<S> {
             voters,
             learners,
             progress,
-            counters: self.counters,
+            counters: Counters { proposals_resent: self.proposals.resent, ..self.counters },
             pending: self.waiting.len(),
             quorum_active: self.quorum_active(),
             last_heard_ms: self.last_heard.clone(),

@@ -485,7 +485,7 @@ impl<S: LogStore> Member<S> {
                 self.waiting.insert(token, Waiting::Retry(p));
             }
             Err(e) => {
-                self.proposals.forget(p.2);
+                self.proposals.close(p.2);
                 self.answer(token, Err(Error::InvalidArgument(e.to_string())));
             }
         }
@@ -516,14 +516,12 @@ impl<S: LogStore> Member<S> {
                 }
                 Err(raft::Error::ProposalDropped) => self.proposals.sent_again(seq, 0, self.ticks, leader),
                 Err(e) => {
-                    if let Some(token) = self.proposals.token(seq) {
-                        self.proposals.forget(seq);
+                    if let Some(token) = self.proposals.close(seq) {
                         self.answer(token, Err(Error::InvalidArgument(e.to_string())));
                     }
                 }
             }
         }
-        self.counters.proposals_resent = self.proposals.resent;
     }
 
     fn read(&self, read: &Read, read_index: u64) -> Result<Response> {
@@ -659,7 +657,7 @@ impl<S: LogStore> Member<S> {
         if origin.node != self.cfg.id || origin.incarnation != self.cfg.incarnation {
             return;
         }
-        if let Some(token) = self.proposals.applied(origin.seq) {
+        if let Some(token) = self.proposals.close(origin.seq) {
             if self.waiting.contains_key(&token) {
                 self.answer(token, r);
             }

@@ -78,6 +78,10 @@ fn holes_and_compacted_writes_are_refused<S: LogStore>(mut s: S) {
     s.append(&ents(1..=3, 1)).expect("append");
     assert!(matches!(s.append(&ents(5..=6, 1)), Err(StorageError::Invalid(_))), "a hole at 4");
     create_snapshot_now(&mut s, 3, &ConfState::from((vec![1], vec![])), b"sm".to_vec(), 0).expect("snapshot");
+    // The same snapshot again, with nothing left to compact: dropped, and the one recorded
+    // stays readable.
+    create_snapshot_now(&mut s, 3, &ConfState::from((vec![1], vec![])), b"sm".to_vec(), 0).expect("again");
+    assert_eq!(s.snapshot(0, 0).expect("the snapshot is still there").data.as_ref() as &[u8], b"sm");
     assert!(matches!(s.append(&ents(2..=4, 1)), Err(StorageError::Invalid(_))), "below the compacted prefix");
     s.append(&ents(4..=4, 1)).expect("right after the snapshot");
 }
@@ -137,7 +141,7 @@ fn applying_a_snapshot_replaces_the_log<S: LogStore>(open: &mut impl FnMut(Optio
         term: 1,
         conf_state: Some(ConfState::from((vec![1, 2], vec![]))),
     };
-    let image = s.snapshot_writer().write(older, b"local state at 3".to_vec()).expect("image");
+    let image = s.snapshot_writer().write(older, b"local state at 3").expect("image");
     s.create_snapshot(image, 0).expect("an older image is dropped, not an error");
     assert_eq!(s.snapshot_metadata().index, 20);
     let mut s = open(Some(s));

@@ -78,9 +78,10 @@ pub trait LogStore: raft::Storage {
     /// Records a snapshot of the local state machine, whose image the store's writer made
     /// (its index was applied here, so committed), then discards the log before its
     /// index... up to `keep` entries before it stay, so slightly lagging followers still
-    /// catch up from the log. An image at or below the current snapshot's index (a newer
-    /// one arrived from the leader while it was being written) is discarded; one at the
-    /// same index replaces it (a compaction that keeps fewer entries).
+    /// catch up from the log. An image below the current snapshot's index (a newer one
+    /// arrived from the leader while it was being written) or at or below the compacted
+    /// index is discarded; one at the current snapshot's index replaces it (a compaction
+    /// that keeps fewer entries).
     fn create_snapshot(&mut self, image: SnapshotImage, keep: u64) -> Result<()>;
 
     /// Index, term and membership of the current snapshot (index 0: none).
@@ -110,7 +111,7 @@ pub fn create_snapshot_now<S: LogStore>(
 ) -> Result<()> {
     let term = store.term(index).map_err(|e| StorageError::Invalid(format!("snapshot at {index}: {e}")))?;
     let metadata = SnapshotMetadata { index, term, conf_state: Some(cs.clone()) };
-    let image = store.snapshot_writer().write(metadata, data)?;
+    let image = store.snapshot_writer().write(metadata, &data)?;
     store.create_snapshot(image, keep)
 }
 

@@ -266,13 +266,10 @@ impl RedbStore {
         image: SnapshotImage,
         more: impl FnOnce(&redb::WriteTransaction) -> Result<()>,
     ) -> Result<()> {
-        let path = match image.data {
-            ImageData::File(p) => p,
-            // An image made by another kind of writer: write it here first.
-            ImageData::Memory(d) => match self.snapshot_writer().write(image.metadata.clone(), d)?.data {
-                ImageData::File(p) => p,
-                ImageData::Memory(_) => unreachable!("a directory writer writes files"),
-            },
+        let ImageData::File(path) = image.data else {
+            return Err(StorageError::Invalid(
+                "a snapshot image kept in memory cannot be recorded in a durable store; write it with the store's own writer".into(),
+            ));
         };
         let meta = image.metadata;
         self.write("record snapshot", |tx| {
@@ -422,7 +419,7 @@ impl LogStore for RedbStore {
         hs.term = hs.term.max(meta.term);
         hs.commit = hs.commit.max(meta.index);
         let cs = meta.get_conf_state().clone();
-        let image = self.snapshot_writer().write(meta.clone(), snap.data.clone())?;
+        let image = self.snapshot_writer().write(meta.clone(), &snap.data)?;
         self.record_snapshot(image, |tx| {
             let mut log = redb_try!(tx.open_table(LOG), "open log");
             redb_try!(log.retain(|_, _| false), "clear the log");
@@ -446,7 +443,12 @@ impl LogStore for RedbStore {
     fn create_snapshot(&mut self, image: SnapshotImage, keep: u64) -> Result<()> {
         let index = image.metadata.index;
         if index < self.snapshot_meta.index || index <= self.trunc.0 {
-            image.discard();
+            // An image of the current snapshot's index and term has the current file's
+            // name (the writer renamed it over that file): removing it would lose both.
+            if !matches!((&image.data, &self.snapshot_source), (ImageData::File(p), SnapSource::File(q)) if p == q)
+            {
+                image.discard();
+            }
             return Ok(());
         }
         let compact_to = index.saturating_sub(keep);

@@ -73,11 +73,12 @@ impl SnapshotWriter {
         Self { dir: Some(dir) }
     }
 
-    /// Makes `data` durable as the image of the snapshot `metadata`.
-    pub fn write(&self, metadata: SnapshotMetadata, data: Vec<u8>) -> Result<SnapshotImage> {
+    /// Makes `data` durable as the image of the snapshot `metadata`. Borrowed, so a
+    /// snapshot received from the leader is written without a copy.
+    pub fn write(&self, metadata: SnapshotMetadata, data: &[u8]) -> Result<SnapshotImage> {
         let len = data.len() as u64;
         let Some(dir) = &self.dir else {
-            return Ok(SnapshotImage { metadata, len, data: ImageData::Memory(data) });
+            return Ok(SnapshotImage { metadata, len, data: ImageData::Memory(data.to_vec()) });
         };
         let path = dir.join(file_name(metadata.index, metadata.term));
         let tmp = path.with_extension("tmp");
@@ -86,10 +87,10 @@ impl SnapshotWriter {
         let mut header = Vec::with_capacity(HEADER);
         header.extend_from_slice(MAGIC);
         header.push(VERSION);
-        header.extend_from_slice(&crc32fast::hash(&data).to_le_bytes());
+        header.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
         header.extend_from_slice(&len.to_le_bytes());
         f.write_all(&header).map_err(|e| io("write", e))?;
-        f.write_all(&data).map_err(|e| io("write", e))?;
+        f.write_all(data).map_err(|e| io("write", e))?;
         f.sync_all().map_err(|e| io("fsync", e))?;
         drop(f);
         std::fs::rename(&tmp, &path).map_err(|e| io("rename", e))?;
@@ -149,7 +150,7 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let w = SnapshotWriter::in_dir(dir.clone());
         let meta = SnapshotMetadata { index: 42, term: 3, ..Default::default() };
-        let img = w.write(meta, b"the state".to_vec()).expect("written");
+        let img = w.write(meta, b"the state").expect("written");
         let ImageData::File(path) = &img.data else { panic!("a file store writes files") };
         assert!(path.ends_with(file_name(42, 3)));
         assert_eq!(read_image(path).expect("reads back"), b"the state");

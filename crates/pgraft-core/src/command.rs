@@ -51,6 +51,8 @@ pub enum Body {
     },
     /// A round trip through the log that changes nothing (`pgraft_test`).
     Probe,
+    /// A change to the replicated HA state (failover).
+    Ha(crate::ha::HaCommand),
 }
 
 impl Body {
@@ -61,6 +63,7 @@ impl Body {
             Body::Raw(_) => "replicate_entry",
             Body::SetConfig { .. } => "set_config",
             Body::Probe => "probe",
+            Body::Ha(cmd) => cmd.name(),
         }
     }
 }

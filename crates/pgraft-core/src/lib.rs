@@ -21,6 +21,7 @@ pub mod command;
 pub mod config;
 pub mod error;
 pub mod fuzzing;
+pub mod ha;
 pub mod ipc;
 pub mod kv;
 pub mod linearizability;
@@ -39,5 +40,5 @@ pub mod transport;
 
 pub use error::{Error, Result};
 pub use member::{Member, MemberConfig, MemberStatus, Role, Token};
-pub use node::{Bootstrap, Node, NodeConfig, NodeHandle};
+pub use node::{Bootstrap, HaView, Node, NodeConfig, NodeHandle};
 pub use request::{Consistency, Read, Request, Response};

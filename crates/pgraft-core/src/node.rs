@@ -89,6 +89,18 @@ pub struct Shared {
     running: AtomicBool,
     addresses: Mutex<BTreeMap<u64, String>>,
     transport: Mutex<Option<Arc<crate::transport::TransportStats>>>,
+    ha: Mutex<Option<HaView>>,
+}
+
+/// The replicated state failover acts on, as of the last applied entry: the HA state and
+/// the cluster-wide settings. Published with the status, so the worker reads it without
+/// waiting for the member thread (which may be the thing that is stuck).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HaView {
+    /// The HA state.
+    pub ha: crate::ha::HaState,
+    /// Settings changed with `pgraft_set_config`, name -> value.
+    pub config: BTreeMap<String, String>,
 }
 
 /// A cheap, cloneable handle to a running node.
@@ -253,6 +265,12 @@ impl NodeHandle {
     /// The member's latest status (refreshed by the member thread every few ms).
     pub fn status(&self) -> Option<MemberStatus> {
         lock(&self.shared.status).clone()
+    }
+
+    /// The replicated HA state and settings as last published (none before the member
+    /// first reported).
+    pub fn ha_view(&self) -> Option<HaView> {
+        lock(&self.shared.ha).clone()
     }
 
     /// Peer connections refused (TLS, handshake or frame errors) since the start.
@@ -528,4 +546,9 @@ fn publish(
     }
     *lock(&shared.addresses) = member.addresses();
     *lock(&shared.status) = Some(member.status());
+    let sm = member.state();
+    let mut ha = lock(&shared.ha);
+    if ha.as_ref().is_none_or(|v| v.ha != sm.ha || v.config != sm.config) {
+        *ha = Some(HaView { ha: sm.ha.clone(), config: sm.config.clone() });
+    }
 }

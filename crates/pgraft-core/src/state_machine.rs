@@ -9,6 +9,7 @@ use imbl::Vector;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Body, Proposal};
+use crate::ha::HaState;
 use crate::kv::{Compare, KvOp, KvResult, KvStore, TxnAction};
 use crate::sessions::Sessions;
 
@@ -57,6 +58,8 @@ pub enum Outcome {
     Probe,
     /// A membership change was applied.
     Membership,
+    /// An HA command was applied (`None`) or refused (why).
+    Ha(Option<String>),
 }
 
 /// The replicated state.
@@ -79,6 +82,22 @@ pub struct StateMachine {
     pub raw_entries: u64,
     /// Which proposals were applied, so a copy is not applied again.
     pub sessions: Sessions,
+    /// Which member's server is the primary, and what failover knows.
+    pub ha: HaState,
+}
+
+/// The image of format 2, before the HA state existed.
+#[derive(Deserialize)]
+struct StateMachineV2 {
+    kv: KvStore,
+    members: BTreeMap<u64, MemberInfo>,
+    config: BTreeMap<String, String>,
+    #[serde(with = "crate::persistent_serde::vector")]
+    history: Vector<AppliedRecord>,
+    applied_index: u64,
+    applied_term: u64,
+    raw_entries: u64,
+    sessions: Sessions,
 }
 
 /// The image of format 1, before sessions existed.
@@ -99,8 +118,9 @@ struct StateMachineV1 {
 #[error("undecodable state machine snapshot: {0}")]
 pub struct SnapshotDecodeError(pub String);
 
-/// The snapshot image's format: 2 added the sessions; 1 is still read.
-const SNAPSHOT_FORMAT: u8 = 2;
+/// The snapshot image's format: 3 added the HA state, 2 the sessions; 1 and 2 are still
+/// read.
+const SNAPSHOT_FORMAT: u8 = 3;
 
 impl StateMachine {
     /// The state to put in a snapshot.
@@ -116,6 +136,21 @@ impl StateMachine {
             Some((&SNAPSHOT_FORMAT, rest)) => {
                 postcard::from_bytes(rest).map_err(|e| SnapshotDecodeError(e.to_string()))
             }
+            Some((2, rest)) => {
+                let v2: StateMachineV2 =
+                    postcard::from_bytes(rest).map_err(|e| SnapshotDecodeError(e.to_string()))?;
+                Ok(Self {
+                    kv: v2.kv,
+                    members: v2.members,
+                    config: v2.config,
+                    history: v2.history,
+                    applied_index: v2.applied_index,
+                    applied_term: v2.applied_term,
+                    raw_entries: v2.raw_entries,
+                    sessions: v2.sessions,
+                    ha: HaState::default(),
+                })
+            }
             Some((1, rest)) => {
                 let v1: StateMachineV1 =
                     postcard::from_bytes(rest).map_err(|e| SnapshotDecodeError(e.to_string()))?;
@@ -128,6 +163,7 @@ impl StateMachine {
                     applied_term: v1.applied_term,
                     raw_entries: v1.raw_entries,
                     sessions: Sessions::default(),
+                    ha: HaState::default(),
                 })
             }
             Some((v, _)) => Err(SnapshotDecodeError(format!("unknown snapshot format {v}"))),
@@ -184,6 +220,14 @@ impl StateMachine {
                 (Outcome::Config, Some(name.clone()), serde_json::json!({ "value": value }).to_string())
             }
             Body::Probe => (Outcome::Probe, None, "{}".to_string()),
+            Body::Ha(cmd) => {
+                let refused = self.ha.apply(cmd, term).err().map(|e| e.to_string());
+                let mut data = serde_json::to_value(cmd).unwrap_or_default();
+                if let (Some(why), Some(obj)) = (&refused, data.as_object_mut()) {
+                    obj.insert("refused".into(), why.clone().into());
+                }
+                (Outcome::Ha(refused), None, data.to_string())
+            }
         };
         self.record(AppliedRecord {
             index,

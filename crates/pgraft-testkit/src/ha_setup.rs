@@ -33,7 +33,16 @@ const HA_SETTINGS: &str = "\n# HA cluster (pgraftctl local up --ha)\n\
      wal_log_hints = on\n\
      hot_standby = on\n\
      hot_standby_feedback = on\n\
-     wal_receiver_status_interval = 1s\n";
+     wal_receiver_status_interval = 1s\n\
+     wal_keep_size = '256MB'\n\
+     pgraft.synchronous_mode = on\n\
+     pgraft.replication_conninfo = 'user=postgres'\n";
+
+/// A member's standby dials every other member's server through its own front of the
+/// partition proxy (`pgraft.replication_host`), so replication links can be cut one by one.
+fn replication_host_conf(n: &Node) -> String {
+    format!("pgraft.replication_host = '{}'\n", replication_ip(n.node_id))
+}
 
 /// The physical replication slot of member `id` (on whichever server it streams from).
 pub fn slot_name(id: u64) -> String {
@@ -48,6 +57,7 @@ impl LocalCluster {
         let (primary, standbys) = nodes.split_first().context("an HA cluster needs at least one member")?;
         self.initdb(primary)?;
         append_conf(&primary.data_dir, HA_SETTINGS)?;
+        append_conf(&primary.data_dir, &replication_host_conf(primary))?;
         self.ensure_proxy()?;
         self.start(primary.node_id)?;
         let mut c = self.connect(primary.node_id)?;
@@ -98,6 +108,7 @@ impl LocalCluster {
         // The copy carries node 1's settings (port, node id, directories): N's own come after.
         self.write_node_conf(n)?;
         append_conf(&n.data_dir, &format!("cluster_name = 'pgraft_node_{}'\n", n.node_id))?;
+        append_conf(&n.data_dir, &replication_host_conf(n))?;
         // Stream through the partition proxy's front for this link, so the replication link
         // can be cut on its own. postgresql.auto.conf (where -R wrote the direct one) is
         // read last, and a later line there wins.
@@ -111,6 +122,34 @@ impl LocalCluster {
         let mut text = fs::read_to_string(&auto).with_context(|| format!("read {}", auto.display()))?;
         text.push_str(&line);
         fs::write(&auto, text).with_context(|| format!("write {}", auto.display()))
+    }
+
+    /// Turns automatic failover on in every member (`pgraft.failover_enabled`, reloaded)
+    /// once the Raft cluster stands, and waits until the leader's worker has taken charge
+    /// of the primary: it names it in the log and makes its standbys synchronous.
+    pub(crate) fn enable_failover(&self) -> Result<()> {
+        for n in self.nodes() {
+            append_conf(&n.data_dir, "pgraft.failover_enabled = on\n")?;
+            self.connect(n.node_id)?
+                .batch_execute("SELECT pg_reload_conf()")
+                .with_context(|| format!("reload node {}", n.node_id))?;
+        }
+        let standbys = self.nodes().len() - 1;
+        if standbys == 0 {
+            return Ok(());
+        }
+        wait_until(
+            "node 1's worker to make its standbys synchronous",
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || {
+                let mut c = self.connect(1)?;
+                let n: i64 = c
+                    .query_one("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'quorum'", &[])?
+                    .get(0);
+                Ok((n as usize == standbys).then_some(()))
+            },
+        )
     }
 
     /// Waits until `n` is a standby whose WAL receiver streams from `from`.

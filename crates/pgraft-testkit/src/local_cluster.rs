@@ -209,6 +209,9 @@ impl LocalCluster {
         }
         if !opts.no_init {
             cluster.bootstrap()?;
+            if opts.ha {
+                cluster.enable_failover()?;
+            }
         }
         Ok(cluster)
     }

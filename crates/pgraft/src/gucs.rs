@@ -52,6 +52,17 @@ pub static REQUEST_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 /// Whether automatic PostgreSQL failover may act (it gates the failover feature).
 pub static FAILOVER_ENABLED: GucSetting<bool> = GucSetting::<bool>::new(false);
 
+/// `off`, `on` or `strict`: whether the primary waits for standbys to acknowledge commits
+/// (see `pgraft_core::ha::SyncMode`).
+pub static SYNCHRONOUS_MODE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"on"));
+/// The host this member's standby dials for every other member's server, instead of the
+/// host that member registered (its pgraft.address): for replication through a proxy.
+/// Empty: each member's own.
+pub static REPLICATION_HOST: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+/// libpq keywords added to the `primary_conninfo` the worker writes (user, sslmode,
+/// passfile, ...); host, port and application_name are the worker's.
+pub static REPLICATION_CONNINFO: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+
 /// Reads a string setting (empty when unset).
 pub fn string(setting: &GucSetting<Option<CString>>) -> String {
     setting.get().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default()
@@ -225,6 +236,39 @@ pub fn init() {
         Postmaster,
         none,
     );
+    // SAFETY: as above.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"pgraft.synchronous_mode",
+            c"off, on or strict: whether the primary waits for floor(n/2) standbys to acknowledge each commit.",
+            c"With on or strict no acknowledged commit is lost in a failover; with off the loss is bounded by the standbys' lag.",
+            &SYNCHRONOUS_MODE,
+            Sighup,
+            none,
+            Some(check_synchronous_mode),
+            None,
+            None,
+        );
+        GucRegistry::define_string_guc_with_hooks(
+            c"pgraft.replication_host",
+            c"The host this member's standby dials for every other member's server; empty means each member's pgraft.address.",
+            c"For replication through a proxy.",
+            &REPLICATION_HOST,
+            Sighup,
+            none,
+            Some(check_replication_host),
+            None,
+            None,
+        );
+    }
+    GucRegistry::define_string_guc(
+        c"pgraft.replication_conninfo",
+        c"libpq keywords added to the primary_conninfo the worker writes (user, sslmode, passfile, ...).",
+        c"Host, port and application_name are set by the worker.",
+        &REPLICATION_CONNINFO,
+        Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
     GucRegistry::define_bool_guc(
         c"pgraft.failover_enabled",
         c"Whether automatic PostgreSQL failover may act.",
@@ -300,6 +344,18 @@ string_check_hook!(check_log_level, |v| {
         Ok(())
     } else {
         Err(config::ConfigError(format!("pgraft.log_level {v:?} is not one of {}", LOG_LEVELS.join(", "))))
+    }
+});
+
+string_check_hook!(check_synchronous_mode, |v| match pgraft_core::ha::SyncMode::parse(v) {
+    Some(_) => Ok(()),
+    None => Err(config::ConfigError(format!("pgraft.synchronous_mode {v:?} is not one of off, on, strict"))),
+});
+string_check_hook!(check_replication_host, |v| {
+    if v.is_empty() {
+        Ok(())
+    } else {
+        config::validate_host("pgraft.replication_host", v)
     }
 });
 

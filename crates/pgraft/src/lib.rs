@@ -10,6 +10,7 @@ use pgrx::prelude::*;
 mod bridge;
 mod functions;
 pub mod gucs;
+mod ha;
 mod protocol;
 pub mod shmem;
 mod worker;
@@ -35,6 +36,7 @@ pub extern "C-unwind" fn _PG_init() {
     }
     gucs::init();
     shmem::init();
+    ha::gate::install();
     // The worker runs on primaries and hot standbys alike (Raft state is its own, not in
     // PostgreSQL's WAL); after a crash the postmaster restarts it and it recovers from disk.
     BackgroundWorkerBuilder::new("pgraft worker")

@@ -60,6 +60,35 @@ pub struct WorkerShared {
     pub updated_ms: i64,
     /// Why the worker is in [`WorkerState::Error`] (empty otherwise).
     pub error: ErrorText,
+    /// Whether clients may open sessions on this server (failover's local fence; see
+    /// `crate::ha::gate`).
+    pub gate: GateState,
+    /// The gate has been open since the server started: client sessions may exist (kept
+    /// across restarts of the worker, reset when the postmaster re-creates shared memory).
+    pub was_open: bool,
+}
+
+/// [`pgraft_core::ha::Gate`] in shared memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum GateState {
+    /// The worker has not decided yet (after a start or a crash).
+    #[default]
+    Unknown = 0,
+    /// Clients may connect.
+    Open = 1,
+    /// This server must not take writes.
+    Fenced = 2,
+}
+
+impl From<pgraft_core::ha::Gate> for GateState {
+    fn from(g: pgraft_core::ha::Gate) -> Self {
+        match g {
+            pgraft_core::ha::Gate::Unknown => GateState::Unknown,
+            pgraft_core::ha::Gate::Open => GateState::Open,
+            pgraft_core::ha::Gate::Fenced => GateState::Fenced,
+        }
+    }
 }
 
 /// A short reason in fixed-size shared memory (cut at a character boundary).

@@ -174,6 +174,8 @@ pub extern "C-unwind" fn pgraft_worker_main(_arg: pg_sys::Datum) {
         *s = WorkerShared {
             state: WorkerState::Initializing,
             pid: std::process::id() as i32,
+            // Sessions a previous worker let in may still be open.
+            was_open: s.was_open,
             ..Default::default()
         }
     });
@@ -245,6 +247,7 @@ struct Worker {
     current: Arc<Mutex<Option<NodeHandle>>>,
     inits: Receiver<InitReply>,
     ipc: Option<tokio::runtime::Runtime>,
+    failover: crate::ha::reconciler::Reconciler,
 }
 
 impl Worker {
@@ -282,6 +285,7 @@ impl Worker {
             current,
             inits,
             ipc: Some(runtime),
+            failover: crate::ha::reconciler::Reconciler::new(data_directory()),
         })
     }
 
@@ -351,6 +355,9 @@ impl Worker {
             return Some(h.fatal_error().unwrap_or_else(|| "stopped".into()));
         }
         let st = h.status()?;
+        if let Some(rt) = &self.ipc {
+            self.failover.tick(&h, &st, rt);
+        }
         shmem::update(|s| {
             s.state = WorkerState::Running;
             s.is_leader = st.role == Role::Leader;
@@ -377,7 +384,7 @@ impl Worker {
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

@@ -1,0 +1,218 @@
+//! The replicated HA state: which member's PostgreSQL is the primary, from which Raft term
+//! and timeline, where every member's server listens, and what each standby reported when
+//! it let go of a primary.
+//!
+//! It lives in the state machine, so every member and every view agree on it, a snapshot
+//! carries it, and a restarted or healed member converges to it by itself. Only the
+//! commands below change it, and each is checked when applied, with the entry's term: a
+//! decision proposed by the leader of term T that reaches the log in a later term (a copy
+//! sent again after a leader change) is refused, never applied late.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A PostgreSQL write-ahead log position.
+pub type Lsn = u64;
+
+/// "Node X is primary from Raft term T on timeline L": the decision a failover commits to
+/// the log before `pg_promote`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrimaryRecord {
+    /// The member whose server is the primary.
+    pub node: u64,
+    /// The Raft term of the leader that decided it.
+    pub term: u64,
+    /// The timeline its server was on when decided (promotion starts the next one).
+    pub timeline: u32,
+    /// The WAL position its server had replayed when decided.
+    pub lsn: Lsn,
+    /// Why: `bootstrap`, `failover from node N`, ...
+    pub reason: String,
+    /// When it was decided, ms since the Unix epoch (the leader's clock).
+    pub time_ms: i64,
+}
+
+/// Where a member's PostgreSQL server listens, as the member itself registered it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerRecord {
+    /// Host other servers dial for replication.
+    pub host: String,
+    /// PostgreSQL's port.
+    pub port: u16,
+    /// `pg_control_system().system_identifier`: servers of one HA cluster share it.
+    pub system_id: u64,
+    /// Whether the server was a primary (not in recovery) when registered.
+    pub primary: bool,
+}
+
+/// What a standby reported once it stopped receiving WAL from the primary of an earlier
+/// term: the input of a failover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DetachReport {
+    /// The Raft term in which it detached.
+    pub term: u64,
+    /// The primary it detached from.
+    pub from: u64,
+    /// Its timeline.
+    pub timeline: u32,
+    /// The last WAL position it received (flushed).
+    pub received: Lsn,
+    /// The last WAL position it replayed.
+    pub replayed: Lsn,
+}
+
+impl DetachReport {
+    /// The position a failover compares: what the server holds durably.
+    pub fn position(&self) -> (u32, Lsn) {
+        (self.timeline, self.received.max(self.replayed))
+    }
+}
+
+/// A change to the HA state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HaCommand {
+    /// A member registers (or updates) where its server listens.
+    Server {
+        /// The member.
+        node: u64,
+        /// Its server.
+        server: ServerRecord,
+    },
+    /// A standby no longer receives from the recorded primary, in term `report.term`.
+    Detached {
+        /// The reporting member.
+        node: u64,
+        /// Its position.
+        report: DetachReport,
+    },
+    /// The leader of `record.term` names the primary.
+    Primary(PrimaryRecord),
+}
+
+impl HaCommand {
+    /// The entry's operation name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            HaCommand::Server { .. } => "ha_server",
+            HaCommand::Detached { .. } => "ha_detached",
+            HaCommand::Primary(_) => "ha_primary",
+        }
+    }
+}
+
+/// Why an HA command changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HaRefusal {
+    /// A primary decision from an older term than the entry's (sent again after a leader
+    /// change) or older than the recorded one.
+    #[error("a primary decision of term {decided} reached the log in term {entry}; only the leader of a term decides in it")]
+    StaleDecision {
+        /// The decision's term.
+        decided: u64,
+        /// The entry's term.
+        entry: u64,
+    },
+    /// A report of an older term than the one on record for the member.
+    #[error("a report of term {reported} is older than node {node}'s report of term {recorded}")]
+    StaleReport {
+        /// The member.
+        node: u64,
+        /// The report's term.
+        reported: u64,
+        /// The recorded one's.
+        recorded: u64,
+    },
+}
+
+/// The replicated HA state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaState {
+    /// The primary on record (none until the first leader of an HA cluster names it).
+    pub primary: Option<PrimaryRecord>,
+    /// Every registered member's server.
+    pub servers: BTreeMap<u64, ServerRecord>,
+    /// The newest detach report of each member.
+    pub reports: BTreeMap<u64, DetachReport>,
+    /// How many primary decisions were applied (the bootstrap one included).
+    pub promotions: u64,
+}
+
+impl HaState {
+    /// Applies `cmd`, carried by an entry of Raft term `entry_term`.
+    pub fn apply(&mut self, cmd: &HaCommand, entry_term: u64) -> Result<(), HaRefusal> {
+        match cmd {
+            HaCommand::Server { node, server } => {
+                self.servers.insert(*node, server.clone());
+            }
+            HaCommand::Detached { node, report } => {
+                if let Some(old) = self.reports.get(node) {
+                    if old.term > report.term {
+                        return Err(HaRefusal::StaleReport {
+                            node: *node,
+                            reported: report.term,
+                            recorded: old.term,
+                        });
+                    }
+                }
+                self.reports.insert(*node, *report);
+            }
+            HaCommand::Primary(rec) => {
+                let recorded = self.primary.as_ref().map_or(0, |p| p.term);
+                if rec.term != entry_term || rec.term < recorded {
+                    return Err(HaRefusal::StaleDecision { decided: rec.term, entry: entry_term });
+                }
+                self.primary = Some(rec.clone());
+                self.promotions += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// The reports of term `term` about primary `from`, by member.
+    pub fn reports_for(&self, term: u64, from: u64) -> impl Iterator<Item = (u64, &DetachReport)> {
+        self.reports.iter().filter(move |(_, r)| r.term == term && r.from == from).map(|(n, r)| (*n, r))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn primary(node: u64, term: u64) -> HaCommand {
+        HaCommand::Primary(PrimaryRecord {
+            node,
+            term,
+            timeline: 1,
+            lsn: 0,
+            reason: "test".into(),
+            time_ms: 0,
+        })
+    }
+
+    #[test]
+    fn a_decision_applies_only_in_its_own_term() {
+        let mut s = HaState::default();
+        assert!(s.apply(&primary(1, 2), 2).is_ok());
+        assert_eq!(s.primary.as_ref().map(|p| p.node), Some(1));
+        // Sent again after a leader change: refused.
+        assert!(matches!(s.apply(&primary(2, 2), 3), Err(HaRefusal::StaleDecision { .. })));
+        assert!(s.apply(&primary(3, 5), 5).is_ok());
+        assert_eq!(s.primary.as_ref().map(|p| (p.node, p.term)), Some((3, 5)));
+        assert_eq!(s.promotions, 2);
+    }
+
+    #[test]
+    fn reports_move_forward_only() {
+        let mut s = HaState::default();
+        let r = |term, received| HaCommand::Detached {
+            node: 2,
+            report: DetachReport { term, from: 1, timeline: 1, received, replayed: received },
+        };
+        assert!(s.apply(&r(4, 100), 4).is_ok());
+        assert!(s.apply(&r(3, 200), 4).is_err());
+        assert_eq!(s.reports[&2].received, 100);
+        assert_eq!(s.reports_for(4, 1).count(), 1);
+        assert_eq!(s.reports_for(4, 3).count(), 0);
+    }
+}

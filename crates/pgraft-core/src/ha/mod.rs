@@ -1,0 +1,13 @@
+//! PostgreSQL failover driven by the Raft leader: the replicated HA state
+//! ([`HaState`]) and the rules each member follows about its own server ([`plan`]).
+//! The extension's worker observes the server and carries the plan out; nothing here
+//! touches PostgreSQL.
+
+mod ha_state;
+mod planner;
+
+pub use ha_state::{DetachReport, HaCommand, HaRefusal, HaState, Lsn, PrimaryRecord, ServerRecord};
+pub use planner::{
+    application_name, detach_quorum, fencing_bound_ms, plan, sync_count, sync_standby_names, Gate,
+    Observation, Plan, RaftView, Receiving, ServerView, SyncMode, FENCE_MARGIN_MS,
+};

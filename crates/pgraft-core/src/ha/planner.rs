@@ -1,0 +1,591 @@
+//! What one member does about its PostgreSQL server, decided from the replicated HA state
+//! and what it observes: a pure function, so every rule of failover is tested here without
+//! a server, and the worker only carries the plan out.
+//!
+//! ```text
+//!  leader's server          recorded primary      plan
+//!  ───────────────────────  ────────────────────  ──────────────────────────────────────
+//!  primary, lease held      none                  record it (bootstrap)
+//!  primary, lease held      itself                open for writes; manage sync standbys
+//!  primary, not leader      itself or another     fence: refuse connections, shut down
+//!  standby                  P, P leads            stream from P
+//!  standby                  P, Q ≠ P leads        detach from P (stream from Q), report
+//!  standby, leads           P ≠ itself            once enough reports: the most advanced
+//!                                                 gets leadership, or record itself and
+//!                                                 promote after replaying what it has
+//! ```
+//!
+//! Safety in synchronous mode comes from the reports: the primary's commits need the
+//! acknowledgement of `k = floor(n/2)` of its `n - 1` standbys, so once `ceil(n/2)`
+//! standbys have detached (a set that meets every acknowledging set) the old primary can
+//! no longer get a commit acknowledged, and the most advanced of them holds every commit
+//! it did acknowledge. In asynchronous mode the candidate also waits out the fencing bound
+//! ([`fencing_bound_ms`]) so a cut-off primary has shut itself down first.
+
+use serde::{Deserialize, Serialize};
+
+use super::ha_state::{DetachReport, HaCommand, HaState, Lsn, PrimaryRecord, ServerRecord};
+
+/// `pgraft.synchronous_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncMode {
+    /// Asynchronous replication: a failover may lose what the standbys had not received.
+    Off,
+    /// The primary waits for `floor(n/2)` standbys (a majority with itself).
+    On,
+    /// As `On`; never falls back to asynchronous commits.
+    Strict,
+}
+
+impl SyncMode {
+    /// Parses the setting.
+    pub fn parse(s: &str) -> Option<SyncMode> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "off" | "false" | "0" => Some(SyncMode::Off),
+            "on" | "true" | "1" => Some(SyncMode::On),
+            "strict" => Some(SyncMode::Strict),
+            _ => None,
+        }
+    }
+
+    /// Its name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncMode::Off => "off",
+            SyncMode::On => "on",
+            SyncMode::Strict => "strict",
+        }
+    }
+}
+
+/// Which server a standby's WAL receiver is connected to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Receiving {
+    /// No connection (no WAL receiver, or one waiting for a new start).
+    Nothing,
+    /// The server of this member.
+    From(u64),
+    /// A connection to a server not identified (it might be the primary).
+    Unknown,
+}
+
+/// The local PostgreSQL server, as observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerView {
+    /// In recovery (a standby).
+    pub in_recovery: bool,
+    /// Its timeline (the insert timeline of a primary, the replay timeline of a standby).
+    pub timeline: u32,
+    /// A standby's last received and flushed position (0: nothing received since start).
+    pub received: Lsn,
+    /// A standby's last replayed position; a primary's flushed position.
+    pub replayed: Lsn,
+    /// What its WAL receiver is connected to.
+    pub receiving: Receiving,
+    /// Clients may hold sessions from an earlier open gate (since the server last started).
+    pub opened: bool,
+    /// The record it registers.
+    pub record: ServerRecord,
+}
+
+/// This member's Raft view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftView {
+    /// This member.
+    pub me: u64,
+    /// Whether it leads.
+    pub leader: bool,
+    /// Current term.
+    pub term: u64,
+    /// The known leader (0: none).
+    pub leader_id: u64,
+    /// The voters.
+    pub voters: Vec<u64>,
+    /// A leader that heard from a majority within the election timeout.
+    pub lease: bool,
+    /// How long it has led in this term, ms.
+    pub led_ms: u64,
+    /// The election timeout, ms.
+    pub election_timeout_ms: u64,
+}
+
+/// Everything a plan is made from.
+#[derive(Debug, Clone)]
+pub struct Observation<'a> {
+    /// The replicated HA state.
+    pub ha: &'a HaState,
+    /// Whether automatic failover may act (`failover_enabled`).
+    pub failover: bool,
+    /// Synchronous replication.
+    pub sync: SyncMode,
+    /// Raft.
+    pub raft: RaftView,
+    /// The server.
+    pub server: ServerView,
+    /// Now, ms since the Unix epoch.
+    pub now_ms: i64,
+}
+
+/// Whether clients may open sessions on this server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Gate {
+    /// Not decided yet: a primary refuses clients (replication connections pass).
+    #[default]
+    Unknown,
+    /// Clients may connect.
+    Open,
+    /// This server must not take writes: a primary refuses clients and shuts down.
+    Fenced,
+}
+
+/// What to do now. Every field is idempotent: the worker compares it with the server and
+/// acts only on a difference.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    /// Client sessions.
+    pub gate: Gate,
+    /// The member whose server to stream from (`Some(None)`: from none); `None` leaves
+    /// `primary_conninfo` alone.
+    pub upstream: Option<Option<u64>>,
+    /// `synchronous_standby_names` to set (a primary, or a standby about to be promoted).
+    pub sync_names: Option<String>,
+    /// HA commands to propose.
+    pub propose: Vec<HaCommand>,
+    /// Promote the server.
+    pub promote: bool,
+    /// Shut the server down, for this reason.
+    pub fence: Option<String>,
+    /// Hand Raft leadership to this member.
+    pub transfer: Option<u64>,
+    /// What the plan waits for, if anything.
+    pub waiting: Option<String>,
+}
+
+/// The application name a member's server streams under (and is named by in
+/// `synchronous_standby_names`).
+pub fn application_name(node: u64) -> String {
+    format!("pgraft_node_{node}")
+}
+
+/// How many standbys acknowledge each commit in synchronous mode, for `voters` members.
+pub fn sync_count(voters: usize) -> usize {
+    voters / 2
+}
+
+/// How many standbys must have detached from the old primary before a promotion: enough to
+/// meet every set of [`sync_count`] standbys among the `voters - 1`.
+pub fn detach_quorum(voters: usize) -> usize {
+    voters - voters / 2
+}
+
+/// The longest a primary cut off from the majority keeps accepting writes: its leader
+/// steps down after at most two election timeouts without a majority (check-quorum runs
+/// once per timeout), its worker notices within a tick, and a fast shutdown ends every
+/// session. A candidate in asynchronous mode waits this long after winning before it
+/// promotes; the followers themselves waited at least one election timeout to elect it.
+pub fn fencing_bound_ms(election_timeout_ms: u64) -> u64 {
+    2 * election_timeout_ms + FENCE_MARGIN_MS
+}
+
+/// The worker's tick, the time a fast shutdown takes to end sessions, and clock slack.
+pub const FENCE_MARGIN_MS: u64 = 500;
+
+/// `synchronous_standby_names` for a primary on member `me`.
+pub fn sync_standby_names(sync: SyncMode, me: u64, voters: &[u64]) -> String {
+    let others: Vec<String> = voters.iter().filter(|v| **v != me).map(|v| application_name(*v)).collect();
+    let k = sync_count(voters.len());
+    if sync == SyncMode::Off || k == 0 || others.is_empty() {
+        return String::new();
+    }
+    format!("ANY {k} ({})", others.join(", "))
+}
+
+/// The plan for this member now.
+pub fn plan(o: &Observation<'_>) -> Plan {
+    let mut p = Plan::default();
+    if !o.failover {
+        // Paused: nothing is fenced, promoted or re-pointed (the playbook's rolling restart).
+        p.gate = Gate::Open;
+        p.waiting = Some("automatic failover is off (failover_enabled)".into());
+        return p;
+    }
+    let me = o.raft.me;
+    if o.ha.servers.get(&me) != Some(&o.server.record) {
+        p.propose.push(HaCommand::Server { node: me, server: o.server.record.clone() });
+    }
+    match o.ha.primary.clone() {
+        None => plan_unnamed(o, &mut p),
+        Some(rec) if o.server.in_recovery => plan_standby(o, &rec, &mut p),
+        Some(rec) => plan_primary(o, &rec, &mut p),
+    }
+    p
+}
+
+/// No primary on record yet: the first leader whose server is a primary names it.
+fn plan_unnamed(o: &Observation<'_>, p: &mut Plan) {
+    p.gate = Gate::Open;
+    let r = &o.raft;
+    if !r.leader {
+        return;
+    }
+    if !o.server.in_recovery {
+        if r.lease {
+            p.propose.push(HaCommand::Primary(PrimaryRecord {
+                node: r.me,
+                term: r.term,
+                timeline: o.server.timeline,
+                lsn: o.server.replayed,
+                reason: "bootstrap: the first leader's server is the primary".into(),
+                time_ms: o.now_ms,
+            }));
+        }
+        return;
+    }
+    // A standby leads before any primary was named: hand leadership to a member that
+    // registered a primary.
+    match o.ha.servers.iter().find(|(n, s)| s.primary && **n != r.me) {
+        Some((n, _)) => p.transfer = Some(*n),
+        None => p.waiting = Some("no member has registered a primary server yet".into()),
+    }
+}
+
+fn plan_primary(o: &Observation<'_>, rec: &PrimaryRecord, p: &mut Plan) {
+    let r = &o.raft;
+    if rec.node != r.me {
+        p.gate = Gate::Fenced;
+        p.fence = Some(format!(
+            "node {} has been the primary since term {}; this server must not take writes",
+            rec.node, rec.term
+        ));
+        return;
+    }
+    if !r.leader && r.leader_id == 0 && !o.server.opened {
+        // Started (or restarted) and not leading yet, with no session open: refuse new
+        // ones and wait; if this member wins the election it stays the primary, and if
+        // another does, this server is fenced then.
+        p.gate = Gate::Unknown;
+        p.waiting = Some("this primary's member does not lead yet; sessions wait".into());
+        return;
+    }
+    if !r.leader || !r.lease {
+        p.gate = Gate::Fenced;
+        p.fence = Some(if r.leader {
+            "this member leads but has not heard from a majority within the election timeout".into()
+        } else {
+            format!("this member is no longer the Raft leader (term {}, leader {})", r.term, r.leader_id)
+        });
+        return;
+    }
+    p.gate = Gate::Open;
+    p.sync_names = Some(sync_standby_names(o.sync, r.me, &r.voters));
+}
+
+fn plan_standby(o: &Observation<'_>, rec: &PrimaryRecord, p: &mut Plan) {
+    p.gate = Gate::Open;
+    let r = &o.raft;
+    if rec.node == r.me {
+        // Named primary, not promoted yet: only the leader of the decision's term promotes.
+        if r.leader && r.term == rec.term && r.lease {
+            p.upstream = Some(None);
+            p.sync_names = Some(sync_standby_names(o.sync, r.me, &r.voters));
+            p.promote = true;
+        } else {
+            p.waiting = Some(format!("named primary in term {}, but not the leader of that term", rec.term));
+        }
+        return;
+    }
+    if r.leader_id == 0 {
+        p.waiting = Some("no Raft leader".into());
+        return;
+    }
+    if r.leader_id == rec.node {
+        p.upstream = Some(Some(rec.node));
+        return;
+    }
+    // A leader that is not the primary's member: a failover. Let go of the old primary
+    // (stream from the leader's server, cascading, so no WAL is missed if it wins), and
+    // say where this server stands once the WAL receiver has let go.
+    p.upstream = Some(if r.leader { None } else { Some(r.leader_id) });
+    let detached = !matches!(o.server.receiving, Receiving::From(n) if n == rec.node)
+        && o.server.receiving != Receiving::Unknown;
+    if !detached {
+        p.waiting = Some(format!("letting go of node {}'s server", rec.node));
+        return;
+    }
+    let report = DetachReport {
+        term: r.term,
+        from: rec.node,
+        timeline: o.server.timeline,
+        received: o.server.received,
+        replayed: o.server.replayed,
+    };
+    let reported = o.ha.reports.get(&r.me);
+    if reported
+        .is_none_or(|old| old.term != r.term || old.from != rec.node || old.position() < report.position())
+    {
+        p.propose.push(HaCommand::Detached { node: r.me, report });
+    }
+    if r.leader {
+        plan_candidate(o, rec, p);
+    }
+}
+
+/// The leader's server is a standby and the primary is another member's: fail over.
+fn plan_candidate(o: &Observation<'_>, rec: &PrimaryRecord, p: &mut Plan) {
+    let r = &o.raft;
+    let needed = detach_quorum(r.voters.len());
+    let reports: Vec<(u64, DetachReport)> =
+        o.ha.reports_for(r.term, rec.node)
+            .filter(|(n, _)| r.voters.contains(n) && *n != rec.node)
+            .map(|(n, rep)| (n, *rep))
+            .collect();
+    if reports.len() < needed {
+        p.waiting = Some(format!(
+            "{} of the {needed} standbys needed have let go of node {} in term {}",
+            reports.len(),
+            rec.node,
+            r.term
+        ));
+        return;
+    }
+    let Some(mine) = reports.iter().find(|(n, _)| *n == r.me).map(|(_, rep)| *rep) else {
+        p.waiting = Some("this member's own report is not applied yet".into());
+        return;
+    };
+    // The most advanced server wins; this one on a tie.
+    if let Some((best, rep)) = reports.iter().max_by_key(|(n, rep)| (rep.position(), *n == r.me)) {
+        if *best != r.me && rep.position() > mine.position() {
+            p.transfer = Some(*best);
+            p.waiting = Some(format!("node {best} holds more WAL; handing it leadership"));
+            return;
+        }
+    }
+    if o.sync == SyncMode::Off && r.led_ms < fencing_bound_ms(r.election_timeout_ms) {
+        p.waiting = Some(format!(
+            "asynchronous mode: waiting out the fencing bound ({} ms) before promoting",
+            fencing_bound_ms(r.election_timeout_ms)
+        ));
+        return;
+    }
+    if o.server.replayed < o.server.received {
+        p.upstream = Some(None);
+        p.waiting = Some("replaying the WAL received before promoting".into());
+        return;
+    }
+    p.upstream = Some(None);
+    p.propose.push(HaCommand::Primary(PrimaryRecord {
+        node: r.me,
+        term: r.term,
+        timeline: o.server.timeline,
+        lsn: o.server.replayed,
+        reason: format!("failover from node {}", rec.node),
+        time_ms: o.now_ms,
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(in_recovery: bool, lsn: Lsn, receiving: Receiving) -> ServerView {
+        ServerView {
+            in_recovery,
+            timeline: 1,
+            received: lsn,
+            replayed: lsn,
+            receiving,
+            opened: true,
+            record: ServerRecord {
+                host: "127.0.0.1".into(),
+                port: 5432,
+                system_id: 7,
+                primary: !in_recovery,
+            },
+        }
+    }
+
+    fn raft(me: u64, leader_id: u64, term: u64) -> RaftView {
+        RaftView {
+            me,
+            leader: me == leader_id,
+            term,
+            leader_id,
+            voters: vec![1, 2, 3],
+            lease: me == leader_id,
+            led_ms: 10_000,
+            election_timeout_ms: 1000,
+        }
+    }
+
+    fn ha_with_primary(node: u64, term: u64) -> HaState {
+        let mut ha = HaState::default();
+        for n in 1..=3 {
+            let rec = ServerRecord { host: "127.0.0.1".into(), port: 5432, system_id: 7, primary: n == node };
+            ha.apply(&HaCommand::Server { node: n, server: rec }, term).expect("server");
+        }
+        let rec = PrimaryRecord { node, term, timeline: 1, lsn: 0, reason: "t".into(), time_ms: 0 };
+        ha.apply(&HaCommand::Primary(rec), term).expect("primary");
+        ha
+    }
+
+    fn obs<'a>(ha: &'a HaState, raft: RaftView, server: ServerView) -> Observation<'a> {
+        Observation { ha, failover: true, sync: SyncMode::On, raft, server, now_ms: 1 }
+    }
+
+    fn decisions(p: &Plan) -> Vec<&HaCommand> {
+        p.propose.iter().filter(|c| !matches!(c, HaCommand::Server { .. })).collect()
+    }
+
+    #[test]
+    fn the_first_leader_names_its_own_server() {
+        let ha = HaState::default();
+        let p = plan(&obs(&ha, raft(1, 1, 2), server(false, 100, Receiving::Nothing)));
+        assert_eq!(p.gate, Gate::Open);
+        assert!(matches!(decisions(&p)[..], [HaCommand::Primary(PrimaryRecord { node: 1, term: 2, .. })]));
+        // A standby that leads hands leadership to the registered primary.
+        let mut ha = HaState::default();
+        let rec = ServerRecord { host: "h".into(), port: 1, system_id: 7, primary: true };
+        ha.apply(&HaCommand::Server { node: 1, server: rec }, 1).expect("server");
+        let p = plan(&obs(&ha, raft(2, 2, 2), server(true, 100, Receiving::From(1))));
+        assert_eq!(p.transfer, Some(1));
+        assert!(decisions(&p).is_empty());
+    }
+
+    #[test]
+    fn the_primary_is_open_only_while_it_leads_with_a_lease() {
+        let ha = ha_with_primary(1, 2);
+        let p = plan(&obs(&ha, raft(1, 1, 2), server(false, 100, Receiving::Nothing)));
+        assert_eq!(p.gate, Gate::Open);
+        assert_eq!(p.sync_names.as_deref(), Some("ANY 1 (pgraft_node_2, pgraft_node_3)"));
+        assert_eq!(p.fence, None);
+        // Re-elected in a later term: still the primary.
+        assert_eq!(plan(&obs(&ha, raft(1, 1, 5), server(false, 100, Receiving::Nothing))).gate, Gate::Open);
+        // Deposed, or without a lease: fenced at once.
+        for r in [raft(1, 2, 3), raft(1, 0, 3), RaftView { lease: false, ..raft(1, 1, 2) }] {
+            let p = plan(&obs(&ha, r, server(false, 100, Receiving::Nothing)));
+            assert_eq!(p.gate, Gate::Fenced);
+            assert!(p.fence.is_some());
+        }
+        // Just started, never opened, no leader known yet: refuse sessions and wait.
+        let fresh = ServerView { opened: false, ..server(false, 100, Receiving::Nothing) };
+        let p = plan(&obs(&ha, raft(1, 0, 3), fresh.clone()));
+        assert_eq!((p.gate, p.fence.is_none()), (Gate::Unknown, true));
+        // Another leader is known: fenced.
+        assert_eq!(plan(&obs(&ha, raft(1, 2, 3), fresh)).gate, Gate::Fenced);
+        // Another member's server is the primary on record: fenced even while leading.
+        let ha = ha_with_primary(3, 4);
+        let p = plan(&obs(&ha, raft(1, 1, 5), server(false, 100, Receiving::Nothing)));
+        assert_eq!(p.gate, Gate::Fenced);
+    }
+
+    #[test]
+    fn standbys_follow_the_primary_while_it_leads() {
+        let ha = ha_with_primary(1, 2);
+        let p = plan(&obs(&ha, raft(2, 1, 2), server(true, 100, Receiving::From(1))));
+        assert_eq!(p.upstream, Some(Some(1)));
+        assert!(decisions(&p).is_empty());
+        assert_eq!(p.gate, Gate::Open);
+    }
+
+    #[test]
+    fn a_standby_reports_only_once_it_let_go_of_the_old_primary() {
+        let ha = ha_with_primary(1, 2);
+        // Node 3 leads term 3; node 2 still receives from node 1.
+        let p = plan(&obs(&ha, raft(2, 3, 3), server(true, 100, Receiving::From(1))));
+        assert_eq!(p.upstream, Some(Some(3)), "cascade from the new leader's server");
+        assert!(decisions(&p).is_empty(), "no report while receiving from node 1");
+        let p = plan(&obs(&ha, raft(2, 3, 3), server(true, 100, Receiving::Unknown)));
+        assert!(decisions(&p).is_empty(), "an unidentified upstream may be node 1");
+        let p = plan(&obs(&ha, raft(2, 3, 3), server(true, 100, Receiving::From(3))));
+        assert!(matches!(
+            decisions(&p)[..],
+            [HaCommand::Detached { node: 2, report: DetachReport { term: 3, from: 1, received: 100, .. } }]
+        ));
+    }
+
+    fn with_reports(mut ha: HaState, term: u64, reports: &[(u64, Lsn)]) -> HaState {
+        for (n, lsn) in reports {
+            let report = DetachReport { term, from: 1, timeline: 1, received: *lsn, replayed: *lsn };
+            ha.apply(&HaCommand::Detached { node: *n, report }, term).expect("report");
+        }
+        ha
+    }
+
+    #[test]
+    fn the_candidate_waits_for_a_detach_quorum_then_promotes_or_hands_over() {
+        let ha = with_reports(ha_with_primary(1, 2), 3, &[(3, 100)]);
+        let p = plan(&obs(&ha, raft(3, 3, 3), server(true, 100, Receiving::Nothing)));
+        assert!(decisions(&p).is_empty(), "1 of 2 reports");
+        assert!(p.waiting.as_deref().is_some_and(|w| w.contains("1 of the 2")), "{p:?}");
+
+        // Node 2 has more WAL: it gets leadership instead.
+        let ha2 = with_reports(ha.clone(), 3, &[(2, 150)]);
+        let p = plan(&obs(&ha2, raft(3, 3, 3), server(true, 100, Receiving::Nothing)));
+        assert_eq!(p.transfer, Some(2));
+        assert!(decisions(&p).is_empty());
+
+        // Node 3 is as advanced as anyone: it records itself, then promotes.
+        let ha3 = with_reports(ha, 3, &[(2, 100)]);
+        let p = plan(&obs(&ha3, raft(3, 3, 3), server(true, 100, Receiving::Nothing)));
+        assert!(matches!(decisions(&p)[..], [HaCommand::Primary(PrimaryRecord { node: 3, term: 3, .. })]));
+        assert!(!p.promote);
+        let mut named = ha3.clone();
+        let rec = PrimaryRecord { node: 3, term: 3, timeline: 1, lsn: 100, reason: "t".into(), time_ms: 0 };
+        named.apply(&HaCommand::Primary(rec), 3).expect("primary");
+        let p = plan(&obs(&named, raft(3, 3, 3), server(true, 100, Receiving::Nothing)));
+        assert!(p.promote);
+        assert_eq!(p.sync_names.as_deref(), Some("ANY 1 (pgraft_node_1, pgraft_node_2)"));
+        // Not the leader of that term any more: no promotion.
+        let p = plan(&obs(&named, raft(3, 2, 4), server(true, 100, Receiving::Nothing)));
+        assert!(!p.promote);
+    }
+
+    #[test]
+    fn replay_catches_up_before_the_decision() {
+        let ha = with_reports(ha_with_primary(1, 2), 3, &[(2, 100), (3, 120)]);
+        let behind = ServerView { replayed: 90, ..server(true, 120, Receiving::Nothing) };
+        let p = plan(&obs(&ha, raft(3, 3, 3), behind));
+        assert!(decisions(&p).is_empty());
+        assert!(p.waiting.as_deref().is_some_and(|w| w.contains("replaying")));
+    }
+
+    #[test]
+    fn asynchronous_mode_waits_out_the_fencing_bound() {
+        let ha = with_reports(ha_with_primary(1, 2), 3, &[(2, 100), (3, 100)]);
+        let mut o =
+            obs(&ha, RaftView { led_ms: 1000, ..raft(3, 3, 3) }, server(true, 100, Receiving::Nothing));
+        o.sync = SyncMode::Off;
+        assert!(decisions(&plan(&o)).is_empty());
+        o.raft.led_ms = fencing_bound_ms(1000);
+        assert_eq!(decisions(&plan(&o)).len(), 1);
+    }
+
+    #[test]
+    fn paused_failover_touches_nothing() {
+        let ha = ha_with_primary(1, 2);
+        let mut o = obs(&ha, raft(1, 2, 3), server(false, 100, Receiving::Nothing));
+        o.failover = false;
+        let p = plan(&o);
+        assert_eq!(p.gate, Gate::Open);
+        assert!(p.fence.is_none() && p.propose.is_empty() && p.upstream.is_none());
+    }
+
+    #[test]
+    fn quorums_meet_every_acknowledging_set() {
+        for n in 1..=9usize {
+            let standbys = n - 1;
+            // Detached ∪ acknowledging > standbys: the sets always share a member.
+            if sync_count(n) > 0 {
+                assert!(detach_quorum(n) + sync_count(n) > standbys, "n = {n}");
+            }
+            // With itself, the primary's acknowledging set is a majority.
+            assert!(sync_count(n) + 1 > n / 2, "n = {n}");
+        }
+        assert_eq!(
+            sync_standby_names(SyncMode::On, 1, &[1, 2, 3, 4, 5]),
+            "ANY 2 (pgraft_node_2, pgraft_node_3, pgraft_node_4, pgraft_node_5)"
+        );
+        assert_eq!(sync_standby_names(SyncMode::Off, 1, &[1, 2, 3]), "");
+        assert_eq!(sync_standby_names(SyncMode::On, 1, &[1]), "");
+    }
+}

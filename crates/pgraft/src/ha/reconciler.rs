@@ -1,0 +1,351 @@
+//! The failover control loop of one member: each tick of the worker's main thread it
+//! observes the server (shared memory) and the member (its published status and HA state,
+//! never a round trip to the Raft thread), asks `pgraft_core::ha::plan` what to do, and
+//! does it: the gate, `primary_conninfo`, `synchronous_standby_names`, promotion, fencing.
+//! Proposals and leadership transfers go to the session runtime, so a slow cluster never
+//! holds the loop.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pgraft_core::command::Body;
+use pgraft_core::config::parse_duration_ms;
+use pgraft_core::ha::{
+    self, HaCommand, HaState, Observation, Plan, RaftView, Receiving, ServerRecord, ServerView, SyncMode,
+};
+use pgraft_core::{MemberStatus, NodeHandle, Request, Role};
+
+use super::auto_conf;
+use super::server_probe::{self, ServerFacts};
+use crate::gucs;
+use crate::shmem::{self, GateState};
+
+/// How long an HA proposal may wait for the cluster.
+const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// The least time between two leadership transfers.
+const TRANSFER_PAUSE: Duration = Duration::from_secs(2);
+/// The least time between two writes of the same settings (a reload takes a moment to
+/// reach every process).
+const REWRITE_PAUSE: Duration = Duration::from_millis(500);
+
+/// The control loop's memory between ticks.
+pub struct Reconciler {
+    pgdata: PathBuf,
+    /// The HA proposal in flight, if any: what, and whether it finished.
+    in_flight: Option<(HaCommand, Arc<Mutex<bool>>)>,
+    leader_since: Option<(u64, Instant)>,
+    last_transfer: Option<Instant>,
+    last_write: Option<(Vec<(String, String)>, Instant)>,
+    promoted_in_term: Option<u64>,
+    fenced: bool,
+    last_waiting: Option<String>,
+}
+
+impl Reconciler {
+    /// A loop for the server in `pgdata`.
+    pub fn new(pgdata: PathBuf) -> Self {
+        Reconciler {
+            pgdata,
+            in_flight: None,
+            leader_since: None,
+            last_transfer: None,
+            last_write: None,
+            promoted_in_term: None,
+            fenced: false,
+            last_waiting: None,
+        }
+    }
+
+    /// One pass. `rt` runs proposals.
+    pub fn tick(&mut self, node: &NodeHandle, status: &MemberStatus, rt: &tokio::runtime::Runtime) {
+        let Some(view) = node.ha_view() else { return };
+        let failover = match view.config.get("failover_enabled") {
+            Some(v) => v == "true",
+            None => gucs::FAILOVER_ENABLED.get(),
+        };
+        if !failover && view.ha.primary.is_none() {
+            // Not an HA cluster (yet): nothing to guard.
+            set_gate(GateState::Open);
+            return;
+        }
+        let facts = server_probe::observe(&self.pgdata);
+        if facts.is_starting_primary() {
+            // A primary replaying after a crash: not open yet, and not a standby.
+            set_gate(GateState::Unknown);
+            return;
+        }
+        let election_timeout_ms = view
+            .config
+            .get("election_timeout")
+            .and_then(|v| parse_duration_ms(v).ok())
+            .unwrap_or(gucs::ELECTION_TIMEOUT.get() as u64);
+        let raft = self.raft_view(status, election_timeout_ms);
+        let sync = SyncMode::parse(&gucs::string(&gucs::SYNCHRONOUS_MODE)).unwrap_or(SyncMode::On);
+        let server = server_view(&facts, &view.ha, status.id);
+        let o = Observation { ha: &view.ha, failover, sync, raft, server, now_ms: crate::worker::now_ms() };
+        let plan = ha::plan(&o);
+        self.carry_out(&plan, &o, node, rt);
+    }
+
+    fn raft_view(&mut self, st: &MemberStatus, election_timeout_ms: u64) -> RaftView {
+        let leader = st.role == Role::Leader;
+        if !leader {
+            self.leader_since = None;
+        } else if self.leader_since.is_none_or(|(t, _)| t != st.term) {
+            self.leader_since = Some((st.term, Instant::now()));
+        }
+        // The lease: a majority heard from within the election timeout, by this thread's
+        // clock, from what the Raft thread last published. A Raft thread that stopped
+        // publishing stops renewing it.
+        let now = crate::worker::now_ms();
+        let heard = st
+            .voters
+            .iter()
+            .filter(|v| {
+                **v == st.id || st.last_heard_ms.get(v).is_some_and(|t| now - t <= election_timeout_ms as i64)
+            })
+            .count();
+        RaftView {
+            me: st.id,
+            leader,
+            term: st.term,
+            leader_id: st.leader_id,
+            voters: st.voters.clone(),
+            lease: leader && heard > st.voters.len() / 2,
+            led_ms: self.leader_since.map_or(0, |(_, at)| at.elapsed().as_millis() as u64),
+            election_timeout_ms,
+        }
+    }
+
+    fn carry_out(
+        &mut self,
+        plan: &Plan,
+        o: &Observation<'_>,
+        node: &NodeHandle,
+        rt: &tokio::runtime::Runtime,
+    ) {
+        set_gate(plan.gate.into());
+        if plan.waiting != self.last_waiting {
+            if let Some(w) = &plan.waiting {
+                log::info!("failover: {w}");
+            }
+            self.last_waiting = plan.waiting.clone();
+        }
+        if let Some(why) = &plan.fence {
+            self.fence(why, o);
+            return;
+        }
+        let mut settings: Vec<(&str, String)> = Vec::new();
+        if let Some(upstream) = plan.upstream {
+            if o.server.in_recovery && !self.streams_from(o.ha, upstream) {
+                let conninfo = upstream.and_then(|n| conninfo_for(o.ha, n, o.raft.me)).unwrap_or_default();
+                settings.push(("primary_conninfo", conninfo));
+                // Slots for every member on every server are not managed yet: stream without.
+                settings.push(("primary_slot_name", String::new()));
+            }
+        }
+        if let Some(names) = &plan.sync_names {
+            settings.push(("synchronous_standby_names", names.clone()));
+        }
+        self.write_settings(&settings);
+        if plan.promote && self.promoted_in_term != Some(o.raft.term) {
+            let rec = o.ha.primary.as_ref();
+            log::warn!(
+                "failover: promoting this server: node {} is primary from term {} (timeline {}, {})",
+                o.raft.me,
+                o.raft.term,
+                rec.map_or(0, |r| r.timeline),
+                rec.map_or("", |r| r.reason.as_str())
+            );
+            match auto_conf::promote(&self.pgdata) {
+                Ok(()) => self.promoted_in_term = Some(o.raft.term),
+                Err(e) => log::warn!("failover: promotion failed: {e}"),
+            }
+        }
+        if let Some(to) = plan.transfer {
+            if self.last_transfer.is_none_or(|t| t.elapsed() >= TRANSFER_PAUSE) {
+                self.last_transfer = Some(Instant::now());
+                log::info!("failover: handing Raft leadership to node {to}");
+                let node = node.clone();
+                rt.spawn(async move {
+                    if let Err(e) = node.call(Request::TransferLeader { to }, PROPOSAL_TIMEOUT).await {
+                        log::info!("failover: leadership transfer to node {to}: {e}");
+                    }
+                });
+            }
+        }
+        self.propose(plan, node, rt);
+    }
+
+    /// Whether `primary_conninfo` already names `upstream`'s server (or none for `None`);
+    /// other keywords and the slot an operator set are left as they are.
+    fn streams_from(&self, ha: &HaState, upstream: Option<u64>) -> bool {
+        let text = std::fs::read_to_string(self.pgdata.join(auto_conf::AUTO_CONF)).unwrap_or_default();
+        let current = auto_conf::get(&text, "primary_conninfo").unwrap_or_default();
+        match upstream {
+            None => current.trim().is_empty(),
+            Some(n) => {
+                let Some(s) = ha.servers.get(&n) else { return true };
+                let (host, port) = dial(s);
+                server_probe::host_port(&current) == (Some(host), Some(port))
+            }
+        }
+    }
+
+    /// Shuts a primary that must not take writes down, once.
+    fn fence(&mut self, why: &str, o: &Observation<'_>) {
+        if self.fenced {
+            return;
+        }
+        self.fenced = true;
+        log::warn!(
+            "failover: fencing this primary (fast shutdown; it starts again only as a standby): {why}"
+        );
+        // Point it at the leader's server, so a start streams from there when it can.
+        let leader =
+            o.ha.primary
+                .as_ref()
+                .map(|p| p.node)
+                .filter(|n| *n != o.raft.me)
+                .or((o.raft.leader_id != 0 && o.raft.leader_id != o.raft.me).then_some(o.raft.leader_id));
+        if let Some(conninfo) = leader.and_then(|n| conninfo_for(o.ha, n, o.raft.me)) {
+            if let Err(e) =
+                auto_conf::set(&self.pgdata, &[("primary_conninfo", &conninfo), ("primary_slot_name", "")])
+            {
+                log::warn!("failover: could not point the fenced server at node {leader:?}: {e}");
+            }
+        }
+        if let Err(e) = auto_conf::shut_down_as_standby(&self.pgdata) {
+            // The gate still refuses every client session.
+            log::warn!("failover: could not shut the fenced server down: {e}");
+            self.fenced = false;
+        }
+    }
+
+    fn write_settings(&mut self, settings: &[(&str, String)]) {
+        if settings.is_empty() {
+            return;
+        }
+        let owned: Vec<(String, String)> = settings.iter().map(|(n, v)| (n.to_string(), v.clone())).collect();
+        if self.last_write.as_ref().is_some_and(|(w, at)| *w == owned && at.elapsed() < REWRITE_PAUSE) {
+            return;
+        }
+        let pairs: Vec<(&str, &str)> = settings.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        match auto_conf::set(&self.pgdata, &pairs) {
+            Ok(true) => {
+                log::info!(
+                    "failover: set {}",
+                    pairs.iter().map(|(n, v)| format!("{n} = '{v}'")).collect::<Vec<_>>().join(", ")
+                );
+                if let Err(e) = auto_conf::reload() {
+                    log::warn!("failover: reload after changing settings: {e}");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => log::warn!("failover: could not write {}: {e}", auto_conf::AUTO_CONF),
+        }
+        self.last_write = Some((owned, Instant::now()));
+    }
+
+    fn propose(&mut self, plan: &Plan, node: &NodeHandle, rt: &tokio::runtime::Runtime) {
+        if let Some((_, done)) = &self.in_flight {
+            if !*done.lock().unwrap_or_else(|e| e.into_inner()) {
+                return;
+            }
+            self.in_flight = None;
+        }
+        let Some(cmd) = plan.propose.first().cloned() else { return };
+        let done = Arc::new(Mutex::new(false));
+        self.in_flight = Some((cmd.clone(), Arc::clone(&done)));
+        let req = match &cmd {
+            // Only the leader of the decision's term may get it into the log.
+            HaCommand::Primary(rec) => Request::ProposeInTerm { term: rec.term, body: Body::Ha(cmd.clone()) },
+            _ => Request::Propose(Body::Ha(cmd.clone())),
+        };
+        if let HaCommand::Primary(rec) = &cmd {
+            log::warn!(
+                "failover: proposing node {} as primary from term {} ({})",
+                rec.node,
+                rec.term,
+                rec.reason
+            );
+        }
+        let node = node.clone();
+        rt.spawn(async move {
+            match node.call(req, PROPOSAL_TIMEOUT).await {
+                Ok(pgraft_core::Response::Applied {
+                    outcome: pgraft_core::state_machine::Outcome::Ha(Some(why)),
+                    ..
+                }) => {
+                    log::info!("failover: {} refused: {why}", cmd.name())
+                }
+                Ok(_) => {}
+                Err(e) => log::info!("failover: proposing {}: {e}", cmd.name()),
+            }
+            *done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        });
+    }
+}
+
+fn set_gate(gate: GateState) {
+    if shmem::read().gate != gate {
+        shmem::update(|s| {
+            s.gate = gate;
+            s.was_open |= gate == GateState::Open;
+        });
+    }
+}
+
+/// The planner's view of the server: what the WAL receiver connects to, matched against
+/// the members' registered servers as this member dials them.
+fn server_view(f: &ServerFacts, ha: &HaState, me: u64) -> ServerView {
+    let receiving = if !f.in_recovery || !f.receiver_active {
+        Receiving::Nothing
+    } else {
+        let (host, port) = server_probe::host_port(&f.receiver_conninfo);
+        ha.servers
+            .iter()
+            .filter(|(n, _)| **n != me)
+            .find(|(_, s)| {
+                let (h, p) = dial(s);
+                Some(p) == port && host.as_deref() == Some(h.as_str())
+            })
+            .map_or(Receiving::Unknown, |(n, _)| Receiving::From(*n))
+    };
+    ServerView {
+        in_recovery: f.in_recovery,
+        timeline: f.timeline,
+        received: f.received,
+        replayed: f.replayed,
+        receiving,
+        opened: shmem::read().was_open,
+        record: ServerRecord {
+            host: gucs::string(&gucs::ADDRESS),
+            port: f.port,
+            system_id: f.system_id,
+            primary: !f.in_recovery,
+        },
+    }
+}
+
+/// Where this member's standby dials `s`.
+fn dial(s: &ServerRecord) -> (String, u16) {
+    match gucs::string(&gucs::REPLICATION_HOST) {
+        h if h.is_empty() => (s.host.clone(), s.port),
+        h => (h, s.port),
+    }
+}
+
+/// The `primary_conninfo` that streams from member `node`'s server.
+fn conninfo_for(ha: &HaState, node: u64, me: u64) -> Option<String> {
+    let s = ha.servers.get(&node)?;
+    let (host, port) = dial(s);
+    let extra = gucs::string(&gucs::REPLICATION_CONNINFO);
+    let mut c = format!("host={host} port={port} application_name={}", ha::application_name(me));
+    if !extra.trim().is_empty() {
+        c.push(' ');
+        c.push_str(extra.trim());
+    }
+    Some(c)
+}

@@ -1,0 +1,260 @@
+//! Failover driven by the Raft leader, on real servers with real kills: the primary's
+//! postmaster killed with -9, and the primary cut off from every Raft link while its
+//! replication links stay up. After each: exactly one server takes writes, it is the Raft
+//! leader's, every write acknowledged before the fault is there (synchronous mode), the
+//! other standby streams from the new primary, and the old primary never acknowledges a
+//! write after the new one did.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// An HA cluster of `n` members; its JSON lines (members, then the read-write conninfo).
+fn up_ha(d: &str, pgc: &str, n: usize) -> Vec<Value> {
+    json_lines(&pgraftctl(&[
+        "local",
+        "up",
+        "--ha",
+        "--nodes",
+        &n.to_string(),
+        "--dir",
+        d,
+        "--pg-config",
+        pgc,
+    ]))
+}
+
+fn conninfo(lines: &[Value], i: usize) -> String {
+    lines[i]["conninfo"].as_str().expect("conninfo").to_string()
+}
+
+fn pg_port(lines: &[Value], i: usize) -> i32 {
+    lines[i]["pg_port"].as_i64().expect("pg_port") as i32
+}
+
+/// One write of a new value through the cluster's read-write conninfo: the port of the
+/// server that acknowledged it.
+fn write_once(rw: &str) -> Option<i32> {
+    static NEXT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(-1_000_000);
+    let value = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mut c = connect(rw).ok()?;
+    c.query_one("INSERT INTO t VALUES ($1) RETURNING inet_server_port()", &[&value]).ok().map(|r| r.get(0))
+}
+
+/// A client writing a new value every 10 ms until stopped; each acknowledged write is
+/// recorded with the server that acknowledged it and when.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(i64, i32, Instant)>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(rw: String, first: i64) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let (s, a) = (Arc::clone(&stop), Arc::clone(&acked));
+        let thread = std::thread::spawn(move || {
+            let mut next = first;
+            let mut client: Option<postgres::Client> = None;
+            while !s.load(Ordering::Relaxed) {
+                if client.is_none() {
+                    client = connect(&rw).ok();
+                }
+                if let Some(c) = client.as_mut() {
+                    match c.query_one("INSERT INTO t VALUES ($1) RETURNING inet_server_port()", &[&next]) {
+                        Ok(row) => a.lock().expect("lock").push((next, row.get(0), Instant::now())),
+                        Err(_) => client = None,
+                    }
+                    next += 1;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Writer { stop, acked, thread: Some(thread) }
+    }
+
+    fn finish(mut self) -> Vec<(i64, i32, Instant)> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("the writer thread");
+        }
+        std::mem::take(&mut *self.acked.lock().expect("lock"))
+    }
+}
+
+/// Waits for a server other than `old_port` to acknowledge a write through the
+/// read-write conninfo; its port and how long it took from `since`.
+fn wait_new_primary(rw: &str, old_port: i32, since: Instant) -> (i32, Duration) {
+    let port = wait("a new primary to acknowledge a write", Duration::from_secs(60), || {
+        write_once(rw).filter(|p| *p != old_port)
+    });
+    (port, since.elapsed())
+}
+
+/// Exactly one live server is a primary, its member leads, and every other live server
+/// streams from it; returns the primary's index.
+fn check_one_primary(lines: &[Value], n: usize, dead: &[usize]) -> usize {
+    let live: Vec<usize> = (0..n).filter(|i| !dead.contains(i)).collect();
+    let roles: Vec<(usize, bool, bool)> = live
+        .iter()
+        .map(|i| {
+            let mut c = connect(&conninfo(lines, *i)).expect("connect to a live member");
+            let r = c.query_one("SELECT pg_is_in_recovery(), pgraft_is_leader()", &[]).expect("role");
+            (*i, r.get(0), r.get(1))
+        })
+        .collect();
+    let primaries: Vec<&(usize, bool, bool)> = roles.iter().filter(|(_, rec, _)| !rec).collect();
+    assert_eq!(primaries.len(), 1, "exactly one primary among the live servers: {roles:?}");
+    let (p, _, leads) = *primaries[0];
+    assert!(leads, "the primary is the Raft leader's server: {roles:?}");
+    let mut c = connect(&conninfo(lines, p)).expect("connect to the primary");
+    let want = live.len() - 1;
+    wait("every live standby to stream from the new primary", Duration::from_secs(30), || {
+        let rows = c
+            .query_one("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'", &[])
+            .ok()?
+            .get::<_, i64>(0);
+        (rows as usize == want).then_some(())
+    });
+    p
+}
+
+fn values_on(conninfo: &str) -> std::collections::BTreeSet<i64> {
+    let mut c = connect(conninfo).expect("connect");
+    c.query("SELECT x FROM t", &[]).expect("read t").iter().map(|r| r.get(0)).collect()
+}
+
+fn postmaster_alive(lines: &[Value], i: usize) -> bool {
+    let dir = std::path::Path::new(lines[i]["data_dir"].as_str().expect("data_dir"));
+    std::fs::read_to_string(dir.join("postmaster.pid"))
+        .ok()
+        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+        .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+}
+
+#[test]
+fn a_killed_primary_is_replaced_and_a_restarted_one_never_takes_writes() {
+    for pg_config in pg_configs() {
+        let pgc = pg_config.to_string_lossy().into_owned();
+        let dir = cluster_dir("fo-kill");
+        let d = dir.to_string_lossy().into_owned();
+        let _guard = Down(dir.clone());
+        let lines = up_ha(&d, &pgc, 3);
+        let rw = lines[3]["read_write_conninfo"].as_str().expect("rw").to_string();
+        let mut app = connect(&rw).expect("connect");
+        app.batch_execute(
+            "CREATE TABLE t (x bigint PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)",
+        )
+        .expect("write on the primary");
+        drop(app);
+
+        let writer = Writer::start(rw.clone(), 1000);
+        wait("the writer to get going", Duration::from_secs(10), || {
+            (writer.acked.lock().ok()?.len() >= 20).then_some(())
+        });
+        let killed = Instant::now();
+        pgraftctl(&["local", "kill", "1", "--dir", &d]);
+        let (port, took) = wait_new_primary(&rw, pg_port(&lines, 0), killed);
+        let acked = writer.finish();
+        println!(
+            "{}: kill -9 of the primary's postmaster to the first write on the new primary: {took:?}",
+            pgc
+        );
+        assert_ne!(port, pg_port(&lines, 0));
+
+        let p = check_one_primary(&lines, 3, &[0]);
+        assert_eq!(pg_port(&lines, p), port);
+        let have = values_on(&conninfo(&lines, p));
+        let lost: Vec<i64> = acked.iter().map(|(v, _, _)| *v).filter(|v| !have.contains(v)).collect();
+        assert!(lost.is_empty(), "acknowledged writes lost in synchronous mode: {lost:?}");
+        assert!((1..=100).all(|v| have.contains(&v)), "rows written before the fault are there");
+
+        // Started again, the former primary never takes a write: its worker fences it.
+        let _ = pgraft_start(&d, 1);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) && postmaster_alive(&lines, 0) {
+            if let Ok(mut c) = connect(&conninfo(&lines, 0)) {
+                assert!(
+                    c.batch_execute("INSERT INTO t VALUES (-2)").is_err(),
+                    "the restarted former primary took a write"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        wait("the restarted former primary to shut itself down", Duration::from_secs(30), || {
+            (!postmaster_alive(&lines, 0)).then_some(())
+        });
+        assert!(!values_on(&conninfo(&lines, p)).contains(&-2));
+        pgraftctl(&["local", "down", "--dir", &d]);
+    }
+}
+
+fn pgraft_start(d: &str, node: u64) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_pgraftctl"))
+        .args(["local", "start", &node.to_string(), "--dir", d])
+        .output()
+        .expect("run pgraftctl")
+}
+
+#[test]
+fn a_primary_cut_off_from_raft_is_fenced_while_its_replication_links_stay_up() {
+    let pgc = pg_configs()[0].to_string_lossy().into_owned();
+    let dir = cluster_dir("fo-cut");
+    let d = dir.to_string_lossy().into_owned();
+    let _guard = Down(dir.clone());
+    let lines = up_ha(&d, &pgc, 3);
+    let rw = lines[3]["read_write_conninfo"].as_str().expect("rw").to_string();
+    connect(&rw)
+        .expect("connect")
+        .batch_execute("CREATE TABLE t (x bigint PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)")
+        .expect("write on the primary");
+
+    // A client that stays on node 1 the whole time, as a pooler pinned to it would.
+    let pinned = Writer::start(conninfo(&lines, 0), 1_000_000);
+    let writer = Writer::start(rw.clone(), 1000);
+    wait("the writers to get going", Duration::from_secs(10), || {
+        (writer.acked.lock().ok()?.len() >= 20 && pinned.acked.lock().ok()?.len() >= 20).then_some(())
+    });
+    let cut = Instant::now();
+    pgraftctl(&["local", "partition", "1", "--dir", &d]);
+    let (port, took) = wait_new_primary(&rw, pg_port(&lines, 0), cut);
+    println!("{pgc}: primary cut off from Raft to the first write on the new primary: {took:?}");
+    wait("the cut-off primary to shut itself down", Duration::from_secs(30), || {
+        (!postmaster_alive(&lines, 0)).then_some(())
+    });
+    let fenced_after = cut.elapsed();
+    let acked = writer.finish();
+    let pinned_acked = pinned.finish();
+    println!("{pgc}: the cut-off primary was down {fenced_after:?} after the cut");
+
+    let p = check_one_primary(&lines, 3, &[0]);
+    assert_eq!(pg_port(&lines, p), port);
+    // No write acknowledged by node 1 after the new primary acknowledged one.
+    let first_new = acked
+        .iter()
+        .chain(pinned_acked.iter())
+        .filter(|(_, port, _)| *port != pg_port(&lines, 0))
+        .map(|(_, _, at)| *at)
+        .min()
+        .expect("the new primary acknowledged writes");
+    let late: Vec<i64> = acked
+        .iter()
+        .chain(pinned_acked.iter())
+        .filter(|(_, port, at)| *port == pg_port(&lines, 0) && *at >= first_new)
+        .map(|(v, _, _)| *v)
+        .collect();
+    assert!(late.is_empty(), "node 1 acknowledged writes after the new primary did: {late:?}");
+    // Every acknowledged write is on the new primary (synchronous mode).
+    let have = values_on(&conninfo(&lines, p));
+    let lost: Vec<i64> =
+        acked.iter().chain(pinned_acked.iter()).map(|(v, _, _)| *v).filter(|v| !have.contains(v)).collect();
+    assert!(lost.is_empty(), "acknowledged writes lost in synchronous mode: {lost:?}");
+    pgraftctl(&["local", "heal", "--dir", &d]);
+    pgraftctl(&["local", "down", "--dir", &d]);
+}

@@ -23,8 +23,13 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// Largest request or answer (1 GiB, PostgreSQL's own limit for a text value).
 pub const MAX_MESSAGE: usize = 1 << 30;
 
-/// The socket's file name, relative to the data directory.
+/// The socket's file name.
 pub const SOCKET_NAME: &str = "pgraft.sock";
+
+/// Where the worker listens, relative to the data directory: in `pg_stat_tmp`, whose
+/// contents `pg_basebackup` and `pg_rewind` skip (they cannot copy a socket, and
+/// `pg_rewind` fails on one).
+pub const SOCKET_PATH: &str = "pg_stat_tmp/pgraft.sock";
 
 /// Why a call to the worker failed.
 #[derive(Debug, thiserror::Error)]

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use pgraft_core::ipc::{self, IpcError, SOCKET_NAME};
+use pgraft_core::ipc::{self, IpcError, SOCKET_PATH};
 use pgraft_core::{Error, Request, Response};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
@@ -51,7 +51,7 @@ pub fn budget() -> Duration {
 pub fn call(req: IpcRequest) -> IpcResponse {
     let deadline = Instant::now() + budget() + Duration::from_secs(2);
     // Sessions run in the data directory, where the worker's socket lives.
-    let r = ipc::call(Path::new(SOCKET_NAME), &req, deadline, || {
+    let r = ipc::call(Path::new(SOCKET_PATH), &req, deadline, || {
         pgrx::check_for_interrupts!();
     });
     match r {

@@ -1,4 +1,4 @@
-//! The background worker: it hosts the Raft member, serves sessions on `pgraft.sock`, and
+//! The background worker: it hosts the Raft member, serves sessions on `pg_stat_tmp/pgraft.sock`, and
 //! publishes cheap facts in shared memory.
 //!
 //! ```text
@@ -6,7 +6,7 @@
 //!                            │  publishes status to shared memory, reloads on SIGHUP,
 //!                            │  logs for the other threads, runs pgraft_init's bootstrap
 //!                            ├─▶ pgraft-core Node: Raft thread + network threads
-//!                            └─▶ IPC runtime: pgraft.sock ──▶ NodeHandle
+//!                            └─▶ IPC runtime: pg_stat_tmp/pgraft.sock ▶ NodeHandle
 //! ```
 //!
 //! Only the main thread calls into PostgreSQL. Every other thread starts with all signals
@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pgraft_core::config::{parse_initial_cluster, Timing};
-use pgraft_core::ipc::{read_message, write_message, SOCKET_NAME};
+use pgraft_core::ipc::{read_message, write_message, SOCKET_PATH};
 use pgraft_core::request::{Request, Response};
 use pgraft_core::transport::TlsFiles;
 use pgraft_core::{Bootstrap, MemberConfig, Node, NodeConfig, NodeHandle, Role};
@@ -256,8 +256,13 @@ impl Worker {
         let node = Node::start(settings.node.clone()).map_err(|e| e.to_string())?;
         let current = Arc::new(Mutex::new(Some(node.handle())));
         let (init_tx, inits) = channel();
-        let socket = data_directory().join(SOCKET_NAME);
+        let socket = data_directory().join(SOCKET_PATH);
+        if let Some(dir) = socket.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        }
         let _ = std::fs::remove_file(&socket);
+        // An older release listened in the data directory itself.
+        let _ = std::fs::remove_file(data_directory().join(pgraft_core::ipc::SOCKET_NAME));
         let runtime = pgraft_core::node::with_signals_blocked(|| {
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
@@ -278,6 +283,8 @@ impl Worker {
         });
         runtime.spawn(serve_sessions(listener, ctx));
         shmem::update(|s| s.state = WorkerState::Running);
+        let failover =
+            crate::ha::reconciler::Reconciler::new(data_directory(), settings.node.data_dir.clone());
         Ok(Worker {
             settings,
             last_config_check: std::time::Instant::now(),
@@ -285,7 +292,7 @@ impl Worker {
             current,
             inits,
             ipc: Some(runtime),
-            failover: crate::ha::reconciler::Reconciler::new(data_directory()),
+            failover,
         })
     }
 
@@ -380,7 +387,7 @@ impl Worker {
         if let Some(n) = self.node.take() {
             n.stop();
         }
-        let _ = std::fs::remove_file(data_directory().join(SOCKET_NAME));
+        let _ = std::fs::remove_file(data_directory().join(SOCKET_PATH));
     }
 }
 

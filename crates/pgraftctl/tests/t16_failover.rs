@@ -130,6 +130,14 @@ fn values_on(conninfo: &str) -> std::collections::BTreeSet<i64> {
     c.query("SELECT x FROM t", &[]).expect("read t").iter().map(|r| r.get(0)).collect()
 }
 
+/// Waits until member `i` has replayed every one of `values`.
+fn wait_rows(lines: &[Value], i: usize, values: &[i64]) {
+    wait(&format!("node {} to hold every acknowledged row", i + 1), Duration::from_secs(30), || {
+        let have = values_on(&conninfo(lines, i));
+        values.iter().all(|v| have.contains(v)).then_some(())
+    });
+}
+
 fn postmaster_alive(lines: &[Value], i: usize) -> bool {
     let dir = std::path::Path::new(lines[i]["data_dir"].as_str().expect("data_dir"));
     std::fs::read_to_string(dir.join("postmaster.pid"))
@@ -175,24 +183,60 @@ fn a_killed_primary_is_replaced_and_a_restarted_one_never_takes_writes() {
         assert!(lost.is_empty(), "acknowledged writes lost in synchronous mode: {lost:?}");
         assert!((1..=100).all(|v| have.contains(&v)), "rows written before the fault are there");
 
-        // Started again, the former primary never takes a write: its worker fences it.
+        // Started again, the former primary never takes a write: its worker fences it, and
+        // the rejoin helper brings it back as a standby of the new primary; here by a
+        // re-clone (the path a failed pg_rewind takes), asked for with `rejoin.reclone`.
+        let raft_dir = std::path::PathBuf::from(lines[0]["raft_data_dir"].as_str().expect("raft_data_dir"));
+        std::fs::write(raft_dir.join("rejoin.reclone"), b"").expect("ask for a re-clone");
         let _ = pgraft_start(&d, 1);
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) && postmaster_alive(&lines, 0) {
-            if let Ok(mut c) = connect(&conninfo(&lines, 0)) {
-                assert!(
-                    c.batch_execute("INSERT INTO t VALUES (-2)").is_err(),
-                    "the restarted former primary took a write"
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        wait("the restarted former primary to shut itself down", Duration::from_secs(30), || {
-            (!postmaster_alive(&lines, 0)).then_some(())
-        });
+        let rejoined = Instant::now();
+        never_writable_until_rejoined(&lines, 0, p);
+        println!(
+            "{pgc}: the restarted former primary streams from the new primary after {:?}",
+            rejoined.elapsed()
+        );
         assert!(!values_on(&conninfo(&lines, p)).contains(&-2));
+        let log = std::fs::read_to_string(raft_dir.join("rejoin.log")).expect("rejoin.log");
+        assert!(log.contains("re-cloned") && log.contains("done: running as a standby"), "{log}");
+        let all: Vec<i64> = acked.iter().map(|(v, _, _)| *v).collect();
+        wait_rows(&lines, 0, &all);
+        check_one_primary(&lines, 3, &[]);
         pgraftctl(&["local", "down", "--dir", &d]);
     }
+}
+
+/// Until member `i` streams from the primary `p` as a standby, every write attempted on it
+/// fails.
+fn never_writable_until_rejoined(lines: &[Value], i: usize, p: usize) {
+    let name = format!("pgraft_node_{}", i + 1);
+    let mut primary = connect(&conninfo(lines, p)).expect("connect to the primary");
+    wait(
+        &format!("node {} to rejoin as a standby of node {}", i + 1, p + 1),
+        Duration::from_secs(120),
+        || {
+            if let Ok(mut c) = connect(&conninfo(lines, i)) {
+                assert!(
+                    c.batch_execute("INSERT INTO t VALUES (-2)").is_err(),
+                    "the former primary took a write before it rejoined"
+                );
+            }
+            let streaming: i64 = primary
+            .query_one(
+                "SELECT count(*) FROM pg_stat_replication WHERE application_name = $1 AND state = 'streaming'",
+                &[&name],
+            )
+            .ok()?
+            .get(0);
+            if streaming != 1 {
+                return None;
+            }
+            // Consistent, so it takes (read-only) sessions.
+            let in_recovery: bool =
+                connect(&conninfo(lines, i)).ok()?.query_one("SELECT pg_is_in_recovery()", &[]).ok()?.get(0);
+            assert!(in_recovery, "the rejoined server is a standby");
+            Some(())
+        },
+    );
 }
 
 fn pgraft_start(d: &str, node: u64) -> std::process::Output {
@@ -255,6 +299,16 @@ fn a_primary_cut_off_from_raft_is_fenced_while_its_replication_links_stay_up() {
     let lost: Vec<i64> =
         acked.iter().chain(pinned_acked.iter()).map(|(v, _, _)| *v).filter(|v| !have.contains(v)).collect();
     assert!(lost.is_empty(), "acknowledged writes lost in synchronous mode: {lost:?}");
+    // Healed, the fenced primary comes back as a standby of the new one by itself.
     pgraftctl(&["local", "heal", "--dir", &d]);
+    let healed = Instant::now();
+    never_writable_until_rejoined(&lines, 0, p);
+    println!("{pgc}: the fenced primary streams from the new primary {:?} after the heal", healed.elapsed());
+    let all: Vec<i64> = acked.iter().chain(pinned_acked.iter()).map(|(v, _, _)| *v).collect();
+    wait_rows(&lines, 0, &all);
+    let raft_dir = std::path::PathBuf::from(lines[0]["raft_data_dir"].as_str().expect("raft_data_dir"));
+    let log = std::fs::read_to_string(raft_dir.join("rejoin.log")).expect("rejoin.log");
+    assert!(log.contains("rewound") && log.contains("done: running as a standby"), "{log}");
+    check_one_primary(&lines, 3, &[]);
     pgraftctl(&["local", "down", "--dir", &d]);
 }

@@ -213,12 +213,47 @@ pub fn plan(o: &Observation<'_>) -> Plan {
     if o.ha.servers.get(&me) != Some(&o.server.record) {
         p.propose.push(HaCommand::Server { node: me, server: o.server.record.clone() });
     }
+    let cluster = cluster_system_id(o);
+    if cluster != o.server.record.system_id {
+        // Not a copy of the primary's data directory (a member over an unrelated server):
+        // failover neither fences nor promotes it.
+        p.gate = Gate::Open;
+        p.waiting = Some(format!(
+            "this server (system identifier {}) is not part of the primary's cluster ({cluster}); failover leaves it alone",
+            o.server.record.system_id
+        ));
+        return p;
+    }
     match o.ha.primary.clone() {
         None => plan_unnamed(o, &mut p),
         Some(rec) if o.server.in_recovery => plan_standby(o, &rec, &mut p),
         Some(rec) => plan_primary(o, &rec, &mut p),
     }
     p
+}
+
+/// The system identifier of the HA cluster's servers: the recorded primary's, else this
+/// server's own.
+fn cluster_system_id(o: &Observation<'_>) -> u64 {
+    o.ha.primary
+        .as_ref()
+        .and_then(|p| o.ha.servers.get(&p.node))
+        .map_or(o.server.record.system_id, |s| s.system_id)
+}
+
+/// The voters whose servers belong to the HA cluster (registered with its system
+/// identifier): the ones that stream, acknowledge, report and may be promoted.
+fn ha_voters(o: &Observation<'_>) -> Vec<u64> {
+    let cluster = cluster_system_id(o);
+    o.raft
+        .voters
+        .iter()
+        .copied()
+        .filter(|v| {
+            *v == o.raft.me && o.server.record.system_id == cluster
+                || o.ha.servers.get(v).is_some_and(|s| s.system_id == cluster)
+        })
+        .collect()
 }
 
 /// No primary on record yet: the first leader whose server is a primary names it.
@@ -277,7 +312,7 @@ fn plan_primary(o: &Observation<'_>, rec: &PrimaryRecord, p: &mut Plan) {
         return;
     }
     p.gate = Gate::Open;
-    p.sync_names = Some(sync_standby_names(o.sync, r.me, &r.voters));
+    p.sync_names = Some(sync_standby_names(o.sync, r.me, &ha_voters(o)));
 }
 
 fn plan_standby(o: &Observation<'_>, rec: &PrimaryRecord, p: &mut Plan) {
@@ -287,7 +322,7 @@ fn plan_standby(o: &Observation<'_>, rec: &PrimaryRecord, p: &mut Plan) {
         // Named primary, not promoted yet: only the leader of the decision's term promotes.
         if r.leader && r.term == rec.term && r.lease {
             p.upstream = Some(None);
-            p.sync_names = Some(sync_standby_names(o.sync, r.me, &r.voters));
+            p.sync_names = Some(sync_standby_names(o.sync, r.me, &ha_voters(o)));
             p.promote = true;
         } else {
             p.waiting = Some(format!("named primary in term {}, but not the leader of that term", rec.term));
@@ -558,6 +593,36 @@ mod tests {
         assert!(decisions(&plan(&o)).is_empty());
         o.raft.led_ms = fencing_bound_ms(1000);
         assert_eq!(decisions(&plan(&o)).len(), 1);
+    }
+
+    #[test]
+    fn servers_of_another_cluster_are_left_alone() {
+        // Node 1's server is the primary on record; node 2 runs over an unrelated server
+        // that is a primary too (a plain local cluster with failover switched on).
+        let ha = ha_with_primary(1, 2);
+        let other = ServerView {
+            record: ServerRecord { system_id: 99, ..server(false, 1, Receiving::Nothing).record },
+            ..server(false, 1, Receiving::Nothing)
+        };
+        let p = plan(&obs(&ha, raft(2, 2, 3), other));
+        assert_eq!(p.gate, Gate::Open);
+        assert!(p.fence.is_none() && !p.promote && decisions(&p).is_empty());
+        // The primary names only the standbys of its own cluster as synchronous.
+        let mut ha = ha_with_primary(1, 2);
+        let rec = ServerRecord { host: "h".into(), port: 1, system_id: 99, primary: true };
+        ha.apply(&HaCommand::Server { node: 3, server: rec }, 2).expect("server");
+        let p = plan(&obs(&ha, raft(1, 1, 2), server(false, 100, Receiving::Nothing)));
+        assert_eq!(p.sync_names.as_deref(), Some("ANY 1 (pgraft_node_2)"));
+        // A lone HA server among unrelated ones waits for no standby.
+        let mut ha = HaState::default();
+        for n in [2, 3] {
+            let rec = ServerRecord { host: "h".into(), port: 1, system_id: 90 + n, primary: true };
+            ha.apply(&HaCommand::Server { node: n, server: rec }, 2).expect("server");
+        }
+        let rec = PrimaryRecord { node: 1, term: 2, timeline: 1, lsn: 0, reason: "t".into(), time_ms: 0 };
+        ha.apply(&HaCommand::Primary(rec), 2).expect("primary");
+        let p = plan(&obs(&ha, raft(1, 1, 2), server(false, 100, Receiving::Nothing)));
+        assert_eq!(p.sync_names.as_deref(), Some(""));
     }
 
     #[test]

@@ -16,8 +16,8 @@ use pgraft_core::ha::{
 };
 use pgraft_core::{MemberStatus, NodeHandle, Request, Role};
 
-use super::auto_conf;
 use super::server_probe::{self, ServerFacts};
+use super::{auto_conf, rejoin};
 use crate::gucs;
 use crate::shmem::{self, GateState};
 
@@ -32,6 +32,7 @@ const REWRITE_PAUSE: Duration = Duration::from_millis(500);
 /// The control loop's memory between ticks.
 pub struct Reconciler {
     pgdata: PathBuf,
+    raft_dir: PathBuf,
     /// The HA proposal in flight, if any: what, and whether it finished.
     in_flight: Option<(HaCommand, Arc<Mutex<bool>>)>,
     leader_since: Option<(u64, Instant)>,
@@ -44,9 +45,10 @@ pub struct Reconciler {
 
 impl Reconciler {
     /// A loop for the server in `pgdata`.
-    pub fn new(pgdata: PathBuf) -> Self {
+    pub fn new(pgdata: PathBuf, raft_dir: PathBuf) -> Self {
         Reconciler {
             pgdata,
+            raft_dir,
             in_flight: None,
             leader_since: None,
             last_transfer: None,
@@ -216,10 +218,59 @@ impl Reconciler {
                 log::warn!("failover: could not point the fenced server at node {leader:?}: {e}");
             }
         }
+        self.start_rejoin(o);
         if let Err(e) = auto_conf::shut_down_as_standby(&self.pgdata) {
             // The gate still refuses every client session.
             log::warn!("failover: could not shut the fenced server down: {e}");
             self.fenced = false;
+        }
+    }
+
+    /// Starts the helper that rewinds the server and starts it again as a standby once it
+    /// has stopped (see [`super::rejoin`]).
+    fn start_rejoin(&self, o: &Observation<'_>) {
+        if self.raft_dir.starts_with(&self.pgdata) {
+            log::warn!(
+                "failover: this server will not rejoin by itself: pgraft.data_dir ({}) is inside the data directory, \
+                 which pg_rewind and pg_basebackup overwrite; rewind it by hand and start it as a standby",
+                self.raft_dir.display()
+            );
+            return;
+        }
+        let Some(bindir) = rejoin::bindir() else {
+            log::warn!("failover: this server will not rejoin by itself: the postgres program's directory is unknown");
+            return;
+        };
+        let others: Vec<(String, u16)> =
+            o.ha.servers.iter().filter(|(n, _)| **n != o.raft.me).map(|(_, s)| dial(s)).collect();
+        if others.is_empty() {
+            return;
+        }
+        let hosts: Vec<&str> = others.iter().map(|(h, _)| h.as_str()).collect();
+        let ports: Vec<String> = others.iter().map(|(_, p)| p.to_string()).collect();
+        let source = format!(
+            "host={} port={} dbname=postgres target_session_attrs=read-write connect_timeout=3 {}",
+            hosts.join(","),
+            ports.join(","),
+            gucs::string(&gucs::REPLICATION_CONNINFO).trim()
+        );
+        let r = rejoin::Rejoin {
+            node: o.raft.me,
+            pgdata: self.pgdata.clone(),
+            raft_dir: self.raft_dir.clone(),
+            bindir,
+            // SAFETY: set by the postmaster before any worker starts.
+            postmaster_pid: unsafe { pgrx::pg_sys::PostmasterPid },
+            server_log: rejoin::server_log().unwrap_or_else(|| self.raft_dir.join("server.log")),
+            source: source.trim().to_string(),
+        };
+        match r.spawn() {
+            Ok(()) => log::warn!(
+                "failover: started the rejoin helper ({}); its steps are in {}",
+                self.raft_dir.join(rejoin::SCRIPT).display(),
+                self.raft_dir.join(rejoin::STATE).display()
+            ),
+            Err(e) => log::warn!("failover: could not start the rejoin helper: {e}"),
         }
     }
 

@@ -1,0 +1,238 @@
+//! Bringing a fenced primary back as a standby, outside the postmaster.
+//!
+//! The worker is a child of the postmaster it shuts down, so it cannot rewind or restart its
+//! own server. Before the fast shutdown it writes a small `sh` script under
+//! `pgraft.data_dir` and starts it in a session of its own; the script
+//!
+//! ```text
+//!  1. waits for the postmaster to exit
+//!  2. waits until some other member's server is a primary (libpq multi-host,
+//!     target_session_attrs=read-write): a promoted one, on a new timeline
+//!     and asks it for a CHECKPOINT (so its control file names its new timeline)
+//!  3. saves the configuration files (pg_rewind copies the source's over them)
+//!  4. pg_rewind --source-server=<that primary>      ("no rewind required" is fine)
+//!     if it fails, or `rejoin.reclone` exists: pg_basebackup a fresh copy and swap it in
+//!  5. restores the configuration files, writes standby.signal
+//!  6. pg_ctl restart: starts the server with the options in postmaster.opts
+//! ```
+//!
+//! and records each step, with the time, in `rejoin.state` (written to a temporary file and
+//! renamed) and its output in `rejoin.log`, both beside the script. Once the server runs
+//! again its worker points it at the recorded primary like any other standby. The helper
+//! needs `pgraft.data_dir` outside the data directory: `pg_rewind` and `pg_basebackup` copy
+//! everything under it, the Raft state of another member included.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+/// What the helper needs to know, gathered by the worker before the shutdown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejoin {
+    /// The member.
+    pub node: u64,
+    /// PGDATA.
+    pub pgdata: PathBuf,
+    /// `pgraft.data_dir`: where the script, its state and its log go.
+    pub raft_dir: PathBuf,
+    /// PostgreSQL's programs (`pg_rewind`, `pg_ctl`, `psql`, `pg_basebackup`).
+    pub bindir: PathBuf,
+    /// The postmaster to wait for.
+    pub postmaster_pid: i32,
+    /// Where the server's output goes (`pg_ctl -l`).
+    pub server_log: PathBuf,
+    /// A libpq connection string that reaches whichever other member's server is the
+    /// primary.
+    pub source: String,
+}
+
+/// The helper's files under `pgraft.data_dir`.
+pub const SCRIPT: &str = "rejoin.sh";
+/// Its current step.
+pub const STATE: &str = "rejoin.state";
+/// Its output.
+pub const LOG: &str = "rejoin.log";
+/// When this file exists, the next rejoin re-clones instead of rewinding (an operator's
+/// choice after a rewind went wrong; the tests use it to take the re-clone path).
+pub const RECLONE: &str = "rejoin.reclone";
+
+/// A word quoted for `sh`.
+fn q(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn qp(p: &Path) -> String {
+    q(&p.to_string_lossy())
+}
+
+/// Files kept across a rewind or a re-clone: the configuration (pg_rewind copies the
+/// source's over it) and the options the server was started with (`pg_ctl restart` reads
+/// them; a re-clone has none).
+const CONFIG_FILES: [&str; 5] =
+    ["postgresql.conf", "postgresql.auto.conf", "pg_hba.conf", "pg_ident.conf", "postmaster.opts"];
+
+impl Rejoin {
+    /// The script.
+    pub fn script(&self) -> String {
+        let saved = self.raft_dir.join("rejoin-config");
+        let files = CONFIG_FILES.join(" ");
+        format!(
+            r#"#!/bin/sh
+# Written by the pgraft worker of node {node}: rejoins this server as a standby of the
+# current primary after it was fenced. Steps are recorded in {state}.
+set -u
+PGDATA={pgdata}
+BIN={bindir}
+SERVER_LOG={server_log}
+STATE={state}
+SAVED={saved}
+SOURCE={source}
+step() {{
+    printf '%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$1" > "$STATE.tmp" && mv "$STATE.tmp" "$STATE"
+    echo "pgraft rejoin (node {node}): $1"
+}}
+step "waiting for the fenced server (postmaster {pid}) to stop"
+while kill -0 {pid} 2>/dev/null; do sleep 0.1; done
+step "waiting for another member's server to be the primary"
+until "$BIN/psql" "$SOURCE" -XAtqc 'SELECT 1' >/dev/null 2>&1; do sleep 0.5; done
+mkdir -p "$SAVED" || {{ step "failed: cannot create $SAVED"; exit 1; }}
+for f in {files}; do
+    if [ -f "$PGDATA/$f" ]; then cp -p "$PGDATA/$f" "$SAVED/$f" || {{ step "failed: cannot save $f"; exit 1; }}; fi
+done
+# A promoted server's control file names its new timeline only after a checkpoint;
+# pg_rewind reads it there, and without one it may see "the same timeline" and skip a
+# rewind that is needed.
+step "asking the primary for a checkpoint"
+until "$BIN/psql" "$SOURCE" -XAtqc 'CHECKPOINT' >/dev/null 2>&1; do sleep 0.5; done
+if [ -e {reclone} ]; then
+    rm -f {reclone}
+    step "a re-clone was asked for ({reclone}): re-cloning with pg_basebackup"
+    REWOUND=no
+else
+    step "rewinding with pg_rewind"
+    if "$BIN/pg_rewind" -D "$PGDATA" --source-server="$SOURCE" --progress; then
+        REWOUND=yes
+    else
+        step "pg_rewind failed: re-cloning with pg_basebackup"
+        REWOUND=no
+    fi
+fi
+if [ "$REWOUND" = yes ]; then
+    step "rewound"
+else
+    rm -rf "$PGDATA.reclone"
+    if "$BIN/pg_basebackup" -D "$PGDATA.reclone" -X stream -c fast -d "$SOURCE"; then
+        mv "$PGDATA" "$PGDATA.old.$$" && mv "$PGDATA.reclone" "$PGDATA" && rm -rf "$PGDATA.old.$$" \
+            || {{ step "failed: cannot swap in the re-cloned data directory"; exit 1; }}
+        chmod 700 "$PGDATA"
+        step "re-cloned"
+    else
+        step "failed: pg_basebackup could not re-clone; the server stays down"
+        exit 1
+    fi
+fi
+for f in {files}; do
+    if [ -f "$SAVED/$f" ]; then cp -p "$SAVED/$f" "$PGDATA/$f"; fi
+done
+rm -f "$PGDATA/postmaster.pid" "$PGDATA/promote"
+: > "$PGDATA/standby.signal"
+step "starting as a standby"
+if "$BIN/pg_ctl" restart -D "$PGDATA" -l "$SERVER_LOG" -w -t 300 -s; then
+    step "done: running as a standby"
+else
+    step "failed: pg_ctl could not start the server; see $SERVER_LOG"
+    exit 1
+fi
+"#,
+            node = self.node,
+            pgdata = qp(&self.pgdata),
+            bindir = qp(&self.bindir),
+            server_log = qp(&self.server_log),
+            state = qp(&self.raft_dir.join(STATE)),
+            saved = qp(&saved),
+            source = q(&self.source),
+            pid = self.postmaster_pid,
+            files = files,
+            reclone = qp(&self.raft_dir.join(RECLONE)),
+        )
+    }
+
+    /// Writes the script and starts it in a session of its own, its output appended to
+    /// `rejoin.log`.
+    pub fn spawn(&self) -> std::io::Result<()> {
+        let script = self.raft_dir.join(SCRIPT);
+        let tmp = self.raft_dir.join(format!("{SCRIPT}.tmp"));
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(self.script().as_bytes())?;
+            f.sync_all()?;
+        }
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700))?;
+        std::fs::rename(&tmp, &script)?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.raft_dir.join(LOG))?;
+        let mut cmd = std::process::Command::new("/bin/sh");
+        cmd.arg(&script)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .current_dir(&self.raft_dir);
+        // SAFETY: setsid is async-signal-safe; it detaches the helper from the postmaster's
+        // session and process group, so the shutdown's signals do not reach it.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn().map(|_| ())
+    }
+}
+
+/// Where this process's stderr goes, if it is a file (the server log `pg_ctl -l` named).
+pub fn server_log() -> Option<PathBuf> {
+    let target = std::fs::read_link("/proc/self/fd/2").ok()?;
+    std::fs::metadata(&target).ok().filter(|m| m.is_file()).map(|_| target)
+}
+
+/// The directory of the running `postgres` program.
+pub fn bindir() -> Option<PathBuf> {
+    std::fs::read_link("/proc/self/exe").ok()?.parent().map(Path::to_path_buf)
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use super::*;
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn the_rejoin_script_quotes_and_checks_its_inputs() {
+        let r = Rejoin {
+            node: 2,
+            pgdata: "/data/it's here".into(),
+            raft_dir: "/raft".into(),
+            bindir: "/usr/lib/postgresql/15/bin".into(),
+            postmaster_pid: 4242,
+            server_log: "/log/pg.log".into(),
+            source: "host=a,b port=1,2 target_session_attrs=read-write".into(),
+        };
+        let s = r.script();
+        assert!(s.contains(r#"PGDATA='/data/it'\''s here'"#), "{s}");
+        assert!(s.contains("while kill -0 4242"));
+        assert!(s.contains("SOURCE='host=a,b port=1,2 target_session_attrs=read-write'"));
+        assert!(s.contains("pg_rewind\" -D \"$PGDATA\" --source-server=\"$SOURCE\""));
+        assert!(s.contains("pg_basebackup"));
+        assert!(s.contains("standby.signal"));
+        // The shell accepts it.
+        let dir = std::env::temp_dir().join(format!("pgraft-rejoin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("r.sh"), &s).expect("write");
+        let ok =
+            std::process::Command::new("/bin/sh").arg("-n").arg(dir.join("r.sh")).status().expect("sh -n");
+        assert!(ok.success());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -65,6 +65,8 @@ pub struct StatusReport {
     pub disk_bytes: u64,
     /// Cluster-wide settings changed through the log.
     pub cluster_config: std::collections::BTreeMap<String, String>,
+    /// The replicated HA state (failover).
+    pub ha: pgraft_core::ha::HaState,
     /// The worker's clock when this was taken, ms since the Unix epoch.
     pub now_ms: i64,
 }

@@ -66,6 +66,8 @@ pub struct WorkerShared {
     /// The gate has been open since the server started: client sessions may exist (kept
     /// across restarts of the worker, reset when the postmaster re-creates shared memory).
     pub was_open: bool,
+    /// What the failover control loop waits for, if anything (`pgraft_ha_status().note`).
+    pub ha_note: ErrorText,
 }
 
 /// [`pgraft_core::ha::Gate`] in shared memory.

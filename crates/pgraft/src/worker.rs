@@ -456,6 +456,7 @@ async fn answer(req: IpcRequest, ctx: &Ctx) -> IpcResponse {
                 refused_connections: node.refused_connections(),
                 disk_bytes,
                 cluster_config,
+                ha: node.ha_view().map(|v| v.ha).unwrap_or_default(),
                 now_ms: now_ms(),
             }))
         }

@@ -20,6 +20,7 @@ mod lsn;
 mod manifest;
 mod member;
 mod server;
+mod switchover;
 mod table;
 mod wal;
 
@@ -51,6 +52,8 @@ enum Command {
     Endpoint(endpoint::EndpointArgs),
     /// Hand leadership to another member.
     Leader(leader::LeaderArgs),
+    /// HA clusters: make another member's server the primary (a planned switchover).
+    Switchover(switchover::SwitchoverArgs),
     /// The replicated key-value store: get, put, del (with --prefix).
     Kv(kv::KvArgs),
     /// The Raft log's indexes and size.
@@ -70,6 +73,7 @@ fn main() {
         Command::Member(args) => member::run(args),
         Command::Endpoint(args) => endpoint::run(args),
         Command::Leader(args) => leader::run(args),
+        Command::Switchover(args) => switchover::run(args),
         Command::Kv(args) => kv::run(args),
         Command::Log(args) => log::run(args),
         Command::Config(args) => config::run(args),

@@ -196,8 +196,8 @@ fn a_killed_primary_is_replaced_and_a_restarted_one_never_takes_writes() {
             rejoined.elapsed()
         );
         assert!(!values_on(&conninfo(&lines, p)).contains(&-2));
-        let log = std::fs::read_to_string(raft_dir.join("rejoin.log")).expect("rejoin.log");
-        assert!(log.contains("re-cloned") && log.contains("done: running as a standby"), "{log}");
+        let log = rejoin_log_when_done(&raft_dir);
+        assert!(log.contains("re-cloned"), "{log}");
         let all: Vec<i64> = acked.iter().map(|(v, _, _)| *v).collect();
         wait_rows(&lines, 0, &all);
         check_one_primary(&lines, 3, &[]);
@@ -237,6 +237,15 @@ fn never_writable_until_rejoined(lines: &[Value], i: usize, p: usize) {
             Some(())
         },
     );
+}
+
+/// The rejoin helper's output once it says it is done (its `pg_ctl` returns a moment after
+/// the server already streams).
+fn rejoin_log_when_done(raft_dir: &std::path::Path) -> String {
+    wait("the rejoin helper to finish", Duration::from_secs(60), || {
+        let log = std::fs::read_to_string(raft_dir.join("rejoin.log")).ok()?;
+        log.contains("done: running as a standby").then_some(log)
+    })
 }
 
 fn pgraft_start(d: &str, node: u64) -> std::process::Output {
@@ -307,8 +316,60 @@ fn a_primary_cut_off_from_raft_is_fenced_while_its_replication_links_stay_up() {
     let all: Vec<i64> = acked.iter().chain(pinned_acked.iter()).map(|(v, _, _)| *v).collect();
     wait_rows(&lines, 0, &all);
     let raft_dir = std::path::PathBuf::from(lines[0]["raft_data_dir"].as_str().expect("raft_data_dir"));
-    let log = std::fs::read_to_string(raft_dir.join("rejoin.log")).expect("rejoin.log");
-    assert!(log.contains("rewound") && log.contains("done: running as a standby"), "{log}");
+    let log = rejoin_log_when_done(&raft_dir);
+    assert!(log.contains("rewound"), "{log}");
     check_one_primary(&lines, 3, &[]);
+    pgraftctl(&["local", "down", "--dir", &d]);
+}
+
+#[test]
+fn a_switchover_under_load_loses_nothing_and_needs_no_rewind() {
+    let pgc = pg_configs()[0].to_string_lossy().into_owned();
+    let dir = cluster_dir("fo-switch");
+    let d = dir.to_string_lossy().into_owned();
+    let _guard = Down(dir.clone());
+    let lines = up_ha(&d, &pgc, 3);
+    let rw = lines[3]["read_write_conninfo"].as_str().expect("rw").to_string();
+    connect(&rw)
+        .expect("connect")
+        .batch_execute("CREATE TABLE t (x bigint PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)")
+        .expect("write on the primary");
+    let writer = Writer::start(rw.clone(), 1000);
+    wait("the writer to get going", Duration::from_secs(10), || {
+        (writer.acked.lock().ok()?.len() >= 20).then_some(())
+    });
+    let asked = Instant::now();
+    // pgraftctl asks a member that does not lead (the old primary's sessions end with its
+    // shutdown); pgraft_transfer_leadership(2) returns once node 2 is the recorded primary.
+    let endpoints: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", pg_port(&lines, i))).collect();
+    let out = json_lines(&pgraftctl(&[
+        "switchover",
+        "--to",
+        "2",
+        "--endpoints",
+        &endpoints.join(","),
+        "--user",
+        "postgres",
+        "--dbname",
+        "postgres",
+        "-w",
+        "json",
+    ]));
+    assert_eq!(out[0]["to"], 2, "{out:?}");
+    println!("{pgc}: pgraftctl switchover --to 2 returned after {:?}", asked.elapsed());
+    let (port, took) = wait_new_primary(&rw, pg_port(&lines, 0), asked);
+    assert_eq!(port, pg_port(&lines, 1), "node 2 is the new primary");
+    println!("{pgc}: switchover: the first write on node 2 {took:?} after it was asked for");
+    never_writable_until_rejoined(&lines, 0, 1);
+    println!("{pgc}: node 1 streams from node 2 {:?} after the switchover was asked for", asked.elapsed());
+    let acked = writer.finish();
+    check_one_primary(&lines, 3, &[]);
+    let have = values_on(&conninfo(&lines, 1));
+    let lost: Vec<i64> = acked.iter().map(|(v, _, _)| *v).filter(|v| !have.contains(v)).collect();
+    assert!(lost.is_empty(), "acknowledged writes lost in a switchover: {lost:?}");
+    // Node 1 shut down cleanly after its standbys received everything: nothing to rewind.
+    let raft_dir = std::path::PathBuf::from(lines[0]["raft_data_dir"].as_str().expect("raft_data_dir"));
+    let log = rejoin_log_when_done(&raft_dir);
+    assert!(log.contains("no rewind required"), "{log}");
     pgraftctl(&["local", "down", "--dir", &d]);
 }

@@ -69,6 +69,22 @@ impl DetachReport {
     }
 }
 
+/// A planned switchover: the primary's member, leading term `term`, hands the primary role
+/// to `to`. Its server stops taking sessions and shuts down cleanly, and the standbys keep
+/// receiving from it until it has (so the target holds everything, shutdown checkpoint
+/// included, and the old primary follows it without a rewind).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchoverRecord {
+    /// The primary's member.
+    pub from: u64,
+    /// The member whose server becomes the primary.
+    pub to: u64,
+    /// The term of the leader that asked for it.
+    pub term: u64,
+    /// When, ms since the Unix epoch (the leader's clock).
+    pub time_ms: i64,
+}
+
 /// A change to the HA state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HaCommand {
@@ -88,6 +104,8 @@ pub enum HaCommand {
     },
     /// The leader of `record.term` names the primary.
     Primary(PrimaryRecord),
+    /// The primary's member asks for a planned switchover.
+    Switchover(SwitchoverRecord),
 }
 
 impl HaCommand {
@@ -97,6 +115,7 @@ impl HaCommand {
             HaCommand::Server { .. } => "ha_server",
             HaCommand::Detached { .. } => "ha_detached",
             HaCommand::Primary(_) => "ha_primary",
+            HaCommand::Switchover(_) => "ha_switchover",
         }
     }
 }
@@ -112,6 +131,14 @@ pub enum HaRefusal {
         decided: u64,
         /// The entry's term.
         entry: u64,
+    },
+    /// A switchover asked for by a member whose server is not the recorded primary.
+    #[error("node {node} asked for a switchover, but the recorded primary is {primary:?}")]
+    NotPrimary {
+        /// The asking member.
+        node: u64,
+        /// The recorded primary.
+        primary: Option<u64>,
     },
     /// A report of an older term than the one on record for the member.
     #[error("a report of term {reported} is older than node {node}'s report of term {recorded}")]
@@ -136,6 +163,10 @@ pub struct HaState {
     pub reports: BTreeMap<u64, DetachReport>,
     /// How many primary decisions were applied (the bootstrap one included).
     pub promotions: u64,
+    /// Each member's newest primary decision (its last promotion).
+    pub last_promotion: BTreeMap<u64, PrimaryRecord>,
+    /// The newest planned switchover.
+    pub switchover: Option<SwitchoverRecord>,
 }
 
 impl HaState {
@@ -157,12 +188,23 @@ impl HaState {
                 }
                 self.reports.insert(*node, *report);
             }
+            HaCommand::Switchover(sw) => {
+                let primary = self.primary.as_ref().map(|p| p.node);
+                if sw.term != entry_term {
+                    return Err(HaRefusal::StaleDecision { decided: sw.term, entry: entry_term });
+                }
+                if primary != Some(sw.from) {
+                    return Err(HaRefusal::NotPrimary { node: sw.from, primary });
+                }
+                self.switchover = Some(sw.clone());
+            }
             HaCommand::Primary(rec) => {
                 let recorded = self.primary.as_ref().map_or(0, |p| p.term);
                 if rec.term != entry_term || rec.term < recorded {
                     return Err(HaRefusal::StaleDecision { decided: rec.term, entry: entry_term });
                 }
                 self.primary = Some(rec.clone());
+                self.last_promotion.insert(rec.node, rec.clone());
                 self.promotions += 1;
             }
         }

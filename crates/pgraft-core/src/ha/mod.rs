@@ -6,8 +6,10 @@
 mod ha_state;
 mod planner;
 
-pub use ha_state::{DetachReport, HaCommand, HaRefusal, HaState, Lsn, PrimaryRecord, ServerRecord};
+pub use ha_state::{
+    DetachReport, HaCommand, HaRefusal, HaState, Lsn, PrimaryRecord, ServerRecord, SwitchoverRecord,
+};
 pub use planner::{
     application_name, detach_quorum, fencing_bound_ms, plan, sync_count, sync_standby_names, Gate,
-    Observation, Plan, RaftView, Receiving, ServerView, SyncMode, FENCE_MARGIN_MS,
+    Observation, Plan, RaftView, Receiving, ServerView, SyncMode, FENCE_MARGIN_MS, SWITCHOVER_TIMEOUT_MS,
 };

@@ -24,6 +24,8 @@
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(test)]
+use super::ha_state::SwitchoverRecord;
 use super::ha_state::{DetachReport, HaCommand, HaState, Lsn, PrimaryRecord, ServerRecord};
 
 /// `pgraft.synchronous_mode`.
@@ -187,6 +189,12 @@ pub fn fencing_bound_ms(election_timeout_ms: u64) -> u64 {
     2 * election_timeout_ms + FENCE_MARGIN_MS
 }
 
+/// How long a planned switchover may take: the old primary refuses sessions until its
+/// member hands leadership over, and the standbys keep receiving from it until it has shut
+/// down. Past this the old primary takes sessions again (the transfer did not happen), or
+/// the standbys let go of it as in a failover.
+pub const SWITCHOVER_TIMEOUT_MS: i64 = 10_000;
+
 /// The worker's tick, the time a fast shutdown takes to end sessions, and clock slack.
 pub const FENCE_MARGIN_MS: u64 = 500;
 
@@ -311,8 +319,31 @@ fn plan_primary(o: &Observation<'_>, rec: &PrimaryRecord, p: &mut Plan) {
         });
         return;
     }
-    p.gate = Gate::Open;
     p.sync_names = Some(sync_standby_names(o.sync, r.me, &ha_voters(o)));
+    if let Some(sw) = o.ha.switchover.as_ref().filter(|sw| sw.from == r.me && sw.term == r.term) {
+        if o.now_ms - sw.time_ms < SWITCHOVER_TIMEOUT_MS {
+            // Writes stop here; the sessions still open end with the shutdown that follows
+            // the transfer, and what they committed reaches the standbys first.
+            p.gate = Gate::Fenced;
+            p.transfer = Some(sw.to);
+            p.waiting = Some(format!("switchover: handing the primary role to node {}", sw.to));
+            return;
+        }
+        p.waiting =
+            Some(format!("switchover to node {} did not happen; this server takes writes again", sw.to));
+    }
+    p.gate = Gate::Open;
+}
+
+/// A planned switchover from the recorded primary to the current leader is under way:
+/// the old primary shuts down cleanly and its standbys should receive all it has first.
+fn switching_over(o: &Observation<'_>, rec: &PrimaryRecord) -> bool {
+    o.ha.switchover.as_ref().is_some_and(|sw| {
+        sw.from == rec.node
+            && sw.to == o.raft.leader_id
+            && sw.term < o.raft.term
+            && o.now_ms - sw.time_ms < SWITCHOVER_TIMEOUT_MS
+    })
 }
 
 fn plan_standby(o: &Observation<'_>, rec: &PrimaryRecord, p: &mut Plan) {
@@ -335,6 +366,10 @@ fn plan_standby(o: &Observation<'_>, rec: &PrimaryRecord, p: &mut Plan) {
     }
     if r.leader_id == rec.node {
         p.upstream = Some(Some(rec.node));
+        return;
+    }
+    if switching_over(o, rec) && o.server.receiving != Receiving::Nothing {
+        p.waiting = Some(format!("switchover: receiving node {}'s last WAL before it stops", rec.node));
         return;
     }
     // A leader that is not the primary's member: a failover. Let go of the old primary
@@ -623,6 +658,30 @@ mod tests {
         ha.apply(&HaCommand::Primary(rec), 2).expect("primary");
         let p = plan(&obs(&ha, raft(1, 1, 2), server(false, 100, Receiving::Nothing)));
         assert_eq!(p.sync_names.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn a_switchover_stops_writes_then_lets_the_standbys_drain_the_old_primary() {
+        let mut ha = ha_with_primary(1, 2);
+        let sw = SwitchoverRecord { from: 1, to: 3, term: 2, time_ms: 1 };
+        ha.apply(&HaCommand::Switchover(sw.clone()), 2).expect("switchover");
+        // The old primary refuses sessions and hands leadership to node 3.
+        let p = plan(&obs(&ha, raft(1, 1, 2), server(false, 100, Receiving::Nothing)));
+        assert_eq!((p.gate, p.transfer, p.fence.is_none()), (Gate::Fenced, Some(3), true));
+        // Past the timeout it takes writes again.
+        let mut o = obs(&ha, raft(1, 1, 2), server(false, 100, Receiving::Nothing));
+        o.now_ms = SWITCHOVER_TIMEOUT_MS + 2;
+        assert_eq!(plan(&o).gate, Gate::Open);
+        // Node 3 leads term 3: the standbys keep streaming from node 1 until it stops.
+        for me in [2, 3] {
+            let p = plan(&obs(&ha, raft(me, 3, 3), server(true, 100, Receiving::From(1))));
+            assert!(p.upstream.is_none() && decisions(&p).is_empty(), "{p:?}");
+            let p = plan(&obs(&ha, raft(me, 3, 3), server(true, 120, Receiving::Nothing)));
+            assert!(matches!(decisions(&p)[..], [HaCommand::Detached { .. }]), "{p:?}");
+        }
+        // A switchover from a member that is not the primary is refused.
+        let stale = SwitchoverRecord { from: 2, to: 3, term: 2, time_ms: 1 };
+        assert!(ha.apply(&HaCommand::Switchover(stale), 2).is_err());
     }
 
     #[test]

@@ -89,7 +89,11 @@ fn pgraft_quorum_met() -> bool {
     status().member.quorum_active
 }
 
-/// Hands leadership to another voter; returns once it leads.
+/// Hands leadership to another voter; returns once it leads. With failover on, the Raft
+/// leader's server is the primary, so this is a planned switchover: writes stop on the old
+/// primary, it shuts down cleanly while its standbys receive everything it wrote, the
+/// target is promoted, and the old primary rejoins as its standby. It returns once the
+/// target is the recorded primary and leads.
 #[pg_extern]
 fn pgraft_transfer_leadership(target_node_id: i32) -> bool {
     let to = node_id_arg("pgraft_transfer_leadership", target_node_id);
@@ -97,7 +101,59 @@ fn pgraft_transfer_leadership(target_node_id: i32) -> bool {
     if !st.member.voters.contains(&to) {
         invalid(format!("cannot transfer leadership to node {to}: it is not a voting member of the cluster"));
     }
+    let failover = match st.cluster_config.get("failover_enabled") {
+        Some(v) => v == "true",
+        None => crate::gucs::FAILOVER_ENABLED.get(),
+    };
+    if let Some(from) = st.ha.primary.as_ref().map(|p| p.node).filter(|p| failover && *p != to) {
+        return switchover(&st, from, to);
+    }
     matches!(bridge::raft(Request::TransferLeader { to }), Response::Reached(_))
+}
+
+/// How long a switchover may take before `pgraft_transfer_leadership` says it did not
+/// complete (statement_timeout ends it sooner).
+const SWITCHOVER_WAIT: std::time::Duration =
+    std::time::Duration::from_millis(pgraft_core::ha::SWITCHOVER_TIMEOUT_MS as u64 + 5_000);
+
+fn switchover(st: &StatusReport, from: u64, to: u64) -> bool {
+    use pgraft_core::ha::{HaCommand, SwitchoverRecord};
+    let primary_sid = st.ha.servers.get(&from).map(|s| s.system_id);
+    if st.ha.servers.get(&to).map(|s| s.system_id) != primary_sid {
+        invalid(format!(
+            "cannot switch over to node {to}: its server is not a standby of node {from}'s (not registered with the primary's system identifier)"
+        ));
+    }
+    let term = st.member.term;
+    let time_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let body = Body::Ha(HaCommand::Switchover(SwitchoverRecord { from, to, term, time_ms }));
+    match bridge::raft(Request::ProposeInTerm { term, body }) {
+        Response::Applied { outcome: pgraft_core::state_machine::Outcome::Ha(Some(why)), .. } => {
+            invalid(format!("switchover to node {to} refused: {why}"))
+        }
+        Response::Applied { .. } => {}
+        other => invalid(format!("unexpected answer to a switchover: {other:?}")),
+    }
+    let deadline = std::time::Instant::now() + SWITCHOVER_WAIT;
+    loop {
+        let st = status();
+        if st.ha.primary.as_ref().is_some_and(|p| p.node == to) && st.member.leader_id == to {
+            pgrx::log!("pgraft: switchover from node {from} to node {to} done");
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            bridge::fail(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("switchover from node {from} to node {to} did not complete within {SWITCHOVER_WAIT:?}"),
+                Some("pgraft.ha_status shows what each member waits for; the old primary takes writes again once the switchover times out."),
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        pgrx::check_for_interrupts!();
+    }
 }
 
 /// A round trip through the log: proposes a no-op entry and waits until it is applied.

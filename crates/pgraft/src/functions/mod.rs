@@ -2,6 +2,7 @@
 
 mod cluster;
 mod config;
+mod ha;
 mod kv;
 mod log;
 mod views;

@@ -109,6 +109,12 @@ CREATE VIEW pgraft.kv AS
     FROM pgraft_kv_range('', false);
 CREATE VIEW pgraft.applied_entries AS
   SELECT raft_index, raft_term, entry_type, applied_at FROM pgraft_applied_entries();
+CREATE VIEW pgraft.ha_status AS
+  SELECT node_id, raft_state, recorded_primary, server_role, timeline,
+         received_lsn::pg_lsn AS received_lsn, replayed_lsn::pg_lsn AS replayed_lsn, lag_bytes,
+         sync_state, fenced, failover_enabled, last_promotion_term, last_promotion_at,
+         last_promotion_reason, note
+    FROM pgraft_ha_status();
 CREATE VIEW pgraft.log_index_mapping AS
   SELECT raft_index, operation_type, target_table, operation_data, applied_at FROM pgraft_log_index_mapping();
 

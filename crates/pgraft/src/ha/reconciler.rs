@@ -132,6 +132,8 @@ impl Reconciler {
             if let Some(w) = &plan.waiting {
                 log::info!("failover: {w}");
             }
+            let note = shmem::ErrorText::new(plan.waiting.as_deref().unwrap_or(""));
+            shmem::update(|s| s.ha_note = note);
             self.last_waiting = plan.waiting.clone();
         }
         if let Some(why) = &plan.fence {

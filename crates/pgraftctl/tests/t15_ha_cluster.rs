@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::ha::up_ha;
 use common::*;
 
 #[test]
@@ -17,17 +18,7 @@ fn ha_clusters_have_one_primary_and_streaming_standbys() {
             let dir = cluster_dir(&format!("ha{n}"));
             let d = dir.to_string_lossy().into_owned();
             let _guard = Down(dir.clone());
-            let lines = json_lines(&pgraftctl(&[
-                "local",
-                "up",
-                "--ha",
-                "--nodes",
-                &n.to_string(),
-                "--dir",
-                &d,
-                "--pg-config",
-                &pgc,
-            ]));
+            let lines = up_ha(&d, &pgc, n);
             assert_eq!(lines.len(), n + 1, "a line per member and the cluster's conninfo");
             let nodes = &lines[..n];
             for (i, node) in nodes.iter().enumerate() {

@@ -7,86 +7,11 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::ha::*;
 use common::*;
 use serde_json::Value;
-
-/// An HA cluster of `n` members; its JSON lines (members, then the read-write conninfo).
-fn up_ha(d: &str, pgc: &str, n: usize) -> Vec<Value> {
-    json_lines(&pgraftctl(&[
-        "local",
-        "up",
-        "--ha",
-        "--nodes",
-        &n.to_string(),
-        "--dir",
-        d,
-        "--pg-config",
-        pgc,
-    ]))
-}
-
-fn conninfo(lines: &[Value], i: usize) -> String {
-    lines[i]["conninfo"].as_str().expect("conninfo").to_string()
-}
-
-fn pg_port(lines: &[Value], i: usize) -> i32 {
-    lines[i]["pg_port"].as_i64().expect("pg_port") as i32
-}
-
-/// One write of a new value through the cluster's read-write conninfo: the port of the
-/// server that acknowledged it.
-fn write_once(rw: &str) -> Option<i32> {
-    static NEXT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(-1_000_000);
-    let value = NEXT.fetch_add(1, Ordering::Relaxed);
-    let mut c = connect(rw).ok()?;
-    c.query_one("INSERT INTO t VALUES ($1) RETURNING inet_server_port()", &[&value]).ok().map(|r| r.get(0))
-}
-
-/// A client writing a new value every 10 ms until stopped; each acknowledged write is
-/// recorded with the server that acknowledged it and when.
-struct Writer {
-    stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<(i64, i32, Instant)>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Writer {
-    fn start(rw: String, first: i64) -> Writer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let (s, a) = (Arc::clone(&stop), Arc::clone(&acked));
-        let thread = std::thread::spawn(move || {
-            let mut next = first;
-            let mut client: Option<postgres::Client> = None;
-            while !s.load(Ordering::Relaxed) {
-                if client.is_none() {
-                    client = connect(&rw).ok();
-                }
-                if let Some(c) = client.as_mut() {
-                    match c.query_one("INSERT INTO t VALUES ($1) RETURNING inet_server_port()", &[&next]) {
-                        Ok(row) => a.lock().expect("lock").push((next, row.get(0), Instant::now())),
-                        Err(_) => client = None,
-                    }
-                    next += 1;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        });
-        Writer { stop, acked, thread: Some(thread) }
-    }
-
-    fn finish(mut self) -> Vec<(i64, i32, Instant)> {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().expect("the writer thread");
-        }
-        std::mem::take(&mut *self.acked.lock().expect("lock"))
-    }
-}
 
 /// Waits for a server other than `old_port` to acknowledge a write through the
 /// read-write conninfo; its port and how long it took from `since`.
@@ -125,15 +50,10 @@ fn check_one_primary(lines: &[Value], n: usize, dead: &[usize]) -> usize {
     p
 }
 
-fn values_on(conninfo: &str) -> std::collections::BTreeSet<i64> {
-    let mut c = connect(conninfo).expect("connect");
-    c.query("SELECT x FROM t", &[]).expect("read t").iter().map(|r| r.get(0)).collect()
-}
-
 /// Waits until member `i` has replayed every one of `values`.
 fn wait_rows(lines: &[Value], i: usize, values: &[i64]) {
     wait(&format!("node {} to hold every acknowledged row", i + 1), Duration::from_secs(30), || {
-        let have = values_on(&conninfo(lines, i));
+        let have = values_on(&conninfo(lines, i))?;
         values.iter().all(|v| have.contains(v)).then_some(())
     });
 }
@@ -178,7 +98,7 @@ fn a_killed_primary_is_replaced_and_a_restarted_one_never_takes_writes() {
 
         let p = check_one_primary(&lines, 3, &[0]);
         assert_eq!(pg_port(&lines, p), port);
-        let have = values_on(&conninfo(&lines, p));
+        let have = values_on(&conninfo(&lines, p)).expect("read t on the primary");
         let lost: Vec<i64> = acked.iter().map(|(v, _, _)| *v).filter(|v| !have.contains(v)).collect();
         assert!(lost.is_empty(), "acknowledged writes lost in synchronous mode: {lost:?}");
         assert!((1..=100).all(|v| have.contains(&v)), "rows written before the fault are there");
@@ -195,7 +115,7 @@ fn a_killed_primary_is_replaced_and_a_restarted_one_never_takes_writes() {
             "{pgc}: the restarted former primary streams from the new primary after {:?}",
             rejoined.elapsed()
         );
-        assert!(!values_on(&conninfo(&lines, p)).contains(&-2));
+        assert!(!values_on(&conninfo(&lines, p)).expect("read t on the primary").contains(&-2));
         let log = rejoin_log_when_done(&raft_dir);
         assert!(log.contains("re-cloned"), "{log}");
         let all: Vec<i64> = acked.iter().map(|(v, _, _)| *v).collect();
@@ -257,83 +177,67 @@ fn pgraft_start(d: &str, node: u64) -> std::process::Output {
 
 #[test]
 fn a_primary_cut_off_from_raft_is_fenced_while_its_replication_links_stay_up() {
-    let pgc = pg_configs()[0].to_string_lossy().into_owned();
-    let dir = cluster_dir("fo-cut");
-    let d = dir.to_string_lossy().into_owned();
-    let _guard = Down(dir.clone());
-    let lines = up_ha(&d, &pgc, 3);
-    let rw = lines[3]["read_write_conninfo"].as_str().expect("rw").to_string();
-    connect(&rw)
-        .expect("connect")
-        .batch_execute("CREATE TABLE t (x bigint PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)")
-        .expect("write on the primary");
+    let c = HaCluster::up("fo-cut", 100);
+    let (d, pgc, lines, rw) = (&c.d, &c.pgc, &c.lines, &c.rw);
 
     // A client that stays on node 1 the whole time, as a pooler pinned to it would.
-    let pinned = Writer::start(conninfo(&lines, 0), 1_000_000);
+    let pinned = Writer::start(conninfo(lines, 0), 1_000_000);
     let writer = Writer::start(rw.clone(), 1000);
     wait("the writers to get going", Duration::from_secs(10), || {
         (writer.acked.lock().ok()?.len() >= 20 && pinned.acked.lock().ok()?.len() >= 20).then_some(())
     });
     let cut = Instant::now();
-    pgraftctl(&["local", "partition", "1", "--dir", &d]);
-    let (port, took) = wait_new_primary(&rw, pg_port(&lines, 0), cut);
+    pgraftctl(&["local", "partition", "1", "--dir", d]);
+    let (port, took) = wait_new_primary(rw, pg_port(lines, 0), cut);
     println!("{pgc}: primary cut off from Raft to the first write on the new primary: {took:?}");
     wait("the cut-off primary to shut itself down", Duration::from_secs(30), || {
-        (!postmaster_alive(&lines, 0)).then_some(())
+        (!postmaster_alive(lines, 0)).then_some(())
     });
     let fenced_after = cut.elapsed();
     let acked = writer.finish();
     let pinned_acked = pinned.finish();
     println!("{pgc}: the cut-off primary was down {fenced_after:?} after the cut");
 
-    let p = check_one_primary(&lines, 3, &[0]);
-    assert_eq!(pg_port(&lines, p), port);
+    let p = check_one_primary(lines, 3, &[0]);
+    assert_eq!(pg_port(lines, p), port);
     // No write acknowledged by node 1 after the new primary acknowledged one.
     let first_new = acked
         .iter()
         .chain(pinned_acked.iter())
-        .filter(|(_, port, _)| *port != pg_port(&lines, 0))
+        .filter(|(_, port, _)| *port != pg_port(lines, 0))
         .map(|(_, _, at)| *at)
         .min()
         .expect("the new primary acknowledged writes");
     let late: Vec<i64> = acked
         .iter()
         .chain(pinned_acked.iter())
-        .filter(|(_, port, at)| *port == pg_port(&lines, 0) && *at >= first_new)
+        .filter(|(_, port, at)| *port == pg_port(lines, 0) && *at >= first_new)
         .map(|(v, _, _)| *v)
         .collect();
     assert!(late.is_empty(), "node 1 acknowledged writes after the new primary did: {late:?}");
     // Every acknowledged write is on the new primary (synchronous mode).
-    let have = values_on(&conninfo(&lines, p));
+    let have = values_on(&conninfo(lines, p)).expect("read t on the primary");
     let lost: Vec<i64> =
         acked.iter().chain(pinned_acked.iter()).map(|(v, _, _)| *v).filter(|v| !have.contains(v)).collect();
     assert!(lost.is_empty(), "acknowledged writes lost in synchronous mode: {lost:?}");
     // Healed, the fenced primary comes back as a standby of the new one by itself.
-    pgraftctl(&["local", "heal", "--dir", &d]);
+    pgraftctl(&["local", "heal", "--dir", d]);
     let healed = Instant::now();
-    never_writable_until_rejoined(&lines, 0, p);
+    never_writable_until_rejoined(lines, 0, p);
     println!("{pgc}: the fenced primary streams from the new primary {:?} after the heal", healed.elapsed());
     let all: Vec<i64> = acked.iter().chain(pinned_acked.iter()).map(|(v, _, _)| *v).collect();
-    wait_rows(&lines, 0, &all);
+    wait_rows(lines, 0, &all);
     let raft_dir = std::path::PathBuf::from(lines[0]["raft_data_dir"].as_str().expect("raft_data_dir"));
     let log = rejoin_log_when_done(&raft_dir);
     assert!(log.contains("rewound"), "{log}");
-    check_one_primary(&lines, 3, &[]);
-    pgraftctl(&["local", "down", "--dir", &d]);
+    check_one_primary(lines, 3, &[]);
+    pgraftctl(&["local", "down", "--dir", d]);
 }
 
 #[test]
 fn a_switchover_under_load_loses_nothing_and_needs_no_rewind() {
-    let pgc = pg_configs()[0].to_string_lossy().into_owned();
-    let dir = cluster_dir("fo-switch");
-    let d = dir.to_string_lossy().into_owned();
-    let _guard = Down(dir.clone());
-    let lines = up_ha(&d, &pgc, 3);
-    let rw = lines[3]["read_write_conninfo"].as_str().expect("rw").to_string();
-    connect(&rw)
-        .expect("connect")
-        .batch_execute("CREATE TABLE t (x bigint PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)")
-        .expect("write on the primary");
+    let c = HaCluster::up("fo-switch", 100);
+    let (d, pgc, lines, rw) = (&c.d, &c.pgc, &c.lines, &c.rw);
     let writer = Writer::start(rw.clone(), 1000);
     wait("the writer to get going", Duration::from_secs(10), || {
         (writer.acked.lock().ok()?.len() >= 20).then_some(())
@@ -341,7 +245,7 @@ fn a_switchover_under_load_loses_nothing_and_needs_no_rewind() {
     let asked = Instant::now();
     // pgraftctl asks a member that does not lead (the old primary's sessions end with its
     // shutdown); pgraft_transfer_leadership(2) returns once node 2 is the recorded primary.
-    let endpoints: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", pg_port(&lines, i))).collect();
+    let endpoints: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", pg_port(lines, i))).collect();
     let out = json_lines(&pgraftctl(&[
         "switchover",
         "--to",
@@ -357,19 +261,19 @@ fn a_switchover_under_load_loses_nothing_and_needs_no_rewind() {
     ]));
     assert_eq!(out[0]["to"], 2, "{out:?}");
     println!("{pgc}: pgraftctl switchover --to 2 returned after {:?}", asked.elapsed());
-    let (port, took) = wait_new_primary(&rw, pg_port(&lines, 0), asked);
-    assert_eq!(port, pg_port(&lines, 1), "node 2 is the new primary");
+    let (port, took) = wait_new_primary(rw, pg_port(lines, 0), asked);
+    assert_eq!(port, pg_port(lines, 1), "node 2 is the new primary");
     println!("{pgc}: switchover: the first write on node 2 {took:?} after it was asked for");
-    never_writable_until_rejoined(&lines, 0, 1);
+    never_writable_until_rejoined(lines, 0, 1);
     println!("{pgc}: node 1 streams from node 2 {:?} after the switchover was asked for", asked.elapsed());
     let acked = writer.finish();
-    check_one_primary(&lines, 3, &[]);
-    let have = values_on(&conninfo(&lines, 1));
+    check_one_primary(lines, 3, &[]);
+    let have = values_on(&conninfo(lines, 1)).expect("read t on node 2");
     let lost: Vec<i64> = acked.iter().map(|(v, _, _)| *v).filter(|v| !have.contains(v)).collect();
     assert!(lost.is_empty(), "acknowledged writes lost in a switchover: {lost:?}");
     // Node 1 shut down cleanly after its standbys received everything: nothing to rewind.
     let raft_dir = std::path::PathBuf::from(lines[0]["raft_data_dir"].as_str().expect("raft_data_dir"));
     let log = rejoin_log_when_done(&raft_dir);
     assert!(log.contains("no rewind required"), "{log}");
-    pgraftctl(&["local", "down", "--dir", &d]);
+    pgraftctl(&["local", "down", "--dir", d]);
 }

@@ -9,10 +9,9 @@ use std::collections::BTreeMap;
 use pgraft_core::ha::{HaState, Lsn};
 use pgrx::prelude::*;
 
+use super::cluster::status;
 use super::kv::ts;
-use crate::bridge;
 use crate::ha::server_probe;
-use crate::protocol::{IpcRequest, IpcResponse, StatusReport};
 use crate::shmem::{self, GateState};
 
 /// One standby as the primary's `pg_stat_replication` shows it.
@@ -56,13 +55,6 @@ fn streaming() -> BTreeMap<u64, Streaming> {
 /// `X/Y`, as PostgreSQL prints an LSN.
 fn lsn_text(l: Lsn) -> String {
     format!("{:X}/{:X}", l >> 32, l & 0xffff_ffff)
-}
-
-fn status() -> StatusReport {
-    match bridge::call(IpcRequest::Status) {
-        IpcResponse::Status(s) => *s,
-        other => bridge::unexpected(other),
-    }
 }
 
 /// Failover as this member sees it: per member, its Raft state, its server's role,

@@ -9,6 +9,8 @@ use std::process::Command;
 
 use serde_json::Value;
 
+pub mod ha;
+
 /// The PostgreSQL installs to test against: `PGRAFT_TEST_PG_CONFIGS` (space separated, set
 /// by `make test`), else the Debian PostgreSQL 15.
 pub fn pg_configs() -> Vec<PathBuf> {

@@ -232,6 +232,14 @@ pub fn plan(o: &Observation<'_>) -> Plan {
         ));
         return p;
     }
+    if ha_voters(o).len() < 2 {
+        // No other voter runs a copy of this cluster (a plain cluster where failover was
+        // switched on, or standbys not registered yet): there is nothing to fail over to,
+        // so nothing is recorded, fenced or promoted.
+        p.gate = Gate::Open;
+        p.waiting = Some("no other voting member runs a standby of this server's cluster".into());
+        return p;
+    }
     match o.ha.primary.clone() {
         None => plan_unnamed(o, &mut p),
         Some(rec) if o.server.in_recovery => plan_standby(o, &rec, &mut p),
@@ -508,13 +516,22 @@ mod tests {
 
     #[test]
     fn the_first_leader_names_its_own_server() {
+        // Alone (no standby of its cluster registered), nothing is recorded.
         let ha = HaState::default();
+        let p = plan(&obs(&ha, raft(1, 1, 2), server(false, 100, Receiving::Nothing)));
+        assert_eq!(p.gate, Gate::Open);
+        assert!(decisions(&p).is_empty());
+        let mut ha = HaState::default();
+        let standby = ServerRecord { host: "h".into(), port: 2, system_id: 7, primary: false };
+        ha.apply(&HaCommand::Server { node: 2, server: standby }, 1).expect("server");
         let p = plan(&obs(&ha, raft(1, 1, 2), server(false, 100, Receiving::Nothing)));
         assert_eq!(p.gate, Gate::Open);
         assert!(matches!(decisions(&p)[..], [HaCommand::Primary(PrimaryRecord { node: 1, term: 2, .. })]));
         // A standby that leads hands leadership to the registered primary.
         let mut ha = HaState::default();
         let rec = ServerRecord { host: "h".into(), port: 1, system_id: 7, primary: true };
+        ha.apply(&HaCommand::Server { node: 3, server: ServerRecord { primary: false, ..rec.clone() } }, 1)
+            .expect("server");
         ha.apply(&HaCommand::Server { node: 1, server: rec }, 1).expect("server");
         let p = plan(&obs(&ha, raft(2, 2, 2), server(true, 100, Receiving::From(1))));
         assert_eq!(p.transfer, Some(1));
@@ -657,7 +674,10 @@ mod tests {
         let rec = PrimaryRecord { node: 1, term: 2, timeline: 1, lsn: 0, reason: "t".into(), time_ms: 0 };
         ha.apply(&HaCommand::Primary(rec), 2).expect("primary");
         let p = plan(&obs(&ha, raft(1, 1, 2), server(false, 100, Receiving::Nothing)));
-        assert_eq!(p.sync_names.as_deref(), Some(""));
+        assert_eq!((p.gate, p.sync_names.as_deref(), p.fence.is_none()), (Gate::Open, None, true));
+        // Even when it no longer leads: nothing to fail over to, nothing fenced.
+        let p = plan(&obs(&ha, raft(1, 2, 3), server(false, 100, Receiving::Nothing)));
+        assert_eq!((p.gate, p.fence.is_none()), (Gate::Open, true));
     }
 
     #[test]

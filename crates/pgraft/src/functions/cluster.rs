@@ -106,7 +106,14 @@ fn pgraft_transfer_leadership(target_node_id: i32) -> bool {
         None => crate::gucs::FAILOVER_ENABLED.get(),
     };
     if let Some(from) = st.ha.primary.as_ref().map(|p| p.node).filter(|p| failover && *p != to) {
-        return switchover(&st, from, to);
+        // Failover acts only where another voter runs a standby of the primary's cluster;
+        // elsewhere (a plain cluster with failover switched on) this is a Raft transfer.
+        let sid = st.ha.servers.get(&from).map(|s| s.system_id);
+        let cluster =
+            st.member.voters.iter().filter(|v| st.ha.servers.get(v).map(|s| s.system_id) == sid).count();
+        if cluster >= 2 {
+            return switchover(&st, from, to);
+        }
     }
     matches!(bridge::raft(Request::TransferLeader { to }), Response::Reached(_))
 }

@@ -79,9 +79,12 @@ fn list(c: &ClusterArgs) -> Result<()> {
     let rows = s
         .client
         .query(
-            "SELECT node_id, address, port, is_leader, state, match_index, commit_index, \
-                    last_heartbeat_ms, replication_lag_bytes \
-               FROM pgraft_get_nodes() ORDER BY node_id",
+            "SELECT n.node_id, n.address, n.port, n.is_leader, n.state, n.match_index, n.commit_index, \
+                    n.last_heartbeat_ms, n.replication_lag_bytes, \
+                    CASE WHEN h.server_role IS NOT NULL THEN h.server_role \
+                         WHEN h.recorded_primary THEN 'primary (recorded)' END \
+               FROM pgraft_get_nodes() n LEFT JOIN pgraft_ha_status() h ON h.node_id = n.node_id \
+              ORDER BY n.node_id",
             &[],
         )
         .map_err(sql_error)
@@ -105,6 +108,7 @@ fn list(c: &ClusterArgs) -> Result<()> {
                 "commit_index": r.get::<_, Option<i64>>(6),
                 "last_heartbeat_ms": r.get::<_, Option<i64>>(7),
                 "replication_lag_bytes": r.get::<_, Option<i64>>(8),
+                "pg_role": r.get::<_, Option<String>>(9),
             })
         })
         .collect();
@@ -122,6 +126,7 @@ fn list(c: &ClusterArgs) -> Result<()> {
         "COMMIT INDEX",
         "LAST HEARD MS",
         "LAG",
+        "PG ROLE",
     ]);
     for m in &members {
         t.row(
@@ -135,6 +140,7 @@ fn list(c: &ClusterArgs) -> Result<()> {
                 "commit_index",
                 "last_heartbeat_ms",
                 "replication_lag_bytes",
+                "pg_role",
             ]
             .iter()
             .map(|k| cell(&m[*k]))

@@ -275,5 +275,34 @@ fn a_switchover_under_load_loses_nothing_and_needs_no_rewind() {
     let raft_dir = std::path::PathBuf::from(lines[0]["raft_data_dir"].as_str().expect("raft_data_dir"));
     let log = rejoin_log_when_done(&raft_dir);
     assert!(log.contains("no rewind required"), "{log}");
+    // `member list` shows each member's PostgreSQL role beside its Raft state (once the
+    // rejoined member's worker follows node 2 again).
+    wait("node 1's member to follow node 2", Duration::from_secs(30), || {
+        let mut c = connect(&conninfo(lines, 0)).ok()?;
+        (c.query_one("SELECT pgraft_get_leader()", &[]).ok()?.get::<_, i32>(0) == 2).then_some(())
+    });
+    let ml = json_lines(&pgraftctl(&[
+        "member",
+        "list",
+        "--endpoints",
+        &endpoints.join(","),
+        "--user",
+        "postgres",
+        "--dbname",
+        "postgres",
+        "-w",
+        "json",
+    ]));
+    let roles: Vec<(i64, String)> = ml[0]["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| (m["id"].as_i64().unwrap_or(0), m["pg_role"].as_str().unwrap_or("?").to_string()))
+        .collect();
+    assert_eq!(
+        roles,
+        [(1, "standby".to_string()), (2, "primary".to_string()), (3, "standby".to_string())],
+        "{ml:?}"
+    );
     pgraftctl(&["local", "down", "--dir", d]);
 }

@@ -63,6 +63,24 @@ pub static REPLICATION_HOST: GucSetting<Option<CString>> = GucSetting::<Option<C
 /// passfile, ...); host, port and application_name are the worker's.
 pub static REPLICATION_CONNINFO: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 
+/// The timing in effect: what `pgraft_set_config` put in the log, else these settings.
+pub fn effective_timing(cluster: &std::collections::BTreeMap<String, String>) -> config::Timing {
+    let get = |n: &str, d: u64| cluster.get(n).and_then(|v| config::parse_duration_ms(v).ok()).unwrap_or(d);
+    config::Timing {
+        election_timeout_ms: get("election_timeout", ELECTION_TIMEOUT.get() as u64),
+        heartbeat_interval_ms: get("heartbeat_interval", HEARTBEAT_INTERVAL.get() as u64),
+    }
+}
+
+/// Whether automatic failover may act: `pgraft_set_config('failover_enabled', ...)` in
+/// the log when set (the cluster-wide pause), else `pgraft.failover_enabled`.
+pub fn effective_failover(cluster: &std::collections::BTreeMap<String, String>) -> bool {
+    match cluster.get("failover_enabled") {
+        Some(v) => v == "true",
+        None => FAILOVER_ENABLED.get(),
+    }
+}
+
 /// Reads a string setting (empty when unset).
 pub fn string(setting: &GucSetting<Option<CString>>) -> String {
     setting.get().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default()

@@ -246,19 +246,13 @@ fn a_switchover_under_load_loses_nothing_and_needs_no_rewind() {
     // pgraftctl asks a member that does not lead (the old primary's sessions end with its
     // shutdown); pgraft_transfer_leadership(2) returns once node 2 is the recorded primary.
     let endpoints: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", pg_port(lines, i))).collect();
-    let out = json_lines(&pgraftctl(&[
-        "switchover",
-        "--to",
-        "2",
-        "--endpoints",
-        &endpoints.join(","),
-        "--user",
-        "postgres",
-        "--dbname",
-        "postgres",
-        "-w",
-        "json",
-    ]));
+    // An operator command against every member, answering in JSON.
+    let ctl = |cmd: &[&str]| {
+        let eps = endpoints.join(",");
+        let common = ["--endpoints", &eps, "--user", "postgres", "--dbname", "postgres", "-w", "json"];
+        json_lines(&pgraftctl(&[cmd, &common[..]].concat()))
+    };
+    let out = ctl(&["switchover", "--to", "2"]);
     assert_eq!(out[0]["to"], 2, "{out:?}");
     println!("{pgc}: pgraftctl switchover --to 2 returned after {:?}", asked.elapsed());
     let (port, took) = wait_new_primary(rw, pg_port(lines, 0), asked);
@@ -281,18 +275,7 @@ fn a_switchover_under_load_loses_nothing_and_needs_no_rewind() {
         let mut c = connect(&conninfo(lines, 0)).ok()?;
         (c.query_one("SELECT pgraft_get_leader()", &[]).ok()?.get::<_, i32>(0) == 2).then_some(())
     });
-    let ml = json_lines(&pgraftctl(&[
-        "member",
-        "list",
-        "--endpoints",
-        &endpoints.join(","),
-        "--user",
-        "postgres",
-        "--dbname",
-        "postgres",
-        "-w",
-        "json",
-    ]));
+    let ml = ctl(&["member", "list"]);
     let roles: Vec<(i64, String)> = ml[0]["members"]
         .as_array()
         .expect("members")

@@ -101,10 +101,7 @@ fn pgraft_transfer_leadership(target_node_id: i32) -> bool {
     if !st.member.voters.contains(&to) {
         invalid(format!("cannot transfer leadership to node {to}: it is not a voting member of the cluster"));
     }
-    let failover = match st.cluster_config.get("failover_enabled") {
-        Some(v) => v == "true",
-        None => crate::gucs::FAILOVER_ENABLED.get(),
-    };
+    let failover = crate::gucs::effective_failover(&st.cluster_config);
     if let Some(from) = st.ha.primary.as_ref().map(|p| p.node).filter(|p| failover && *p != to) {
         // Failover acts only where another voter runs a standby of the primary's cluster;
         // elsewhere (a plain cluster with failover switched on) this is a Raft transfer.
@@ -132,10 +129,7 @@ fn switchover(st: &StatusReport, from: u64, to: u64) -> bool {
         ));
     }
     let term = st.member.term;
-    let time_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let time_ms = crate::worker::now_ms();
     let body = Body::Ha(HaCommand::Switchover(SwitchoverRecord { from, to, term, time_ms }));
     match bridge::raft(Request::ProposeInTerm { term, body }) {
         Response::Applied { outcome: pgraft_core::state_machine::Outcome::Ha(Some(why)), .. } => {

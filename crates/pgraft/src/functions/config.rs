@@ -67,14 +67,6 @@ fn normalise(name: &str, value: &str, current: &Timing) -> String {
     }
 }
 
-fn effective_timing(cluster: &std::collections::BTreeMap<String, String>) -> Timing {
-    let get = |n: &str, d: u64| cluster.get(n).and_then(|v| parse_duration_ms(v).ok()).unwrap_or(d);
-    Timing {
-        election_timeout_ms: get("election_timeout", gucs::ELECTION_TIMEOUT.get() as u64),
-        heartbeat_interval_ms: get("heartbeat_interval", gucs::HEARTBEAT_INTERVAL.get() as u64),
-    }
-}
-
 /// Changes a setting on every member, through the log; it applies at once and survives
 /// restarts (it is part of the replicated state). Values take units (`'75ms'`, `'1s'`).
 #[pg_extern]
@@ -92,7 +84,7 @@ fn pgraft_set_config(name: &str, value: &str) -> bool {
         ));
     }
     let st = status();
-    let value = normalise(&name, value, &effective_timing(&st.cluster_config));
+    let value = normalise(&name, value, &gucs::effective_timing(&st.cluster_config));
     matches!(bridge::raft(Request::Propose(Body::SetConfig { name, value })), Response::Applied { .. })
 }
 

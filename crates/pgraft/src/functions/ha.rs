@@ -85,10 +85,7 @@ fn pgraft_ha_status() -> TableIterator<
     let st = status();
     let ha: &HaState = &st.ha;
     let me = st.member.id;
-    let failover = match st.cluster_config.get("failover_enabled") {
-        Some(v) => v == "true",
-        None => crate::gucs::FAILOVER_ENABLED.get(),
-    };
+    let failover = crate::gucs::effective_failover(&st.cluster_config);
     let facts = server_probe::observe(&std::path::PathBuf::from("."));
     let replicas = if facts.in_recovery { BTreeMap::new() } else { streaming() };
     let shared = shmem::read();

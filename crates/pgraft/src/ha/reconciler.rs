@@ -6,11 +6,11 @@
 //! holds the loop.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgraft_core::command::Body;
-use pgraft_core::config::parse_duration_ms;
 use pgraft_core::ha::{
     self, HaCommand, HaState, Observation, Plan, RaftView, Receiving, ServerRecord, ServerView, SyncMode,
 };
@@ -33,8 +33,8 @@ const REWRITE_PAUSE: Duration = Duration::from_millis(500);
 pub struct Reconciler {
     pgdata: PathBuf,
     raft_dir: PathBuf,
-    /// The HA proposal in flight, if any: what, and whether it finished.
-    in_flight: Option<(HaCommand, Arc<Mutex<bool>>)>,
+    /// Whether the HA proposal in flight, if any, has finished.
+    in_flight: Option<Arc<AtomicBool>>,
     leader_since: Option<(u64, Instant)>,
     last_transfer: Option<Instant>,
     last_write: Option<(Vec<(String, String)>, Instant)>,
@@ -62,10 +62,7 @@ impl Reconciler {
     /// One pass. `rt` runs proposals.
     pub fn tick(&mut self, node: &NodeHandle, status: &MemberStatus, rt: &tokio::runtime::Runtime) {
         let Some(view) = node.ha_view() else { return };
-        let failover = match view.config.get("failover_enabled") {
-            Some(v) => v == "true",
-            None => gucs::FAILOVER_ENABLED.get(),
-        };
+        let failover = gucs::effective_failover(&view.config);
         if !failover && view.ha.primary.is_none() {
             // Not an HA cluster (yet): nothing to guard.
             set_gate(GateState::Open);
@@ -77,11 +74,7 @@ impl Reconciler {
             set_gate(GateState::Unknown);
             return;
         }
-        let election_timeout_ms = view
-            .config
-            .get("election_timeout")
-            .and_then(|v| parse_duration_ms(v).ok())
-            .unwrap_or(gucs::ELECTION_TIMEOUT.get() as u64);
+        let election_timeout_ms = gucs::effective_timing(&view.config).election_timeout_ms;
         let raft = self.raft_view(status, election_timeout_ms);
         let sync = SyncMode::parse(&gucs::string(&gucs::SYNCHRONOUS_MODE)).unwrap_or(SyncMode::On);
         let server = server_view(&facts, &view.ha, status.id);
@@ -302,15 +295,13 @@ impl Reconciler {
     }
 
     fn propose(&mut self, plan: &Plan, node: &NodeHandle, rt: &tokio::runtime::Runtime) {
-        if let Some((_, done)) = &self.in_flight {
-            if !*done.lock().unwrap_or_else(|e| e.into_inner()) {
-                return;
-            }
-            self.in_flight = None;
+        if self.in_flight.as_ref().is_some_and(|done| !done.load(Ordering::Acquire)) {
+            return;
         }
+        self.in_flight = None;
         let Some(cmd) = plan.propose.first().cloned() else { return };
-        let done = Arc::new(Mutex::new(false));
-        self.in_flight = Some((cmd.clone(), Arc::clone(&done)));
+        let done = Arc::new(AtomicBool::new(false));
+        self.in_flight = Some(Arc::clone(&done));
         let req = match &cmd {
             // Only the leader of the decision's term may get it into the log.
             HaCommand::Primary(rec) => Request::ProposeInTerm { term: rec.term, body: Body::Ha(cmd.clone()) },
@@ -336,7 +327,7 @@ impl Reconciler {
                 Ok(_) => {}
                 Err(e) => log::info!("failover: proposing {}: {e}", cmd.name()),
             }
-            *done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            done.store(true, Ordering::Release);
         });
     }
 }

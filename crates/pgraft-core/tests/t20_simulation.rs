@@ -32,14 +32,18 @@ fn five_members_survive_faults() {
 #[test]
 fn lost_proposals_are_sent_again_and_applied_once() {
     let opts = SimOptions::default();
-    let (mut resent, mut duplicates) = (0, 0);
+    let (mut resent, mut duplicates, mut wipes) = (0, 0, 0);
     for seed in 10_000..10_100 {
         let r = run(seed, &opts).unwrap_or_else(|f| panic!("{f}"));
         resent += r.resent;
         duplicates += r.duplicates;
+        wipes += r.faults.iter().filter(|f| f.contains("wipe node")).count();
     }
     assert!(resent > 0, "100 faulty runs and no proposal was sent again");
     assert!(duplicates > 0, "100 faulty runs and no copy reached the log: the dedupe went untested");
+    // A removed member whose Raft data is wiped before it is added back must not vote
+    // while empty (members that have not applied its removal still count it).
+    assert!(wipes > 0, "100 faulty runs and no member was wiped: empty members' votes went untested");
 }
 
 /// The checks are not vacuous: with reads served locally (no ReadIndex), stale reads

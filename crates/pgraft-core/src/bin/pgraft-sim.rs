@@ -50,6 +50,11 @@ fn main() {
             Err(f) => {
                 failed += 1;
                 println!("{f}");
+                if args.iter().any(|a| a == "--verbose") {
+                    for fault in &f.faults {
+                        println!("  {fault}");
+                    }
+                }
             }
         }
     }

@@ -79,6 +79,9 @@ pub struct Counters {
     pub proposals_resent: u64,
     /// Snapshots received from a leader and installed.
     pub snapshots_installed: u64,
+    /// Vote requests left unanswered because this member's log is empty (see
+    /// `Member::step`).
+    pub votes_withheld: u64,
 }
 
 /// A picture of the member.

@@ -5,7 +5,7 @@ use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, Entry
 use raft::StateRole;
 use raft_proto::ConfChangeI as _;
 
-use super::{raft_err, ConfProposal, Member, Token, Waiting};
+use super::{raft_err, ConfProposal, Member, Token, Waiting, NO_CLIENT};
 use crate::command::ConfContext;
 use crate::error::{Error, Result};
 use crate::request::Response;
@@ -15,6 +15,14 @@ use crate::storage::LogStore;
 impl<S: LogStore> Member<S> {
     /// Membership changes: `address` set = add (voter or learner by `flag`), `None` with
     /// `flag` = remove, `None` without = promote.
+    ///
+    /// A voter joins as a learner first and is promoted once it holds the log. A member
+    /// with an empty log votes for nobody (`Member::withholds_vote`), so a voter added
+    /// empty would, until its first snapshot, count in every quorum without being able to
+    /// help form one: a leader lost in that window would leave a two-member cluster grown
+    /// to three, or a three-member one whose other follower is down, without a leader
+    /// for good. As a learner it counts in no quorum until it can vote. The request is
+    /// answered once the member is a voter.
     pub(super) fn change_membership(&mut self, token: Token, id: u64, address: Option<String>, flag: bool) {
         if self.raw.raft.state != StateRole::Leader {
             let e = self.not_leader();
@@ -27,7 +35,7 @@ impl<S: LogStore> Member<S> {
         let conf = self.raw.raft.prs().conf();
         let is_voter = conf.voters().contains(id);
         let is_learner = conf.learners().contains(&id);
-        let (change, addr) = match (&address, flag) {
+        match (&address, flag) {
             (Some(addr), learner) => {
                 if let Some(m) = self.sm.members.get(&id) {
                     if (is_voter || is_learner) && m.address == *addr && m.learner == learner {
@@ -43,14 +51,25 @@ impl<S: LogStore> Member<S> {
                         );
                     }
                 }
-                let t = if learner { ConfChangeType::AddLearnerNode } else { ConfChangeType::AddNode };
-                (t, addr.clone())
+                if learner {
+                    self.promote.remove(&id);
+                    return self.propose_membership(token, ConfChangeType::AddLearnerNode, id, addr.clone());
+                }
+                if !is_learner {
+                    // The learner step: nobody waits for it; the client waits for the promotion.
+                    if let Err(e) = self.busy_with_membership() {
+                        return self.answer(token, Err(e));
+                    }
+                    self.propose_membership(NO_CLIENT, ConfChangeType::AddLearnerNode, id, addr.clone());
+                }
+                self.await_promotion(token, id);
             }
             (None, true) => {
                 if !is_voter && !is_learner {
                     return self.answer(token, Err(Error::UnknownMember(id)));
                 }
-                (ConfChangeType::RemoveNode, String::new())
+                self.promote.remove(&id);
+                self.propose_membership(token, ConfChangeType::RemoveNode, id, String::new());
             }
             (None, false) => {
                 if is_voter {
@@ -59,24 +78,93 @@ impl<S: LogStore> Member<S> {
                 if !is_learner {
                     return self.answer(token, Err(Error::UnknownMember(id)));
                 }
-                (ConfChangeType::AddNode, String::new())
+                self.await_promotion(token, id);
             }
-        };
+        }
+    }
+
+    fn busy_with_membership(&self) -> Result<()> {
         if self.raw.raft.has_pending_conf() {
-            return self.answer(
-                token,
-                Err(Error::Busy("another membership change is still being applied; try again".into())),
-            );
+            return Err(Error::Busy("another membership change is still being applied; try again".into()));
+        }
+        Ok(())
+    }
+
+    /// Proposes one membership change; `token` is answered when it is applied.
+    fn propose_membership(&mut self, token: Token, change: ConfChangeType, id: u64, address: String) {
+        if let Err(e) = self.busy_with_membership() {
+            return self.answer(token, Err(e));
         }
         let (origin, _) = self.next_origin();
-        let ctx = ConfContext { origin, address: addr }.encode();
+        let ctx = ConfContext { origin, address }.encode();
         let cc = ConfChangeV2 {
             changes: vec![ConfChangeSingle { change_type: change as i32, node_id: id }],
             ..Default::default()
         };
         self.proposals.open(origin.seq, token, None, self.raw.raft.term, self.ticks, true);
-        self.waiting.insert(token, Waiting::Proposal);
+        if token != NO_CLIENT {
+            self.waiting.insert(token, Waiting::Proposal);
+        }
         self.propose_conf(token, ConfProposal(cc, ctx, origin.seq));
+    }
+
+    /// Makes `token` wait until learner `id` is a voter, and promotes it as soon as it
+    /// holds the log.
+    fn await_promotion(&mut self, token: Token, id: u64) {
+        self.promote.insert(id);
+        self.waiting.insert(token, Waiting::Promotion(id));
+        self.promote_caught_up_learners();
+    }
+
+    /// Proposes the promotion of a learner waiting for one, once it has received the log
+    /// (a snapshot at least) and is within a tenth of the commit index, like etcd's
+    /// learner readiness check. Leader only; a new leader does not know what its
+    /// predecessor was to promote, and the waiting client asks again.
+    pub(super) fn promote_caught_up_learners(&mut self) {
+        if self.raw.raft.state != StateRole::Leader || self.promote.is_empty() {
+            return;
+        }
+        let prs = self.raw.raft.prs();
+        let voters = prs.conf().voters().ids();
+        self.promote.retain(|id| !voters.contains(*id));
+        if self.raw.raft.has_pending_conf() {
+            return;
+        }
+        let commit = self.raw.raft.raft_log.committed;
+        let ready = self.promote.iter().copied().find(|id| {
+            prs.conf().learners().contains(id)
+                && prs
+                    .get(*id)
+                    .is_some_and(|pr| pr.matched > 0 && pr.matched.saturating_mul(10) >= commit * 9)
+        });
+        if let Some(id) = ready {
+            self.propose_membership(NO_CLIENT, ConfChangeType::AddNode, id, String::new());
+        }
+    }
+
+    /// Answers the clients waiting for `id` to become a voter, once it is one (or gone).
+    fn resolve_promotions(&mut self, index: u64, voters: &[u64], learners: &[u64]) {
+        let waiting: Vec<(Token, u64)> = self
+            .waiting
+            .iter()
+            .filter_map(|(t, w)| match w {
+                Waiting::Promotion(id) => Some((*t, *id)),
+                _ => None,
+            })
+            .collect();
+        for (token, id) in waiting {
+            if voters.contains(&id) {
+                self.answer(
+                    token,
+                    Ok(Response::Applied { index, outcome: crate::state_machine::Outcome::Membership }),
+                );
+            } else if !learners.contains(&id)
+                && self.sm.members.get(&id).is_none()
+                && !self.promote.contains(&id)
+            {
+                self.answer(token, Err(Error::UnknownMember(id)));
+            }
+        }
     }
 
     pub(super) fn apply_conf_change(&mut self, e: &Entry) -> Result<()> {
@@ -125,6 +213,7 @@ impl<S: LogStore> Member<S> {
                 Ok(Response::Applied { index: e.index, outcome: crate::state_machine::Outcome::Membership }),
             );
         }
+        self.resolve_promotions(e.index, &cs.voters, &cs.learners);
         Ok(())
     }
 }

@@ -11,7 +11,7 @@
 //!   submit() ┘                                                    └──▶ answers (token, result)
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use raft::prelude::{ConfChangeV2, ConfState, Entry, EntryType, Message};
 use raft::{RawNode, StateRole};
@@ -32,6 +32,10 @@ pub use member_status::{Counters, MemberStatus, PeerProgress, Role};
 
 /// A driver's handle for one request; answers carry it back.
 pub type Token = u64;
+
+/// The token of a proposal no client waits for (the learner step of adding a voter, the
+/// promotion that ends it). Drivers number their tokens from 1.
+pub(crate) const NO_CLIENT: Token = 0;
 
 /// How a member is set up.
 #[derive(Debug, Clone)]
@@ -90,6 +94,9 @@ enum Waiting {
     /// A membership change raft dropped (no leader yet): retried on every tick until its
     /// deadline.
     Retry(ConfProposal),
+    /// An added voter, waiting until it is one: it joins as a learner and is promoted
+    /// once it holds the log (see `membership.rs`).
+    Promotion(u64),
 }
 
 /// A membership change with its context and sequence number.
@@ -120,6 +127,8 @@ pub struct Member<S: LogStore> {
     last_role: StateRole,
     last_heard: BTreeMap<u64, i64>,
     election_timeout_ms: i64,
+    /// Learners this leader promotes to voters once they hold the log.
+    promote: BTreeSet<u64>,
 }
 
 fn raft_err(e: raft::Error) -> Error {
@@ -193,6 +202,7 @@ impl<S: LogStore> Member<S> {
             last_role: StateRole::Follower,
             last_heard: BTreeMap::new(),
             election_timeout_ms: 1000,
+            promote: BTreeSet::new(),
         })
     }
 
@@ -269,6 +279,7 @@ impl<S: LogStore> Member<S> {
         self.raw.tick();
         self.ticks += 1;
         self.retry_dropped();
+        self.promote_caught_up_learners();
         // raft-rs drops a read index request silently when no leader is known (and a new
         // leader forgets what its predecessor had pending): ask again for every read that
         // has waited an election timeout without a read index.
@@ -292,9 +303,32 @@ impl<S: LogStore> Member<S> {
     }
 
     /// Hands a peer's message to raft.
-    pub fn step(&mut self, m: Message) -> Result<()> {
+    pub fn step(&mut self, mut m: Message) -> Result<()> {
         self.counters.messages_received += 1;
         self.last_heard.insert(m.from, self.now_ms);
+        if self.withholds_vote(&m) {
+            self.counters.votes_withheld += 1;
+            log::debug!(
+                "node {} asked for a vote at term {} (log at {}): not answered, this member's log is empty",
+                m.from,
+                m.term,
+                m.index
+            );
+            return Ok(());
+        }
+        let last = self.raw.raft.raft_log.last_index();
+        if m.get_msg_type() == raft::prelude::MessageType::MsgHeartbeat && m.commit > last {
+            // The leader counts entries this member no longer has: its Raft data was lost
+            // while it stayed a member. raft-rs would panic on this heartbeat (and again on
+            // every restart); commit no further than the log goes, and say what happened.
+            log::error!(
+                "leader {} says this member holds the log up to {}, but it ends at {}: this member's Raft data was lost; remove it and add it back",
+                m.from,
+                m.commit,
+                last
+            );
+            m.commit = last;
+        }
         match self.raw.step(m) {
             Ok(()) => Ok(()),
             // Messages from unknown peers or stale terms are part of normal operation.
@@ -303,6 +337,27 @@ impl<S: LogStore> Member<S> {
             }
             Err(e) => Err(Error::InvalidArgument(format!("peer message refused: {e}"))),
         }
+    }
+
+    /// Whether `m` asks for a vote this member must not give: its log is empty (a member
+    /// started to be added to a running cluster, that no leader has given a snapshot
+    /// yet).
+    ///
+    /// A vote promises that the voter's durable log is no more advanced than the
+    /// candidate's, and never to vote otherwise in that term. A member whose Raft data was
+    /// wiped and that comes back under the same id (removed, wiped, added again; or a
+    /// broken disk replaced) remembers neither its old log nor its old votes: members that
+    /// have not applied its removal still count it, and its vote could elect a candidate
+    /// missing entries the member had helped commit, which the new leader then overwrites
+    /// (found by the torture run and the simulation). Raft alone cannot tell a new member
+    /// from one that forgot, so an empty member votes for nobody until a leader has given
+    /// it a log. The cost: a voter added to a running cluster cannot help elect a leader
+    /// until it received its first snapshot (which is why `pgraft_add_node` adds a learner
+    /// first where it can).
+    fn withholds_vote(&self, m: &Message) -> bool {
+        use raft::prelude::MessageType::{MsgRequestPreVote, MsgRequestVote};
+        matches!(m.get_msg_type(), MsgRequestVote | MsgRequestPreVote)
+            && self.raw.raft.raft_log.last_index() == 0
     }
 
     /// Tells raft how sending a snapshot to `to` ended: on failure the leader probes the
@@ -354,7 +409,9 @@ impl<S: LogStore> Member<S> {
 
     fn answer(&mut self, token: Token, r: Result<Response>) {
         self.waiting.remove(&token);
-        self.answers.push((token, r));
+        if token != NO_CLIENT {
+            self.answers.push((token, r));
+        }
     }
 
     /// True once this member has applied a configuration without itself. A member that

@@ -101,6 +101,8 @@ pub struct SimFailure {
     pub members: u64,
     /// What went wrong.
     pub what: String,
+    /// The faults injected until then.
+    pub faults: Vec<String>,
 }
 
 impl fmt::Display for SimFailure {
@@ -169,7 +171,7 @@ struct Sim {
 pub fn run(seed: u64, opts: &SimOptions) -> Result<SimReport, SimFailure> {
     let mut sim = Sim::new(seed, opts.clone());
     let r = sim.run();
-    r.map_err(|what| SimFailure { seed, members: opts.members, what })
+    r.map_err(|what| SimFailure { seed, members: opts.members, what, faults: sim.report.faults.clone() })
 }
 
 impl Sim {
@@ -494,6 +496,19 @@ impl Sim {
         }
         let due: Option<u64> = self.readd.iter().find(|(_, t)| now || self.now >= **t).map(|(id, _)| *id);
         if let (Some(id), Some(leader)) = (due, self.leader_index()) {
+            // Half the time the operator also wiped the member's Raft data (a new disk, a
+            // broken store): it comes back empty, remembering neither its log nor its votes.
+            let member = self.nodes[leader].member.as_ref().map(|m| m.status());
+            let absent = member.is_some_and(|st| !st.voters.contains(&id) && !st.learners.contains(&id));
+            if absent && self.rng.chance(0.5) {
+                if let Some(i) = self.nodes.iter().position(|n| n.id == id) {
+                    self.report.faults.push(format!("t{}: wipe node {id}", self.now));
+                    self.crash(i, self.now);
+                    self.nodes[i].saved = Some(MemStore::new());
+                    self.start(i);
+                }
+            }
+            let Some(leader) = self.leader_index() else { return };
             self.membership_busy = true;
             self.submit(
                 leader,

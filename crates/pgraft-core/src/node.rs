@@ -382,6 +382,50 @@ fn start_snapshot_thread(done: Sender<Input>) -> Result<Sender<SnapshotJob>> {
 /// A pass of the member thread longer than this is logged.
 const SLOW_PASS: Duration = Duration::from_millis(100);
 
+/// Where one pass of the member thread spent its time, for the slow-pass warning.
+#[derive(Default)]
+struct PassTimes {
+    inputs: usize,
+    /// Peer messages, calls, inspections, finished snapshots, other inputs.
+    by_kind: [Duration; 5],
+    tick: Duration,
+    ready: Duration,
+    sent: usize,
+    send: Duration,
+    ready_detail: crate::member::ReadyTimes,
+    /// Peer messages by (type, sender, reject).
+    received: BTreeMap<(i32, u64, bool), usize>,
+    /// Messages sent by (type, peer): (messages, entries).
+    sent_by: BTreeMap<(i32, u64), (usize, usize)>,
+}
+
+impl std::fmt::Display for PassTimes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Duration| d.as_millis();
+        let k = &self.by_kind;
+        write!(
+            f,
+            "{} inputs (peer messages {} ms, calls {} ms, inspections {} ms, snapshots done {} ms, other {} ms), \
+             tick {} ms, ready {} ms, {} messages sent in {} ms",
+            self.inputs,
+            ms(k[0]),
+            ms(k[1]),
+            ms(k[2]),
+            ms(k[3]),
+            ms(k[4]),
+            ms(self.tick),
+            ms(self.ready),
+            self.sent,
+            ms(self.send)
+        )?;
+        write!(
+            f,
+            "; received (type, from, reject): {:?}; sent (type, to): (messages, entries): {:?}",
+            self.received, self.sent_by
+        )
+    }
+}
+
 fn tick_interval(role: Role, t: &Timing, election_tick: usize) -> Duration {
     match role {
         Role::Leader => Duration::from_millis(t.heartbeat_interval_ms.max(1)),
@@ -418,6 +462,7 @@ fn run_loop(
         };
         member.set_time(now_ms());
         let busy_since = Instant::now();
+        drop(member.store().take_read_stats());
         // Take what is queued (bounded, so ticks are never starved).
         let mut inputs: Vec<Input> = first.into_iter().collect();
         while inputs.len() < 1024 {
@@ -426,7 +471,19 @@ fn run_loop(
                 Err(_) => break,
             }
         }
+        let mut pass = PassTimes { inputs: inputs.len(), ..PassTimes::default() };
         for input in inputs {
+            let started = Instant::now();
+            let kind = match input {
+                Input::Net(Inbound::Message(_)) => 0,
+                Input::Call { .. } => 1,
+                Input::Inspect(_) => 2,
+                Input::SnapshotDone(_) => 3,
+                _ => 4,
+            };
+            if let Input::Net(Inbound::Message(m)) = &input {
+                *pass.received.entry((m.get_msg_type() as i32, m.from, m.reject)).or_default() += 1;
+            }
             match input {
                 Input::Net(Inbound::Message(m)) => member.step(*m).unwrap_or_else(|e| log::debug!("{e}")),
                 Input::Net(Inbound::SnapshotSent { to, ok }) => member.report_snapshot(to, ok),
@@ -449,15 +506,34 @@ fn run_loop(
                 Input::SnapshotDone(done) => member.snapshot_done(done)?,
                 Input::Stop => return Ok(()),
             }
+            pass.by_kind[kind] += started.elapsed();
         }
         let now = Instant::now();
         if now >= next_tick {
             member.tick();
             next_tick = now + tick_interval(member.role(), &timing, election_tick);
         }
-        for m in member.process_ready()? {
+        pass.tick = now.elapsed();
+        let started = Instant::now();
+        let mut out = member.process_ready()?;
+        // A read round a one-member cluster answered at once is ready again right away.
+        for _ in 0..2 {
+            if !member.has_ready() {
+                break;
+            }
+            out.extend(member.process_ready()?);
+        }
+        pass.ready = started.elapsed();
+        pass.ready_detail = member.ready_times();
+        pass.sent = out.len();
+        let started = Instant::now();
+        for m in out {
+            let e = pass.sent_by.entry((m.get_msg_type() as i32, m.to)).or_default();
+            e.0 += 1;
+            e.1 += m.entries.len();
             transport.send(m);
         }
+        pass.send = started.elapsed();
         if let Some(job) = member.take_snapshot_job() {
             snapshots.send(job).map_err(|_| Error::Storage("the snapshot thread is gone".into()))?;
         }
@@ -478,9 +554,12 @@ fn run_loop(
         let busy = busy_since.elapsed();
         if busy >= SLOW_PASS {
             log::warn!(
-                "the Raft thread was busy for {} ms in one pass (election timeout {} ms)",
+                "the Raft thread was busy for {} ms in one pass (election timeout {} ms): {}; {}; {}",
                 busy.as_millis(),
-                timing.election_timeout_ms
+                timing.election_timeout_ms,
+                pass,
+                pass.ready_detail,
+                member.store().take_read_stats()
             );
         }
         // Deadlines: say why nothing happened.

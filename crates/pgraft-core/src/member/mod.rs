@@ -26,6 +26,7 @@ use crate::storage::{snapshot_of, Identity, LogStore};
 
 mod member_status;
 mod membership;
+mod read_rounds;
 mod snapshots;
 
 pub use member_status::{Counters, MemberStatus, PeerProgress, Role};
@@ -79,8 +80,8 @@ impl MemberConfig {
 enum Waiting {
     /// A proposal: answered when its entry is applied here.
     Proposal,
-    /// A linearizable read waiting for its read index, asked at this tick.
-    ReadIndex(Read, u64),
+    /// A linearizable read waiting for its read index (see `read_rounds.rs`).
+    ReadIndex(Read),
     /// A read with a read index, waiting until applied reaches it.
     ReadAt(u64, Read),
     /// Waiting for the commit index.
@@ -129,6 +130,43 @@ pub struct Member<S: LogStore> {
     election_timeout_ms: i64,
     /// Learners this leader promotes to voters once they hold the log.
     promote: BTreeSet<u64>,
+    /// Linearizable reads waiting for a read index.
+    reads: read_rounds::ReadRounds,
+    /// Where the last `process_ready` calls spent their time.
+    ready_times: ReadyTimes,
+}
+
+/// Where `process_ready` spent its time since the last [`Member::ready_times`] call, for
+/// the driver's slow-pass warning.
+#[derive(Debug, Default, Clone)]
+pub struct ReadyTimes {
+    /// Installing a leader's snapshot.
+    pub snapshot: std::time::Duration,
+    /// Writing entries and hard state (with fsync).
+    pub persist: std::time::Duration,
+    /// Entries written.
+    pub persisted: usize,
+    /// Applying committed entries.
+    pub apply: std::time::Duration,
+    /// Entries applied.
+    pub applied: usize,
+    /// Snapshot bookkeeping and waiters after applying.
+    pub after: std::time::Duration,
+}
+
+impl std::fmt::Display for ReadyTimes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ready: snapshot {} ms, {} entries persisted in {} ms, {} applied in {} ms, then {} ms",
+            self.snapshot.as_millis(),
+            self.persisted,
+            self.persist.as_millis(),
+            self.applied,
+            self.apply.as_millis(),
+            self.after.as_millis()
+        )
+    }
 }
 
 fn raft_err(e: raft::Error) -> Error {
@@ -203,6 +241,8 @@ impl<S: LogStore> Member<S> {
             last_heard: BTreeMap::new(),
             election_timeout_ms: 1000,
             promote: BTreeSet::new(),
+            reads: read_rounds::ReadRounds::default(),
+            ready_times: ReadyTimes::default(),
         })
     }
 
@@ -281,25 +321,33 @@ impl<S: LogStore> Member<S> {
         self.retry_dropped();
         self.promote_caught_up_learners();
         // raft-rs drops a read index request silently when no leader is known (and a new
-        // leader forgets what its predecessor had pending): ask again for every read that
-        // has waited an election timeout without a read index.
-        let (now, wait) = (self.ticks, self.cfg.election_tick as u64);
-        let mut tokens: Vec<Token> = self
-            .waiting
-            .iter()
-            .filter(|(_, w)| matches!(w, Waiting::ReadIndex(_, asked) if now - *asked >= wait))
-            .map(|(t, _)| *t)
-            .collect();
-        // Sorted: the order of requests (and so of messages) must not depend on a hash
-        // seed, or simulation runs would not replay.
-        tokens.sort_unstable();
-        for t in tokens {
-            if let Some(Waiting::ReadIndex(_, asked)) = self.waiting.get_mut(&t) {
-                *asked = self.ticks;
-            }
-            let ctx = self.read_ctx(t);
+        // leader forgets what its predecessor had pending): ask again for a round that has
+        // waited an election timeout without a read index.
+        if let Some(round) = self.reads.overdue(self.ticks, self.cfg.election_tick as u64) {
+            let ctx = self.read_ctx(round);
             self.raw.read_index(ctx);
         }
+        self.start_read_round();
+    }
+
+    /// Asks raft for a read index for the queued reads, unless a round is out.
+    fn start_read_round(&mut self) {
+        if let Some(round) = self.reads.start(self.ticks) {
+            let ctx = self.read_ctx(round);
+            self.raw.read_index(ctx);
+        }
+    }
+
+    /// Whether raft has more for [`Member::process_ready`] (a read round answered at once
+    /// by a one-member cluster, say).
+    pub fn has_ready(&self) -> bool {
+        self.raw.has_ready()
+    }
+
+    /// Where `process_ready` spent its time since the last call (then starts counting
+    /// again).
+    pub fn ready_times(&mut self) -> ReadyTimes {
+        std::mem::take(&mut self.ready_times)
     }
 
     /// Hands a peer's message to raft.
@@ -373,19 +421,19 @@ impl<S: LogStore> Member<S> {
         self.raw.report_unreachable(to);
     }
 
-    /// The context of a read index request: unique across members and restarts, because
-    /// the leader keys pending reads by it (two members using the same bytes would have one
-    /// of their reads dropped).
-    fn read_ctx(&self, token: Token) -> Vec<u8> {
+    /// The context of a read index request for round `round`: unique across members and
+    /// restarts, because the leader keys pending reads by it (two members using the same
+    /// bytes would have one of their reads dropped).
+    fn read_ctx(&self, round: u64) -> Vec<u8> {
         let mut ctx = Vec::with_capacity(24);
         ctx.extend(self.cfg.id.to_le_bytes());
         ctx.extend(self.cfg.incarnation.to_le_bytes());
-        ctx.extend(token.to_le_bytes());
+        ctx.extend(round.to_le_bytes());
         ctx
     }
 
-    /// The token of one of our own read index requests.
-    fn token_of_read(&self, ctx: &[u8]) -> Option<Token> {
+    /// The round of one of our own read index requests.
+    fn round_of_read(&self, ctx: &[u8]) -> Option<u64> {
         let word =
             |i: usize| ctx.get(i * 8..i * 8 + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
         (word(0)? == self.cfg.id && word(1)? == self.cfg.incarnation).then_some(word(2)?)
@@ -476,9 +524,9 @@ impl<S: LogStore> Member<S> {
                 self.answer(token, r);
             }
             Request::Read(read, Consistency::Linearizable) => {
-                self.waiting.insert(token, Waiting::ReadIndex(read, self.ticks));
-                let ctx = self.read_ctx(token);
-                self.raw.read_index(ctx);
+                self.waiting.insert(token, Waiting::ReadIndex(read));
+                self.reads.queue(token);
+                self.start_read_round();
             }
             Request::AddMember { id, address, learner } => {
                 self.change_membership(token, id, Some(address), learner)
@@ -637,6 +685,7 @@ impl<S: LogStore> Member<S> {
         //    the quorum only after persisting (Raft thesis 10.2.1).
         out.extend(rd.take_messages());
         // 2. A snapshot from the leader replaces the state before anything after it.
+        let started = std::time::Instant::now();
         if !rd.snapshot().is_empty() {
             let snap = rd.snapshot().clone();
             self.raw.mut_store().apply_snapshot(&snap)?;
@@ -646,10 +695,14 @@ impl<S: LogStore> Member<S> {
         }
         // 3. New entries, then term/vote/commit: fsynced before anything that depends on
         //    them is sent (votes, append responses) or applied.
+        self.ready_times.snapshot += started.elapsed();
+        let started = std::time::Instant::now();
         self.raw.mut_store().append(rd.entries())?;
+        self.ready_times.persisted += rd.entries().len();
         if let Some(hs) = rd.hs() {
             self.raw.mut_store().set_hard_state(hs)?;
         }
+        self.ready_times.persist += started.elapsed();
         // 4. Committed entries are durable on a quorum; they are applied after `advance`
         //    below. Applied here, a committed removal of this leader would drop its own
         //    progress before raft records that the leader persisted this Ready's new
@@ -658,16 +711,18 @@ impl<S: LogStore> Member<S> {
         // 5. Messages that promise what was just persisted.
         out.extend(rd.take_persisted_messages());
         for rs in rd.take_read_states() {
-            let Some(token) = self.token_of_read(&rs.request_ctx) else { continue };
-            // A re-asked read can get two read states; only the first counts, and the
-            // second must not disturb the read it already placed.
-            if matches!(self.waiting.get(&token), Some(Waiting::ReadIndex(..))) {
-                if let Some(Waiting::ReadIndex(read, _)) = self.waiting.remove(&token) {
+            let Some(round) = self.round_of_read(&rs.request_ctx) else { continue };
+            // A re-asked round can get two read states; only the first counts (`finish`
+            // answers a round once), and a read whose client gave up is gone.
+            for token in self.reads.finish(round) {
+                if let Some(Waiting::ReadIndex(read)) = self.waiting.remove(&token) {
                     self.waiting.insert(token, Waiting::ReadAt(rs.index, read));
                 }
             }
         }
         let mut light = self.raw.advance(rd);
+        let started = std::time::Instant::now();
+        self.ready_times.applied += committed.len();
         self.apply_entries(committed)?;
         if let Some(commit) = light.commit_index() {
             let mut hs = self.raw.store().hard_state();
@@ -676,11 +731,19 @@ impl<S: LogStore> Member<S> {
         }
         out.extend(light.take_messages());
         let committed = light.take_committed_entries();
+        self.ready_times.applied += committed.len();
         self.apply_entries(committed)?;
+        self.ready_times.apply += started.elapsed();
+        let started = std::time::Instant::now();
         self.raw.advance_apply();
         self.maybe_snapshot();
         self.snapshot_for_readded_peers();
         self.resolve_waiters();
+        // The next round, for reads that arrived while one was out. Its messages leave with
+        // the next Ready (raft-rs wants a follower's messages empty at `advance`); the
+        // driver asks again while `has_ready`.
+        self.start_read_round();
+        self.ready_times.after += started.elapsed();
         self.counters.messages_sent += out.len() as u64;
         Ok(out)
     }

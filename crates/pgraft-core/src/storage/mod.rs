@@ -12,6 +12,7 @@ mod identity;
 mod mem_store;
 pub(crate) mod redb_store;
 mod snapshot_file;
+mod term_runs;
 
 pub mod conformance;
 

@@ -28,6 +28,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 
 use super::mem_store::check_append;
 use super::snapshot_file::{file_name, read_image, sync_dir, ImageData};
+use super::term_runs::TermRuns;
 use super::{
     check_entries_range, snapshot_usable_for, term_without_entry, to_raft, Identity, LogStore, Result,
     SnapshotImage, SnapshotWriter, StorageError,
@@ -69,6 +70,37 @@ pub struct RedbStore {
     /// needs it without reading the file again.
     image_cache: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
     identity: Option<Identity>,
+    /// Reads raft made, for the member thread's slow-pass warning.
+    reads: ReadStats,
+    /// The term of every entry in the log, so `term` reads nothing.
+    terms: TermRuns,
+}
+
+/// Log reads since the last [`RedbStore::take_read_stats`].
+#[derive(Debug, Default)]
+pub struct ReadStats {
+    /// `entries` calls.
+    pub calls: std::sync::atomic::AtomicU64,
+    /// Entries decoded by them.
+    pub entries: std::sync::atomic::AtomicU64,
+    /// `term` lookups that read an entry.
+    pub terms: std::sync::atomic::AtomicU64,
+    /// Time spent in both, in microseconds.
+    pub micros: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Display for ReadStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::sync::atomic::Ordering::Relaxed;
+        write!(
+            f,
+            "log reads: {} calls for {} entries and {} term lookups in {} ms",
+            self.calls.load(Relaxed),
+            self.entries.load(Relaxed),
+            self.terms.load(Relaxed),
+            self.micros.load(Relaxed) / 1000
+        )
+    }
 }
 
 macro_rules! redb_try {
@@ -140,6 +172,8 @@ impl RedbStore {
             snapshot_meta: SnapshotMetadata::default(),
             snapshot_source: SnapSource::None,
             image_cache: Mutex::new(None),
+            reads: ReadStats::default(),
+            terms: TermRuns::default(),
             identity: None,
         };
         s.load()?;
@@ -217,7 +251,28 @@ impl RedbStore {
                 self.last, self.trunc.0
             )));
         }
+        let mut terms = Vec::new();
+        for item in redb_try!(log.range(self.trunc.0 + 1..), "read the log") {
+            let (k, v) = redb_try!(item, "read the log");
+            let e: Entry = decode(&format!("entry {}", k.value()), v.value())?;
+            terms.push((k.value(), e.term));
+        }
+        self.terms.clear();
+        self.terms.append(terms);
         Ok(())
+    }
+
+    /// The log reads since the last call (then counts again).
+    pub fn take_read_stats(&self) -> ReadStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let r = &self.reads;
+        let take = |a: &std::sync::atomic::AtomicU64| std::sync::atomic::AtomicU64::new(a.swap(0, Relaxed));
+        ReadStats {
+            calls: take(&r.calls),
+            entries: take(&r.entries),
+            terms: take(&r.terms),
+            micros: take(&r.micros),
+        }
     }
 
     /// Where the database file lives.
@@ -312,6 +367,7 @@ impl raft::Storage for RedbStore {
         _ctx: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
         check_entries_range(low, high, self.trunc.0, self.last)?;
+        let started = std::time::Instant::now();
         let max = max_size.into().unwrap_or(u64::MAX);
         let read = || -> Result<Vec<Entry>> {
             let rtx = redb_try!(self.db.begin_read(), "begin read");
@@ -340,14 +396,27 @@ impl raft::Storage for RedbStore {
             }
             Ok(out)
         };
-        read().map_err(to_raft)
+        let r = read();
+        use std::sync::atomic::Ordering::Relaxed;
+        self.reads.calls.fetch_add(1, Relaxed);
+        self.reads.entries.fetch_add(r.as_ref().map_or(0, |v| v.len() as u64), Relaxed);
+        self.reads.micros.fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+        r.map_err(to_raft)
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
         if let Some(answer) = term_without_entry(idx, self.trunc, self.last) {
             return answer;
         }
-        self.read_entry(idx).map(|e| e.term).map_err(to_raft)
+        if let Some(term) = self.terms.term(idx) {
+            return Ok(term);
+        }
+        let started = std::time::Instant::now();
+        let r = self.read_entry(idx).map(|e| e.term).map_err(to_raft);
+        use std::sync::atomic::Ordering::Relaxed;
+        self.reads.terms.fetch_add(1, Relaxed);
+        self.reads.micros.fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+        r
     }
 
     fn first_index(&self) -> raft::Result<u64> {
@@ -387,6 +456,7 @@ impl LogStore for RedbStore {
             Ok(())
         })?;
         self.last = new_last;
+        self.terms.append(entries.iter().map(|e| (e.index, e.term)));
         Ok(())
     }
 
@@ -431,6 +501,7 @@ impl LogStore for RedbStore {
         })?;
         self.trunc = (meta.index, meta.term);
         self.last = meta.index;
+        self.terms.clear();
         self.hard_state = hs;
         self.conf_state = cs;
         Ok(())
@@ -470,6 +541,7 @@ impl LogStore for RedbStore {
         })?;
         if let Some(t) = new_trunc {
             self.trunc = t;
+            self.terms.compact_to(t.0);
         }
         Ok(())
     }

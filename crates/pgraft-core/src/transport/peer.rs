@@ -24,6 +24,8 @@ pub(super) async fn run(
 ) {
     let mut backoff = Duration::from_millis(50);
     let mut logged_failure = false;
+    // Whether a connection failed or broke since the task started.
+    let mut reconnecting = false;
     loop {
         let mut conn = match connect(&cfg, to, &address).await {
             Ok(c) => {
@@ -32,9 +34,21 @@ pub(super) async fn run(
                 }
                 logged_failure = false;
                 backoff = Duration::from_millis(50);
+                // What was queued while the link was down (up to a backoff of 2 s of
+                // heartbeats and appends) is stale too. Sent now, it made the peer answer
+                // hundreds of old heartbeats at once, and raft-rs answers each heartbeat
+                // reply of a lagging follower with another append of up to 1 MiB: the
+                // leader's member thread was busy for seconds (a torture run). Raft sends
+                // again what matters; tell it the peer was unreachable.
+                if reconnecting {
+                    while let Ok(m) = rx.try_recv() {
+                        report_failure(&sink, &m);
+                    }
+                }
                 c
             }
             Err(e) => {
+                reconnecting = true;
                 if !logged_failure {
                     log::warn!("cannot reach node {to} at {address}: {e}");
                     logged_failure = true;
@@ -64,6 +78,7 @@ pub(super) async fn run(
             }
             if failed {
                 report_failure(&sink, &m);
+                reconnecting = true;
                 break;
             }
             if snapshot {

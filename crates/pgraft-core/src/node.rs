@@ -462,7 +462,7 @@ fn run_loop(
         };
         member.set_time(now_ms());
         let busy_since = Instant::now();
-        drop(member.store().take_read_stats());
+        let _ = member.store().take_read_stats();
         // Take what is queued (bounded, so ticks are never starved).
         let mut inputs: Vec<Input> = first.into_iter().collect();
         while inputs.len() < 1024 {

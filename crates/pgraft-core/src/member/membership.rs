@@ -159,7 +159,7 @@ impl<S: LogStore> Member<S> {
                     Ok(Response::Applied { index, outcome: crate::state_machine::Outcome::Membership }),
                 );
             } else if !learners.contains(&id)
-                && self.sm.members.get(&id).is_none()
+                && !self.sm.members.contains_key(&id)
                 && !self.promote.contains(&id)
             {
                 self.answer(token, Err(Error::UnknownMember(id)));

@@ -3,7 +3,7 @@
 //! it. Cloning it is cheap (the KV store and the history are persistent structures), which
 //! is how a snapshot is taken without stopping the Raft thread.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use imbl::Vector;
 use serde::{Deserialize, Serialize};
@@ -84,6 +84,24 @@ pub struct StateMachine {
     pub sessions: Sessions,
     /// Which member's server is the primary, and what failover knows.
     pub ha: HaState,
+    /// Learners added as voters: the leader promotes each once it holds the log (see
+    /// `member/membership.rs`). Replicated, so a new leader carries on.
+    pub voters_to_be: BTreeSet<u64>,
+}
+
+/// The image of format 3, before learners could be voters-to-be.
+#[derive(Deserialize)]
+struct StateMachineV3 {
+    kv: KvStore,
+    members: BTreeMap<u64, MemberInfo>,
+    config: BTreeMap<String, String>,
+    #[serde(with = "crate::persistent_serde::vector")]
+    history: Vector<AppliedRecord>,
+    applied_index: u64,
+    applied_term: u64,
+    raw_entries: u64,
+    sessions: Sessions,
+    ha: HaState,
 }
 
 /// The image of format 2, before the HA state existed.
@@ -118,9 +136,9 @@ struct StateMachineV1 {
 #[error("undecodable state machine snapshot: {0}")]
 pub struct SnapshotDecodeError(pub String);
 
-/// The snapshot image's format: 3 added the HA state, 2 the sessions; 1 and 2 are still
-/// read.
-const SNAPSHOT_FORMAT: u8 = 3;
+/// The snapshot image's format: 4 added the voters-to-be, 3 the HA state, 2 the sessions;
+/// 1 to 3 are still read.
+const SNAPSHOT_FORMAT: u8 = 4;
 
 impl StateMachine {
     /// The state to put in a snapshot.
@@ -136,6 +154,22 @@ impl StateMachine {
             Some((&SNAPSHOT_FORMAT, rest)) => {
                 postcard::from_bytes(rest).map_err(|e| SnapshotDecodeError(e.to_string()))
             }
+            Some((3, rest)) => {
+                let v3: StateMachineV3 =
+                    postcard::from_bytes(rest).map_err(|e| SnapshotDecodeError(e.to_string()))?;
+                Ok(Self {
+                    kv: v3.kv,
+                    members: v3.members,
+                    config: v3.config,
+                    history: v3.history,
+                    applied_index: v3.applied_index,
+                    applied_term: v3.applied_term,
+                    raw_entries: v3.raw_entries,
+                    sessions: v3.sessions,
+                    ha: v3.ha,
+                    voters_to_be: BTreeSet::new(),
+                })
+            }
             Some((2, rest)) => {
                 let v2: StateMachineV2 =
                     postcard::from_bytes(rest).map_err(|e| SnapshotDecodeError(e.to_string()))?;
@@ -149,6 +183,7 @@ impl StateMachine {
                     raw_entries: v2.raw_entries,
                     sessions: v2.sessions,
                     ha: HaState::default(),
+                    voters_to_be: BTreeSet::new(),
                 })
             }
             Some((1, rest)) => {
@@ -164,6 +199,7 @@ impl StateMachine {
                     raw_entries: v1.raw_entries,
                     sessions: Sessions::default(),
                     ha: HaState::default(),
+                    voters_to_be: BTreeSet::new(),
                 })
             }
             Some((v, _)) => Err(SnapshotDecodeError(format!("unknown snapshot format {v}"))),
@@ -263,10 +299,17 @@ impl StateMachine {
         entry_type: i32,
         changes: &[(u64, MembershipChange)],
         address: &str,
+        voter_to_be: bool,
         now_ms: i64,
     ) {
         let mut ops = Vec::new();
         for (id, change) in changes {
+            // A learner added as a voter waits for its promotion; any other change ends that.
+            if voter_to_be && matches!(change, MembershipChange::AddLearner) {
+                self.voters_to_be.insert(*id);
+            } else {
+                self.voters_to_be.remove(id);
+            }
             match change {
                 MembershipChange::AddVoter | MembershipChange::AddLearner => {
                     let learner = matches!(change, MembershipChange::AddLearner);
@@ -396,7 +439,7 @@ mod tests {
             &prop_seq(3, Body::SetConfig { name: "heartbeat_interval".into(), value: "75ms".into() }),
             102,
         );
-        sm.apply_membership(4, 1, 2, &[(2, MembershipChange::AddVoter)], "127.0.0.1:7002", 103);
+        sm.apply_membership(4, 1, 2, &[(2, MembershipChange::AddVoter)], "127.0.0.1:7002", false, 103);
         let back = StateMachine::decode(&sm.encode()).expect("decodes");
         assert_eq!(back, sm);
         assert_eq!(back.applied_index, 4);

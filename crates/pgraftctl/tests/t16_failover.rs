@@ -11,60 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::ha::*;
 use common::*;
-use serde_json::Value;
-
-/// Waits for a server other than `old_port` to acknowledge a write through the
-/// read-write conninfo; its port and how long it took from `since`.
-fn wait_new_primary(rw: &str, old_port: i32, since: Instant) -> (i32, Duration) {
-    let port = wait("a new primary to acknowledge a write", Duration::from_secs(60), || {
-        write_once(rw).filter(|p| *p != old_port)
-    });
-    (port, since.elapsed())
-}
-
-/// Exactly one live server is a primary, its member leads, and every other live server
-/// streams from it; returns the primary's index.
-fn check_one_primary(lines: &[Value], n: usize, dead: &[usize]) -> usize {
-    let live: Vec<usize> = (0..n).filter(|i| !dead.contains(i)).collect();
-    let roles: Vec<(usize, bool, bool)> = live
-        .iter()
-        .map(|i| {
-            let mut c = connect(&conninfo(lines, *i)).expect("connect to a live member");
-            let r = c.query_one("SELECT pg_is_in_recovery(), pgraft_is_leader()", &[]).expect("role");
-            (*i, r.get(0), r.get(1))
-        })
-        .collect();
-    let primaries: Vec<&(usize, bool, bool)> = roles.iter().filter(|(_, rec, _)| !rec).collect();
-    assert_eq!(primaries.len(), 1, "exactly one primary among the live servers: {roles:?}");
-    let (p, _, leads) = *primaries[0];
-    assert!(leads, "the primary is the Raft leader's server: {roles:?}");
-    let mut c = connect(&conninfo(lines, p)).expect("connect to the primary");
-    let want = live.len() - 1;
-    wait("every live standby to stream from the new primary", Duration::from_secs(30), || {
-        let rows = c
-            .query_one("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'", &[])
-            .ok()?
-            .get::<_, i64>(0);
-        (rows as usize == want).then_some(())
-    });
-    p
-}
-
-/// Waits until member `i` has replayed every one of `values`.
-fn wait_rows(lines: &[Value], i: usize, values: &[i64]) {
-    wait(&format!("node {} to hold every acknowledged row", i + 1), Duration::from_secs(30), || {
-        let have = values_on(&conninfo(lines, i))?;
-        values.iter().all(|v| have.contains(v)).then_some(())
-    });
-}
-
-fn postmaster_alive(lines: &[Value], i: usize) -> bool {
-    let dir = std::path::Path::new(lines[i]["data_dir"].as_str().expect("data_dir"));
-    std::fs::read_to_string(dir.join("postmaster.pid"))
-        .ok()
-        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
-        .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
-}
 
 #[test]
 fn a_killed_primary_is_replaced_and_a_restarted_one_never_takes_writes() {
@@ -123,56 +69,6 @@ fn a_killed_primary_is_replaced_and_a_restarted_one_never_takes_writes() {
         check_one_primary(&lines, 3, &[]);
         pgraftctl(&["local", "down", "--dir", &d]);
     }
-}
-
-/// Until member `i` streams from the primary `p` as a standby, every write attempted on it
-/// fails.
-fn never_writable_until_rejoined(lines: &[Value], i: usize, p: usize) {
-    let name = format!("pgraft_node_{}", i + 1);
-    let mut primary = connect(&conninfo(lines, p)).expect("connect to the primary");
-    wait(
-        &format!("node {} to rejoin as a standby of node {}", i + 1, p + 1),
-        Duration::from_secs(120),
-        || {
-            if let Ok(mut c) = connect(&conninfo(lines, i)) {
-                assert!(
-                    c.batch_execute("INSERT INTO t VALUES (-2)").is_err(),
-                    "the former primary took a write before it rejoined"
-                );
-            }
-            let streaming: i64 = primary
-            .query_one(
-                "SELECT count(*) FROM pg_stat_replication WHERE application_name = $1 AND state = 'streaming'",
-                &[&name],
-            )
-            .ok()?
-            .get(0);
-            if streaming != 1 {
-                return None;
-            }
-            // Consistent, so it takes (read-only) sessions.
-            let in_recovery: bool =
-                connect(&conninfo(lines, i)).ok()?.query_one("SELECT pg_is_in_recovery()", &[]).ok()?.get(0);
-            assert!(in_recovery, "the rejoined server is a standby");
-            Some(())
-        },
-    );
-}
-
-/// The rejoin helper's output once it says it is done (its `pg_ctl` returns a moment after
-/// the server already streams).
-fn rejoin_log_when_done(raft_dir: &std::path::Path) -> String {
-    wait("the rejoin helper to finish", Duration::from_secs(60), || {
-        let log = std::fs::read_to_string(raft_dir.join("rejoin.log")).ok()?;
-        log.contains("done: running as a standby").then_some(log)
-    })
-}
-
-fn pgraft_start(d: &str, node: u64) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_pgraftctl"))
-        .args(["local", "start", &node.to_string(), "--dir", d])
-        .output()
-        .expect("run pgraftctl")
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! exactly one primary, the Raft leader's; no acknowledged write lost; no write
 //! acknowledged by node 1 after another server acknowledged one; node 1 back as a standby
 //! of the primary (or, after a worker kill, still the primary if its member won again).
+//! And in asynchronous mode, a primary cut off from everything diverges and is rewound.
 
 mod common;
 
@@ -129,4 +130,76 @@ fn the_primary_cut_off_from_everything() {
             pgraftctl(&["local", "heal", "--dir", d]);
         },
     );
+}
+
+/// Asynchronous mode (`pgraft.synchronous_mode = off`): a primary cut off from everything
+/// goes on acknowledging writes of a client pinned to it until its lease runs out; the
+/// others promote only after the fencing bound, so the two never acknowledge writes at the
+/// same time. The writes it took alone are lost (the loss asynchronous mode accepts, within
+/// the bound), its WAL diverged, and healed it comes back through pg_rewind.
+#[test]
+fn an_asynchronous_primary_cut_off_diverges_and_is_rewound() {
+    let c = HaCluster::up("fo-async", 0);
+    let (d, pgc, lines, rw) = (&c.d, &c.pgc, &c.lines, &c.rw);
+    for i in 0..3 {
+        let mut c = connect(&conninfo(lines, i)).expect("connect");
+        c.batch_execute("ALTER SYSTEM SET pgraft.synchronous_mode = off").expect("asynchronous mode");
+        c.batch_execute("SELECT pg_reload_conf()").expect("reload");
+    }
+    wait("the primary to stop waiting for standbys", Duration::from_secs(30), || {
+        let mut c = connect(&conninfo(lines, 0)).ok()?;
+        let names: String = c.query_one("SHOW synchronous_standby_names", &[]).ok()?.get(0);
+        names.is_empty().then_some(())
+    });
+    let pinned = Writer::start(conninfo(lines, 0), 1_000_000);
+    let writer = Writer::start(rw.clone(), 1);
+    wait("the writers to get going", Duration::from_secs(10), || {
+        (writer.count() >= 20 && pinned.count() >= 20).then_some(())
+    });
+    let cut = Instant::now();
+    pgraftctl(&["local", "partition", "1", "--dir", d]);
+    pgraftctl(&["local", "repl-partition", "1", "--dir", d]);
+    let p =
+        wait("another member's server to be promoted", Duration::from_secs(60), || another_primary(lines));
+    println!(
+        "{pgc}: asynchronous primary cut off: node {} promoted {:?} after the cut",
+        p + 1,
+        cut.elapsed()
+    );
+    let before = writer.count();
+    wait("writes to go on on the new primary", Duration::from_secs(60), || {
+        (writer.count() > before + 20).then_some(())
+    });
+    let acked: Vec<(i64, i32, Instant)> = writer.finish().into_iter().chain(pinned.finish()).collect();
+    let old = pg_port(lines, 0);
+    let first_new =
+        acked.iter().filter(|(_, port, _)| *port != old).map(|(_, _, t)| *t).min().expect("new writes");
+    let late: Vec<i64> =
+        acked.iter().filter(|(_, port, t)| *port == old && *t >= first_new).map(|(v, _, _)| *v).collect();
+    assert!(late.is_empty(), "node 1 acknowledged writes after the new primary did: {late:?}");
+    let have = values_on(&conninfo(lines, p)).expect("read t on the new primary");
+    let alone: Vec<&(i64, i32, Instant)> = acked.iter().filter(|(v, _, _)| !have.contains(v)).collect();
+    assert!(
+        !alone.is_empty(),
+        "node 1 took no write alone after the cut: nothing diverged, the test proves nothing"
+    );
+    assert!(alone.iter().all(|(_, port, _)| *port == old), "only node 1's lone writes are missing");
+    let last_alone = alone.iter().map(|(_, _, t)| t.duration_since(cut)).max().unwrap_or_default();
+    println!(
+        "{pgc}: node 1 acknowledged {} writes alone, the last {last_alone:?} after the cut (lost: asynchronous mode)",
+        alone.len()
+    );
+    pgraftctl(&["local", "heal", "--dir", d]);
+    let healed = Instant::now();
+    never_writable_until_rejoined(lines, 0, p);
+    println!(
+        "{pgc}: the diverged primary streams from the new primary {:?} after the heal",
+        healed.elapsed()
+    );
+    let raft_dir = std::path::PathBuf::from(lines[0]["raft_data_dir"].as_str().expect("raft_data_dir"));
+    let log = rejoin_log_when_done(&raft_dir);
+    assert!(log.contains("rewound"), "{log}");
+    let on_old = values_on(&conninfo(lines, 0)).expect("read t on node 1");
+    assert!(alone.iter().all(|(v, _, _)| !on_old.contains(v)), "the rewind removed node 1's lone writes");
+    pgraftctl(&["local", "down", "--dir", d]);
 }

@@ -9,20 +9,30 @@ use super::{raft_err, ConfProposal, Member, Token, Waiting, NO_CLIENT};
 use crate::command::ConfContext;
 use crate::error::{Error, Result};
 use crate::request::Response;
-use crate::state_machine::MembershipChange;
+use crate::state_machine::{MembershipChange, Outcome};
+
+/// The context of a `ConfChangeV2` that adds a learner to become a voter.
+const VOTER_TO_BE: &[u8] = b"voter-to-be";
+
+/// How long an add waits for its member's promotion before it answers (the member is then
+/// a learner still catching up, promoted later): two election timeouts.
+pub(super) const PROMOTION_WAIT_TICKS: u64 = 20;
 use crate::storage::LogStore;
 
 impl<S: LogStore> Member<S> {
     /// Membership changes: `address` set = add (voter or learner by `flag`), `None` with
     /// `flag` = remove, `None` without = promote.
     ///
-    /// A voter joins as a learner first and is promoted once it holds the log. A member
-    /// with an empty log votes for nobody (`Member::withholds_vote`), so a voter added
-    /// empty would, until its first snapshot, count in every quorum without being able to
-    /// help form one: a leader lost in that window would leave a two-member cluster grown
-    /// to three, or a three-member one whose other follower is down, without a leader
-    /// for good. As a learner it counts in no quorum until it can vote. The request is
-    /// answered once the member is a voter.
+    /// A voter joins as a learner marked to become a voter, and the leader promotes it
+    /// once it holds the log. A member with an empty log votes for nobody
+    /// (`Member::withholds_vote`), so a voter added empty would, until its first snapshot,
+    /// count in every quorum without being able to help form one: a leader lost in that
+    /// window would leave a two-member cluster grown to three, or a three-member one whose
+    /// other follower is down, without a leader for good. As a learner it counts in no
+    /// quorum until it can vote. The mark is replicated (`StateMachine::voters_to_be`), so
+    /// a new leader carries on. The request is answered once the member is a voter, or
+    /// after [`PROMOTION_WAIT_TICKS`] as a learner still catching up (a member added before
+    /// it is started, as etcd's `member add` allows).
     pub(super) fn change_membership(&mut self, token: Token, id: u64, address: Option<String>, flag: bool) {
         if self.raw.raft.state != StateRole::Leader {
             let e = self.not_leader();
@@ -52,24 +62,29 @@ impl<S: LogStore> Member<S> {
                     }
                 }
                 if learner {
-                    self.promote.remove(&id);
-                    return self.propose_membership(token, ConfChangeType::AddLearnerNode, id, addr.clone());
+                    return self.propose_membership(
+                        token,
+                        ConfChangeType::AddLearnerNode,
+                        id,
+                        addr.clone(),
+                        false,
+                    );
                 }
-                if !is_learner {
-                    // The learner step: nobody waits for it; the client waits for the promotion.
-                    if let Err(e) = self.busy_with_membership() {
-                        return self.answer(token, Err(e));
-                    }
-                    self.propose_membership(NO_CLIENT, ConfChangeType::AddLearnerNode, id, addr.clone());
+                if is_learner {
+                    return self.promote_now(token, id);
                 }
-                self.await_promotion(token, id);
+                // The learner step: nobody waits for it; the client waits for the promotion.
+                if let Err(e) = self.busy_with_membership() {
+                    return self.answer(token, Err(e));
+                }
+                self.propose_membership(NO_CLIENT, ConfChangeType::AddLearnerNode, id, addr.clone(), true);
+                self.waiting.insert(token, Waiting::Promotion { id, since: self.ticks, added: false });
             }
             (None, true) => {
                 if !is_voter && !is_learner {
                     return self.answer(token, Err(Error::UnknownMember(id)));
                 }
-                self.promote.remove(&id);
-                self.propose_membership(token, ConfChangeType::RemoveNode, id, String::new());
+                self.propose_membership(token, ConfChangeType::RemoveNode, id, String::new(), false);
             }
             (None, false) => {
                 if is_voter {
@@ -78,7 +93,7 @@ impl<S: LogStore> Member<S> {
                 if !is_learner {
                     return self.answer(token, Err(Error::UnknownMember(id)));
                 }
-                self.await_promotion(token, id);
+                self.promote_now(token, id);
             }
         }
     }
@@ -91,7 +106,15 @@ impl<S: LogStore> Member<S> {
     }
 
     /// Proposes one membership change; `token` is answered when it is applied.
-    fn propose_membership(&mut self, token: Token, change: ConfChangeType, id: u64, address: String) {
+    /// `voter_to_be` marks a learner the leader is to promote once it holds the log.
+    fn propose_membership(
+        &mut self,
+        token: Token,
+        change: ConfChangeType,
+        id: u64,
+        address: String,
+        voter_to_be: bool,
+    ) {
         if let Err(e) = self.busy_with_membership() {
             return self.answer(token, Err(e));
         }
@@ -99,6 +122,7 @@ impl<S: LogStore> Member<S> {
         let ctx = ConfContext { origin, address }.encode();
         let cc = ConfChangeV2 {
             changes: vec![ConfChangeSingle { change_type: change as i32, node_id: id }],
+            context: if voter_to_be { VOTER_TO_BE.to_vec() } else { Vec::new() },
             ..Default::default()
         };
         self.proposals.open(origin.seq, token, None, self.raw.raft.term, self.ticks, true);
@@ -108,62 +132,76 @@ impl<S: LogStore> Member<S> {
         self.propose_conf(token, ConfProposal(cc, ctx, origin.seq));
     }
 
-    /// Makes `token` wait until learner `id` is a voter, and promotes it as soon as it
-    /// holds the log.
-    fn await_promotion(&mut self, token: Token, id: u64) {
-        self.promote.insert(id);
-        self.waiting.insert(token, Waiting::Promotion(id));
-        self.promote_caught_up_learners();
+    /// An operator's promotion of learner `id`: proposed if it holds the log, refused
+    /// otherwise (promoted empty, it would count in quorums it cannot help form).
+    fn promote_now(&mut self, token: Token, id: u64) {
+        if let Err(e) = self.learner_ready(id) {
+            return self.answer(token, Err(e));
+        }
+        self.propose_membership(token, ConfChangeType::AddNode, id, String::new(), false);
     }
 
-    /// Proposes the promotion of a learner waiting for one, once it has received the log
-    /// (a snapshot at least) and is within a tenth of the commit index, like etcd's
-    /// learner readiness check. Leader only; a new leader does not know what its
-    /// predecessor was to promote, and the waiting client asks again.
-    pub(super) fn promote_caught_up_learners(&mut self) {
-        if self.raw.raft.state != StateRole::Leader || self.promote.is_empty() {
-            return;
-        }
-        let prs = self.raw.raft.prs();
-        let voters = prs.conf().voters().ids();
-        self.promote.retain(|id| !voters.contains(*id));
-        if self.raw.raft.has_pending_conf() {
-            return;
-        }
+    /// Whether learner `id` can be promoted: it has received the log (a snapshot at
+    /// least) and is within a tenth of the commit index, like etcd's learner readiness
+    /// check.
+    fn learner_ready(&self, id: u64) -> Result<()> {
         let commit = self.raw.raft.raft_log.committed;
-        let ready = self.promote.iter().copied().find(|id| {
-            prs.conf().learners().contains(id)
-                && prs
-                    .get(*id)
-                    .is_some_and(|pr| pr.matched > 0 && pr.matched.saturating_mul(10) >= commit * 9)
-        });
+        let matched = self.raw.raft.prs().get(id).map_or(0, |pr| pr.matched);
+        if matched > 0 && matched.saturating_mul(10) >= commit.saturating_mul(9) {
+            return Ok(());
+        }
+        Err(Error::Busy(format!(
+            "node {id} has not caught up with the log yet (it holds {matched} of {commit} entries); \
+             a member votes only once it holds the log: try again when it has caught up"
+        )))
+    }
+
+    /// The leader proposes the promotion of a voter-to-be that holds the log.
+    pub(super) fn promote_caught_up_learners(&mut self) {
+        if self.raw.raft.state != StateRole::Leader
+            || self.sm.voters_to_be.is_empty()
+            || self.raw.raft.has_pending_conf()
+        {
+            return;
+        }
+        let learners = self.raw.raft.prs().conf().learners();
+        let ready = self
+            .sm
+            .voters_to_be
+            .iter()
+            .copied()
+            .find(|id| learners.contains(id) && self.learner_ready(*id).is_ok());
         if let Some(id) = ready {
-            self.propose_membership(NO_CLIENT, ConfChangeType::AddNode, id, String::new());
+            self.propose_membership(NO_CLIENT, ConfChangeType::AddNode, id, String::new(), false);
         }
     }
 
-    /// Answers the clients waiting for `id` to become a voter, once it is one (or gone).
-    fn resolve_promotions(&mut self, index: u64, voters: &[u64], learners: &[u64]) {
-        let waiting: Vec<(Token, u64)> = self
-            .waiting
-            .iter()
-            .filter_map(|(t, w)| match w {
-                Waiting::Promotion(id) => Some((*t, *id)),
-                _ => None,
-            })
-            .collect();
-        for (token, id) in waiting {
-            if voters.contains(&id) {
-                self.answer(
-                    token,
-                    Ok(Response::Applied { index, outcome: crate::state_machine::Outcome::Membership }),
-                );
-            } else if !learners.contains(&id)
-                && !self.sm.members.contains_key(&id)
-                && !self.promote.contains(&id)
-            {
-                self.answer(token, Err(Error::UnknownMember(id)));
+    /// Answers clients waiting for a member to become a voter: once it is one; once it
+    /// has been a learner for [`PROMOTION_WAIT_TICKS`] (added, still catching up); or,
+    /// if it was removed meanwhile, with an error.
+    pub(super) fn resolve_promotions(&mut self) {
+        let conf = self.raw.raft.prs().conf();
+        let (now, applied) = (self.ticks, self.sm.applied_index);
+        let mut done = Vec::new();
+        for (token, w) in self.waiting.iter_mut() {
+            let Waiting::Promotion { id, since, added } = w else { continue };
+            if conf.voters().contains(*id) {
+                done.push((*token, Ok(Response::Applied { index: applied, outcome: Outcome::Membership })));
+            } else if conf.learners().contains(id) {
+                *added = true;
+                if now.saturating_sub(*since) >= PROMOTION_WAIT_TICKS {
+                    done.push((
+                        *token,
+                        Ok(Response::Applied { index: applied, outcome: Outcome::Membership }),
+                    ));
+                }
+            } else if *added {
+                done.push((*token, Err(Error::UnknownMember(*id))));
             }
+        }
+        done.sort_unstable_by_key(|(t, _)| *t);
+        for (token, r) in done {
+            self.answer(token, r);
         }
     }
 
@@ -206,14 +244,15 @@ impl<S: LogStore> Member<S> {
             })
             .collect();
         let address = ctx.as_ref().map(|c| c.address.clone()).unwrap_or_default();
-        self.sm.apply_membership(e.index, e.term, e.entry_type, &changes, &address, self.now_ms);
+        let voter_to_be = cc.context == VOTER_TO_BE;
+        self.sm.apply_membership(e.index, e.term, e.entry_type, &changes, &address, voter_to_be, self.now_ms);
         if let Some(ctx) = ctx {
             self.complete(
                 ctx.origin,
                 Ok(Response::Applied { index: e.index, outcome: crate::state_machine::Outcome::Membership }),
             );
         }
-        self.resolve_promotions(e.index, &cs.voters, &cs.learners);
+        self.resolve_promotions();
         Ok(())
     }
 }

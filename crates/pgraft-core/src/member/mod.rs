@@ -11,7 +11,7 @@
 //!   submit() ┘                                                    └──▶ answers (token, result)
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use raft::prelude::{ConfChangeV2, ConfState, Entry, EntryType, Message};
 use raft::{RawNode, StateRole};
@@ -96,8 +96,9 @@ enum Waiting {
     /// deadline.
     Retry(ConfProposal),
     /// An added voter, waiting until it is one: it joins as a learner and is promoted
-    /// once it holds the log (see `membership.rs`).
-    Promotion(u64),
+    /// once it holds the log (see `membership.rs`); `since` is the tick it was asked at,
+    /// `added` whether it has been seen as a learner.
+    Promotion { id: u64, since: u64, added: bool },
 }
 
 /// A membership change with its context and sequence number.
@@ -128,8 +129,6 @@ pub struct Member<S: LogStore> {
     last_role: StateRole,
     last_heard: BTreeMap<u64, i64>,
     election_timeout_ms: i64,
-    /// Learners this leader promotes to voters once they hold the log.
-    promote: BTreeSet<u64>,
     /// Linearizable reads waiting for a read index.
     reads: read_rounds::ReadRounds,
     /// Where the last `process_ready` calls spent their time.
@@ -240,7 +239,6 @@ impl<S: LogStore> Member<S> {
             last_role: StateRole::Follower,
             last_heard: BTreeMap::new(),
             election_timeout_ms: 1000,
-            promote: BTreeSet::new(),
             reads: read_rounds::ReadRounds::default(),
             ready_times: ReadyTimes::default(),
         })
@@ -320,6 +318,7 @@ impl<S: LogStore> Member<S> {
         self.ticks += 1;
         self.retry_dropped();
         self.promote_caught_up_learners();
+        self.resolve_promotions();
         // raft-rs drops a read index request silently when no leader is known (and a new
         // leader forgets what its predecessor had pending): ask again for a round that has
         // waited an election timeout without a read index.

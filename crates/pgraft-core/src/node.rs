@@ -488,6 +488,7 @@ fn run_loop(
                 Input::Net(Inbound::Message(m)) => member.step(*m).unwrap_or_else(|e| log::debug!("{e}")),
                 Input::Net(Inbound::SnapshotSent { to, ok }) => member.report_snapshot(to, ok),
                 Input::Net(Inbound::Unreachable(to)) => member.report_unreachable(to),
+                Input::Net(Inbound::PeerClosed(id)) => member.peer_closed(id),
                 Input::Net(Inbound::PeerAddress { id, address }) => {
                     learned.insert(id, address);
                 }

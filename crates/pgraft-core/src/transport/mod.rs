@@ -48,6 +48,9 @@ pub enum Inbound {
     },
     /// A message to `to` could not be sent.
     Unreachable(u64),
+    /// The connection peer `id` had opened to this member ended: it closed it or its
+    /// process died (a network that only drops packets ends nothing).
+    PeerClosed(u64),
     /// A peer introduced itself: member `id` can be reached at `address`.
     PeerAddress {
         /// The peer.
@@ -281,7 +284,10 @@ where
     loop {
         let frame = match read_frame(&mut s, cfg.frame_cap).await {
             Ok(f) => f,
-            Err(FrameError::Io(_)) => return Ok(()),
+            Err(FrameError::Io(_)) => {
+                sink(Inbound::PeerClosed(hello.from));
+                return Ok(());
+            }
             Err(e) => return Err(format!("from node {}: {e}", hello.from)),
         };
         match reassembly.feed(frame, cfg.snapshot_cap) {

@@ -12,6 +12,7 @@ mod backup_wal;
 mod cluster_args;
 mod config;
 mod endpoint;
+mod failover;
 mod kv;
 mod leader;
 mod local;
@@ -54,6 +55,8 @@ enum Command {
     Leader(leader::LeaderArgs),
     /// HA clusters: make another member's server the primary (a planned switchover).
     Switchover(switchover::SwitchoverArgs),
+    /// HA clusters, primary lost: make member N's server the new primary.
+    Failover(failover::FailoverArgs),
     /// The replicated key-value store: get, put, del (with --prefix).
     Kv(kv::KvArgs),
     /// The Raft log's indexes and size.
@@ -74,6 +77,7 @@ fn main() {
         Command::Endpoint(args) => endpoint::run(args),
         Command::Leader(args) => leader::run(args),
         Command::Switchover(args) => switchover::run(args),
+        Command::Failover(args) => failover::run(args),
         Command::Kv(args) => kv::run(args),
         Command::Log(args) => log::run(args),
         Command::Config(args) => config::run(args),

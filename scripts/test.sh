@@ -25,6 +25,14 @@ if [ ! -f "$acceptance/run.sh" ]; then
 fi
 export PGRAFT_CACHE="${PGRAFT_CACHE:-$HOME/.cache/pgraft}"
 
+# Failed runs keep their cluster directories for diagnosis (/tmp/pgraft-t-*, torture runs);
+# over many runs they filled this machine's disk (60 GB). Remove those older than a day,
+# with any server still running in them.
+for d in $(find "${TMPDIR:-/tmp}" -maxdepth 1 \( -name 'pgraft-t-*' -o -name 'pgraft-torture-*' \) -mmin +1440 2>/dev/null); do
+  pkill -9 -f -- "$d/" 2>/dev/null || true
+  rm -rf -- "$d"
+done
+
 scripts/setup.sh --versions "$versions $build_only"
 
 pg_config_for() {

@@ -420,8 +420,8 @@ impl std::fmt::Display for PassTimes {
         )?;
         write!(
             f,
-            "; received (type, from, reject): {:?}; sent (type, to): (messages, entries): {:?}",
-            self.received, self.sent_by
+            "; received (type, from, reject): {:?}; sent (type, to): (messages, entries): {:?}; {}",
+            self.received, self.sent_by, self.ready_detail
         )
     }
 }
@@ -474,16 +474,16 @@ fn run_loop(
         let mut pass = PassTimes { inputs: inputs.len(), ..PassTimes::default() };
         for input in inputs {
             let started = Instant::now();
-            let kind = match input {
-                Input::Net(Inbound::Message(_)) => 0,
+            let kind = match &input {
+                Input::Net(Inbound::Message(m)) => {
+                    *pass.received.entry((m.get_msg_type() as i32, m.from, m.reject)).or_default() += 1;
+                    0
+                }
                 Input::Call { .. } => 1,
                 Input::Inspect(_) => 2,
                 Input::SnapshotDone(_) => 3,
                 _ => 4,
             };
-            if let Input::Net(Inbound::Message(m)) = &input {
-                *pass.received.entry((m.get_msg_type() as i32, m.from, m.reject)).or_default() += 1;
-            }
             match input {
                 Input::Net(Inbound::Message(m)) => member.step(*m).unwrap_or_else(|e| log::debug!("{e}")),
                 Input::Net(Inbound::SnapshotSent { to, ok }) => member.report_snapshot(to, ok),
@@ -555,11 +555,10 @@ fn run_loop(
         let busy = busy_since.elapsed();
         if busy >= SLOW_PASS {
             log::warn!(
-                "the Raft thread was busy for {} ms in one pass (election timeout {} ms): {}; {}; {}",
+                "the Raft thread was busy for {} ms in one pass (election timeout {} ms): {}; {}",
                 busy.as_millis(),
                 timing.election_timeout_ms,
                 pass,
-                pass.ready_detail,
                 member.store().take_read_stats()
             );
         }

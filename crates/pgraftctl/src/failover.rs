@@ -70,26 +70,23 @@ fn quiet_view(c: &ClusterArgs) -> Result<HaView> {
     bail!("no endpoint answered: {}", failures.join("; "))
 }
 
+/// A session on member `node`'s own server, if it answers among the endpoints.
+fn session_on(c: &ClusterArgs, node: i32) -> Option<Session> {
+    let eps = c.endpoint_list().ok()?;
+    eps.iter().filter_map(|ep| c.connect(ep).ok()).find_map(|mut s| (s.node_id().ok()? == node).then_some(s))
+}
+
 /// Whether member `node`'s server answers among the endpoints as a primary (the decision is
 /// committed before the promotion).
 fn promoted(c: &ClusterArgs, node: i32) -> bool {
-    let Ok(eps) = c.endpoint_list() else { return false };
-    eps.iter().any(|ep| {
-        c.connect(ep).is_ok_and(|mut s| {
-            s.node_id().is_ok_and(|id| id == node)
-                && s.client.query_one("SELECT pg_is_in_recovery()", &[]).is_ok_and(|r| !r.get::<_, bool>(0))
-        })
+    session_on(c, node).is_some_and(|mut s| {
+        s.client.query_one("SELECT pg_is_in_recovery()", &[]).is_ok_and(|r| !r.get::<_, bool>(0))
     })
 }
 
 /// Whether member `node` answers among the endpoints and says it leads.
 fn leads_itself(c: &ClusterArgs, node: i32) -> bool {
-    let Ok(eps) = c.endpoint_list() else { return false };
-    eps.iter().any(|ep| {
-        c.connect(ep).is_ok_and(|mut s| {
-            s.node_id().is_ok_and(|id| id == node) && s.leadership().is_ok_and(|(leads, _)| leads)
-        })
-    })
+    session_on(c, node).is_some_and(|mut s| s.leadership().is_ok_and(|(leads, _)| leads))
 }
 
 pub fn run(args: FailoverArgs) -> Result<()> {

@@ -141,13 +141,9 @@ fn a_switchover_under_load_loses_nothing_and_needs_no_rewind() {
     let asked = Instant::now();
     // pgraftctl asks a member that does not lead (the old primary's sessions end with its
     // shutdown); pgraft_transfer_leadership(2) returns once node 2 is the recorded primary.
-    let endpoints: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", pg_port(lines, i))).collect();
     // An operator command against every member, answering in JSON.
-    let ctl = |cmd: &[&str]| {
-        let eps = endpoints.join(",");
-        let common = ["--endpoints", &eps, "--user", "postgres", "--dbname", "postgres", "-w", "json"];
-        json_lines(&pgraftctl(&[cmd, &common[..]].concat()))
-    };
+    let eps = endpoints(lines, 3);
+    let ctl = |cmd: &[&str]| json_lines(&pgraftctl(&ctl_args(&eps, cmd)));
     let out = ctl(&["switchover", "--to", "2"]);
     assert_eq!(out[0]["to"], 2, "{out:?}");
     println!("{pgc}: pgraftctl switchover --to 2 returned after {:?}", asked.elapsed());
@@ -186,17 +182,11 @@ fn a_switchover_under_load_loses_nothing_and_needs_no_rewind() {
     pgraftctl(&["local", "down", "--dir", d]);
 }
 
-/// The switchover test's operator command: `pgraftctl CMD` against every member, in JSON.
-fn ctl_args<'a>(eps: &'a str, cmd: &[&'a str]) -> Vec<&'a str> {
-    let common = ["--endpoints", eps, "--user", "postgres", "--dbname", "postgres", "-w", "json"];
-    [cmd, &common[..]].concat()
-}
-
 #[test]
 fn failover_to_a_chosen_member_is_refused_while_the_primary_is_healthy_and_done_once_it_is_lost() {
     let c = HaCluster::up("fo-choose", 10);
     let (d, pgc, lines, rw) = (&c.d, &c.pgc, &c.lines, &c.rw);
-    let eps = (0..3).map(|i| format!("127.0.0.1:{}", pg_port(lines, i))).collect::<Vec<_>>().join(",");
+    let eps = endpoints(lines, 3);
     let err = pgraftctl_fails(&ctl_args(&eps, &["failover", "--to", "2"]));
     assert!(err.contains("use `pgraftctl switchover --to 2`"), "{err}");
     let writer = Writer::start(rw.clone(), 1000);

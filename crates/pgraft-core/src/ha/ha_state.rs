@@ -170,6 +170,17 @@ pub struct HaState {
 }
 
 impl HaState {
+    /// The system identifier of the recorded primary's server, once both are known.
+    pub fn primary_system_id(&self) -> Option<u64> {
+        self.primary.as_ref().and_then(|p| self.servers.get(&p.node)).map(|s| s.system_id)
+    }
+
+    /// Whether member `node` registered a server of the cluster with system identifier
+    /// `system_id`.
+    pub fn runs_cluster(&self, node: u64, system_id: u64) -> bool {
+        self.servers.get(&node).is_some_and(|s| s.system_id == system_id)
+    }
+
     /// Applies `cmd`, carried by an entry of Raft term `entry_term`.
     pub fn apply(&mut self, cmd: &HaCommand, entry_term: u64) -> Result<(), HaRefusal> {
         match cmd {

@@ -11,5 +11,6 @@ pub use ha_state::{
 };
 pub use planner::{
     application_name, detach_quorum, fencing_bound_ms, plan, sync_count, sync_standby_names, Gate,
-    Observation, Plan, RaftView, Receiving, ServerView, SyncMode, FENCE_MARGIN_MS, SWITCHOVER_TIMEOUT_MS,
+    Observation, Plan, RaftView, Receiving, ServerView, SyncMode, FAILOVER_VOTERS, FENCE_MARGIN_MS,
+    SWITCHOVER_TIMEOUT_MS,
 };

@@ -232,7 +232,7 @@ pub fn plan(o: &Observation<'_>) -> Plan {
         ));
         return p;
     }
-    if ha_voters(o).len() < 2 {
+    if ha_voters(o).len() < FAILOVER_VOTERS {
         // No other voter runs a copy of this cluster (a plain cluster where failover was
         // switched on, or standbys not registered yet): there is nothing to fail over to,
         // so nothing is recorded, fenced or promoted.
@@ -251,11 +251,12 @@ pub fn plan(o: &Observation<'_>) -> Plan {
 /// The system identifier of the HA cluster's servers: the recorded primary's, else this
 /// server's own.
 fn cluster_system_id(o: &Observation<'_>) -> u64 {
-    o.ha.primary
-        .as_ref()
-        .and_then(|p| o.ha.servers.get(&p.node))
-        .map_or(o.server.record.system_id, |s| s.system_id)
+    o.ha.primary_system_id().unwrap_or(o.server.record.system_id)
 }
+
+/// Failover acts only where at least this many voters run servers of one cluster: with
+/// fewer there is nothing to fail over to.
+pub const FAILOVER_VOTERS: usize = 2;
 
 /// The voters whose servers belong to the HA cluster (registered with its system
 /// identifier): the ones that stream, acknowledge, report and may be promoted.
@@ -265,10 +266,7 @@ fn ha_voters(o: &Observation<'_>) -> Vec<u64> {
         .voters
         .iter()
         .copied()
-        .filter(|v| {
-            *v == o.raft.me && o.server.record.system_id == cluster
-                || o.ha.servers.get(v).is_some_and(|s| s.system_id == cluster)
-        })
+        .filter(|v| *v == o.raft.me && o.server.record.system_id == cluster || o.ha.runs_cluster(*v, cluster))
         .collect()
 }
 

@@ -10,14 +10,14 @@ use crate::command::ConfContext;
 use crate::error::{Error, Result};
 use crate::request::Response;
 use crate::state_machine::{MembershipChange, Outcome};
+use crate::storage::LogStore;
 
 /// The context of a `ConfChangeV2` that adds a learner to become a voter.
 const VOTER_TO_BE: &[u8] = b"voter-to-be";
 
-/// How long an add waits for its member's promotion before it answers (the member is then
-/// a learner still catching up, promoted later): two election timeouts.
-pub(super) const PROMOTION_WAIT_TICKS: u64 = 20;
-use crate::storage::LogStore;
+/// How many election timeouts an add waits for its member's promotion before it answers
+/// (the member is then a learner still catching up, promoted later).
+const PROMOTION_WAIT_TIMEOUTS: u64 = 2;
 
 impl<S: LogStore> Member<S> {
     /// Membership changes: `address` set = add (voter or learner by `flag`), `None` with
@@ -31,8 +31,8 @@ impl<S: LogStore> Member<S> {
     /// other follower is down, without a leader for good. As a learner it counts in no
     /// quorum until it can vote. The mark is replicated (`StateMachine::voters_to_be`), so
     /// a new leader carries on. The request is answered once the member is a voter, or
-    /// after [`PROMOTION_WAIT_TICKS`] as a learner still catching up (a member added before
-    /// it is started, as etcd's `member add` allows).
+    /// after [`PROMOTION_WAIT_TIMEOUTS`] election timeouts as a learner still catching up
+    /// (a member added before it is started, as etcd's `member add` allows).
     pub(super) fn change_membership(&mut self, token: Token, id: u64, address: Option<String>, flag: bool) {
         if self.raw.raft.state != StateRole::Leader {
             let e = self.not_leader();
@@ -74,11 +74,13 @@ impl<S: LogStore> Member<S> {
                     return self.promote_now(token, id);
                 }
                 // The learner step: nobody waits for it; the client waits for the promotion.
-                if let Err(e) = self.busy_with_membership() {
-                    return self.answer(token, Err(e));
+                match self.propose_for(NO_CLIENT, ConfChangeType::AddLearnerNode, id, addr.clone(), true) {
+                    Ok(()) => {
+                        self.waiting
+                            .insert(token, Waiting::Promotion { id, since: self.ticks, added: false });
+                    }
+                    Err(e) => self.answer(token, Err(e)),
                 }
-                self.propose_membership(NO_CLIENT, ConfChangeType::AddLearnerNode, id, addr.clone(), true);
-                self.waiting.insert(token, Waiting::Promotion { id, since: self.ticks, added: false });
             }
             (None, true) => {
                 if !is_voter && !is_learner {
@@ -98,15 +100,8 @@ impl<S: LogStore> Member<S> {
         }
     }
 
-    fn busy_with_membership(&self) -> Result<()> {
-        if self.raw.raft.has_pending_conf() {
-            return Err(Error::Busy("another membership change is still being applied; try again".into()));
-        }
-        Ok(())
-    }
-
-    /// Proposes one membership change; `token` is answered when it is applied.
-    /// `voter_to_be` marks a learner the leader is to promote once it holds the log.
+    /// Proposes one membership change; `token` is answered when it is applied, or at
+    /// once when raft is still applying another.
     fn propose_membership(
         &mut self,
         token: Token,
@@ -115,8 +110,24 @@ impl<S: LogStore> Member<S> {
         address: String,
         voter_to_be: bool,
     ) {
-        if let Err(e) = self.busy_with_membership() {
-            return self.answer(token, Err(e));
+        if let Err(e) = self.propose_for(token, change, id, address, voter_to_be) {
+            self.answer(token, Err(e));
+        }
+    }
+
+    /// Proposes one membership change for `token`, answered when it is applied; refused
+    /// while another is still being applied. `voter_to_be` marks a learner the leader is
+    /// to promote once it holds the log.
+    fn propose_for(
+        &mut self,
+        token: Token,
+        change: ConfChangeType,
+        id: u64,
+        address: String,
+        voter_to_be: bool,
+    ) -> Result<()> {
+        if self.raw.raft.has_pending_conf() {
+            return Err(Error::Busy("another membership change is still being applied; try again".into()));
         }
         let (origin, _) = self.next_origin();
         let ctx = ConfContext { origin, address }.encode();
@@ -130,6 +141,7 @@ impl<S: LogStore> Member<S> {
             self.waiting.insert(token, Waiting::Proposal);
         }
         self.propose_conf(token, ConfProposal(cc, ctx, origin.seq));
+        Ok(())
     }
 
     /// An operator's promotion of learner `id`: proposed if it holds the log, refused
@@ -177,11 +189,13 @@ impl<S: LogStore> Member<S> {
     }
 
     /// Answers clients waiting for a member to become a voter: once it is one; once it
-    /// has been a learner for [`PROMOTION_WAIT_TICKS`] (added, still catching up); or,
+    /// has been a learner for [`PROMOTION_WAIT_TIMEOUTS`] election timeouts (added, still
+    /// catching up); or,
     /// if it was removed meanwhile, with an error.
     pub(super) fn resolve_promotions(&mut self) {
         let conf = self.raw.raft.prs().conf();
         let (now, applied) = (self.ticks, self.sm.applied_index);
+        let wait = PROMOTION_WAIT_TIMEOUTS * self.cfg.election_tick as u64;
         let mut done = Vec::new();
         for (token, w) in self.waiting.iter_mut() {
             let Waiting::Promotion { id, since, added } = w else { continue };
@@ -189,7 +203,7 @@ impl<S: LogStore> Member<S> {
                 done.push((*token, Ok(Response::Applied { index: applied, outcome: Outcome::Membership })));
             } else if conf.learners().contains(id) {
                 *added = true;
-                if now.saturating_sub(*since) >= PROMOTION_WAIT_TICKS {
+                if now.saturating_sub(*since) >= wait {
                     done.push((
                         *token,
                         Ok(Response::Applied { index: applied, outcome: Outcome::Membership }),

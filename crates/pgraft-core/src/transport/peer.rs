@@ -41,9 +41,7 @@ pub(super) async fn run(
                 // leader's member thread was busy for seconds (a torture run). Raft sends
                 // again what matters; tell it the peer was unreachable.
                 if reconnecting {
-                    while let Ok(m) = rx.try_recv() {
-                        report_failure(&sink, &m);
-                    }
+                    drop_queued(&mut rx, &sink);
                 }
                 c
             }
@@ -55,9 +53,7 @@ pub(super) async fn run(
                 }
                 // Messages queued meanwhile are stale by the time we connect; raft
                 // retransmits what matters. Tell it the peer is unreachable.
-                while let Ok(m) = rx.try_recv() {
-                    report_failure(&sink, &m);
-                }
+                drop_queued(&mut rx, &sink);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
@@ -88,6 +84,13 @@ pub(super) async fn run(
         if rx.is_closed() {
             return;
         }
+    }
+}
+
+/// Drops every queued message, each reported as not sent.
+fn drop_queued(rx: &mut Receiver<Message>, sink: &InboundSink) {
+    while let Ok(m) = rx.try_recv() {
+        report_failure(sink, &m);
     }
 }
 

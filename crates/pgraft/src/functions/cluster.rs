@@ -105,10 +105,11 @@ fn pgraft_transfer_leadership(target_node_id: i32) -> bool {
     if let Some(from) = st.ha.primary.as_ref().map(|p| p.node).filter(|p| failover && *p != to) {
         // Failover acts only where another voter runs a standby of the primary's cluster;
         // elsewhere (a plain cluster with failover switched on) this is a Raft transfer.
-        let sid = st.ha.servers.get(&from).map(|s| s.system_id);
-        let cluster =
-            st.member.voters.iter().filter(|v| st.ha.servers.get(v).map(|s| s.system_id) == sid).count();
-        if cluster >= 2 {
+        let cluster = st
+            .ha
+            .primary_system_id()
+            .map_or(0, |sid| st.member.voters.iter().filter(|v| st.ha.runs_cluster(**v, sid)).count());
+        if cluster >= pgraft_core::ha::FAILOVER_VOTERS {
             return switchover(&st, from, to);
         }
     }

@@ -228,3 +228,15 @@ pub fn pgraft_start(d: &str, node: u64) -> std::process::Output {
         .output()
         .expect("run pgraftctl")
 }
+
+/// The PostgreSQL endpoints (`host:port,...`) of the first `n` members.
+pub fn endpoints(lines: &[Value], n: usize) -> String {
+    (0..n).map(|i| format!("127.0.0.1:{}", pg_port(lines, i))).collect::<Vec<_>>().join(",")
+}
+
+/// The arguments of an operator command `pgraftctl CMD` against the members at `eps`
+/// (`host:port,...`), answering in JSON.
+pub fn ctl_args<'a>(eps: &'a str, cmd: &[&'a str]) -> Vec<&'a str> {
+    let common = ["--endpoints", eps, "--user", "postgres", "--dbname", "postgres", "-w", "json"];
+    [cmd, &common[..]].concat()
+}

@@ -203,3 +203,63 @@ fn an_asynchronous_primary_cut_off_diverges_and_is_rewound() {
     assert!(alone.iter().all(|(v, _, _)| !on_old.contains(v)), "the rewind removed node 1's lone writes");
     pgraftctl(&["local", "down", "--dir", d]);
 }
+
+/// A fence with one of three members down: the fenced primary's member stops with its
+/// server, and the one standby left is no detach quorum and no Raft majority alone. The
+/// rejoin helper starts the fenced server as a standby once no primary appears, its member
+/// votes again and reports where the server stood down, and the cluster gets a primary
+/// back (node 2, or node 1 again) with every acknowledged write. A switchover asked for
+/// in SQL (`pgraft_transfer_leadership`, which does not refuse when a member is down, as
+/// `pgraftctl switchover` does) is the fence here.
+#[test]
+fn a_fence_with_a_standby_down_does_not_wedge_the_cluster() {
+    let c = HaCluster::up("fo-wedge", 0);
+    let (d, pgc, lines, rw) = (&c.d, &c.pgc, &c.lines, &c.rw);
+    let writer = Writer::start(rw.clone(), 1);
+    wait("the writer to get going", Duration::from_secs(10), || (writer.count() >= 20).then_some(()));
+    pgraftctl(&["local", "kill", "3", "--dir", d]);
+    let before = writer.count();
+    wait("writes to go on with node 3 down", Duration::from_secs(30), || {
+        (writer.count() > before + 20).then_some(())
+    });
+    let asked = Instant::now();
+    let node2 = conninfo(lines, 1);
+    let switchover = std::thread::spawn(move || {
+        let mut c = connect(&node2).expect("connect to node 2");
+        c.query_one("SELECT pgraft_transfer_leadership(2)", &[])
+            .map(|r| r.get::<_, bool>(0))
+            .map_err(|e| e.to_string())
+    });
+    let raft_dir = std::path::PathBuf::from(lines[0]["raft_data_dir"].as_str().expect("raft_data_dir"));
+    wait("node 1 to be fenced and started again as a standby", Duration::from_secs(60), || {
+        let state = std::fs::read_to_string(raft_dir.join("rejoin.log")).ok()?;
+        state.contains("starting as a standby (stood down").then_some(())
+    });
+    println!("{pgc}: the fenced primary started as a standby {:?} after the switchover", asked.elapsed());
+    let before = writer.count();
+    wait("writes to go on with a primary again", Duration::from_secs(90), || {
+        (writer.count() > before + 20).then_some(())
+    });
+    println!(
+        "{pgc}: writes went on {:?} after the switchover; it returned {:?}",
+        asked.elapsed(),
+        switchover.join()
+    );
+    let p = check_one_primary(lines, 3, &[2]);
+    println!("{pgc}: node {} is the primary with node 3 down", p + 1);
+    let acked = writer.finish();
+    let want: Vec<i64> = acked.iter().map(|(v, _, _)| *v).collect();
+    let have = values_on(&conninfo(lines, p)).expect("read t on the primary");
+    let lost: Vec<i64> = want.iter().copied().filter(|v| !have.contains(v)).collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    // Node 3 comes back and follows.
+    let out = pgraft_start(d, 3);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(settled_primary(lines), p);
+    wait_rows(lines, 2, &want);
+    if p == 1 {
+        let log = rejoin_log_when_done(&raft_dir);
+        assert!(log.contains("stopping this standby to rewind it"), "{log}");
+    }
+    pgraftctl(&["local", "down", "--dir", d]);
+}

@@ -3,6 +3,7 @@
 //! The extension's worker observes the server and carries the plan out; nothing here
 //! touches PostgreSQL.
 
+mod candidate;
 mod ha_state;
 mod planner;
 

@@ -24,6 +24,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::candidate;
 #[cfg(test)]
 use super::ha_state::SwitchoverRecord;
 use super::ha_state::{DetachReport, HaCommand, HaState, Lsn, PrimaryRecord, ServerRecord};
@@ -86,6 +87,12 @@ pub struct ServerView {
     pub receiving: Receiving,
     /// Clients may hold sessions from an earlier open gate (since the server last started).
     pub opened: bool,
+    /// A promotion was asked for since the server started and it is still in recovery.
+    pub promoting: bool,
+    /// This server was a primary, shut down cleanly (fenced), and was started again as a
+    /// standby by the rejoin helper while no other server was the primary: the (timeline,
+    /// LSN) of its shutdown checkpoint, which every commit it ever acknowledged precedes.
+    pub stood_down: Option<(u32, Lsn)>,
     /// The record it registers.
     pub record: ServerRecord,
 }
@@ -356,8 +363,11 @@ fn plan_standby(o: &Observation<'_>, rec: &PrimaryRecord, p: &mut Plan) {
     p.gate = Gate::Open;
     let r = &o.raft;
     if rec.node == r.me {
-        // Named primary, not promoted yet: only the leader of the decision's term promotes.
-        if r.leader && r.term == rec.term && r.lease {
+        if r.term != rec.term {
+            candidate::plan_former_primary(o, rec, p);
+        } else if r.leader && r.lease {
+            // Named primary, not promoted yet: only the leader of the decision's term
+            // promotes.
             p.upstream = Some(None);
             p.sync_names = Some(sync_standby_names(o.sync, r.me, &ha_voters(o)));
             p.promote = true;
@@ -395,75 +405,17 @@ fn plan_standby(o: &Observation<'_>, rec: &PrimaryRecord, p: &mut Plan) {
         received: o.server.received,
         replayed: o.server.replayed,
     };
-    let reported = o.ha.reports.get(&r.me);
-    if reported
-        .is_none_or(|old| old.term != r.term || old.from != rec.node || old.position() < report.position())
-    {
-        p.propose.push(HaCommand::Detached { node: r.me, report });
-    }
+    candidate::report(o, report, p);
     if r.leader {
-        plan_candidate(o, rec, p);
+        candidate::plan_candidate(o, rec, p);
     }
-}
-
-/// The leader's server is a standby and the primary is another member's: fail over.
-fn plan_candidate(o: &Observation<'_>, rec: &PrimaryRecord, p: &mut Plan) {
-    let r = &o.raft;
-    let needed = detach_quorum(r.voters.len());
-    let reports: Vec<(u64, DetachReport)> =
-        o.ha.reports_for(r.term, rec.node)
-            .filter(|(n, _)| r.voters.contains(n) && *n != rec.node)
-            .map(|(n, rep)| (n, *rep))
-            .collect();
-    if reports.len() < needed {
-        p.waiting = Some(format!(
-            "{} of the {needed} standbys needed have let go of node {} in term {}",
-            reports.len(),
-            rec.node,
-            r.term
-        ));
-        return;
-    }
-    let Some(mine) = reports.iter().find(|(n, _)| *n == r.me).map(|(_, rep)| *rep) else {
-        p.waiting = Some("this member's own report is not applied yet".into());
-        return;
-    };
-    // The most advanced server wins; this one on a tie.
-    if let Some((best, rep)) = reports.iter().max_by_key(|(n, rep)| (rep.position(), *n == r.me)) {
-        if *best != r.me && rep.position() > mine.position() {
-            p.transfer = Some(*best);
-            p.waiting = Some(format!("node {best} holds more WAL; handing it leadership"));
-            return;
-        }
-    }
-    if o.sync == SyncMode::Off && r.led_ms < fencing_bound_ms(r.election_timeout_ms) {
-        p.waiting = Some(format!(
-            "asynchronous mode: waiting out the fencing bound ({} ms) before promoting",
-            fencing_bound_ms(r.election_timeout_ms)
-        ));
-        return;
-    }
-    if o.server.replayed < o.server.received {
-        p.upstream = Some(None);
-        p.waiting = Some("replaying the WAL received before promoting".into());
-        return;
-    }
-    p.upstream = Some(None);
-    p.propose.push(HaCommand::Primary(PrimaryRecord {
-        node: r.me,
-        term: r.term,
-        timeline: o.server.timeline,
-        lsn: o.server.replayed,
-        reason: format!("failover from node {}", rec.node),
-        time_ms: o.now_ms,
-    }));
 }
 
 #[cfg(test)]
-mod tests {
+pub(in crate::ha) mod tests {
     use super::*;
 
-    fn server(in_recovery: bool, lsn: Lsn, receiving: Receiving) -> ServerView {
+    pub(in crate::ha) fn server(in_recovery: bool, lsn: Lsn, receiving: Receiving) -> ServerView {
         ServerView {
             in_recovery,
             timeline: 1,
@@ -471,6 +423,8 @@ mod tests {
             replayed: lsn,
             receiving,
             opened: true,
+            promoting: false,
+            stood_down: None,
             record: ServerRecord {
                 host: "127.0.0.1".into(),
                 port: 5432,
@@ -480,7 +434,7 @@ mod tests {
         }
     }
 
-    fn raft(me: u64, leader_id: u64, term: u64) -> RaftView {
+    pub(in crate::ha) fn raft(me: u64, leader_id: u64, term: u64) -> RaftView {
         RaftView {
             me,
             leader: me == leader_id,
@@ -493,7 +447,7 @@ mod tests {
         }
     }
 
-    fn ha_with_primary(node: u64, term: u64) -> HaState {
+    pub(in crate::ha) fn ha_with_primary(node: u64, term: u64) -> HaState {
         let mut ha = HaState::default();
         for n in 1..=3 {
             let rec = ServerRecord { host: "127.0.0.1".into(), port: 5432, system_id: 7, primary: n == node };
@@ -504,11 +458,11 @@ mod tests {
         ha
     }
 
-    fn obs<'a>(ha: &'a HaState, raft: RaftView, server: ServerView) -> Observation<'a> {
+    pub(in crate::ha) fn obs<'a>(ha: &'a HaState, raft: RaftView, server: ServerView) -> Observation<'a> {
         Observation { ha, failover: true, sync: SyncMode::On, raft, server, now_ms: 1 }
     }
 
-    fn decisions(p: &Plan) -> Vec<&HaCommand> {
+    pub(in crate::ha) fn decisions(p: &Plan) -> Vec<&HaCommand> {
         p.propose.iter().filter(|c| !matches!(c, HaCommand::Server { .. })).collect()
     }
 
@@ -586,63 +540,6 @@ mod tests {
             decisions(&p)[..],
             [HaCommand::Detached { node: 2, report: DetachReport { term: 3, from: 1, received: 100, .. } }]
         ));
-    }
-
-    fn with_reports(mut ha: HaState, term: u64, reports: &[(u64, Lsn)]) -> HaState {
-        for (n, lsn) in reports {
-            let report = DetachReport { term, from: 1, timeline: 1, received: *lsn, replayed: *lsn };
-            ha.apply(&HaCommand::Detached { node: *n, report }, term).expect("report");
-        }
-        ha
-    }
-
-    #[test]
-    fn the_candidate_waits_for_a_detach_quorum_then_promotes_or_hands_over() {
-        let ha = with_reports(ha_with_primary(1, 2), 3, &[(3, 100)]);
-        let p = plan(&obs(&ha, raft(3, 3, 3), server(true, 100, Receiving::Nothing)));
-        assert!(decisions(&p).is_empty(), "1 of 2 reports");
-        assert!(p.waiting.as_deref().is_some_and(|w| w.contains("1 of the 2")), "{p:?}");
-
-        // Node 2 has more WAL: it gets leadership instead.
-        let ha2 = with_reports(ha.clone(), 3, &[(2, 150)]);
-        let p = plan(&obs(&ha2, raft(3, 3, 3), server(true, 100, Receiving::Nothing)));
-        assert_eq!(p.transfer, Some(2));
-        assert!(decisions(&p).is_empty());
-
-        // Node 3 is as advanced as anyone: it records itself, then promotes.
-        let ha3 = with_reports(ha, 3, &[(2, 100)]);
-        let p = plan(&obs(&ha3, raft(3, 3, 3), server(true, 100, Receiving::Nothing)));
-        assert!(matches!(decisions(&p)[..], [HaCommand::Primary(PrimaryRecord { node: 3, term: 3, .. })]));
-        assert!(!p.promote);
-        let mut named = ha3.clone();
-        let rec = PrimaryRecord { node: 3, term: 3, timeline: 1, lsn: 100, reason: "t".into(), time_ms: 0 };
-        named.apply(&HaCommand::Primary(rec), 3).expect("primary");
-        let p = plan(&obs(&named, raft(3, 3, 3), server(true, 100, Receiving::Nothing)));
-        assert!(p.promote);
-        assert_eq!(p.sync_names.as_deref(), Some("ANY 1 (pgraft_node_1, pgraft_node_2)"));
-        // Not the leader of that term any more: no promotion.
-        let p = plan(&obs(&named, raft(3, 2, 4), server(true, 100, Receiving::Nothing)));
-        assert!(!p.promote);
-    }
-
-    #[test]
-    fn replay_catches_up_before_the_decision() {
-        let ha = with_reports(ha_with_primary(1, 2), 3, &[(2, 100), (3, 120)]);
-        let behind = ServerView { replayed: 90, ..server(true, 120, Receiving::Nothing) };
-        let p = plan(&obs(&ha, raft(3, 3, 3), behind));
-        assert!(decisions(&p).is_empty());
-        assert!(p.waiting.as_deref().is_some_and(|w| w.contains("replaying")));
-    }
-
-    #[test]
-    fn asynchronous_mode_waits_out_the_fencing_bound() {
-        let ha = with_reports(ha_with_primary(1, 2), 3, &[(2, 100), (3, 100)]);
-        let mut o =
-            obs(&ha, RaftView { led_ms: 1000, ..raft(3, 3, 3) }, server(true, 100, Receiving::Nothing));
-        o.sync = SyncMode::Off;
-        assert!(decisions(&plan(&o)).is_empty());
-        o.raft.led_ms = fencing_bound_ms(1000);
-        assert_eq!(decisions(&plan(&o)).len(), 1);
     }
 
     #[test]

@@ -77,7 +77,9 @@ impl Reconciler {
         let election_timeout_ms = gucs::effective_timing(&view.config).election_timeout_ms;
         let raft = self.raft_view(status, election_timeout_ms);
         let sync = SyncMode::parse(&gucs::string(&gucs::SYNCHRONOUS_MODE)).unwrap_or(SyncMode::On);
-        let server = server_view(&facts, &view.ha, status.id);
+        let mut server = server_view(&facts, &view.ha, status.id);
+        server.promoting = facts.in_recovery && self.promoted_in_term.is_some();
+        server.stood_down = self.stood_down(facts.in_recovery);
         let o = Observation { ha: &view.ha, failover, sync, raft, server, now_ms: crate::worker::now_ms() };
         let plan = ha::plan(&o);
         self.carry_out(&plan, &o, node, rt);
@@ -175,6 +177,27 @@ impl Reconciler {
         self.propose(plan, node, rt);
     }
 
+    /// The rejoin helper's record that it started this server as a standby after a clean
+    /// shutdown as a primary (see [`rejoin::STOOD_DOWN`]); removed once the server is a
+    /// primary again, so it never outlives the start it describes.
+    fn stood_down(&self, in_recovery: bool) -> Option<(u32, ha::Lsn)> {
+        let path = self.raft_dir.join(rejoin::STOOD_DOWN);
+        if !in_recovery {
+            if path.exists() {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    log::warn!("failover: could not remove {}: {e}", path.display());
+                }
+            }
+            return None;
+        }
+        let text = std::fs::read_to_string(&path).ok()?;
+        let parsed = rejoin::parse_stood_down(&text);
+        if parsed.is_none() {
+            log::warn!("failover: ignoring {}: cannot read {text:?}", path.display());
+        }
+        parsed
+    }
+
     /// Whether `primary_conninfo` already names `upstream`'s server (or none for `None`);
     /// other keywords and the slot an operator set are left as they are.
     fn streams_from(&self, ha: &HaState, upstream: Option<u64>) -> bool {
@@ -251,6 +274,7 @@ impl Reconciler {
         );
         let r = rejoin::Rejoin {
             node: o.raft.me,
+            standby_after_s: rejoin::standby_after_s(o.raft.election_timeout_ms),
             pgdata: self.pgdata.clone(),
             raft_dir: self.raft_dir.clone(),
             bindir,
@@ -364,6 +388,8 @@ fn server_view(f: &ServerFacts, ha: &HaState, me: u64) -> ServerView {
         replayed: f.replayed,
         receiving,
         opened: shmem::read().was_open,
+        promoting: false,
+        stood_down: None,
         record: ServerRecord {
             host: gucs::string(&gucs::ADDRESS),
             port: f.port,

@@ -9,6 +9,10 @@
 //!  2. waits until some other member's server is a primary (libpq multi-host,
 //!     target_session_attrs=read-write): a promoted one, on a new timeline
 //!     and asks it for a CHECKPOINT (so its control file names its new timeline)
+//!     meanwhile, if none appears within a few election timeouts, starts the server as
+//!     a standby (its member votes again) and records where it shut down; if its own
+//!     member then promotes it again, the helper is done; once another primary
+//!     appears, stops it and goes on
 //!  3. saves the configuration files (pg_rewind copies the source's over them)
 //!  4. pg_rewind --source-server=<that primary>      ("no rewind required" is fine)
 //!     if it fails, or `rejoin.reclone` exists: pg_basebackup a fresh copy and swap it in
@@ -32,6 +36,8 @@ use std::path::{Path, PathBuf};
 pub struct Rejoin {
     /// The member.
     pub node: u64,
+    /// How long to wait for another primary before starting the server as a standby.
+    pub standby_after_s: u64,
     /// PGDATA.
     pub pgdata: PathBuf,
     /// `pgraft.data_dir`: where the script, its state and its log go.
@@ -56,6 +62,29 @@ pub const LOG: &str = "rejoin.log";
 /// When this file exists, the next rejoin re-clones instead of rewinding (an operator's
 /// choice after a rewind went wrong; the tests use it to take the re-clone path).
 pub const RECLONE: &str = "rejoin.reclone";
+/// Written by the helper when it starts the server as a standby before any other server
+/// is a primary: `TIMELINE LSN` of the clean shutdown it started from (the position of the
+/// shutdown checkpoint, which every commit the server acknowledged as a primary precedes).
+/// The worker reports it ([`pgraft_core::ha::ServerView::stood_down`]); the helper removes
+/// it before it stops the server again, and the worker once the server is a primary.
+pub const STOOD_DOWN: &str = "rejoin.standby";
+/// The helper that is current: one spawned later takes over, and an older one exits.
+pub const PID: &str = "rejoin.pid";
+
+/// How long the helper waits for another primary before starting the server as a standby:
+/// two fencing bounds (a failover that can happen has happened by then), at least 3 s.
+pub fn standby_after_s(election_timeout_ms: u64) -> u64 {
+    (2 * pgraft_core::ha::fencing_bound_ms(election_timeout_ms)).div_ceil(1000).max(3)
+}
+
+/// Reads [`STOOD_DOWN`]: a timeline and an LSN (`X/Y`, as `pg_controldata` prints it).
+pub fn parse_stood_down(text: &str) -> Option<(u32, u64)> {
+    let mut words = text.split_whitespace();
+    let timeline: u32 = words.next()?.parse().ok()?;
+    let (hi, lo) = words.next()?.split_once('/')?;
+    let lsn = (u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?;
+    (timeline > 0 && words.next().is_none()).then_some((timeline, lsn))
+}
 
 /// A word quoted for `sh`.
 fn q(s: &str) -> String {
@@ -92,10 +121,53 @@ step() {{
     printf '%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$1" > "$STATE.tmp" && mv "$STATE.tmp" "$STATE"
     echo "pgraft rejoin (node {node}): $1"
 }}
+echo $$ > {pidfile}
+# A helper spawned later (the server was promoted and fenced again) takes over.
+current() {{ [ "$(cat {pidfile} 2>/dev/null)" = "$$" ] || {{ echo "pgraft rejoin (node {node}): a newer helper took over"; exit 0; }}; }}
+control() {{ LC_ALL=C "$BIN/pg_controldata" -D "$PGDATA" 2>/dev/null | sed -n "s/^$1: *//p"; }}
 step "waiting for the fenced server (postmaster {pid}) to stop"
 while kill -0 {pid} 2>/dev/null; do sleep 0.1; done
 step "waiting for another member's server to be the primary"
-until "$BIN/psql" "$SOURCE" -XAtqc 'SELECT 1' >/dev/null 2>&1; do sleep 0.5; done
+SINCE=$(date +%s)
+STANDBY=no
+until "$BIN/psql" "$SOURCE" -XAtqc 'SELECT 1' >/dev/null 2>&1; do
+    current
+    if [ "$STANDBY" = no ] && [ $(( $(date +%s) - SINCE )) -ge {standby_after} ]; then
+        # No primary: this server's member may be needed for a Raft majority. Start it as
+        # a standby so that the member votes again, with the position it stood down at.
+        STANDBY=never
+        STATE_NOW=$(control "Database cluster state")
+        if [ "$STATE_NOW" = "shut down" ]; then
+            TLI=$(control "Latest checkpoint's TimeLineID")
+            AT=$(control "Latest checkpoint location")
+            printf '%s %s\n' "$TLI" "$AT" > {marker}.tmp && mv {marker}.tmp {marker}
+            rm -f "$PGDATA/postmaster.pid" "$PGDATA/promote"
+            : > "$PGDATA/standby.signal"
+            step "no primary after {standby_after} s: starting as a standby (stood down on timeline $TLI at $AT)"
+            if "$BIN/pg_ctl" restart -D "$PGDATA" -l "$SERVER_LOG" -w -t 300 -s; then
+                STANDBY=yes
+                step "running as a standby; waiting for a primary"
+            else
+                rm -f {marker}
+                step "could not start as a standby (see $SERVER_LOG); waiting for a primary"
+            fi
+        else
+            step "not starting early: the server did not shut down cleanly ($STATE_NOW); waiting for a primary"
+        fi
+    fi
+    if [ "$STANDBY" = yes ] && [ "$(control "Database cluster state")" = "in production" ]; then
+        rm -f {marker}
+        step "done: promoted again by its member (no other server had become the primary)"
+        exit 0
+    fi
+    sleep 0.5
+done
+current
+if [ "$STANDBY" = yes ]; then
+    rm -f {marker}
+    step "another member's server is the primary: stopping this standby to rewind it"
+    "$BIN/pg_ctl" stop -D "$PGDATA" -m fast -w -t 300 -s || {{ step "failed: pg_ctl could not stop the standby"; exit 1; }}
+fi
 mkdir -p "$SAVED" || {{ step "failed: cannot create $SAVED"; exit 1; }}
 for f in {files}; do
     if [ -f "$PGDATA/$f" ]; then cp -p "$PGDATA/$f" "$SAVED/$f" || {{ step "failed: cannot save $f"; exit 1; }}; fi
@@ -155,6 +227,9 @@ fi
             pid = self.postmaster_pid,
             files = files,
             reclone = qp(&self.raft_dir.join(RECLONE)),
+            pidfile = qp(&self.raft_dir.join(PID)),
+            marker = qp(&self.raft_dir.join(STOOD_DOWN)),
+            standby_after = self.standby_after_s,
         )
     }
 
@@ -209,9 +284,21 @@ mod tests {
     use pgrx::prelude::*;
 
     #[pg_test]
+    fn the_stood_down_position_reads_as_pg_controldata_prints_it() {
+        assert_eq!(parse_stood_down("1 0/3000028\n"), Some((1, 0x300_0028)));
+        assert_eq!(parse_stood_down("3 1A/FF"), Some((3, (0x1A << 32) | 0xFF)));
+        for bad in ["", "1", "0 0/1", "x 0/1", "1 01", "1 0/1 extra", "1 g/1"] {
+            assert_eq!(parse_stood_down(bad), None, "{bad:?}");
+        }
+        assert_eq!(standby_after_s(1000), 5);
+        assert_eq!(standby_after_s(100), 3);
+    }
+
+    #[pg_test]
     fn the_rejoin_script_quotes_and_checks_its_inputs() {
         let r = Rejoin {
             node: 2,
+            standby_after_s: 5,
             pgdata: "/data/it's here".into(),
             raft_dir: "/raft".into(),
             bindir: "/usr/lib/postgresql/15/bin".into(),
@@ -226,6 +313,7 @@ mod tests {
         assert!(s.contains("pg_rewind\" -D \"$PGDATA\" --source-server=\"$SOURCE\""));
         assert!(s.contains("pg_basebackup"));
         assert!(s.contains("standby.signal"));
+        assert!(s.contains("-ge 5 ]"));
         // The shell accepts it.
         let dir = std::env::temp_dir().join(format!("pgraft-rejoin-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("mkdir");

@@ -1,0 +1,253 @@
+//! The failover decision: when the leader whose server is a standby may name a new primary,
+//! and which server that is.
+//!
+//! Two kinds of evidence say that the recorded primary can no longer get a commit
+//! acknowledged, and where its acknowledged commits are:
+//!
+//! - **A detach quorum**: `ceil(n/2)` standbys let go of it in this term. Every set of
+//!   standbys that can acknowledge a commit (`floor(n/2)` of the `n - 1`) contains one of
+//!   them, and the most advanced of them holds every acknowledged commit.
+//! - **Its own report**: fenced, its server shut down cleanly and the rejoin helper started
+//!   it again as a standby (no other server had become the primary). Running in recovery,
+//!   with no promotion asked for, it cannot acknowledge anything, and every commit it ever
+//!   acknowledged precedes its shutdown checkpoint, whose position it reports.
+//!
+//! The second matters when the fenced primary's member is needed for a Raft majority: a
+//! fence (or a switchover) with one of three members down would otherwise leave the cluster
+//! with neither a leader nor a primary, since the fenced server's member stops with it and
+//! the one remaining standby is no detach quorum.
+
+use super::ha_state::{DetachReport, HaCommand, PrimaryRecord};
+use super::planner::{detach_quorum, fencing_bound_ms, Observation, Plan, SyncMode};
+
+/// Proposes this member's report, unless one of this term about the same primary and at
+/// least as far along is applied.
+pub(super) fn report(o: &Observation<'_>, report: DetachReport, p: &mut Plan) {
+    let reported = o.ha.reports.get(&o.raft.me);
+    if reported.is_none_or(|old| {
+        old.term != report.term || old.from != report.from || old.position() < report.position()
+    }) {
+        p.propose.push(HaCommand::Detached { node: o.raft.me, report });
+    }
+}
+
+/// The recorded primary's own server runs as a standby in a later term than its record.
+pub(super) fn plan_former_primary(o: &Observation<'_>, rec: &PrimaryRecord, p: &mut Plan) {
+    let r = &o.raft;
+    if r.leader_id == 0 {
+        p.waiting = Some("no Raft leader".into());
+        return;
+    }
+    // Nobody else holds more of its timeline: nothing to stream until another is promoted.
+    p.upstream = Some(None);
+    if o.server.promoting {
+        p.waiting = Some("a promotion asked for earlier is still under way".into());
+        return;
+    }
+    let Some((timeline, lsn)) = o.server.stood_down else {
+        // Without the helper's record of a clean shutdown, the WAL still to replay may hold
+        // acknowledged commits: its position says nothing yet.
+        p.waiting = Some(format!(
+            "this server, primary on record since term {}, runs as a standby the rejoin helper did not start; \
+             the other members decide",
+            rec.term
+        ));
+        return;
+    };
+    report(o, DetachReport { term: r.term, from: r.me, timeline, received: lsn, replayed: lsn }, p);
+    if r.leader {
+        plan_candidate(o, rec, p);
+    }
+}
+
+/// The leader's server is a standby and the recorded primary is another member's, or its
+/// own from an earlier term: fail over.
+pub(super) fn plan_candidate(o: &Observation<'_>, rec: &PrimaryRecord, p: &mut Plan) {
+    let r = &o.raft;
+    let needed = detach_quorum(r.voters.len());
+    let reports: Vec<(u64, DetachReport)> =
+        o.ha.reports_for(r.term, rec.node)
+            .filter(|(n, _)| r.voters.contains(n))
+            .map(|(n, rep)| (n, *rep))
+            .collect();
+    let stood_down = reports.iter().any(|(n, _)| *n == rec.node);
+    let standbys = reports.iter().filter(|(n, _)| *n != rec.node).count();
+    if !stood_down && standbys < needed {
+        p.waiting = Some(format!(
+            "{standbys} of the {needed} standbys needed have let go of node {} in term {}",
+            rec.node, r.term
+        ));
+        return;
+    }
+    let Some(mine) = reports.iter().find(|(n, _)| *n == r.me).map(|(_, rep)| *rep) else {
+        p.waiting = Some("this member's own report is not applied yet".into());
+        return;
+    };
+    // The most advanced server wins; this one on a tie.
+    if let Some((best, rep)) = reports.iter().max_by_key(|(n, rep)| (rep.position(), *n == r.me)) {
+        if *best != r.me && rep.position() > mine.position() {
+            p.transfer = Some(*best);
+            p.waiting = Some(format!("node {best} holds more WAL; handing it leadership"));
+            return;
+        }
+    }
+    if o.sync == SyncMode::Off && !stood_down && r.led_ms < fencing_bound_ms(r.election_timeout_ms) {
+        p.waiting = Some(format!(
+            "asynchronous mode: waiting out the fencing bound ({} ms) before promoting",
+            fencing_bound_ms(r.election_timeout_ms)
+        ));
+        return;
+    }
+    if o.server.replayed < o.server.received {
+        p.upstream = Some(None);
+        p.waiting = Some("replaying the WAL received before promoting".into());
+        return;
+    }
+    p.upstream = Some(None);
+    let reason = if rec.node == r.me {
+        format!("this server stood down as a standby after term {} and leads again", rec.term)
+    } else if stood_down {
+        format!("failover from node {} (which stood down as a standby)", rec.node)
+    } else {
+        format!("failover from node {}", rec.node)
+    };
+    p.propose.push(HaCommand::Primary(PrimaryRecord {
+        node: r.me,
+        term: r.term,
+        timeline: o.server.timeline,
+        lsn: o.server.replayed,
+        reason,
+        time_ms: o.now_ms,
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::ha_state::{HaState, Lsn};
+    use super::super::planner::tests::{decisions, ha_with_primary, obs, raft, server};
+    use super::super::planner::{fencing_bound_ms, plan, Gate, RaftView, Receiving, ServerView, SyncMode};
+    use super::*;
+
+    fn with_reports(mut ha: HaState, term: u64, reports: &[(u64, Lsn)]) -> HaState {
+        for (n, lsn) in reports {
+            let report = DetachReport { term, from: 1, timeline: 1, received: *lsn, replayed: *lsn };
+            ha.apply(&HaCommand::Detached { node: *n, report }, term).expect("report");
+        }
+        ha
+    }
+
+    #[test]
+    fn the_candidate_waits_for_a_detach_quorum_then_promotes_or_hands_over() {
+        let ha = with_reports(ha_with_primary(1, 2), 3, &[(3, 100)]);
+        let p = plan(&obs(&ha, raft(3, 3, 3), server(true, 100, Receiving::Nothing)));
+        assert!(decisions(&p).is_empty(), "1 of 2 reports");
+        assert!(p.waiting.as_deref().is_some_and(|w| w.contains("1 of the 2")), "{p:?}");
+
+        // Node 2 has more WAL: it gets leadership instead.
+        let ha2 = with_reports(ha.clone(), 3, &[(2, 150)]);
+        let p = plan(&obs(&ha2, raft(3, 3, 3), server(true, 100, Receiving::Nothing)));
+        assert_eq!(p.transfer, Some(2));
+        assert!(decisions(&p).is_empty());
+
+        // Node 3 is as advanced as anyone: it records itself, then promotes.
+        let ha3 = with_reports(ha, 3, &[(2, 100)]);
+        let p = plan(&obs(&ha3, raft(3, 3, 3), server(true, 100, Receiving::Nothing)));
+        assert!(matches!(decisions(&p)[..], [HaCommand::Primary(PrimaryRecord { node: 3, term: 3, .. })]));
+        assert!(!p.promote);
+        let mut named = ha3.clone();
+        let rec = PrimaryRecord { node: 3, term: 3, timeline: 1, lsn: 100, reason: "t".into(), time_ms: 0 };
+        named.apply(&HaCommand::Primary(rec), 3).expect("primary");
+        let p = plan(&obs(&named, raft(3, 3, 3), server(true, 100, Receiving::Nothing)));
+        assert!(p.promote);
+        assert_eq!(p.sync_names.as_deref(), Some("ANY 1 (pgraft_node_1, pgraft_node_2)"));
+        // Not the leader of that term any more: no promotion.
+        let p = plan(&obs(&named, raft(3, 2, 4), server(true, 100, Receiving::Nothing)));
+        assert!(!p.promote);
+    }
+
+    #[test]
+    fn replay_catches_up_before_the_decision() {
+        let ha = with_reports(ha_with_primary(1, 2), 3, &[(2, 100), (3, 120)]);
+        let behind = ServerView { replayed: 90, ..server(true, 120, Receiving::Nothing) };
+        let p = plan(&obs(&ha, raft(3, 3, 3), behind));
+        assert!(decisions(&p).is_empty());
+        assert!(p.waiting.as_deref().is_some_and(|w| w.contains("replaying")));
+    }
+
+    #[test]
+    fn asynchronous_mode_waits_out_the_fencing_bound() {
+        let ha = with_reports(ha_with_primary(1, 2), 3, &[(2, 100), (3, 100)]);
+        let mut o =
+            obs(&ha, RaftView { led_ms: 1000, ..raft(3, 3, 3) }, server(true, 100, Receiving::Nothing));
+        o.sync = SyncMode::Off;
+        assert!(decisions(&plan(&o)).is_empty());
+        o.raft.led_ms = fencing_bound_ms(1000);
+        assert_eq!(decisions(&plan(&o)).len(), 1);
+    }
+
+    fn stood_down(lsn: Lsn) -> ServerView {
+        ServerView { stood_down: Some((1, lsn)), ..server(true, 0, Receiving::Nothing) }
+    }
+
+    fn self_report(ha: &mut HaState, term: u64, lsn: Lsn) {
+        let report = DetachReport { term, from: 1, timeline: 1, received: lsn, replayed: lsn };
+        ha.apply(&HaCommand::Detached { node: 1, report }, term).expect("report");
+    }
+
+    #[test]
+    fn a_fenced_primary_restarted_as_a_standby_reports_its_shutdown_position() {
+        let ha = ha_with_primary(1, 2);
+        // Node 2 leads term 3; node 1's server runs as a standby the helper started.
+        let p = plan(&obs(&ha, raft(1, 2, 3), stood_down(200)));
+        assert!(matches!(
+            decisions(&p)[..],
+            [HaCommand::Detached { node: 1, report: DetachReport { term: 3, from: 1, received: 200, .. } }]
+        ));
+        assert_eq!((p.gate, p.promote, p.upstream), (Gate::Open, false, Some(None)));
+        // Started by anyone else, it may still have acknowledged commits to replay: no report.
+        let p = plan(&obs(&ha, raft(1, 2, 3), server(true, 150, Receiving::Nothing)));
+        assert!(decisions(&p).is_empty(), "{p:?}");
+        // A promotion under way: it may be a primary in a moment.
+        let promoting = ServerView { promoting: true, ..stood_down(200) };
+        assert!(decisions(&plan(&obs(&ha, raft(1, 2, 3), promoting))).is_empty());
+        // In the record's own term it is only ever promoted (by the leader of that term).
+        assert!(decisions(&plan(&obs(&ha, raft(1, 2, 2), stood_down(200)))).is_empty());
+    }
+
+    #[test]
+    fn the_old_primarys_own_report_replaces_the_detach_quorum() {
+        // Node 3 is down: node 2's report alone is 1 of the 2 needed.
+        let ha = with_reports(ha_with_primary(1, 2), 3, &[(2, 200)]);
+        let p = plan(&obs(&ha, raft(2, 2, 3), server(true, 200, Receiving::Nothing)));
+        assert!(decisions(&p).is_empty(), "{p:?}");
+        // Node 1 stood down at the same position: node 2 takes over.
+        let mut both = ha.clone();
+        self_report(&mut both, 3, 200);
+        let p = plan(&obs(&both, raft(2, 2, 3), server(true, 200, Receiving::Nothing)));
+        assert!(
+            matches!(decisions(&p)[..], [HaCommand::Primary(PrimaryRecord { node: 2, term: 3, ref reason, .. })] if reason.contains("stood down")),
+            "{p:?}"
+        );
+        // In asynchronous mode too, without waiting out the fencing bound: it cannot write.
+        let mut o =
+            obs(&both, RaftView { led_ms: 0, ..raft(2, 2, 3) }, server(true, 200, Receiving::Nothing));
+        o.sync = SyncMode::Off;
+        assert_eq!(decisions(&plan(&o)).len(), 1);
+        // Node 1 holds more: it gets leadership.
+        let mut ahead = ha;
+        self_report(&mut ahead, 3, 250);
+        let p = plan(&obs(&ahead, raft(2, 2, 3), server(true, 200, Receiving::Nothing)));
+        assert_eq!((p.transfer, decisions(&p).len()), (Some(1), 0));
+        // Leading, node 1 names itself again in the new term.
+        let p = plan(&obs(&ahead, raft(1, 1, 3), stood_down(250)));
+        assert!(
+            matches!(decisions(&p)[..], [HaCommand::Primary(PrimaryRecord { node: 1, term: 3, .. })]),
+            "{p:?}"
+        );
+        // A report of an earlier term counts for nothing.
+        let mut old = ha_with_primary(1, 2);
+        self_report(&mut old, 3, 250);
+        let p = plan(&obs(&old, raft(2, 2, 4), server(true, 200, Receiving::Nothing)));
+        assert!(!decisions(&p).iter().any(|c| matches!(c, HaCommand::Primary(_))), "{p:?}");
+    }
+}

@@ -9,7 +9,7 @@ use imbl::Vector;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Body, Proposal};
-use crate::ha::HaState;
+use crate::ha::{HaState, HaStateV1};
 use crate::kv::{Compare, KvOp, KvResult, KvStore, TxnAction};
 use crate::sessions::Sessions;
 
@@ -89,12 +89,19 @@ pub struct StateMachine {
     pub voters_to_be: BTreeSet<u64>,
 }
 
+/// The image of format 4, before the HA state recorded replication slots.
+#[derive(Deserialize)]
+struct StateMachineV4 {
+    v3: StateMachineV3,
+    voters_to_be: BTreeSet<u64>,
+}
+
 /// The image of format 3, before learners could be voters-to-be. postcard writes a nested
 /// struct's fields in place, so each older format is the one before it plus its new fields.
 #[derive(Deserialize)]
 struct StateMachineV3 {
     v2: StateMachineV2,
-    ha: HaState,
+    ha: HaStateV1,
 }
 
 /// The image of format 2, before the HA state existed.
@@ -122,9 +129,9 @@ struct StateMachineV1 {
 #[error("undecodable state machine snapshot: {0}")]
 pub struct SnapshotDecodeError(pub String);
 
-/// The snapshot image's format: 4 added the voters-to-be, 3 the HA state, 2 the sessions;
-/// 1 to 3 are still read.
-const SNAPSHOT_FORMAT: u8 = 4;
+/// The snapshot image's format: 5 added the HA state's replication slots, 4 the
+/// voters-to-be, 3 the HA state, 2 the sessions; 1 to 4 are still read.
+const SNAPSHOT_FORMAT: u8 = 5;
 
 impl StateMachine {
     /// The state to put in a snapshot.
@@ -156,10 +163,19 @@ impl StateMachine {
             Some((&SNAPSHOT_FORMAT, rest)) => {
                 postcard::from_bytes(rest).map_err(|e| SnapshotDecodeError(e.to_string()))
             }
+            Some((4, rest)) => {
+                let v4: StateMachineV4 =
+                    postcard::from_bytes(rest).map_err(|e| SnapshotDecodeError(e.to_string()))?;
+                let v3 = v4.v3;
+                Ok(Self {
+                    voters_to_be: v4.voters_to_be,
+                    ..Self::from_v1(v3.v2.v1, v3.v2.sessions, v3.ha.into())
+                })
+            }
             Some((3, rest)) => {
                 let v3: StateMachineV3 =
                     postcard::from_bytes(rest).map_err(|e| SnapshotDecodeError(e.to_string()))?;
-                Ok(Self::from_v1(v3.v2.v1, v3.v2.sessions, v3.ha))
+                Ok(Self::from_v1(v3.v2.v1, v3.v2.sessions, v3.ha.into()))
             }
             Some((2, rest)) => {
                 let v2: StateMachineV2 =
@@ -417,16 +433,17 @@ mod tests {
         assert_eq!(back.history[1].data, r#"{"x":1}"#);
         assert!(StateMachine::decode(b"").is_err());
         assert!(StateMachine::decode(&[9, 1, 2]).is_err());
-        // A format-3 image is this one without the voters-to-be, the last field (an empty
-        // set is one byte), and reads back the same.
+        // A format-3 image is this one without the HA slots and the voters-to-be, the last
+        // two fields (an empty map or set is one byte), and reads back the same.
         let image = sm.encode();
-        assert_eq!((image[0], image.last()), (4, Some(&0)));
-        let mut v3 = image[..image.len() - 1].to_vec();
+        assert_eq!((image[0], &image[image.len() - 2..]), (5, &[0u8, 0][..]));
+        let mut v3 = image[..image.len() - 2].to_vec();
         v3[0] = 3;
         assert_eq!(StateMachine::decode(&v3).expect("a format-3 image decodes"), sm);
         let mut with = sm.clone();
         with.voters_to_be.insert(5);
-        assert_eq!(StateMachine::decode(&with.encode()).expect("decodes").voters_to_be, with.voters_to_be);
+        with.ha.apply(&crate::ha::HaCommand::Slots { node: 1, slots: [(2, 77)].into() }, 1).expect("slots");
+        assert_eq!(StateMachine::decode(&with.encode()).expect("decodes"), with);
     }
 
     #[test]
@@ -466,5 +483,34 @@ mod tests {
         assert_eq!(back.kv, sm.kv);
         assert_eq!(back.applied_index, 1);
         assert!(back.sessions.is_empty());
+    }
+
+    #[test]
+    fn format_4_images_are_still_read() {
+        let mut sm = StateMachine::default();
+        sm.apply(1, 1, &prop(Body::Kv(KvOp::Put { key: "a".into(), value: b"1".to_vec(), time_ms: 1 })), 100);
+        let rec = crate::ha::PrimaryRecord {
+            node: 1,
+            term: 1,
+            timeline: 1,
+            lsn: 9,
+            reason: "t".into(),
+            time_ms: 0,
+        };
+        sm.ha.apply(&crate::ha::HaCommand::Primary(rec), 1).expect("primary");
+        sm.voters_to_be.insert(3);
+        let h = &sm.ha;
+        let ha_v1 = (&h.primary, &h.servers, &h.reports, h.promotions, &h.last_promotion, &h.switchover);
+        let fields = (
+            (&sm.kv, &sm.members, &sm.config, &sm.history, sm.applied_index, sm.applied_term, sm.raw_entries),
+            &sm.sessions,
+            ha_v1,
+            &sm.voters_to_be,
+        );
+        let mut v4 = vec![4u8];
+        v4.extend(postcard::to_stdvec(&fields).expect("encodes"));
+        let back = StateMachine::decode(&v4).expect("format 4 decodes");
+        assert_eq!(back, sm, "everything but the slots, which format 4 did not have");
+        assert!(back.ha.slots.is_empty());
     }
 }

@@ -30,6 +30,7 @@ const HA_SETTINGS: &str = "\n# HA cluster (pgraftctl local up --ha)\n\
      wal_level = replica\n\
      max_wal_senders = 16\n\
      max_replication_slots = 16\n\
+     max_slot_wal_keep_size = '1GB'\n\
      wal_log_hints = on\n\
      hot_standby = on\n\
      hot_standby_feedback = on\n\

@@ -47,6 +47,16 @@ pub extern "C-unwind" fn _PG_init() {
         .set_start_time(BgWorkerStartTime::PostmasterStart)
         .set_restart_time(Some(std::time::Duration::from_secs(2)))
         .load();
+    // The replication slots of an HA cluster's members, through SQL (ha/slot_keeper.rs):
+    // from a consistent state on, so on hot standbys too.
+    BackgroundWorkerBuilder::new("pgraft slot keeper")
+        .set_type("pgraft slot keeper")
+        .set_library("pgraft")
+        .set_function("pgraft_slot_keeper_main")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::ConsistentState)
+        .set_restart_time(Some(ha::slot_keeper::RESTART))
+        .load();
 }
 
 /// The extension's version: `1.0.0`.

@@ -68,6 +68,43 @@ pub struct WorkerShared {
     pub was_open: bool,
     /// What the failover control loop waits for, if anything (`pgraft_ha_status().note`).
     pub ha_note: ErrorText,
+    /// The slots the slot keeper should hold (written by the failover loop).
+    pub slots_wanted: SlotList,
+    /// The slots the keeper found, with their restart LSNs (written by the keeper).
+    pub slots_held: SlotList,
+}
+
+/// The most members a slot list covers.
+pub const MAX_SLOTS: usize = 32;
+
+/// Replication slots by member, in fixed-size shared memory: for the keeper's plan, the
+/// primary's restart LSN each standby slot is advanced to (0: none); for what it found,
+/// each slot's restart LSN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SlotList {
+    /// Whether the list says anything: the plan is in force, or the keeper looked.
+    pub valid: bool,
+    /// When it was written, ms since the Unix epoch.
+    pub written_ms: i64,
+    len: u8,
+    entries: [(u64, u64); MAX_SLOTS],
+}
+
+impl SlotList {
+    /// A valid list of (member, LSN), cut at [`MAX_SLOTS`].
+    pub fn new(entries: &std::collections::BTreeMap<u64, u64>, written_ms: i64) -> Self {
+        let mut out = SlotList { valid: true, written_ms, ..Default::default() };
+        for (i, (n, lsn)) in entries.iter().take(MAX_SLOTS).enumerate() {
+            out.entries[i] = (*n, *lsn);
+            out.len = (i + 1) as u8;
+        }
+        out
+    }
+
+    /// The entries.
+    pub fn entries(&self) -> std::collections::BTreeMap<u64, u64> {
+        self.entries[..usize::from(self.len).min(MAX_SLOTS)].iter().copied().collect()
+    }
 }
 
 /// [`pgraft_core::ha::Gate`] in shared memory.

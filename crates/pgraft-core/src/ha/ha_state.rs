@@ -106,6 +106,14 @@ pub enum HaCommand {
     Primary(PrimaryRecord),
     /// The primary's member asks for a planned switchover.
     Switchover(SwitchoverRecord),
+    /// The slots a member's server holds, with their restart LSNs (replaces what was
+    /// recorded for it).
+    Slots {
+        /// The holder.
+        node: u64,
+        /// Member -> restart LSN.
+        slots: BTreeMap<u64, Lsn>,
+    },
 }
 
 impl HaCommand {
@@ -116,6 +124,7 @@ impl HaCommand {
             HaCommand::Detached { .. } => "ha_detached",
             HaCommand::Primary(_) => "ha_primary",
             HaCommand::Switchover(_) => "ha_switchover",
+            HaCommand::Slots { .. } => "ha_slots",
         }
     }
 }
@@ -167,6 +176,37 @@ pub struct HaState {
     pub last_promotion: BTreeMap<u64, PrimaryRecord>,
     /// The newest planned switchover.
     pub switchover: Option<SwitchoverRecord>,
+    /// The physical replication slots each member's server holds for the other members:
+    /// holder -> (member -> restart LSN). A standby streams through its slot only where
+    /// the upstream holds it; a standby's server advances the slots it holds to the
+    /// primary's positions, so whichever is promoted keeps the WAL every member needs.
+    pub slots: BTreeMap<u64, BTreeMap<u64, Lsn>>,
+}
+
+/// [`HaState`] as snapshot formats 3 and 4 wrote it, before the slots (postcard writes
+/// fields in order, without names).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaStateV1 {
+    primary: Option<PrimaryRecord>,
+    servers: BTreeMap<u64, ServerRecord>,
+    reports: BTreeMap<u64, DetachReport>,
+    promotions: u64,
+    last_promotion: BTreeMap<u64, PrimaryRecord>,
+    switchover: Option<SwitchoverRecord>,
+}
+
+impl From<HaStateV1> for HaState {
+    fn from(v: HaStateV1) -> Self {
+        HaState {
+            primary: v.primary,
+            servers: v.servers,
+            reports: v.reports,
+            promotions: v.promotions,
+            last_promotion: v.last_promotion,
+            switchover: v.switchover,
+            slots: BTreeMap::new(),
+        }
+    }
 }
 
 impl HaState {
@@ -198,6 +238,9 @@ impl HaState {
                     }
                 }
                 self.reports.insert(*node, *report);
+            }
+            HaCommand::Slots { node, slots } => {
+                self.slots.insert(*node, slots.clone());
             }
             HaCommand::Switchover(sw) => {
                 let primary = self.primary.as_ref().map(|p| p.node);

@@ -6,12 +6,15 @@
 mod candidate;
 mod ha_state;
 mod planner;
+mod slots;
 
 pub use ha_state::{
-    DetachReport, HaCommand, HaRefusal, HaState, Lsn, PrimaryRecord, ServerRecord, SwitchoverRecord,
+    DetachReport, HaCommand, HaRefusal, HaState, HaStateV1, Lsn, PrimaryRecord, ServerRecord,
+    SwitchoverRecord,
 };
 pub use planner::{
     application_name, detach_quorum, fencing_bound_ms, plan, sync_count, sync_standby_names, Gate,
     Observation, Plan, RaftView, Receiving, ServerView, SyncMode, FAILOVER_VOTERS, FENCE_MARGIN_MS,
     SWITCHOVER_TIMEOUT_MS,
 };
+pub use slots::{plan_slots, slot_on, SlotPlan, PUBLISH_PAUSE_MS, PUBLISH_STEP};

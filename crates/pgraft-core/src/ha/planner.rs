@@ -267,7 +267,7 @@ pub const FAILOVER_VOTERS: usize = 2;
 
 /// The voters whose servers belong to the HA cluster (registered with its system
 /// identifier): the ones that stream, acknowledge, report and may be promoted.
-fn ha_voters(o: &Observation<'_>) -> Vec<u64> {
+pub(super) fn ha_voters(o: &Observation<'_>) -> Vec<u64> {
     let cluster = cluster_system_id(o);
     o.raft
         .voters

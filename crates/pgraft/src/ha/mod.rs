@@ -9,3 +9,4 @@ pub mod gate;
 pub mod reconciler;
 pub mod rejoin;
 pub mod server_probe;
+pub mod slot_keeper;

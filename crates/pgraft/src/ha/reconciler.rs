@@ -19,12 +19,14 @@ use pgraft_core::{MemberStatus, NodeHandle, Request, Role};
 use super::server_probe::{self, ServerFacts};
 use super::{auto_conf, rejoin};
 use crate::gucs;
-use crate::shmem::{self, GateState};
+use crate::shmem::{self, GateState, SlotList};
 
 /// How long an HA proposal may wait for the cluster.
 const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// The least time between two leadership transfers.
 const TRANSFER_PAUSE: Duration = Duration::from_secs(2);
+/// What the slot keeper last saw counts only this long (it looks every second).
+const SLOTS_SEEN_FRESH_MS: i64 = 10_000;
 /// The least time between two writes of the same settings (a reload takes a moment to
 /// reach every process).
 const REWRITE_PAUSE: Duration = Duration::from_millis(500);
@@ -41,6 +43,8 @@ pub struct Reconciler {
     promoted_in_term: Option<u64>,
     fenced: bool,
     last_waiting: Option<String>,
+    /// When this member last proposed its slots.
+    slots_published: Option<Instant>,
 }
 
 impl Reconciler {
@@ -56,6 +60,7 @@ impl Reconciler {
             promoted_in_term: None,
             fenced: false,
             last_waiting: None,
+            slots_published: None,
         }
     }
 
@@ -81,7 +86,10 @@ impl Reconciler {
         server.promoting = facts.in_recovery && self.promoted_in_term.is_some();
         server.stood_down = self.stood_down(facts.in_recovery);
         let o = Observation { ha: &view.ha, failover, sync, raft, server, now_ms: crate::worker::now_ms() };
-        let plan = ha::plan(&o);
+        let mut plan = ha::plan(&o);
+        if let Some(publish) = self.keep_slots(&o) {
+            plan.propose.push(publish);
+        }
         self.carry_out(&plan, &o, node, rt);
     }
 
@@ -137,11 +145,12 @@ impl Reconciler {
         }
         let mut settings: Vec<(&str, String)> = Vec::new();
         if let Some(upstream) = plan.upstream {
-            if o.server.in_recovery && !self.streams_from(o.ha, upstream) {
+            let slot = upstream.and_then(|n| ha::slot_on(o, n, o.raft.me)).unwrap_or_default();
+            if o.server.in_recovery && !self.streams_from(o.ha, upstream, &slot) {
                 let conninfo = upstream.and_then(|n| conninfo_for(o.ha, n, o.raft.me)).unwrap_or_default();
                 settings.push(("primary_conninfo", conninfo));
-                // Slots for every member on every server are not managed yet: stream without.
-                settings.push(("primary_slot_name", String::new()));
+                // Through its slot where the upstream holds one (see `pgraft_core::ha::slots`).
+                settings.push(("primary_slot_name", slot));
             }
         }
         if let Some(names) = &plan.sync_names {
@@ -177,6 +186,22 @@ impl Reconciler {
         self.propose(plan, node, rt);
     }
 
+    /// Hands the slot keeper its plan (see [`super::slot_keeper`]); returns the `ha_slots`
+    /// entry to propose, if what the keeper holds should be published.
+    fn keep_slots(&mut self, o: &Observation<'_>) -> Option<HaCommand> {
+        let shared = shmem::read();
+        let held = shared.slots_held;
+        let fresh = held.valid && o.now_ms - held.written_ms < SLOTS_SEEN_FRESH_MS;
+        let since = self.slots_published.map_or(u64::MAX, |t| t.elapsed().as_millis() as u64);
+        let plan = ha::plan_slots(o, fresh.then(|| held.entries()).as_ref(), since);
+        let wanted = plan.as_ref().map(|p| p.wanted.clone());
+        if wanted.as_ref() != shared.slots_wanted.valid.then(|| shared.slots_wanted.entries()).as_ref() {
+            let list = wanted.map_or_else(SlotList::default, |w| SlotList::new(&w, o.now_ms));
+            shmem::update(|s| s.slots_wanted = list);
+        }
+        plan.and_then(|p| p.publish)
+    }
+
     /// The rejoin helper's record that it started this server as a standby after a clean
     /// shutdown as a primary (see [`rejoin::STOOD_DOWN`]); removed once the server is a
     /// primary again, so it never outlives the start it describes.
@@ -198,11 +223,17 @@ impl Reconciler {
         parsed
     }
 
-    /// Whether `primary_conninfo` already names `upstream`'s server (or none for `None`);
-    /// other keywords and the slot an operator set are left as they are.
-    fn streams_from(&self, ha: &HaState, upstream: Option<u64>) -> bool {
+    /// Whether `primary_conninfo` already names `upstream`'s server (or none for `None`),
+    /// through `slot`; other keywords are left as they are.
+    fn streams_from(&self, ha: &HaState, upstream: Option<u64>, slot: &str) -> bool {
         let text = std::fs::read_to_string(self.pgdata.join(auto_conf::AUTO_CONF)).unwrap_or_default();
         let current = auto_conf::get(&text, "primary_conninfo").unwrap_or_default();
+        // Until the upstream's slots are on record, the slot set (by the clone, or before)
+        // stays.
+        let slots_known = upstream.is_some_and(|n| ha.slots.contains_key(&n));
+        if slots_known && auto_conf::get(&text, "primary_slot_name").unwrap_or_default() != slot {
+            return false;
+        }
         match upstream {
             None => current.trim().is_empty(),
             Some(n) => {
@@ -229,9 +260,10 @@ impl Reconciler {
                 .map(|p| p.node)
                 .filter(|n| *n != o.raft.me)
                 .or((o.raft.leader_id != 0 && o.raft.leader_id != o.raft.me).then_some(o.raft.leader_id));
-        if let Some(conninfo) = leader.and_then(|n| conninfo_for(o.ha, n, o.raft.me)) {
+        if let Some((n, conninfo)) = leader.and_then(|n| conninfo_for(o.ha, n, o.raft.me).map(|c| (n, c))) {
+            let slot = ha::slot_on(o, n, o.raft.me).unwrap_or_default();
             if let Err(e) =
-                auto_conf::set(&self.pgdata, &[("primary_conninfo", &conninfo), ("primary_slot_name", "")])
+                auto_conf::set(&self.pgdata, &[("primary_conninfo", &conninfo), ("primary_slot_name", &slot)])
             {
                 log::warn!("failover: could not point the fenced server at node {leader:?}: {e}");
             }
@@ -326,6 +358,9 @@ impl Reconciler {
         let Some(cmd) = plan.propose.first().cloned() else { return };
         let done = Arc::new(AtomicBool::new(false));
         self.in_flight = Some(Arc::clone(&done));
+        if matches!(cmd, HaCommand::Slots { .. }) {
+            self.slots_published = Some(Instant::now());
+        }
         let req = match &cmd {
             // Only the leader of the decision's term may get it into the log.
             HaCommand::Primary(rec) => Request::ProposeInTerm { term: rec.term, body: Body::Ha(cmd.clone()) },

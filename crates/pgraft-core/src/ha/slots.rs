@@ -1,0 +1,133 @@
+//! Replication slots for every member on every server, so that after a failover every
+//! standby streams from the new primary without a WAL gap.
+//!
+//! Each server of an HA cluster holds a physical slot `pgraft_node_N` for every other
+//! voting member N, and a standby streams through its own slot wherever its upstream holds
+//! one. On the primary the slots advance as the standbys confirm what they flushed. On a
+//! standby nothing streams through them, so its slot keeper advances each to the position
+//! the primary's slot for the same member has (never past its own replay): whichever
+//! standby is promoted then keeps, for every other member, the WAL that member has not
+//! flushed yet. The positions travel in the HA state: each server's holder publishes its
+//! slot set when it changes (`ha_slots`), and the primary its positions as they move.
+
+use std::collections::BTreeMap;
+
+use super::ha_state::{HaCommand, Lsn};
+use super::planner::{application_name, ha_voters, Observation};
+
+/// The primary publishes its slots' positions again once one moved this far (a WAL segment).
+pub const PUBLISH_STEP: Lsn = 16 << 20;
+/// ... and at most this often.
+pub const PUBLISH_PAUSE_MS: u64 = 5_000;
+
+/// What this member's server should hold, and what to tell the others.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SlotPlan {
+    /// Member -> how far a standby advances its slot for it: the primary's restart LSN for
+    /// it, `Lsn::MAX` (its own replay) for the primary's member, 0 where none is known or
+    /// on the primary itself, whose slots move as its standbys stream.
+    pub wanted: BTreeMap<u64, Lsn>,
+    /// An `ha_slots` entry to propose.
+    pub publish: Option<HaCommand>,
+}
+
+/// The slot plan, or `None` where slots are not managed (no primary on record, or this
+/// server is not a copy of the primary's). `held` is what the server holds (member ->
+/// restart LSN) as last seen, if seen lately; `since_published_ms` the time since this
+/// member last proposed its slots.
+pub fn plan_slots(
+    o: &Observation<'_>,
+    held: Option<&BTreeMap<u64, Lsn>>,
+    since_published_ms: u64,
+) -> Option<SlotPlan> {
+    let rec = o.ha.primary.as_ref()?;
+    if o.ha.primary_system_id() != Some(o.server.record.system_id) {
+        return None;
+    }
+    let me = o.raft.me;
+    let primary_slots = o.ha.slots.get(&rec.node);
+    // A standby's slot for the primary's member follows the standby's own replay: should
+    // that server become a standby, it needs nothing older than what this one replayed.
+    let target = |n: u64| match primary_slots.and_then(|s| s.get(&n)) {
+        _ if !o.server.in_recovery => 0,
+        _ if n == rec.node => Lsn::MAX,
+        Some(lsn) => *lsn,
+        None => 0,
+    };
+    let wanted = ha_voters(o).into_iter().filter(|n| *n != me).map(|n| (n, target(n))).collect();
+    let mut plan = SlotPlan { wanted, publish: None };
+    let Some(held) = held else { return Some(plan) };
+    let recorded = o.ha.slots.get(&me);
+    let same_set = recorded.is_some_and(|r| r.keys().eq(held.keys()));
+    let moved = recorded.is_some_and(|r| {
+        held.iter().any(|(n, lsn)| *lsn >= r.get(n).copied().unwrap_or(0).saturating_add(PUBLISH_STEP))
+    });
+    let primary = !o.server.in_recovery && rec.node == me && o.raft.leader;
+    if !same_set || primary && since_published_ms >= PUBLISH_PAUSE_MS && moved {
+        plan.publish = Some(HaCommand::Slots { node: me, slots: held.clone() });
+    }
+    Some(plan)
+}
+
+/// The slot a standby of member `me` streams through from `upstream`'s server, if that
+/// server holds one for it.
+pub fn slot_on(o: &Observation<'_>, upstream: u64, me: u64) -> Option<String> {
+    o.ha.slots.get(&upstream).filter(|s| s.contains_key(&me)).map(|_| application_name(me))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::ha_state::HaCommand;
+    use super::super::planner::tests::{ha_with_primary, obs, raft, server};
+    use super::super::planner::Receiving;
+    use super::*;
+
+    #[test]
+    fn every_server_holds_a_slot_for_every_other_member() {
+        let ha = ha_with_primary(1, 2);
+        let p = plan_slots(&obs(&ha, raft(2, 1, 2), server(true, 100, Receiving::From(1))), None, 0)
+            .expect("an HA cluster");
+        assert_eq!(p.wanted, [(1, Lsn::MAX), (3, 0)].into());
+        assert!(p.publish.is_none(), "nothing seen yet");
+        // Seen: the set is published, and again only when it changes.
+        let held: BTreeMap<u64, Lsn> = [(1, 10), (3, 10)].into();
+        let o = obs(&ha, raft(2, 1, 2), server(true, 100, Receiving::From(1)));
+        let p = plan_slots(&o, Some(&held), 0).expect("plan");
+        assert_eq!(p.publish, Some(HaCommand::Slots { node: 2, slots: held.clone() }));
+        let mut ha2 = ha.clone();
+        ha2.apply(&HaCommand::Slots { node: 2, slots: held.clone() }, 2).expect("slots");
+        let far: BTreeMap<u64, Lsn> = [(1, 10 + PUBLISH_STEP), (3, 10)].into();
+        let o = obs(&ha2, raft(2, 1, 2), server(true, 100, Receiving::From(1)));
+        assert!(
+            plan_slots(&o, Some(&far), 60_000).expect("plan").publish.is_none(),
+            "a standby's positions stay"
+        );
+        // Not an HA cluster yet, or another cluster's server: none.
+        let mut none = ha.clone();
+        none.primary = None;
+        assert!(
+            plan_slots(&obs(&none, raft(2, 1, 2), server(true, 100, Receiving::Nothing)), None, 0).is_none()
+        );
+    }
+
+    #[test]
+    fn the_primary_publishes_positions_and_standbys_follow_them() {
+        let mut ha = ha_with_primary(1, 2);
+        let held: BTreeMap<u64, Lsn> = [(2, 100), (3, 50)].into();
+        ha.apply(&HaCommand::Slots { node: 1, slots: held.clone() }, 2).expect("slots");
+        let primary = obs(&ha, raft(1, 1, 2), server(false, 500, Receiving::Nothing));
+        let moved: BTreeMap<u64, Lsn> = [(2, 100 + PUBLISH_STEP), (3, 60)].into();
+        assert!(plan_slots(&primary, Some(&moved), 1_000).expect("plan").publish.is_none(), "too soon");
+        assert!(plan_slots(&primary, Some(&held), 60_000).expect("plan").publish.is_none(), "nothing moved");
+        let p = plan_slots(&primary, Some(&moved), 60_000).expect("plan");
+        assert_eq!(p.publish, Some(HaCommand::Slots { node: 1, slots: moved }));
+        // A standby advances its slot for node 3 to where the primary's is.
+        let standby = obs(&ha, raft(2, 1, 2), server(true, 500, Receiving::From(1)));
+        assert_eq!(plan_slots(&standby, None, 0).expect("plan").wanted, [(1, Lsn::MAX), (3, 50)].into());
+        // The primary's slots move by themselves.
+        assert_eq!(plan_slots(&primary, None, 0).expect("plan").wanted, [(2, 0), (3, 0)].into());
+        // It streams through its slot where the upstream holds one.
+        assert_eq!(slot_on(&standby, 1, 2).as_deref(), Some("pgraft_node_2"));
+        assert_eq!(slot_on(&standby, 3, 2), None);
+    }
+}

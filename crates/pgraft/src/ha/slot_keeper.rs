@@ -1,0 +1,158 @@
+//! The slot keeper: a background worker of its own that holds this server's physical
+//! replication slots for the other members (`pgraft_core::ha::plan_slots` says which, and
+//! how far a standby's go), through SQL.
+//!
+//! It is a separate process because it needs a database connection and transactions,
+//! which the Raft worker has not and should not wait on: a failing statement ends this
+//! process (the postmaster starts it again after [`RESTART`]), never the Raft member. It
+//! connects to the `postgres` database only once the failover loop hands it a plan, so a
+//! server that is not part of an HA cluster has no extra session.
+//!
+//! Each second, in one transaction, it
+//! - creates the missing slots (`pg_create_physical_replication_slot(name, true)`: WAL is
+//!   kept from the server's last checkpoint, or restartpoint on a standby, at once),
+//! - drops the `pgraft_node_N` slots of members that are gone, if nothing streams through
+//!   them (it never touches a slot of another name),
+//! - on a standby, advances each slot to the primary's position for the same member,
+//!   never past its own replay and never back,
+//!
+//! and leaves what it found in shared memory for the failover loop to publish.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
+use pgrx::prelude::*;
+
+use crate::shmem::{self, SlotList};
+
+/// The database the keeper's session opens.
+pub const DATABASE: &str = "postgres";
+/// How often it looks.
+const INTERVAL: Duration = Duration::from_secs(1);
+/// How long the postmaster waits before starting it again after an error.
+pub const RESTART: Duration = Duration::from_secs(5);
+
+/// The keeper's entry point, registered in `_PG_init`.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn pgraft_slot_keeper_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let mut connected = false;
+    while BackgroundWorker::wait_latch(Some(INTERVAL)) {
+        let plan = shmem::read().slots_wanted;
+        if !plan.valid {
+            continue;
+        }
+        if !connected {
+            BackgroundWorker::connect_worker_to_spi(Some(DATABASE), None);
+            connected = true;
+        }
+        let wanted = plan.entries();
+        let held = BackgroundWorker::transaction(|| keep(&wanted));
+        let list = SlotList::new(&held, crate::worker::now_ms());
+        shmem::update(|s| s.slots_held = list);
+    }
+}
+
+/// One slot as found.
+struct Found {
+    active: bool,
+    restart: u64,
+}
+
+/// The member a slot is for, if it is one of ours.
+fn member_of(slot: &str) -> Option<u64> {
+    slot.strip_prefix("pgraft_node_")
+        .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|d| d.parse().ok())
+}
+
+/// This server's `pgraft_node_N` slots, whether it is in recovery, and its replay position.
+fn look() -> (BTreeMap<u64, Found>, bool, u64) {
+    let found = Spi::connect(|c| {
+        let mut found = BTreeMap::new();
+        let rows = match c.select(
+            "SELECT slot_name::text, active, coalesce((restart_lsn - '0/0'::pg_lsn)::bigint, 0) \
+               FROM pg_replication_slots WHERE slot_type = 'physical' AND slot_name::text LIKE 'pgraft\\_node\\_%'",
+            None,
+            &[],
+        ) {
+            Ok(rows) => rows,
+            Err(e) => {
+                pgrx::warning!("pgraft: the slot keeper cannot read pg_replication_slots: {e}");
+                return found;
+            }
+        };
+        for row in rows {
+            let name: Option<String> = row.get(1).ok().flatten();
+            if let Some(n) = name.as_deref().and_then(member_of) {
+                let active = row.get::<bool>(2).ok().flatten().unwrap_or(true);
+                let restart = row.get::<i64>(3).ok().flatten().unwrap_or(0) as u64;
+                found.insert(n, Found { active, restart });
+            }
+        }
+        found
+    });
+    let (in_recovery, replayed) = Spi::connect(|c| {
+        c.select(
+            "SELECT pg_is_in_recovery(), coalesce((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint, 0)",
+            None,
+            &[],
+        )
+        .and_then(|t| t.first().get_two::<bool, i64>())
+    })
+    .unwrap_or_else(|e| {
+        pgrx::warning!("pgraft: the slot keeper cannot read the recovery state: {e}");
+        (None, None)
+    });
+    (found, in_recovery.unwrap_or(false), replayed.unwrap_or(0) as u64)
+}
+
+/// Runs one slot function, saying what went wrong if it does. As a read-only SPI call (a
+/// `SELECT` of the function): pgrx's read-write calls ask for a transaction id, which a
+/// standby cannot assign, and none of these needs one.
+fn run(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>], what: &str) -> bool {
+    match Spi::connect(|c| c.select(sql, None, args).map(|_| ())) {
+        Ok(()) => true,
+        Err(e) => {
+            pgrx::warning!("pgraft: the slot keeper could not {what}: {e}");
+            false
+        }
+    }
+}
+
+/// Brings the slots in line with `wanted` (member -> the primary's position for it) and
+/// returns what is held afterwards (member -> restart LSN).
+fn keep(wanted: &BTreeMap<u64, u64>) -> BTreeMap<u64, u64> {
+    let (found, in_recovery, replayed) = look();
+    for n in wanted.keys().filter(|n| !found.contains_key(n)) {
+        let name = pgraft_core::ha::application_name(*n);
+        let sql = "SELECT pg_create_physical_replication_slot($1, true)";
+        if run(sql, &[name.as_str().into()], &format!("create the slot {name}")) {
+            pgrx::log!("pgraft: created the replication slot {name} for node {n}");
+        }
+    }
+    for (n, f) in found.iter().filter(|(n, f)| !wanted.contains_key(n) && !f.active) {
+        let name = pgraft_core::ha::application_name(*n);
+        if run(
+            "SELECT pg_drop_replication_slot($1)",
+            &[name.as_str().into()],
+            &format!("drop the slot {name}"),
+        ) {
+            pgrx::log!("pgraft: dropped the replication slot {name} (at {:X}/{:X}): node {n} is no longer a voting member", f.restart >> 32, f.restart & 0xffff_ffff);
+        }
+    }
+    if in_recovery {
+        for (n, target) in wanted {
+            // Never past this standby's replay (PostgreSQL refuses), never back.
+            let to = (*target).min(replayed);
+            if found.get(n).is_some_and(|f| !f.active && f.restart != 0 && to > f.restart) {
+                let name = pgraft_core::ha::application_name(*n);
+                let sql = "SELECT pg_replication_slot_advance($1, '0/0'::pg_lsn + $2::numeric)";
+                run(sql, &[name.as_str().into(), (to as i64).into()], &format!("advance the slot {name}"));
+            }
+        }
+    }
+    look().0.into_iter().map(|(n, f)| (n, f.restart)).collect()
+}

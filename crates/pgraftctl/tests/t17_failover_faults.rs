@@ -50,43 +50,52 @@ fn another_primary(lines: &[Value]) -> Option<usize> {
 /// Runs `fault` against node 1 under load, waits for another primary when
 /// `fails_over`, runs `recover`, and checks the invariants.
 fn scenario(name: &str, fault: &dyn Fn(&str), fails_over: bool, recover: &dyn Fn(&str)) {
-    let c = HaCluster::up(name, 0);
-    let (d, lines, rw) = (&c.d, &c.lines, &c.rw);
-    let writer = Writer::start(rw.clone(), 1);
-    wait("the writer to get going", Duration::from_secs(10), || (writer.count() >= 20).then_some(()));
-    let at = Instant::now();
-    fault(d);
-    if fails_over {
-        let p = wait("another member's server to be promoted", Duration::from_secs(60), || {
-            another_primary(lines)
+    for_each_version(|pgc| {
+        let c = HaCluster::up(pgc, name, 0);
+        let (d, lines, rw) = (&c.d, &c.lines, &c.rw);
+        let writer = Writer::start(rw.clone(), 1);
+        wait("the writer to get going", Duration::from_secs(10), || (writer.count() >= 20).then_some(()));
+        let at = Instant::now();
+        fault(d);
+        if fails_over {
+            let p = wait("another member's server to be promoted", Duration::from_secs(60), || {
+                another_primary(lines)
+            });
+            println!("{name}: node {} promoted {:?} after the fault", p + 1, at.elapsed());
+        }
+        recover(d);
+        // Writes go on (the client may have waited on node 1 until the recovery).
+        let before = writer.count();
+        wait("writes to go on after the fault", Duration::from_secs(60), || {
+            (writer.count() > before + 20).then_some(())
         });
-        println!("{name}: node {} promoted {:?} after the fault", p + 1, at.elapsed());
-    }
-    recover(d);
-    // Writes go on (the client may have waited on node 1 until the recovery).
-    let before = writer.count();
-    wait("writes to go on after the fault", Duration::from_secs(60), || {
-        (writer.count() > before + 20).then_some(())
+        println!("{name}: writes went on {:?} after the fault", at.elapsed());
+        let p = settled_primary(lines);
+        let acked = writer.finish();
+        println!("{name}: node {} is the primary; settled {:?} after the fault", p + 1, at.elapsed());
+        let old = pg_port(lines, 0);
+        let first_other = acked.iter().filter(|(_, port, _)| *port != old).map(|(_, _, t)| *t).min();
+        if let Some(first) = first_other {
+            let late: Vec<i64> =
+                acked.iter().filter(|(_, port, t)| *port == old && *t >= first).map(|(v, _, _)| *v).collect();
+            assert!(
+                late.is_empty() || p == 0,
+                "node 1 acknowledged writes after another server did: {late:?}"
+            );
+        }
+        for i in 0..3 {
+            let want: Vec<i64> = acked.iter().map(|(v, _, _)| *v).collect();
+            wait(
+                &format!("node {} to hold every acknowledged write", i + 1),
+                Duration::from_secs(60),
+                || {
+                    let have = values_on(&conninfo(lines, i))?;
+                    want.iter().all(|v| have.contains(v)).then_some(())
+                },
+            );
+        }
+        pgraftctl(&["local", "down", "--dir", d]);
     });
-    println!("{name}: writes went on {:?} after the fault", at.elapsed());
-    let p = settled_primary(lines);
-    let acked = writer.finish();
-    println!("{name}: node {} is the primary; settled {:?} after the fault", p + 1, at.elapsed());
-    let old = pg_port(lines, 0);
-    let first_other = acked.iter().filter(|(_, port, _)| *port != old).map(|(_, _, t)| *t).min();
-    if let Some(first) = first_other {
-        let late: Vec<i64> =
-            acked.iter().filter(|(_, port, t)| *port == old && *t >= first).map(|(v, _, _)| *v).collect();
-        assert!(late.is_empty() || p == 0, "node 1 acknowledged writes after another server did: {late:?}");
-    }
-    for i in 0..3 {
-        let want: Vec<i64> = acked.iter().map(|(v, _, _)| *v).collect();
-        wait(&format!("node {} to hold every acknowledged write", i + 1), Duration::from_secs(60), || {
-            let have = values_on(&conninfo(lines, i))?;
-            want.iter().all(|v| have.contains(v)).then_some(())
-        });
-    }
-    pgraftctl(&["local", "down", "--dir", d]);
 }
 
 #[test]
@@ -139,69 +148,72 @@ fn the_primary_cut_off_from_everything() {
 /// the bound), its WAL diverged, and healed it comes back through pg_rewind.
 #[test]
 fn an_asynchronous_primary_cut_off_diverges_and_is_rewound() {
-    let c = HaCluster::up("fo-async", 0);
-    let (d, pgc, lines, rw) = (&c.d, &c.pgc, &c.lines, &c.rw);
-    for i in 0..3 {
-        let mut c = connect(&conninfo(lines, i)).expect("connect");
-        c.batch_execute("ALTER SYSTEM SET pgraft.synchronous_mode = off").expect("asynchronous mode");
-        c.batch_execute("SELECT pg_reload_conf()").expect("reload");
-    }
-    wait("the primary to stop waiting for standbys", Duration::from_secs(30), || {
-        let mut c = connect(&conninfo(lines, 0)).ok()?;
-        let names: String = c.query_one("SHOW synchronous_standby_names", &[]).ok()?.get(0);
-        names.is_empty().then_some(())
+    for_each_version(|pgc| {
+        let c = HaCluster::up(pgc, "fo-async", 0);
+        let (d, pgc, lines, rw) = (&c.d, &c.pgc, &c.lines, &c.rw);
+        for i in 0..3 {
+            let mut c = connect(&conninfo(lines, i)).expect("connect");
+            c.batch_execute("ALTER SYSTEM SET pgraft.synchronous_mode = off").expect("asynchronous mode");
+            c.batch_execute("SELECT pg_reload_conf()").expect("reload");
+        }
+        wait("the primary to stop waiting for standbys", Duration::from_secs(30), || {
+            let mut c = connect(&conninfo(lines, 0)).ok()?;
+            let names: String = c.query_one("SHOW synchronous_standby_names", &[]).ok()?.get(0);
+            names.is_empty().then_some(())
+        });
+        let pinned = Writer::start(conninfo(lines, 0), 1_000_000);
+        let writer = Writer::start(rw.clone(), 1);
+        wait("the writers to get going", Duration::from_secs(10), || {
+            (writer.count() >= 20 && pinned.count() >= 20).then_some(())
+        });
+        let cut = Instant::now();
+        pgraftctl(&["local", "partition", "1", "--dir", d]);
+        pgraftctl(&["local", "repl-partition", "1", "--dir", d]);
+        let p = wait("another member's server to be promoted", Duration::from_secs(60), || {
+            another_primary(lines)
+        });
+        println!(
+            "{pgc}: asynchronous primary cut off: node {} promoted {:?} after the cut",
+            p + 1,
+            cut.elapsed()
+        );
+        let before = writer.count();
+        wait("writes to go on on the new primary", Duration::from_secs(60), || {
+            (writer.count() > before + 20).then_some(())
+        });
+        let acked: Vec<(i64, i32, Instant)> = writer.finish().into_iter().chain(pinned.finish()).collect();
+        let old = pg_port(lines, 0);
+        let first_new =
+            acked.iter().filter(|(_, port, _)| *port != old).map(|(_, _, t)| *t).min().expect("new writes");
+        let late: Vec<i64> =
+            acked.iter().filter(|(_, port, t)| *port == old && *t >= first_new).map(|(v, _, _)| *v).collect();
+        assert!(late.is_empty(), "node 1 acknowledged writes after the new primary did: {late:?}");
+        let have = values_on(&conninfo(lines, p)).expect("read t on the new primary");
+        let alone: Vec<&(i64, i32, Instant)> = acked.iter().filter(|(v, _, _)| !have.contains(v)).collect();
+        assert!(
+            !alone.is_empty(),
+            "node 1 took no write alone after the cut: nothing diverged, the test proves nothing"
+        );
+        assert!(alone.iter().all(|(_, port, _)| *port == old), "only node 1's lone writes are missing");
+        let last_alone = alone.iter().map(|(_, _, t)| t.duration_since(cut)).max().unwrap_or_default();
+        println!(
+            "{pgc}: node 1 acknowledged {} writes alone, the last {last_alone:?} after the cut (lost: asynchronous mode)",
+            alone.len()
+        );
+        pgraftctl(&["local", "heal", "--dir", d]);
+        let healed = Instant::now();
+        never_writable_until_rejoined(lines, 0, p);
+        println!(
+            "{pgc}: the diverged primary streams from the new primary {:?} after the heal",
+            healed.elapsed()
+        );
+        let raft_dir = std::path::PathBuf::from(lines[0]["raft_data_dir"].as_str().expect("raft_data_dir"));
+        let log = rejoin_log_when_done(&raft_dir);
+        assert!(log.contains("rewound"), "{log}");
+        let on_old = values_on(&conninfo(lines, 0)).expect("read t on node 1");
+        assert!(alone.iter().all(|(v, _, _)| !on_old.contains(v)), "the rewind removed node 1's lone writes");
+        pgraftctl(&["local", "down", "--dir", d]);
     });
-    let pinned = Writer::start(conninfo(lines, 0), 1_000_000);
-    let writer = Writer::start(rw.clone(), 1);
-    wait("the writers to get going", Duration::from_secs(10), || {
-        (writer.count() >= 20 && pinned.count() >= 20).then_some(())
-    });
-    let cut = Instant::now();
-    pgraftctl(&["local", "partition", "1", "--dir", d]);
-    pgraftctl(&["local", "repl-partition", "1", "--dir", d]);
-    let p =
-        wait("another member's server to be promoted", Duration::from_secs(60), || another_primary(lines));
-    println!(
-        "{pgc}: asynchronous primary cut off: node {} promoted {:?} after the cut",
-        p + 1,
-        cut.elapsed()
-    );
-    let before = writer.count();
-    wait("writes to go on on the new primary", Duration::from_secs(60), || {
-        (writer.count() > before + 20).then_some(())
-    });
-    let acked: Vec<(i64, i32, Instant)> = writer.finish().into_iter().chain(pinned.finish()).collect();
-    let old = pg_port(lines, 0);
-    let first_new =
-        acked.iter().filter(|(_, port, _)| *port != old).map(|(_, _, t)| *t).min().expect("new writes");
-    let late: Vec<i64> =
-        acked.iter().filter(|(_, port, t)| *port == old && *t >= first_new).map(|(v, _, _)| *v).collect();
-    assert!(late.is_empty(), "node 1 acknowledged writes after the new primary did: {late:?}");
-    let have = values_on(&conninfo(lines, p)).expect("read t on the new primary");
-    let alone: Vec<&(i64, i32, Instant)> = acked.iter().filter(|(v, _, _)| !have.contains(v)).collect();
-    assert!(
-        !alone.is_empty(),
-        "node 1 took no write alone after the cut: nothing diverged, the test proves nothing"
-    );
-    assert!(alone.iter().all(|(_, port, _)| *port == old), "only node 1's lone writes are missing");
-    let last_alone = alone.iter().map(|(_, _, t)| t.duration_since(cut)).max().unwrap_or_default();
-    println!(
-        "{pgc}: node 1 acknowledged {} writes alone, the last {last_alone:?} after the cut (lost: asynchronous mode)",
-        alone.len()
-    );
-    pgraftctl(&["local", "heal", "--dir", d]);
-    let healed = Instant::now();
-    never_writable_until_rejoined(lines, 0, p);
-    println!(
-        "{pgc}: the diverged primary streams from the new primary {:?} after the heal",
-        healed.elapsed()
-    );
-    let raft_dir = std::path::PathBuf::from(lines[0]["raft_data_dir"].as_str().expect("raft_data_dir"));
-    let log = rejoin_log_when_done(&raft_dir);
-    assert!(log.contains("rewound"), "{log}");
-    let on_old = values_on(&conninfo(lines, 0)).expect("read t on node 1");
-    assert!(alone.iter().all(|(v, _, _)| !on_old.contains(v)), "the rewind removed node 1's lone writes");
-    pgraftctl(&["local", "down", "--dir", d]);
 }
 
 /// A fence with one of three members down: the fenced primary's member stops with its
@@ -213,53 +225,55 @@ fn an_asynchronous_primary_cut_off_diverges_and_is_rewound() {
 /// `pgraftctl switchover` does) is the fence here.
 #[test]
 fn a_fence_with_a_standby_down_does_not_wedge_the_cluster() {
-    let c = HaCluster::up("fo-wedge", 0);
-    let (d, pgc, lines, rw) = (&c.d, &c.pgc, &c.lines, &c.rw);
-    let writer = Writer::start(rw.clone(), 1);
-    wait("the writer to get going", Duration::from_secs(10), || (writer.count() >= 20).then_some(()));
-    pgraftctl(&["local", "kill", "3", "--dir", d]);
-    let before = writer.count();
-    wait("writes to go on with node 3 down", Duration::from_secs(30), || {
-        (writer.count() > before + 20).then_some(())
+    for_each_version(|pgc| {
+        let c = HaCluster::up(pgc, "fo-wedge", 0);
+        let (d, pgc, lines, rw) = (&c.d, &c.pgc, &c.lines, &c.rw);
+        let writer = Writer::start(rw.clone(), 1);
+        wait("the writer to get going", Duration::from_secs(10), || (writer.count() >= 20).then_some(()));
+        pgraftctl(&["local", "kill", "3", "--dir", d]);
+        let before = writer.count();
+        wait("writes to go on with node 3 down", Duration::from_secs(30), || {
+            (writer.count() > before + 20).then_some(())
+        });
+        let asked = Instant::now();
+        let node2 = conninfo(lines, 1);
+        let switchover = std::thread::spawn(move || {
+            let mut c = connect(&node2).expect("connect to node 2");
+            c.query_one("SELECT pgraft_transfer_leadership(2)", &[])
+                .map(|r| r.get::<_, bool>(0))
+                .map_err(|e| e.to_string())
+        });
+        let raft_dir = std::path::PathBuf::from(lines[0]["raft_data_dir"].as_str().expect("raft_data_dir"));
+        wait("node 1 to be fenced and started again as a standby", Duration::from_secs(60), || {
+            let state = std::fs::read_to_string(raft_dir.join("rejoin.log")).ok()?;
+            state.contains("starting as a standby (stood down").then_some(())
+        });
+        println!("{pgc}: the fenced primary started as a standby {:?} after the switchover", asked.elapsed());
+        let before = writer.count();
+        wait("writes to go on with a primary again", Duration::from_secs(90), || {
+            (writer.count() > before + 20).then_some(())
+        });
+        println!(
+            "{pgc}: writes went on {:?} after the switchover; it returned {:?}",
+            asked.elapsed(),
+            switchover.join()
+        );
+        let p = check_one_primary(lines, 3, &[2]);
+        println!("{pgc}: node {} is the primary with node 3 down", p + 1);
+        let acked = writer.finish();
+        let want: Vec<i64> = acked.iter().map(|(v, _, _)| *v).collect();
+        let have = values_on(&conninfo(lines, p)).expect("read t on the primary");
+        let lost: Vec<i64> = want.iter().copied().filter(|v| !have.contains(v)).collect();
+        assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+        // Node 3 comes back and follows.
+        let out = pgraft_start(d, 3);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(settled_primary(lines), p);
+        wait_rows(lines, 2, &want);
+        if p == 1 {
+            let log = rejoin_log_when_done(&raft_dir);
+            assert!(log.contains("stopping this standby to rewind it"), "{log}");
+        }
+        pgraftctl(&["local", "down", "--dir", d]);
     });
-    let asked = Instant::now();
-    let node2 = conninfo(lines, 1);
-    let switchover = std::thread::spawn(move || {
-        let mut c = connect(&node2).expect("connect to node 2");
-        c.query_one("SELECT pgraft_transfer_leadership(2)", &[])
-            .map(|r| r.get::<_, bool>(0))
-            .map_err(|e| e.to_string())
-    });
-    let raft_dir = std::path::PathBuf::from(lines[0]["raft_data_dir"].as_str().expect("raft_data_dir"));
-    wait("node 1 to be fenced and started again as a standby", Duration::from_secs(60), || {
-        let state = std::fs::read_to_string(raft_dir.join("rejoin.log")).ok()?;
-        state.contains("starting as a standby (stood down").then_some(())
-    });
-    println!("{pgc}: the fenced primary started as a standby {:?} after the switchover", asked.elapsed());
-    let before = writer.count();
-    wait("writes to go on with a primary again", Duration::from_secs(90), || {
-        (writer.count() > before + 20).then_some(())
-    });
-    println!(
-        "{pgc}: writes went on {:?} after the switchover; it returned {:?}",
-        asked.elapsed(),
-        switchover.join()
-    );
-    let p = check_one_primary(lines, 3, &[2]);
-    println!("{pgc}: node {} is the primary with node 3 down", p + 1);
-    let acked = writer.finish();
-    let want: Vec<i64> = acked.iter().map(|(v, _, _)| *v).collect();
-    let have = values_on(&conninfo(lines, p)).expect("read t on the primary");
-    let lost: Vec<i64> = want.iter().copied().filter(|v| !have.contains(v)).collect();
-    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
-    // Node 3 comes back and follows.
-    let out = pgraft_start(d, 3);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(settled_primary(lines), p);
-    wait_rows(lines, 2, &want);
-    if p == 1 {
-        let log = rejoin_log_when_done(&raft_dir);
-        assert!(log.contains("stopping this standby to rewind it"), "{log}");
-    }
-    pgraftctl(&["local", "down", "--dir", d]);
 }

@@ -28,7 +28,8 @@ fn figures(times: &mut [Duration]) -> (Duration, Duration) {
 fn failover_stopwatch_at_default_and_low_latency_timers() {
     let trials: usize =
         std::env::var("PGRAFT_STOPWATCH_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
-    let c = HaCluster::up("fo-watch", 100);
+    let first = pg_configs()[0].to_string_lossy().into_owned();
+    let c = HaCluster::up(&first, "fo-watch", 100);
     let (d, pgc, lines, rw) = (&c.d, &c.pgc, &c.lines, &c.rw);
     let mut first_value = 1_000i64;
     let mut report = Vec::new();

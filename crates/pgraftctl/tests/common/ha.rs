@@ -94,8 +94,16 @@ pub fn values_on(conninfo: &str) -> Option<std::collections::BTreeSet<i64>> {
     Some(c.query("SELECT x FROM t", &[]).ok()?.iter().map(|r| r.get(0)).collect())
 }
 
-/// A fresh 3-member HA cluster on the first PostgreSQL under test, with a table `t` of
-/// `rows` rows written through the read-write conninfo; torn down when dropped.
+/// Runs `f` with each PostgreSQL under test (its `pg_config`): the failover tests run on
+/// every version `make test` (15 and 17) or `make test-matrix` (16 and 18 too) installs.
+pub fn for_each_version(f: impl Fn(&str)) {
+    for pgc in pg_configs() {
+        f(&pgc.to_string_lossy());
+    }
+}
+
+/// A fresh 3-member HA cluster on the PostgreSQL of `pgc`, with a table `t` of `rows` rows
+/// written through the read-write conninfo; torn down when dropped.
 pub struct HaCluster {
     /// The cluster directory, as pgraftctl takes it.
     pub d: String,
@@ -109,8 +117,8 @@ pub struct HaCluster {
 }
 
 impl HaCluster {
-    pub fn up(name: &str, rows: i64) -> HaCluster {
-        let pgc = pg_configs()[0].to_string_lossy().into_owned();
+    pub fn up(pgc: &str, name: &str, rows: i64) -> HaCluster {
+        let pgc = pgc.to_string();
         let dir = cluster_dir(name);
         let d = dir.to_string_lossy().into_owned();
         let down = Down(dir);

@@ -86,7 +86,7 @@ fn pgraft_ha_status() -> TableIterator<
     let ha: &HaState = &st.ha;
     let me = st.member.id;
     let failover = crate::gucs::effective_failover(&st.cluster_config);
-    let facts = server_probe::observe(&std::path::PathBuf::from("."));
+    let facts = server_probe::observe();
     let replicas = if facts.in_recovery { BTreeMap::new() } else { streaming() };
     let shared = shmem::read();
     let mut ids: Vec<u64> = st.member.voters.iter().chain(st.member.learners.iter()).copied().collect();

@@ -73,7 +73,7 @@ impl Reconciler {
             set_gate(GateState::Open);
             return;
         }
-        let facts = server_probe::observe(&self.pgdata);
+        let facts = server_probe::observe();
         if facts.is_starting_primary() {
             // A primary replaying after a crash: not open yet, and not a standby.
             set_gate(GateState::Unknown);

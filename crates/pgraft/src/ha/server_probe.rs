@@ -3,7 +3,6 @@
 //! and where its WAL receiver connects.
 
 use std::ffi::CStr;
-use std::path::Path;
 
 use pgrx::pg_sys;
 
@@ -12,8 +11,9 @@ use pgrx::pg_sys;
 pub struct ServerFacts {
     /// The startup process still replays WAL.
     pub in_recovery: bool,
-    /// `standby.signal` is present: recovery is a standby's, not a crash recovery.
-    pub standby_signal: bool,
+    /// The startup process replays WAL after a crash (no signal file): a primary that is
+    /// not open yet, as opposed to a standby's (or a promoting standby's) recovery.
+    pub crash_recovery: bool,
     /// Insert timeline (primary) or replay timeline (standby).
     pub timeline: u32,
     /// A standby's received and flushed position (0 before its WAL receiver ran).
@@ -31,20 +31,21 @@ pub struct ServerFacts {
 }
 
 impl ServerFacts {
-    /// In recovery without `standby.signal`: a primary replaying after a crash (not yet
-    /// open; not a standby to plan for).
+    /// A primary replaying after a crash (not yet open; not a standby to plan for). Read
+    /// from the recovery state, not from `standby.signal`: a promoting standby removes the
+    /// file a moment before it leaves recovery, and in that moment it is neither.
     pub fn is_starting_primary(&self) -> bool {
-        self.in_recovery && !self.standby_signal
+        self.in_recovery && self.crash_recovery
     }
 }
 
-/// Reads the server's facts; `data_dir` is PGDATA.
-pub fn observe(data_dir: &Path) -> ServerFacts {
-    let standby_signal = data_dir.join("standby.signal").exists();
+/// Reads the server's facts.
+pub fn observe() -> ServerFacts {
     // SAFETY: these read PostgreSQL's shared memory, which the worker attached at start
     // (BGWORKER_SHMEM_ACCESS), and take or need no locks beyond what they take themselves.
     unsafe {
         let in_recovery = pg_sys::RecoveryInProgress();
+        let crash_recovery = pg_sys::GetRecoveryState() == pg_sys::RecoveryState::RECOVERY_STATE_CRASH;
         let (timeline, received, replayed) = if in_recovery {
             let mut replay_tli: pg_sys::TimeLineID = 0;
             let replayed = pg_sys::GetXLogReplayRecPtr(&mut replay_tli);
@@ -59,7 +60,7 @@ pub fn observe(data_dir: &Path) -> ServerFacts {
         let (receiver_active, receiver_conninfo) = wal_receiver();
         ServerFacts {
             in_recovery,
-            standby_signal,
+            crash_recovery,
             timeline,
             received,
             replayed,
@@ -127,7 +128,7 @@ mod tests {
 
     #[pg_test]
     fn a_lone_test_server_is_a_primary() {
-        let facts = super::observe(&std::path::PathBuf::from("/nonexistent"));
+        let facts = super::observe();
         assert!(!facts.in_recovery);
         assert!(facts.timeline >= 1);
         assert!(facts.replayed > 0);

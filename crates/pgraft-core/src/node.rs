@@ -87,6 +87,8 @@ pub struct Shared {
     status: Mutex<Option<MemberStatus>>,
     fatal: Mutex<Option<String>>,
     running: AtomicBool,
+    /// The host says its server cannot serve: campaigns wait (see `Member::hold_campaigns`).
+    campaign_held: AtomicBool,
     addresses: Mutex<BTreeMap<u64, String>>,
     transport: Mutex<Option<Arc<crate::transport::TransportStats>>>,
     ha: Mutex<Option<HaView>>,
@@ -252,6 +254,12 @@ impl Drop for Node {
 }
 
 impl NodeHandle {
+    /// Holds this member's election campaigns back while `hold` (its server cannot serve),
+    /// so members whose servers can win first; see `Member::hold_campaigns`.
+    pub fn hold_campaigns(&self, hold: bool) {
+        self.shared.campaign_held.store(hold, Ordering::Relaxed);
+    }
+
     /// Whether the member thread runs.
     pub fn is_running(&self) -> bool {
         self.shared.running.load(Ordering::SeqCst)
@@ -511,6 +519,7 @@ fn run_loop(
         }
         let now = Instant::now();
         if now >= next_tick {
+            member.hold_campaigns(shared.campaign_held.load(Ordering::Relaxed));
             member.tick();
             next_tick = now + tick_interval(member.role(), &timing, election_tick);
         }

@@ -89,7 +89,7 @@ pub struct StateMachine {
     pub voters_to_be: BTreeSet<u64>,
 }
 
-/// The image of format 4, before the HA state recorded replication slots.
+/// The image of format 4, before the HA state recorded replication slots and health.
 #[derive(Deserialize)]
 struct StateMachineV4 {
     v3: StateMachineV3,
@@ -129,7 +129,7 @@ struct StateMachineV1 {
 #[error("undecodable state machine snapshot: {0}")]
 pub struct SnapshotDecodeError(pub String);
 
-/// The snapshot image's format: 5 added the HA state's replication slots, 4 the
+/// The snapshot image's format: 5 added the HA state's replication slots and health, 4 the
 /// voters-to-be, 3 the HA state, 2 the sessions; 1 to 4 are still read.
 const SNAPSHOT_FORMAT: u8 = 5;
 
@@ -433,16 +433,19 @@ mod tests {
         assert_eq!(back.history[1].data, r#"{"x":1}"#);
         assert!(StateMachine::decode(b"").is_err());
         assert!(StateMachine::decode(&[9, 1, 2]).is_err());
-        // A format-3 image is this one without the HA slots and the voters-to-be, the last
-        // two fields (an empty map or set is one byte), and reads back the same.
+        // A format-3 image is this one without the HA slots, health and positions and the
+        // voters-to-be, the last four fields (an empty map or set is one byte), and reads
+        // back the same.
         let image = sm.encode();
-        assert_eq!((image[0], &image[image.len() - 2..]), (5, &[0u8, 0][..]));
-        let mut v3 = image[..image.len() - 2].to_vec();
+        assert_eq!((image[0], &image[image.len() - 4..]), (5, &[0u8, 0, 0, 0][..]));
+        let mut v3 = image[..image.len() - 4].to_vec();
         v3[0] = 3;
         assert_eq!(StateMachine::decode(&v3).expect("a format-3 image decodes"), sm);
         let mut with = sm.clone();
         with.voters_to_be.insert(5);
-        with.ha.apply(&crate::ha::HaCommand::Slots { node: 1, slots: [(2, 77)].into() }, 1).expect("slots");
+        with.ha
+            .apply(&crate::ha::HaCommand::Slots { node: 1, slots: [(2, 77)].into(), position: 99 }, 1)
+            .expect("slots");
         assert_eq!(StateMachine::decode(&with.encode()).expect("decodes"), with);
     }
 
@@ -510,7 +513,7 @@ mod tests {
         let mut v4 = vec![4u8];
         v4.extend(postcard::to_stdvec(&fields).expect("encodes"));
         let back = StateMachine::decode(&v4).expect("format 4 decodes");
-        assert_eq!(back, sm, "everything but the slots, which format 4 did not have");
-        assert!(back.ha.slots.is_empty());
+        assert_eq!(back, sm, "everything but the slots and health, which format 4 did not have");
+        assert!(back.ha.slots.is_empty() && back.ha.unhealthy.is_empty() && back.ha.positions.is_empty());
     }
 }

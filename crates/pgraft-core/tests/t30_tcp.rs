@@ -450,3 +450,63 @@ fn a_forwarded_proposal_lost_on_a_cut_link_is_sent_again_and_applied_once() {
     assert_eq!(revision(leader), before + 1, "a proposal sent twice was applied twice");
     eprintln!("answered after {took:?}, proposals sent again: {}", resent - resent_before);
 }
+
+/// Makes each member lead once, so that every member's links to the others are up (a
+/// member started again is reached through links that were backing off, and a vote
+/// request sent on a link that is down is dropped).
+fn warm_links(c: &Cluster) {
+    for id in 1..=3 {
+        let r = c.handle(id).call_blocking(Request::TransferLeader { to: id }, Duration::from_secs(10));
+        assert!(matches!(r, Ok(Response::Reached(_))), "transfer to {id}: {r:?}");
+        assert_eq!(c.leader(Duration::from_secs(10)), id);
+    }
+}
+
+/// A member whose campaigns are held (its server cannot serve) lets the others win: when
+/// the leader is lost, the member that is not held takes over, every round; and when every
+/// remaining member is held, one is elected anyway, later.
+#[test]
+fn held_campaigns_let_the_other_members_win() {
+    let mut c = Cluster::start("hold", 3, false);
+    for round in 0..4u64 {
+        c.leader(Duration::from_secs(10));
+        warm_links(&c);
+        let leader = c.leader(Duration::from_secs(10));
+        let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+        let (held, free) = if round % 2 == 0 { (others[0], others[1]) } else { (others[1], others[0]) };
+        c.handle(held).hold_campaigns(true);
+        c.members[(leader - 1) as usize].node.take();
+        let new_leader =
+            wait_until("a new leader", Duration::from_secs(10), Duration::from_millis(5), || {
+                Ok(c.members
+                    .iter()
+                    .filter(|m| m.node.is_some())
+                    .find_map(|m| c.handle(m.id).status().filter(|s| s.role == Role::Leader).map(|s| s.id)))
+            })
+            .expect("new leader");
+        assert_eq!(new_leader, free, "round {round}: the member not held won");
+        c.handle(held).hold_campaigns(false);
+        c.boot((leader - 1) as usize, 2 + round);
+    }
+    // Both remaining members held: still a leader, after the held rounds.
+    c.leader(Duration::from_secs(10));
+    warm_links(&c);
+    let leader = c.leader(Duration::from_secs(10));
+    for id in (1..=3).filter(|id| *id != leader) {
+        c.handle(id).hold_campaigns(true);
+    }
+    c.members[(leader - 1) as usize].node.take();
+    let lost = Instant::now();
+    wait_until("a leader among held members", Duration::from_secs(20), Duration::from_millis(5), || {
+        Ok(c.members
+            .iter()
+            .filter(|m| m.node.is_some())
+            .find_map(|m| c.handle(m.id).status().filter(|s| s.role == Role::Leader).map(|s| s.id)))
+    })
+    .expect("a leader");
+    assert!(
+        lost.elapsed() >= Duration::from_millis(2 * TIMING.election_timeout_ms),
+        "held members waited at least two more election timeouts ({:?})",
+        lost.elapsed()
+    );
+}

@@ -49,6 +49,13 @@ pub static INITIAL_CLUSTER: GucSetting<Option<CString>> = GucSetting::<Option<CS
 pub static BOOTSTRAP_NODE: GucSetting<i32> = GucSetting::<i32>::new(1);
 /// How long a request waits for the cluster when statement_timeout is not set.
 pub static REQUEST_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(30_000);
+/// How long a probe of this member's own server (a new connection; a commit on a primary)
+/// may wait before the server counts as unable to serve; 0 turns the checks off (see
+/// `pgraft_core::ha::judge_health`).
+pub static HEALTH_CHECK_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(5_000);
+/// In asynchronous mode, the most a standby may lag behind the primary's last published
+/// position and still be promoted, in kB; 0: no limit (see `pgraft_core::ha` candidate).
+pub static MAXIMUM_LAG_ON_FAILOVER: GucSetting<i32> = GucSetting::<i32>::new(1024);
 /// Whether automatic PostgreSQL failover may act (it gates the failover feature).
 pub static FAILOVER_ENABLED: GucSetting<bool> = GucSetting::<bool>::new(false);
 
@@ -245,6 +252,26 @@ pub fn init() {
         3_600_000,
         GucContext::Userset,
         ms,
+    );
+    GucRegistry::define_int_guc(
+        c"pgraft.health_check_timeout",
+        c"How long a probe of this member's own server may wait before it counts as unable to serve.",
+        c"A new connection, and on a primary a commit; 0 turns the checks off.",
+        &HEALTH_CHECK_TIMEOUT,
+        0,
+        3_600_000,
+        Sighup,
+        ms,
+    );
+    GucRegistry::define_int_guc(
+        c"pgraft.maximum_lag_on_failover",
+        c"In asynchronous mode, the most a standby may lag behind the primary and still be promoted.",
+        c"Measured against the primary's last published position; 0: no limit.",
+        &MAXIMUM_LAG_ON_FAILOVER,
+        0,
+        i32::MAX,
+        Sighup,
+        GucFlags::UNIT_KB,
     );
     GucRegistry::define_bool_guc(
         c"pgraft.ssl_enabled",

@@ -72,6 +72,10 @@ pub struct WorkerShared {
     pub slots_wanted: SlotList,
     /// The slots the keeper found, with their restart LSNs (written by the keeper).
     pub slots_held: SlotList,
+    /// The keeper's commit probe on a primary: the last commit that was written, and the
+    /// start of the one waiting, ms since the Unix epoch (0: none).
+    pub commit_ok_ms: i64,
+    pub commit_pending_since_ms: i64,
 }
 
 /// The most members a slot list covers.

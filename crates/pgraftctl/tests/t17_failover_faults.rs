@@ -49,7 +49,7 @@ fn another_primary(lines: &[Value]) -> Option<usize> {
 
 /// Runs `fault` against node 1 under load, waits for another primary when
 /// `fails_over`, runs `recover`, and checks the invariants.
-fn scenario(name: &str, fault: &dyn Fn(&str), fails_over: bool, recover: &dyn Fn(&str)) {
+fn scenario(name: &str, fault: &dyn Fn(&str), fails_over: bool, recover: &dyn Fn(&str, &[Value])) {
     for_each_version(|pgc| {
         let c = HaCluster::up(pgc, name, 0);
         let (d, lines, rw) = (&c.d, &c.lines, &c.rw);
@@ -63,7 +63,7 @@ fn scenario(name: &str, fault: &dyn Fn(&str), fails_over: bool, recover: &dyn Fn
             });
             println!("{name}: node {} promoted {:?} after the fault", p + 1, at.elapsed());
         }
-        recover(d);
+        recover(d, lines);
         // Writes go on (the client may have waited on node 1 until the recovery).
         let before = writer.count();
         wait("writes to go on after the fault", Duration::from_secs(60), || {
@@ -107,7 +107,7 @@ fn the_primarys_worker_killed_alone() {
         },
         // PostgreSQL restarts every backend and the worker; its member may win again.
         false,
-        &|_| {},
+        &|_, _| {},
     );
 }
 
@@ -120,7 +120,7 @@ fn the_primary_paused_past_the_election_timeout() {
         },
         true,
         // Resumed once the others failed over: its worker learns the newer term and fences.
-        &|d| {
+        &|d, _| {
             pgraftctl(&["local", "resume", "1", "--dir", d]);
         },
     );
@@ -135,10 +135,39 @@ fn the_primary_cut_off_from_everything() {
             pgraftctl(&["local", "repl-partition", "1", "--dir", d]);
         },
         true,
-        &|d| {
+        &|d, _| {
             pgraftctl(&["local", "heal", "--dir", d]);
         },
     );
+}
+
+/// Sends `signal` to member `node`'s postmaster alone (its children go on).
+fn signal_postmaster(d: &str, node: u64, signal: &str) {
+    let pidfile = std::path::Path::new(d).join(format!("node{node}/pgdata/postmaster.pid"));
+    let text = std::fs::read_to_string(&pidfile).expect("postmaster.pid");
+    let pid = text.lines().next().expect("a pid").trim().to_string();
+    let ok = std::process::Command::new("kill").args([signal, &pid]).status().expect("kill");
+    assert!(ok.success(), "kill {signal} {pid}");
+}
+
+/// The primary's postmaster stops starting backends (SIGSTOP of the postmaster alone: the
+/// backends it started, the pgraft worker among them, go on). The worker's connection
+/// probe waits past `pgraft.health_check_timeout` (5 s), the member says so in the HA
+/// state and hands leadership to a healthy standby, which is promoted; the old primary,
+/// fenced, rejoins once its postmaster runs again.
+#[test]
+fn a_primary_that_no_longer_starts_backends_hands_over() {
+    scenario("fo-stuck", &|d| signal_postmaster(d, 1, "-STOP"), true, &|d, lines| {
+        let mut c = connect(&conninfo(lines, 1)).expect("connect to node 2");
+        let problem: Option<String> = c
+            .query_one("SELECT server_problem FROM pgraft_ha_status() WHERE node_id = 1", &[])
+            .expect("pgraft_ha_status")
+            .get(0);
+        let problem = problem.expect("node 1's problem is on record");
+        assert!(problem.contains("new connection"), "{problem}");
+        println!("fo-stuck: node 1's problem on record: {problem}");
+        signal_postmaster(d, 1, "-CONT");
+    });
 }
 
 /// Asynchronous mode (`pgraft.synchronous_mode = off`): a primary cut off from everything

@@ -60,6 +60,23 @@ pub(super) fn plan_former_primary(o: &Observation<'_>, rec: &PrimaryRecord, p: &
     }
 }
 
+/// In asynchronous mode with a lag limit: how far `mine` (the most advanced report) is
+/// behind the primary's last published position, if more than the limit. Synchronous mode
+/// has no limit: the detach quorum already proves no acknowledged commit is missing, so a
+/// limit could only hold back a failover that loses nothing.
+fn too_far_behind(o: &Observation<'_>, rec: &PrimaryRecord, mine: DetachReport) -> Option<u64> {
+    if o.sync != SyncMode::Off || o.max_lag == 0 || rec.node == o.raft.me {
+        return None;
+    }
+    let published = *o.ha.positions.get(&rec.node)?;
+    // A report on a later timeline than the primary's was promoted since; no lag to speak of.
+    if mine.timeline > rec.timeline {
+        return None;
+    }
+    let (_, have) = mine.position();
+    published.checked_sub(have).filter(|behind| *behind > o.max_lag)
+}
+
 /// The leader's server is a standby and the recorded primary is another member's, or its
 /// own from an earlier term: fail over.
 pub(super) fn plan_candidate(o: &Observation<'_>, rec: &PrimaryRecord, p: &mut Plan) {
@@ -90,6 +107,14 @@ pub(super) fn plan_candidate(o: &Observation<'_>, rec: &PrimaryRecord, p: &mut P
             p.waiting = Some(format!("node {best} holds more WAL; handing it leadership"));
             return;
         }
+    }
+    if let Some(behind) = too_far_behind(o, rec, mine) {
+        p.waiting = Some(format!(
+            "asynchronous mode: the most advanced standby is {behind} bytes behind node {}'s last published position, \
+             more than pgraft.maximum_lag_on_failover ({} bytes): not promoting",
+            rec.node, o.max_lag
+        ));
+        return;
     }
     if o.sync == SyncMode::Off && !stood_down && r.led_ms < fencing_bound_ms(r.election_timeout_ms) {
         p.waiting = Some(format!(
@@ -249,5 +274,27 @@ mod tests {
         self_report(&mut old, 3, 250);
         let p = plan(&obs(&old, raft(2, 2, 4), server(true, 200, Receiving::Nothing)));
         assert!(!decisions(&p).iter().any(|c| matches!(c, HaCommand::Primary(_))), "{p:?}");
+    }
+
+    #[test]
+    fn asynchronous_mode_promotes_nobody_further_behind_than_the_lag_limit() {
+        let mut ha = with_reports(ha_with_primary(1, 2), 3, &[(2, 100), (3, 100)]);
+        ha.apply(&HaCommand::Slots { node: 1, slots: Default::default(), position: 2_000_000 }, 2)
+            .expect("slots");
+        let mut o =
+            obs(&ha, RaftView { led_ms: 60_000, ..raft(3, 3, 3) }, server(true, 100, Receiving::Nothing));
+        o.sync = SyncMode::Off;
+        o.max_lag = 1 << 20;
+        let p = plan(&o);
+        assert!(decisions(&p).is_empty(), "{p:?}");
+        assert!(p.waiting.as_deref().is_some_and(|w| w.contains("maximum_lag_on_failover")), "{p:?}");
+        // Within the limit, or no limit, or synchronous mode: promoted.
+        o.max_lag = 4 << 20;
+        assert_eq!(decisions(&plan(&o)).len(), 1);
+        o.max_lag = 0;
+        assert_eq!(decisions(&plan(&o)).len(), 1);
+        o.max_lag = 1 << 20;
+        o.sync = SyncMode::On;
+        assert_eq!(decisions(&plan(&o)).len(), 1);
     }
 }

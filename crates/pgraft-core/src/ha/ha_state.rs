@@ -113,6 +113,16 @@ pub enum HaCommand {
         node: u64,
         /// Member -> restart LSN.
         slots: BTreeMap<u64, Lsn>,
+        /// The holder's server's position then (a primary's flushed LSN, a standby's
+        /// replayed one): a failover measures a candidate's lag against the primary's.
+        position: Lsn,
+    },
+    /// A member's server became unable to serve (`problem`), or able again (`None`).
+    Health {
+        /// The member.
+        node: u64,
+        /// Why its server cannot serve.
+        problem: Option<String>,
     },
 }
 
@@ -125,6 +135,7 @@ impl HaCommand {
             HaCommand::Primary(_) => "ha_primary",
             HaCommand::Switchover(_) => "ha_switchover",
             HaCommand::Slots { .. } => "ha_slots",
+            HaCommand::Health { .. } => "ha_health",
         }
     }
 }
@@ -181,9 +192,15 @@ pub struct HaState {
     /// the upstream holds it; a standby's server advances the slots it holds to the
     /// primary's positions, so whichever is promoted keeps the WAL every member needs.
     pub slots: BTreeMap<u64, BTreeMap<u64, Lsn>>,
+    /// The members whose servers cannot serve, with why (see `health.rs`): a leader
+    /// hands leadership to none of them.
+    pub unhealthy: BTreeMap<u64, String>,
+    /// Each member's server position when it last published its slots: for the primary,
+    /// what `pgraft.maximum_lag_on_failover` measures a candidate against.
+    pub positions: BTreeMap<u64, Lsn>,
 }
 
-/// [`HaState`] as snapshot formats 3 and 4 wrote it, before the slots (postcard writes
+/// [`HaState`] as snapshot formats 3 and 4 wrote it, before the slots and the health (postcard writes
 /// fields in order, without names).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HaStateV1 {
@@ -205,6 +222,8 @@ impl From<HaStateV1> for HaState {
             last_promotion: v.last_promotion,
             switchover: v.switchover,
             slots: BTreeMap::new(),
+            unhealthy: BTreeMap::new(),
+            positions: BTreeMap::new(),
         }
     }
 }
@@ -239,9 +258,18 @@ impl HaState {
                 }
                 self.reports.insert(*node, *report);
             }
-            HaCommand::Slots { node, slots } => {
+            HaCommand::Slots { node, slots, position } => {
                 self.slots.insert(*node, slots.clone());
+                self.positions.insert(*node, *position);
             }
+            HaCommand::Health { node, problem } => match problem {
+                Some(why) => {
+                    self.unhealthy.insert(*node, why.clone());
+                }
+                None => {
+                    self.unhealthy.remove(node);
+                }
+            },
             HaCommand::Switchover(sw) => {
                 let primary = self.primary.as_ref().map(|p| p.node);
                 if sw.term != entry_term {

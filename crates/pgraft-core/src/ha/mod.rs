@@ -5,6 +5,7 @@
 
 mod candidate;
 mod ha_state;
+mod health;
 mod planner;
 mod slots;
 
@@ -12,6 +13,7 @@ pub use ha_state::{
     DetachReport, HaCommand, HaRefusal, HaState, HaStateV1, Lsn, PrimaryRecord, ServerRecord,
     SwitchoverRecord,
 };
+pub use health::{judge as judge_health, Probe};
 pub use planner::{
     application_name, detach_quorum, fencing_bound_ms, plan, sync_count, sync_standby_names, Gate,
     Observation, Plan, RaftView, Receiving, ServerView, SyncMode, FAILOVER_VOTERS, FENCE_MARGIN_MS,

@@ -133,6 +133,11 @@ pub struct Observation<'a> {
     pub server: ServerView,
     /// Now, ms since the Unix epoch.
     pub now_ms: i64,
+    /// Why this member's server cannot serve, if it cannot (see `health.rs`).
+    pub health: Option<String>,
+    /// `pgraft.maximum_lag_on_failover` in bytes (0: no limit): in asynchronous mode, no
+    /// server further behind the primary's last published position is promoted.
+    pub max_lag: u64,
 }
 
 /// Whether clients may open sessions on this server.
@@ -227,6 +232,9 @@ pub fn plan(o: &Observation<'_>) -> Plan {
     let me = o.raft.me;
     if o.ha.servers.get(&me) != Some(&o.server.record) {
         p.propose.push(HaCommand::Server { node: me, server: o.server.record.clone() });
+    }
+    if o.ha.unhealthy.get(&me) != o.health.as_ref() {
+        p.propose.push(HaCommand::Health { node: me, problem: o.health.clone() });
     }
     let cluster = cluster_system_id(o);
     if cluster != o.server.record.system_id {
@@ -333,6 +341,20 @@ fn plan_primary(o: &Observation<'_>, rec: &PrimaryRecord, p: &mut Plan) {
         return;
     }
     p.sync_names = Some(sync_standby_names(o.sync, r.me, &ha_voters(o)));
+    if let Some(why) = &o.health {
+        // It still takes writes, if it can, until another member leads; then it is fenced.
+        match healthy_successor(o) {
+            Some(to) => {
+                p.transfer = Some(to);
+                p.waiting =
+                    Some(format!("this server cannot serve ({why}): handing leadership to node {to}"));
+            }
+            None => {
+                p.waiting =
+                    Some(format!("this server cannot serve ({why}), and no other member's server is healthy"))
+            }
+        }
+    }
     if let Some(sw) = o.ha.switchover.as_ref().filter(|sw| sw.from == r.me && sw.term == r.term) {
         if o.now_ms - sw.time_ms < SWITCHOVER_TIMEOUT_MS {
             // Writes stop here; the sessions still open end with the shutdown that follows
@@ -346,6 +368,15 @@ fn plan_primary(o: &Observation<'_>, rec: &PrimaryRecord, p: &mut Plan) {
             Some(format!("switchover to node {} did not happen; this server takes writes again", sw.to));
     }
     p.gate = Gate::Open;
+}
+
+/// The member to hand leadership to when this primary's server cannot serve: a voter whose
+/// server is a standby of the cluster and healthy (the lowest id; the failover that follows
+/// hands leadership on to the most advanced standby if it is another).
+fn healthy_successor(o: &Observation<'_>) -> Option<u64> {
+    ha_voters(o).into_iter().find(|n| {
+        *n != o.raft.me && !o.ha.unhealthy.contains_key(n) && o.ha.servers.get(n).is_some_and(|s| !s.primary)
+    })
 }
 
 /// A planned switchover from the recorded primary to the current leader is under way:
@@ -459,7 +490,16 @@ pub(in crate::ha) mod tests {
     }
 
     pub(in crate::ha) fn obs<'a>(ha: &'a HaState, raft: RaftView, server: ServerView) -> Observation<'a> {
-        Observation { ha, failover: true, sync: SyncMode::On, raft, server, now_ms: 1 }
+        Observation {
+            ha,
+            failover: true,
+            sync: SyncMode::On,
+            raft,
+            server,
+            now_ms: 1,
+            health: None,
+            max_lag: 0,
+        }
     }
 
     pub(in crate::ha) fn decisions(p: &Plan) -> Vec<&HaCommand> {
@@ -626,5 +666,30 @@ pub(in crate::ha) mod tests {
         );
         assert_eq!(sync_standby_names(SyncMode::Off, 1, &[1, 2, 3]), "");
         assert_eq!(sync_standby_names(SyncMode::On, 1, &[1]), "");
+    }
+
+    #[test]
+    fn a_primary_that_cannot_serve_hands_leadership_to_a_healthy_standby() {
+        let mut ha = ha_with_primary(1, 2);
+        let sick = |ha: &HaState| {
+            let mut o = obs(ha, raft(1, 1, 2), server(false, 100, Receiving::Nothing));
+            o.health = Some("stuck".into());
+            plan(&o)
+        };
+        let p = sick(&ha);
+        assert_eq!((p.transfer, p.gate), (Some(2), Gate::Open), "{p:?}");
+        assert!(matches!(p.propose[..], [HaCommand::Health { node: 1, problem: Some(_) }]));
+        // Node 2's server cannot serve either: node 3.
+        ha.apply(&HaCommand::Health { node: 2, problem: Some("full disk".into()) }, 2).expect("health");
+        assert_eq!(sick(&ha).transfer, Some(3));
+        ha.apply(&HaCommand::Health { node: 3, problem: Some("full disk".into()) }, 2).expect("health");
+        let p = sick(&ha);
+        assert_eq!(p.transfer, None);
+        assert!(p.waiting.as_deref().is_some_and(|w| w.contains("no other member")), "{p:?}");
+        // Healthy again: said once.
+        ha.apply(&HaCommand::Health { node: 1, problem: Some("stuck".into()) }, 2).expect("health");
+        let p = plan(&obs(&ha, raft(1, 1, 2), server(false, 100, Receiving::Nothing)));
+        assert!(matches!(p.propose[..], [HaCommand::Health { node: 1, problem: None }]), "{p:?}");
+        assert_eq!(p.transfer, None);
     }
 }

@@ -13,12 +13,18 @@
 use std::collections::BTreeMap;
 
 use super::ha_state::{HaCommand, Lsn};
-use super::planner::{application_name, ha_voters, Observation};
+use super::planner::{application_name, ha_voters, Observation, SyncMode};
 
 /// The primary publishes its slots' positions again once one moved this far (a WAL segment).
 pub const PUBLISH_STEP: Lsn = 16 << 20;
 /// ... and at most this often.
 pub const PUBLISH_PAUSE_MS: u64 = 5_000;
+/// In asynchronous mode with a lag limit, the primary also publishes its position once it
+/// moved half the limit (at least this much), at most once a second, so that the limit
+/// bounds what a failover can lose.
+pub const POSITION_STEP_MIN: Lsn = 64 << 10;
+/// ... at most this often.
+pub const POSITION_PAUSE_MS: u64 = 1_000;
 
 /// What this member's server should hold, and what to tell the others.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -63,8 +69,14 @@ pub fn plan_slots(
         held.iter().any(|(n, lsn)| *lsn >= r.get(n).copied().unwrap_or(0).saturating_add(PUBLISH_STEP))
     });
     let primary = !o.server.in_recovery && rec.node == me && o.raft.leader;
-    if !same_set || primary && since_published_ms >= PUBLISH_PAUSE_MS && moved {
-        plan.publish = Some(HaCommand::Slots { node: me, slots: held.clone() });
+    let position = o.server.replayed;
+    let position_moved =
+        o.sync == SyncMode::Off && o.max_lag > 0 && since_published_ms >= POSITION_PAUSE_MS && {
+            let last = o.ha.positions.get(&me).copied().unwrap_or(0);
+            position >= last.saturating_add((o.max_lag / 2).max(POSITION_STEP_MIN))
+        };
+    if !same_set || primary && (since_published_ms >= PUBLISH_PAUSE_MS && moved || position_moved) {
+        plan.publish = Some(HaCommand::Slots { node: me, slots: held.clone(), position });
     }
     Some(plan)
 }
@@ -93,9 +105,9 @@ mod tests {
         let held: BTreeMap<u64, Lsn> = [(1, 10), (3, 10)].into();
         let o = obs(&ha, raft(2, 1, 2), server(true, 100, Receiving::From(1)));
         let p = plan_slots(&o, Some(&held), 0).expect("plan");
-        assert_eq!(p.publish, Some(HaCommand::Slots { node: 2, slots: held.clone() }));
+        assert_eq!(p.publish, Some(HaCommand::Slots { node: 2, slots: held.clone(), position: 100 }));
         let mut ha2 = ha.clone();
-        ha2.apply(&HaCommand::Slots { node: 2, slots: held.clone() }, 2).expect("slots");
+        ha2.apply(&HaCommand::Slots { node: 2, slots: held.clone(), position: 100 }, 2).expect("slots");
         let far: BTreeMap<u64, Lsn> = [(1, 10 + PUBLISH_STEP), (3, 10)].into();
         let o = obs(&ha2, raft(2, 1, 2), server(true, 100, Receiving::From(1)));
         assert!(
@@ -114,13 +126,25 @@ mod tests {
     fn the_primary_publishes_positions_and_standbys_follow_them() {
         let mut ha = ha_with_primary(1, 2);
         let held: BTreeMap<u64, Lsn> = [(2, 100), (3, 50)].into();
-        ha.apply(&HaCommand::Slots { node: 1, slots: held.clone() }, 2).expect("slots");
+        ha.apply(&HaCommand::Slots { node: 1, slots: held.clone(), position: 500 }, 2).expect("slots");
         let primary = obs(&ha, raft(1, 1, 2), server(false, 500, Receiving::Nothing));
         let moved: BTreeMap<u64, Lsn> = [(2, 100 + PUBLISH_STEP), (3, 60)].into();
         assert!(plan_slots(&primary, Some(&moved), 1_000).expect("plan").publish.is_none(), "too soon");
         assert!(plan_slots(&primary, Some(&held), 60_000).expect("plan").publish.is_none(), "nothing moved");
         let p = plan_slots(&primary, Some(&moved), 60_000).expect("plan");
-        assert_eq!(p.publish, Some(HaCommand::Slots { node: 1, slots: moved }));
+        assert_eq!(p.publish, Some(HaCommand::Slots { node: 1, slots: moved, position: 500 }));
+        // Asynchronous mode with a lag limit: the position alone, once it moved half the
+        // limit, at most once a second.
+        let mut fast = obs(&ha, raft(1, 1, 2), server(false, 500 + (600 << 10), Receiving::Nothing));
+        fast.sync = SyncMode::Off;
+        fast.max_lag = 1 << 20;
+        assert!(plan_slots(&fast, Some(&held), 500).expect("plan").publish.is_none(), "too soon");
+        let p = plan_slots(&fast, Some(&held), 1_000).expect("plan");
+        assert!(
+            matches!(p.publish, Some(HaCommand::Slots { position, .. }) if position == 500 + (600 << 10))
+        );
+        fast.server.replayed = 500 + (400 << 10);
+        assert!(plan_slots(&fast, Some(&held), 1_000).expect("plan").publish.is_none(), "not half the limit");
         // A standby advances its slot for node 3 to where the primary's is.
         let standby = obs(&ha, raft(2, 1, 2), server(true, 500, Receiving::From(1)));
         assert_eq!(plan_slots(&standby, None, 0).expect("plan").wanted, [(1, Lsn::MAX), (3, 50)].into());

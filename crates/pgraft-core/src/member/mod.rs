@@ -29,6 +29,10 @@ mod membership;
 mod read_rounds;
 mod snapshots;
 
+/// How many election timeouts in a row a member whose campaigns are held lets pass
+/// without a leader before it campaigns anyway (see [`Member::hold_campaigns`]).
+pub const CAMPAIGN_HOLD_ROUNDS: u32 = 2;
+
 pub use member_status::{Counters, MemberStatus, PeerProgress, Role};
 
 /// A driver's handle for one request; answers carry it back.
@@ -125,6 +129,12 @@ pub struct Member<S: LogStore> {
     /// The index of the last snapshot with the whole log compacted behind it.
     full_compaction: u64,
     ticks: u64,
+    /// Campaigns wait (the host's server cannot serve), and how many ticks they have
+    /// waited since a leader was last heard; see [`Member::hold_campaigns`].
+    campaign_hold: bool,
+    held_ticks: usize,
+    /// `election_elapsed` after the last tick: a smaller one means a leader was heard.
+    last_elapsed: usize,
     /// The role at the last soft-state change, to count elections this member started.
     last_role: StateRole,
     last_heard: BTreeMap<u64, i64>,
@@ -236,6 +246,9 @@ impl<S: LogStore> Member<S> {
             compact_requested: false,
             full_compaction: 0,
             ticks: 0,
+            campaign_hold: false,
+            held_ticks: 0,
+            last_elapsed: 0,
             last_role: StateRole::Follower,
             last_heard: BTreeMap::new(),
             election_timeout_ms: 1000,
@@ -314,7 +327,9 @@ impl<S: LogStore> Member<S> {
     /// Advances the logical clock by one tick; sends again proposals that seem lost (see
     /// `proposals.rs`) and re-asks reads that got no read index.
     pub fn tick(&mut self) {
+        self.hold_campaign_round();
         self.raw.tick();
+        self.last_elapsed = self.raw.raft.election_elapsed;
         self.ticks += 1;
         self.retry_dropped();
         self.promote_caught_up_learners();
@@ -327,6 +342,54 @@ impl<S: LogStore> Member<S> {
             self.raw.read_index(ctx);
         }
         self.start_read_round();
+    }
+
+    /// While `hold`, this member lets others win elections: when its election timeout
+    /// runs out it waits up to [`CAMPAIGN_HOLD_ROUNDS`] more election timeouts before it
+    /// campaigns. The host sets it while its PostgreSQL server cannot serve, so a member
+    /// whose server can becomes leader (and primary) first; a cluster whose members all
+    /// hold still elects a leader, later, and its KV store stays available. It still votes
+    /// and follows, and a leadership transfer to it is not held.
+    pub fn hold_campaigns(&mut self, hold: bool) {
+        if hold != self.campaign_hold {
+            log::info!(
+                "{}",
+                if hold {
+                    "campaigns held: this member's server cannot serve"
+                } else {
+                    "campaigns no longer held"
+                }
+            );
+        }
+        self.campaign_hold = hold;
+    }
+
+    /// Holds one tick's campaign back, if campaigns are held. The clock is set so that
+    /// raft-rs's tick does not reach the (randomised) election timeout, but stays past the
+    /// plain election timeout: the lease on the lost leader is over, so this member grants
+    /// the others' pre-votes and votes while it waits.
+    fn hold_campaign_round(&mut self) {
+        let max = self.cfg.election_range.map_or(2 * self.raw.raft.election_timeout(), |(_, max)| max);
+        let r = &mut self.raw.raft;
+        if r.election_elapsed < self.last_elapsed || r.state == StateRole::Leader {
+            // A leader was heard (or this member leads): a new wait starts.
+            self.held_ticks = 0;
+        }
+        let et = r.election_timeout();
+        let limit = CAMPAIGN_HOLD_ROUNDS as usize * et;
+        if !self.campaign_hold || r.state == StateRole::Leader || self.held_ticks >= limit {
+            return;
+        }
+        if r.election_elapsed + 1 < r.randomized_election_timeout() {
+            return;
+        }
+        // Room between the lease and the campaign: at least two ticks past the election
+        // timeout (raft-rs draws it from [et, max)).
+        if r.randomized_election_timeout() < et + 2 && et + 2 < max {
+            r.set_randomized_election_timeout(et + 2);
+        }
+        r.election_elapsed = r.randomized_election_timeout().saturating_sub(2).max(et);
+        self.held_ticks += 1;
     }
 
     /// Asks raft for a read index for the queued reads, unless a round is out.

@@ -80,6 +80,7 @@ fn pgraft_ha_status() -> TableIterator<
         name!(last_promotion_at, Option<pgrx::datetime::TimestampWithTimeZone>),
         name!(last_promotion_reason, Option<String>),
         name!(note, Option<String>),
+        name!(server_problem, Option<String>),
     ),
 > {
     let st = status();
@@ -147,6 +148,7 @@ fn pgraft_ha_status() -> TableIterator<
                 promo.and_then(|p| ts(p.time_ms)),
                 promo.map(|p| p.reason.clone()),
                 note,
+                ha.unhealthy.get(&id).cloned(),
             )
         })
         .collect();

@@ -5,6 +5,7 @@
 //! are `pgraft_core::ha`'s.
 
 pub mod auto_conf;
+pub mod connection_probe;
 pub mod gate;
 pub mod reconciler;
 pub mod rejoin;

@@ -16,6 +16,7 @@ use pgraft_core::ha::{
 };
 use pgraft_core::{MemberStatus, NodeHandle, Request, Role};
 
+use super::connection_probe::{self, ConnectionProbe};
 use super::server_probe::{self, ServerFacts};
 use super::{auto_conf, rejoin};
 use crate::gucs;
@@ -45,6 +46,9 @@ pub struct Reconciler {
     last_waiting: Option<String>,
     /// When this member last proposed its slots.
     slots_published: Option<Instant>,
+    /// The connection probe of the server's health.
+    connection: ConnectionProbe,
+    last_health: Option<String>,
 }
 
 impl Reconciler {
@@ -61,6 +65,8 @@ impl Reconciler {
             fenced: false,
             last_waiting: None,
             slots_published: None,
+            connection: ConnectionProbe::default(),
+            last_health: None,
         }
     }
 
@@ -71,9 +77,15 @@ impl Reconciler {
         if !failover && view.ha.primary.is_none() {
             // Not an HA cluster (yet): nothing to guard.
             set_gate(GateState::Open);
+            node.hold_campaigns(false);
             return;
         }
         let facts = server_probe::observe();
+        let now_ms = crate::worker::now_ms();
+        let health = self.health(&facts, now_ms, rt);
+        // A member whose server cannot serve lets the others win elections (it still
+        // votes); paused failover changes nothing about who leads.
+        node.hold_campaigns(failover && health.is_some());
         if facts.is_starting_primary() {
             // A primary replaying after a crash: not open yet, and not a standby.
             set_gate(GateState::Unknown);
@@ -85,12 +97,42 @@ impl Reconciler {
         let mut server = server_view(&facts, &view.ha, status.id);
         server.promoting = facts.in_recovery && self.promoted_in_term.is_some();
         server.stood_down = self.stood_down(facts.in_recovery);
-        let o = Observation { ha: &view.ha, failover, sync, raft, server, now_ms: crate::worker::now_ms() };
+        let max_lag = gucs::MAXIMUM_LAG_ON_FAILOVER.get().max(0) as u64 * 1024;
+        let o = Observation { ha: &view.ha, failover, sync, raft, server, now_ms, health, max_lag };
         let mut plan = ha::plan(&o);
         if let Some(publish) = self.keep_slots(&o) {
             plan.propose.push(publish);
         }
         self.carry_out(&plan, &o, node, rt);
+    }
+
+    /// Why the server cannot serve, if it cannot: recovering from a crash, or a probe (a
+    /// new connection; a commit on a primary) waiting past `pgraft.health_check_timeout`.
+    fn health(&mut self, facts: &ServerFacts, now_ms: i64, rt: &tokio::runtime::Runtime) -> Option<String> {
+        let bound = gucs::HEALTH_CHECK_TIMEOUT.get().max(0) as u64;
+        let problem = if facts.is_starting_primary() {
+            Some("the server is replaying WAL after a crash".to_string())
+        } else if bound == 0 {
+            None
+        } else {
+            let target = connection_probe::target(&gucs::string(&gucs::ADDRESS), facts.port);
+            self.connection.maybe_start(target, now_ms, rt);
+            let shared = shmem::read();
+            let commit = ha::Probe {
+                ok_ms: (shared.commit_ok_ms > 0).then_some(shared.commit_ok_ms),
+                pending_since_ms: (shared.commit_pending_since_ms > 0)
+                    .then_some(shared.commit_pending_since_ms),
+            };
+            ha::judge_health(now_ms, bound, facts.in_recovery, self.connection.state(), commit)
+        };
+        if problem.is_some() != self.last_health.is_some() {
+            match &problem {
+                Some(why) => log::warn!("failover: this server cannot serve: {why}"),
+                None => log::warn!("failover: this server serves again"),
+            }
+        }
+        self.last_health = problem.clone();
+        problem
     }
 
     fn raft_view(&mut self, st: &MemberStatus, election_timeout_ms: u64) -> RaftView {

@@ -16,7 +16,8 @@
 //! - on a standby, advances each slot to the primary's position for the same member,
 //!   never past its own replay and never back,
 //!
-//! and leaves what it found in shared memory for the failover loop to publish.
+//! and leaves what it found in shared memory for the failover loop to publish. On a primary
+//! it then commits a small transaction, the commit probe of the server's health.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -49,9 +50,12 @@ pub extern "C-unwind" fn pgraft_slot_keeper_main(_arg: pg_sys::Datum) {
             connected = true;
         }
         let wanted = plan.entries();
-        let held = BackgroundWorker::transaction(|| keep(&wanted));
+        let (held, in_recovery) = BackgroundWorker::transaction(|| keep(&wanted));
         let list = SlotList::new(&held, crate::worker::now_ms());
         shmem::update(|s| s.slots_held = list);
+        if !in_recovery {
+            probe_commit();
+        }
     }
 }
 
@@ -122,9 +126,32 @@ fn run(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>], what: &str) -> bool {
     }
 }
 
-/// Brings the slots in line with `wanted` (member -> the primary's position for it) and
-/// returns what is held afterwards (member -> restart LSN).
-fn keep(wanted: &BTreeMap<u64, u64>) -> BTreeMap<u64, u64> {
+/// The commit probe of a primary's health (see `pgraft_core::ha::judge_health`): a
+/// transaction that gets a transaction id commits at `synchronous_commit = local`, so its
+/// commit record is written and flushed to the local disk but no standby is waited for.
+/// Its start is in shared memory first, so a commit that hangs (stuck I/O, a full disk)
+/// shows as one waiting.
+fn probe_commit() {
+    let started = crate::worker::now_ms();
+    shmem::update(|s| s.commit_pending_since_ms = started);
+    let done = BackgroundWorker::transaction(|| {
+        Spi::run("SET LOCAL synchronous_commit = local")
+            .and_then(|()| Spi::run("SELECT pg_current_xact_id()"))
+            .map_err(|e| pgrx::warning!("pgraft: the health probe's commit failed: {e}"))
+            .is_ok()
+    });
+    shmem::update(|s| {
+        s.commit_pending_since_ms = 0;
+        if done {
+            s.commit_ok_ms = crate::worker::now_ms();
+        }
+    });
+}
+
+/// Brings the slots in line with `wanted` (member -> the primary's position for it);
+/// returns what is held afterwards (member -> restart LSN), and whether the server is in
+/// recovery.
+fn keep(wanted: &BTreeMap<u64, u64>) -> (BTreeMap<u64, u64>, bool) {
     let (found, in_recovery, replayed) = look();
     for n in wanted.keys().filter(|n| !found.contains_key(n)) {
         let name = pgraft_core::ha::application_name(*n);
@@ -154,5 +181,5 @@ fn keep(wanted: &BTreeMap<u64, u64>) -> BTreeMap<u64, u64> {
             }
         }
     }
-    look().0.into_iter().map(|(n, f)| (n, f.restart)).collect()
+    (look().0.into_iter().map(|(n, f)| (n, f.restart)).collect(), in_recovery)
 }

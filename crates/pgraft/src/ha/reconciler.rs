@@ -356,6 +356,7 @@ impl Reconciler {
             postmaster_pid: unsafe { pgrx::pg_sys::PostmasterPid },
             server_log: rejoin::server_log().unwrap_or_else(|| self.raft_dir.join("server.log")),
             source: source.trim().to_string(),
+            local_extra: gucs::string(&gucs::REPLICATION_CONNINFO).trim().to_string(),
         };
         match r.spawn() {
             Ok(()) => log::warn!(

@@ -51,6 +51,8 @@ pub struct Rejoin {
     /// A libpq connection string that reaches whichever other member's server is the
     /// primary.
     pub source: String,
+    /// libpq keywords (user, passfile, ...) for a connection to this server itself.
+    pub local_extra: String,
 }
 
 /// The helper's files under `pgraft.data_dir`.
@@ -68,6 +70,9 @@ pub const RECLONE: &str = "rejoin.reclone";
 /// The worker reports it ([`pgraft_core::ha::ServerView::stood_down`]); the helper removes
 /// it before it stops the server again, and the worker once the server is a primary.
 pub const STOOD_DOWN: &str = "rejoin.standby";
+/// How long a standby the helper started waits to follow a new primary before the helper
+/// stops it to rewind it.
+const FOLLOW_S: u64 = 8;
 /// The helper that is current: one spawned later takes over, and an older one exits.
 pub const PID: &str = "rejoin.pid";
 
@@ -117,6 +122,7 @@ SERVER_LOG={server_log}
 STATE={state}
 SAVED={saved}
 SOURCE={source}
+LOCAL_EXTRA={local_extra}
 step() {{
     printf '%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$1" > "$STATE.tmp" && mv "$STATE.tmp" "$STATE"
     echo "pgraft rejoin (node {node}): $1"
@@ -125,6 +131,17 @@ echo $$ > {pidfile}
 # A helper spawned later (the server was promoted and fenced again) takes over.
 current() {{ [ "$(cat {pidfile} 2>/dev/null)" = "$$" ] || {{ echo "pgraft rejoin (node {node}): a newer helper took over"; exit 0; }}; }}
 control() {{ LC_ALL=C "$BIN/pg_controldata" -D "$PGDATA" 2>/dev/null | sed -n "s/^$1: *//p"; }}
+# This server, as postmaster.pid says it listens: its socket directory (else its first
+# listen address) and port.
+local_conninfo() {{
+    L_PORT=$(sed -n 4p "$PGDATA/postmaster.pid" 2>/dev/null)
+    L_HOST=$(sed -n 5p "$PGDATA/postmaster.pid" 2>/dev/null)
+    if [ -z "$L_HOST" ]; then
+        L_HOST=$(sed -n 6p "$PGDATA/postmaster.pid" 2>/dev/null | cut -d, -f1 | tr -d ' ')
+        case "$L_HOST" in ''|'*'|'0.0.0.0') L_HOST=127.0.0.1 ;; '::') L_HOST=::1 ;; esac
+    fi
+    echo "host=$L_HOST port=$L_PORT dbname=postgres $LOCAL_EXTRA"
+}}
 step "waiting for the fenced server (postmaster {pid}) to stop"
 while kill -0 {pid} 2>/dev/null; do sleep 0.1; done
 step "waiting for another member's server to be the primary"
@@ -165,7 +182,21 @@ done
 current
 if [ "$STANDBY" = yes ]; then
     rm -f {marker}
-    step "another member's server is the primary: stopping this standby to rewind it"
+    # Stopping this standby takes its Raft member down again, which with a member already
+    # down costs the new primary its majority: only when it cannot follow (it diverged).
+    step "another member's server is the primary: waiting for this standby to follow it"
+    TLI=$("$BIN/psql" "$SOURCE" -XAtq -c 'CHECKPOINT' -c 'SELECT timeline_id FROM pg_control_checkpoint()' 2>/dev/null | tail -1)
+    UNTIL=$(( $(date +%s) + {follow_s} ))
+    while [ -n "$TLI" ] && [ "$(date +%s)" -lt "$UNTIL" ]; do
+        current
+        GOT=$("$BIN/psql" "$(local_conninfo)" -XAtqc "SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming'" 2>/dev/null)
+        if [ "$GOT" = "$TLI" ]; then
+            step "done: this standby follows the new primary on timeline $TLI, no rewind needed"
+            exit 0
+        fi
+        sleep 0.5
+    done
+    step "this standby does not follow the new primary (timeline ${{TLI:-unknown}}): stopping it to rewind it"
     "$BIN/pg_ctl" stop -D "$PGDATA" -m fast -w -t 300 -s || {{ step "failed: pg_ctl could not stop the standby"; exit 1; }}
 fi
 mkdir -p "$SAVED" || {{ step "failed: cannot create $SAVED"; exit 1; }}
@@ -230,6 +261,8 @@ fi
             pidfile = qp(&self.raft_dir.join(PID)),
             marker = qp(&self.raft_dir.join(STOOD_DOWN)),
             standby_after = self.standby_after_s,
+            follow_s = FOLLOW_S,
+            local_extra = q(&self.local_extra),
         )
     }
 
@@ -305,6 +338,7 @@ mod tests {
             postmaster_pid: 4242,
             server_log: "/log/pg.log".into(),
             source: "host=a,b port=1,2 target_session_attrs=read-write".into(),
+            local_extra: "user=postgres".into(),
         };
         let s = r.script();
         assert!(s.contains(r#"PGDATA='/data/it'\''s here'"#), "{s}");
@@ -314,6 +348,7 @@ mod tests {
         assert!(s.contains("pg_basebackup"));
         assert!(s.contains("standby.signal"));
         assert!(s.contains("-ge 5 ]"));
+        assert!(s.contains("LOCAL_EXTRA='user=postgres'"));
         // The shell accepts it.
         let dir = std::env::temp_dir().join(format!("pgraft-rejoin-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("mkdir");

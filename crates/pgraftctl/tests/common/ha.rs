@@ -222,11 +222,12 @@ pub fn never_writable_until_rejoined(lines: &[Value], i: usize, p: usize) {
 }
 
 /// The rejoin helper's output once it says it is done (its `pg_ctl` returns a moment after
-/// the server already streams).
+/// the server already streams): running as a standby after a rewind or re-clone, following
+/// the new primary without one, or promoted again.
 pub fn rejoin_log_when_done(raft_dir: &std::path::Path) -> String {
     wait("the rejoin helper to finish", Duration::from_secs(60), || {
         let log = std::fs::read_to_string(raft_dir.join("rejoin.log")).ok()?;
-        log.contains("done: running as a standby").then_some(log)
+        log.contains("): done: ").then_some(log)
     })
 }
 

@@ -70,6 +70,13 @@ pub static REPLICATION_HOST: GucSetting<Option<CString>> = GucSetting::<Option<C
 /// passfile, ...); host, port and application_name are the worker's.
 pub static REPLICATION_CONNINFO: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 
+/// How the rejoin helper starts this server (`sh -c`), e.g. through its service manager;
+/// empty: `pg_ctl restart` with the options the server last started with.
+pub static SERVER_START_COMMAND: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+/// How the rejoin helper stops this server when it must rewind a standby it started;
+/// empty: `pg_ctl stop -m fast`.
+pub static SERVER_STOP_COMMAND: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+
 /// The timing in effect: what `pgraft_set_config` put in the log, else these settings.
 pub fn effective_timing(cluster: &std::collections::BTreeMap<String, String>) -> config::Timing {
     let get = |n: &str, d: u64| cluster.get(n).and_then(|v| config::parse_duration_ms(v).ok()).unwrap_or(d);
@@ -311,6 +318,22 @@ pub fn init() {
         c"libpq keywords added to the primary_conninfo the worker writes (user, sslmode, passfile, ...).",
         c"Host, port and application_name are set by the worker.",
         &REPLICATION_CONNINFO,
+        Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_string_guc(
+        c"pgraft.server_start_command",
+        c"How the rejoin helper starts this server (run with sh -c), e.g. through its service manager.",
+        c"Empty: pg_ctl restart with the options the server last started with.",
+        &SERVER_START_COMMAND,
+        Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_string_guc(
+        c"pgraft.server_stop_command",
+        c"How the rejoin helper stops this server before rewinding a standby it started.",
+        c"Empty: pg_ctl stop -m fast.",
+        &SERVER_STOP_COMMAND,
         Sighup,
         GucFlags::SUPERUSER_ONLY,
     );

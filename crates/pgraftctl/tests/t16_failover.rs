@@ -54,6 +54,28 @@ fn a_killed_primary_is_replaced_and_a_restarted_one_never_takes_writes() {
         // re-clone (the path a failed pg_rewind takes), asked for with `rejoin.reclone`.
         let raft_dir = std::path::PathBuf::from(lines[0]["raft_data_dir"].as_str().expect("raft_data_dir"));
         std::fs::write(raft_dir.join("rejoin.reclone"), b"").expect("ask for a re-clone");
+        // The helper starts the server with pgraft.server_start_command, as it would run a
+        // service manager's (here pg_ctl behind a marker file), set while node 1 is down.
+        let bindir = std::process::Command::new(&pgc).arg("--bindir").output().expect("pg_config --bindir");
+        let bindir = String::from_utf8_lossy(&bindir.stdout).trim().to_string();
+        let data = std::path::PathBuf::from(lines[0]["data_dir"].as_str().expect("data_dir"));
+        let server_log = data.parent().expect("node dir").join("postgres.log");
+        let mark = raft_dir.join("started-by-command");
+        let cmd = format!(
+            "touch {} && {bindir}/pg_ctl restart -D {} -l {} -w -s",
+            mark.display(),
+            data.display(),
+            server_log.display()
+        );
+        let mut auto = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.auto.conf"))
+            .expect("postgresql.auto.conf");
+        std::io::Write::write_all(
+            &mut auto,
+            format!("pgraft.server_start_command = '{}'\n", cmd.replace('\'', "''")).as_bytes(),
+        )
+        .expect("set pgraft.server_start_command");
         let _ = pgraft_start(&d, 1);
         let rejoined = Instant::now();
         never_writable_until_rejoined(&lines, 0, p);
@@ -64,6 +86,7 @@ fn a_killed_primary_is_replaced_and_a_restarted_one_never_takes_writes() {
         assert!(!values_on(&conninfo(&lines, p)).expect("read t on the primary").contains(&-2));
         let log = rejoin_log_when_done(&raft_dir);
         assert!(log.contains("re-cloned"), "{log}");
+        assert!(mark.exists(), "the helper started the server with pgraft.server_start_command");
         let all: Vec<i64> = acked.iter().map(|(v, _, _)| *v).collect();
         wait_rows(&lines, 0, &all);
         check_one_primary(&lines, 3, &[]);

@@ -357,6 +357,8 @@ impl Reconciler {
             server_log: rejoin::server_log().unwrap_or_else(|| self.raft_dir.join("server.log")),
             source: source.trim().to_string(),
             local_extra: gucs::string(&gucs::REPLICATION_CONNINFO).trim().to_string(),
+            start_command: gucs::string(&gucs::SERVER_START_COMMAND).trim().to_string(),
+            stop_command: gucs::string(&gucs::SERVER_STOP_COMMAND).trim().to_string(),
         };
         match r.spawn() {
             Ok(()) => log::warn!(

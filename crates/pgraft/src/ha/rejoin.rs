@@ -17,7 +17,8 @@
 //!  4. pg_rewind --source-server=<that primary>      ("no rewind required" is fine)
 //!     if it fails, or `rejoin.reclone` exists: pg_basebackup a fresh copy and swap it in
 //!  5. restores the configuration files, writes standby.signal
-//!  6. pg_ctl restart: starts the server with the options in postmaster.opts
+//!  6. starts the server: pgraft.server_start_command (a service manager's), else
+//!     pg_ctl restart with the options in postmaster.opts
 //! ```
 //!
 //! and records each step, with the time, in `rejoin.state` (written to a temporary file and
@@ -53,6 +54,10 @@ pub struct Rejoin {
     pub source: String,
     /// libpq keywords (user, passfile, ...) for a connection to this server itself.
     pub local_extra: String,
+    /// `pgraft.server_start_command`: how to start the server (empty: `pg_ctl`).
+    pub start_command: String,
+    /// `pgraft.server_stop_command`: how to stop it (empty: `pg_ctl`).
+    pub stop_command: String,
 }
 
 /// The helper's files under `pgraft.data_dir`.
@@ -123,6 +128,8 @@ STATE={state}
 SAVED={saved}
 SOURCE={source}
 LOCAL_EXTRA={local_extra}
+START_COMMAND={start_command}
+STOP_COMMAND={stop_command}
 step() {{
     printf '%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$1" > "$STATE.tmp" && mv "$STATE.tmp" "$STATE"
     echo "pgraft rejoin (node {node}): $1"
@@ -130,6 +137,14 @@ step() {{
 echo $$ > {pidfile}
 # A helper spawned later (the server was promoted and fenced again) takes over.
 current() {{ [ "$(cat {pidfile} 2>/dev/null)" = "$$" ] || {{ echo "pgraft rejoin (node {node}): a newer helper took over"; exit 0; }}; }}
+# pgraft.server_start_command / server_stop_command (a service manager's), else pg_ctl
+# with the options the server was started with (postmaster.opts).
+start_server() {{
+    if [ -n "$START_COMMAND" ]; then sh -c "$START_COMMAND"; else "$BIN/pg_ctl" restart -D "$PGDATA" -l "$SERVER_LOG" -w -t 300 -s; fi
+}}
+stop_server() {{
+    if [ -n "$STOP_COMMAND" ]; then sh -c "$STOP_COMMAND"; else "$BIN/pg_ctl" stop -D "$PGDATA" -m fast -w -t 300 -s; fi
+}}
 control() {{ LC_ALL=C "$BIN/pg_controldata" -D "$PGDATA" 2>/dev/null | sed -n "s/^$1: *//p"; }}
 # This server, as postmaster.pid says it listens: its socket directory (else its first
 # listen address) and port.
@@ -161,7 +176,7 @@ until "$BIN/psql" "$SOURCE" -XAtqc 'SELECT 1' >/dev/null 2>&1; do
             rm -f "$PGDATA/postmaster.pid" "$PGDATA/promote"
             : > "$PGDATA/standby.signal"
             step "no primary after {standby_after} s: starting as a standby (stood down on timeline $TLI at $AT)"
-            if "$BIN/pg_ctl" restart -D "$PGDATA" -l "$SERVER_LOG" -w -t 300 -s; then
+            if start_server; then
                 STANDBY=yes
                 step "running as a standby; waiting for a primary"
             else
@@ -197,7 +212,7 @@ if [ "$STANDBY" = yes ]; then
         sleep 0.5
     done
     step "this standby does not follow the new primary (timeline ${{TLI:-unknown}}): stopping it to rewind it"
-    "$BIN/pg_ctl" stop -D "$PGDATA" -m fast -w -t 300 -s || {{ step "failed: pg_ctl could not stop the standby"; exit 1; }}
+    stop_server || {{ step "failed: could not stop the standby"; exit 1; }}
 fi
 mkdir -p "$SAVED" || {{ step "failed: cannot create $SAVED"; exit 1; }}
 for f in {files}; do
@@ -241,7 +256,7 @@ done
 rm -f "$PGDATA/postmaster.pid" "$PGDATA/promote"
 : > "$PGDATA/standby.signal"
 step "starting as a standby"
-if "$BIN/pg_ctl" restart -D "$PGDATA" -l "$SERVER_LOG" -w -t 300 -s; then
+if start_server; then
     step "done: running as a standby"
 else
     step "failed: pg_ctl could not start the server; see $SERVER_LOG"
@@ -263,6 +278,8 @@ fi
             standby_after = self.standby_after_s,
             follow_s = FOLLOW_S,
             local_extra = q(&self.local_extra),
+            start_command = q(&self.start_command),
+            stop_command = q(&self.stop_command),
         )
     }
 
@@ -339,6 +356,8 @@ mod tests {
             server_log: "/log/pg.log".into(),
             source: "host=a,b port=1,2 target_session_attrs=read-write".into(),
             local_extra: "user=postgres".into(),
+            start_command: "systemctl start 'postgresql@15-main'".into(),
+            stop_command: String::new(),
         };
         let s = r.script();
         assert!(s.contains(r#"PGDATA='/data/it'\''s here'"#), "{s}");
@@ -349,6 +368,8 @@ mod tests {
         assert!(s.contains("standby.signal"));
         assert!(s.contains("-ge 5 ]"));
         assert!(s.contains("LOCAL_EXTRA='user=postgres'"));
+        assert!(s.contains(r#"START_COMMAND='systemctl start '\''postgresql@15-main'\'''"#), "{s}");
+        assert!(s.contains("STOP_COMMAND=''"));
         // The shell accepts it.
         let dir = std::env::temp_dir().join(format!("pgraft-rejoin-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("mkdir");

@@ -370,11 +370,13 @@ fn a_learner_is_added_promoted_and_a_removed_member_added_back() {
     .expect("learner caught up");
     let st = c.handle(leader).status().expect("status");
     assert!(st.learners.contains(&4) && !st.voters.contains(&4), "{st:?}");
-    // Promoted to a voter.
-    assert!(matches!(
-        c.handle(leader).call_blocking(Request::PromoteLearner { id: 4 }, CALL),
-        Ok(Response::Applied { .. })
-    ));
+    // Promoted to a voter, once the leader has seen it hold the log (until then the
+    // promotion is refused as busy: a voter that has not caught up would count in a quorum).
+    wait_until("the learner's promotion", Duration::from_secs(10), Duration::from_millis(50), || {
+        let r = c.handle(leader).call_blocking(Request::PromoteLearner { id: 4 }, CALL);
+        Ok(matches!(r, Ok(Response::Applied { .. })).then_some(()))
+    })
+    .expect("promoted");
     let st = c.handle(leader).status().expect("status");
     assert!(st.voters.contains(&4) && !st.learners.contains(&4), "{st:?}");
     // Re-adding it with the same address changes nothing; with another address is refused.

@@ -76,6 +76,10 @@ pub struct WorkerShared {
     /// start of the one waiting, ms since the Unix epoch (0: none).
     pub commit_ok_ms: i64,
     pub commit_pending_since_ms: i64,
+    /// On a primary: how many members' standbys stream from it, and when the keeper
+    /// counted (0: never).
+    pub streaming: u32,
+    pub streaming_ms: i64,
 }
 
 /// The most members a slot list covers.

@@ -19,6 +19,7 @@
 
 use super::ha_state::{DetachReport, HaCommand, PrimaryRecord};
 use super::planner::{detach_quorum, fencing_bound_ms, Observation, Plan, SyncMode};
+use super::sync_set::{recorded_k, reports_needed};
 
 /// Proposes this member's report, unless one of this term about the same primary and at
 /// least as far along is applied.
@@ -81,7 +82,14 @@ fn too_far_behind(o: &Observation<'_>, rec: &PrimaryRecord, mine: DetachReport) 
 /// own from an earlier term: fail over.
 pub(super) fn plan_candidate(o: &Observation<'_>, rec: &PrimaryRecord, p: &mut Plan) {
     let r = &o.raft;
-    let needed = detach_quorum(r.voters.len());
+    // As many standbys as it takes to meet every set of k that could have acknowledged a
+    // commit (k as the primary recorded it); asynchronous (k = 0): a detach quorum to
+    // pick the most advanced from, and the fencing bound below.
+    let k = recorded_k(o, rec, r.voters.len());
+    let needed = match reports_needed(r.voters.len().saturating_sub(1), k) {
+        0 => detach_quorum(r.voters.len()),
+        n => n,
+    };
     let reports: Vec<(u64, DetachReport)> =
         o.ha.reports_for(r.term, rec.node)
             .filter(|(n, _)| r.voters.contains(n))
@@ -116,7 +124,10 @@ pub(super) fn plan_candidate(o: &Observation<'_>, rec: &PrimaryRecord, p: &mut P
         ));
         return;
     }
-    if o.sync == SyncMode::Off && !stood_down && r.led_ms < fencing_bound_ms(r.election_timeout_ms) {
+    if (o.sync == SyncMode::Off || k == 0)
+        && !stood_down
+        && r.led_ms < fencing_bound_ms(r.election_timeout_ms)
+    {
         p.waiting = Some(format!(
             "asynchronous mode: waiting out the fencing bound ({} ms) before promoting",
             fencing_bound_ms(r.election_timeout_ms)

@@ -117,6 +117,8 @@ pub enum HaCommand {
         /// replayed one): a failover measures a candidate's lag against the primary's.
         position: Lsn,
     },
+    /// The primary records how many standbys acknowledge each commit.
+    Sync(SyncRecord),
     /// A member's server became unable to serve (`problem`), or able again (`None`).
     Health {
         /// The member.
@@ -136,6 +138,7 @@ impl HaCommand {
             HaCommand::Switchover(_) => "ha_switchover",
             HaCommand::Slots { .. } => "ha_slots",
             HaCommand::Health { .. } => "ha_health",
+            HaCommand::Sync(_) => "ha_sync",
         }
     }
 }
@@ -172,6 +175,20 @@ pub enum HaRefusal {
     },
 }
 
+/// How many standbys the primary `node` has every commit acknowledged by, from Raft term
+/// `term` on (see `sync_set.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRecord {
+    /// The primary's member.
+    pub node: u64,
+    /// The term it was recorded in (by that member, leading it).
+    pub term: u64,
+    /// `k` of `ANY k (...)`; 0: asynchronous.
+    pub k: u32,
+    /// When, ms since the Unix epoch.
+    pub time_ms: i64,
+}
+
 /// The replicated HA state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HaState {
@@ -198,6 +215,8 @@ pub struct HaState {
     /// Each member's server position when it last published its slots: for the primary,
     /// what `pgraft.maximum_lag_on_failover` measures a candidate against.
     pub positions: BTreeMap<u64, Lsn>,
+    /// The primary's newest record of its synchronous standbys.
+    pub sync: Option<SyncRecord>,
 }
 
 /// [`HaState`] as snapshot formats 3 and 4 wrote it, before the slots and the health (postcard writes
@@ -224,6 +243,7 @@ impl From<HaStateV1> for HaState {
             slots: BTreeMap::new(),
             unhealthy: BTreeMap::new(),
             positions: BTreeMap::new(),
+            sync: None,
         }
     }
 }
@@ -261,6 +281,12 @@ impl HaState {
             HaCommand::Slots { node, slots, position } => {
                 self.slots.insert(*node, slots.clone());
                 self.positions.insert(*node, *position);
+            }
+            HaCommand::Sync(rec) => {
+                if rec.term != entry_term {
+                    return Err(HaRefusal::StaleDecision { decided: rec.term, entry: entry_term });
+                }
+                self.sync = Some(rec.clone());
             }
             HaCommand::Health { node, problem } => match problem {
                 Some(why) => {

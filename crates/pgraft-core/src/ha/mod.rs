@@ -8,10 +8,11 @@ mod ha_state;
 mod health;
 mod planner;
 mod slots;
+mod sync_set;
 
 pub use ha_state::{
     DetachReport, HaCommand, HaRefusal, HaState, HaStateV1, Lsn, PrimaryRecord, ServerRecord,
-    SwitchoverRecord,
+    SwitchoverRecord, SyncRecord,
 };
 pub use health::{judge as judge_health, Probe};
 pub use planner::{
@@ -20,3 +21,4 @@ pub use planner::{
     SWITCHOVER_TIMEOUT_MS,
 };
 pub use slots::{plan_slots, slot_on, SlotPlan, PUBLISH_PAUSE_MS, PUBLISH_STEP};
+pub use sync_set::{recorded_k, reports_needed, RAISE_AFTER_MS};

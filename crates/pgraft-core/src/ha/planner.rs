@@ -28,6 +28,7 @@ use super::candidate;
 #[cfg(test)]
 use super::ha_state::SwitchoverRecord;
 use super::ha_state::{DetachReport, HaCommand, HaState, Lsn, PrimaryRecord, ServerRecord};
+use super::sync_set;
 
 /// `pgraft.synchronous_mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +90,9 @@ pub struct ServerView {
     pub opened: bool,
     /// A promotion was asked for since the server started and it is still in recovery.
     pub promoting: bool,
+    /// On a primary: the `k` its `synchronous_standby_names` has had since when (ms since
+    /// the Unix epoch), as this process last loaded it.
+    pub sync_k: Option<(usize, i64)>,
     /// This server was a primary, shut down cleanly (fenced), and was started again as a
     /// standby by the rejoin helper while no other server was the primary: the (timeline,
     /// LSN) of its shutdown checkpoint, which every commit it ever acknowledged precedes.
@@ -138,6 +142,8 @@ pub struct Observation<'a> {
     /// `pgraft.maximum_lag_on_failover` in bytes (0: no limit): in asynchronous mode, no
     /// server further behind the primary's last published position is promoted.
     pub max_lag: u64,
+    /// On a primary: how many standbys stream from it (`None`: not known lately).
+    pub streaming: Option<usize>,
 }
 
 /// Whether clients may open sessions on this server.
@@ -340,7 +346,10 @@ fn plan_primary(o: &Observation<'_>, rec: &PrimaryRecord, p: &mut Plan) {
         });
         return;
     }
-    p.sync_names = Some(sync_standby_names(o.sync, r.me, &ha_voters(o)));
+    let standbys: Vec<u64> = ha_voters(o).into_iter().filter(|v| *v != r.me).collect();
+    let (names, record) = sync_set::plan_primary_sync(o, rec, &standbys);
+    p.sync_names = Some(names);
+    p.propose.extend(record);
     if let Some(why) = &o.health {
         // It still takes writes, if it can, until another member leads; then it is fenced.
         match healthy_successor(o) {
@@ -456,6 +465,7 @@ pub(in crate::ha) mod tests {
             opened: true,
             promoting: false,
             stood_down: None,
+            sync_k: None,
             record: ServerRecord {
                 host: "127.0.0.1".into(),
                 port: 5432,
@@ -499,6 +509,7 @@ pub(in crate::ha) mod tests {
             now_ms: 1,
             health: None,
             max_lag: 0,
+            streaming: None,
         }
     }
 

@@ -49,6 +49,8 @@ pub struct Reconciler {
     /// The connection probe of the server's health.
     connection: ConnectionProbe,
     last_health: Option<String>,
+    /// `synchronous_standby_names` as last seen, and since when.
+    sync_seen: Option<(String, i64)>,
 }
 
 impl Reconciler {
@@ -67,6 +69,7 @@ impl Reconciler {
             slots_published: None,
             connection: ConnectionProbe::default(),
             last_health: None,
+            sync_seen: None,
         }
     }
 
@@ -97,8 +100,13 @@ impl Reconciler {
         let mut server = server_view(&facts, &view.ha, status.id);
         server.promoting = facts.in_recovery && self.promoted_in_term.is_some();
         server.stood_down = self.stood_down(facts.in_recovery);
+        server.sync_k = self.sync_k(now_ms);
         let max_lag = gucs::MAXIMUM_LAG_ON_FAILOVER.get().max(0) as u64 * 1024;
-        let o = Observation { ha: &view.ha, failover, sync, raft, server, now_ms, health, max_lag };
+        let shared = shmem::read();
+        let streaming = (shared.streaming_ms > 0 && now_ms - shared.streaming_ms < SLOTS_SEEN_FRESH_MS)
+            .then_some(shared.streaming as usize);
+        let o =
+            Observation { ha: &view.ha, failover, sync, raft, server, now_ms, health, max_lag, streaming };
         let mut plan = ha::plan(&o);
         if let Some(publish) = self.keep_slots(&o) {
             plan.propose.push(publish);
@@ -242,6 +250,25 @@ impl Reconciler {
             shmem::update(|s| s.slots_wanted = list);
         }
         plan.and_then(|p| p.publish)
+    }
+
+    /// The `k` of `synchronous_standby_names` as this process last loaded it, and since
+    /// when it has been that (`None`: a list not of the `ANY k (...)` form).
+    fn sync_k(&mut self, now_ms: i64) -> Option<(usize, i64)> {
+        // SAFETY: a GUC string of this process, read on its main thread.
+        let text = unsafe {
+            let p = pgrx::pg_sys::SyncRepStandbyNames;
+            if p.is_null() {
+                String::new()
+            } else {
+                std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+            }
+        };
+        let k = parse_sync_k(&text);
+        if self.sync_seen.as_ref().is_none_or(|(t, _)| *t != text) {
+            self.sync_seen = Some((text, now_ms));
+        }
+        k.zip(self.sync_seen.as_ref().map(|(_, since)| *since))
     }
 
     /// The rejoin helper's record that it started this server as a standby after a clean
@@ -470,6 +497,7 @@ fn server_view(f: &ServerFacts, ha: &HaState, me: u64) -> ServerView {
         opened: shmem::read().was_open,
         promoting: false,
         stood_down: None,
+        sync_k: None,
         record: ServerRecord {
             host: gucs::string(&gucs::ADDRESS),
             port: f.port,
@@ -477,6 +505,16 @@ fn server_view(f: &ServerFacts, ha: &HaState, me: u64) -> ServerView {
             primary: !f.in_recovery,
         },
     }
+}
+
+/// The `k` of `ANY k (...)` (what the worker writes), 0 for an empty list.
+fn parse_sync_k(text: &str) -> Option<usize> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Some(0);
+    }
+    let rest = t.strip_prefix("ANY ").or_else(|| t.strip_prefix("any "))?;
+    rest.split_whitespace().next()?.parse().ok()
 }
 
 /// Where this member's standby dials `s`.

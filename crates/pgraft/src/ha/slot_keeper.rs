@@ -54,6 +54,7 @@ pub extern "C-unwind" fn pgraft_slot_keeper_main(_arg: pg_sys::Datum) {
         let list = SlotList::new(&held, crate::worker::now_ms());
         shmem::update(|s| s.slots_held = list);
         if !in_recovery {
+            count_streaming();
             probe_commit();
         }
     }
@@ -123,6 +124,33 @@ fn run(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>], what: &str) -> bool {
             pgrx::warning!("pgraft: the slot keeper could not {what}: {e}");
             false
         }
+    }
+}
+
+/// How many members' standbys stream from this primary, for `synchronous_mode = on`
+/// (see `pgraft_core::ha` sync_set).
+fn count_streaming() {
+    let n = BackgroundWorker::transaction(|| {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT count(*) FROM pg_stat_replication \
+                  WHERE state = 'streaming' AND application_name LIKE 'pgraft\\_node\\_%'",
+                None,
+                &[],
+            )
+            .and_then(|t| t.first().get_one::<i64>())
+        })
+    });
+    match n {
+        Ok(Some(n)) => {
+            let now = crate::worker::now_ms();
+            shmem::update(|s| {
+                s.streaming = u32::try_from(n).unwrap_or(0);
+                s.streaming_ms = now;
+            });
+        }
+        Ok(None) => {}
+        Err(e) => pgrx::warning!("pgraft: the slot keeper cannot count the streaming standbys: {e}"),
     }
 }
 

@@ -1,0 +1,79 @@
+//! `pgraft.synchronous_mode`: `on` lowers how many standbys acknowledge each commit when
+//! fewer stream (to asynchronous when none does), on record in the log first, and raises it
+//! again when they are back; `strict` never does, and commits wait.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::ha::*;
+use common::*;
+use serde_json::Value;
+
+/// The newest `ha_sync` record's k, as node `i` applied it.
+fn recorded_k(lines: &[Value], i: usize) -> Option<i32> {
+    let mut c = connect(&conninfo(lines, i)).ok()?;
+    c.query_opt(
+        "SELECT (operation_data->'Sync'->>'k')::int FROM pgraft.log_index_mapping \
+          WHERE operation_type = 'ha_sync' ORDER BY raft_index DESC LIMIT 1",
+        &[],
+    )
+    .ok()?
+    .map(|r| r.get(0))
+}
+
+fn sync_names(lines: &[Value], i: usize) -> Option<String> {
+    connect(&conninfo(lines, i)).ok()?.query_one("SHOW synchronous_standby_names", &[]).ok().map(|r| r.get(0))
+}
+
+#[test]
+fn on_falls_back_on_record_and_strict_waits() {
+    for_each_version(|pgc| {
+        let c = HaCluster::up(pgc, "sync-mode", 10);
+        let (d, lines, rw) = (&c.d, &c.lines, &c.rw);
+        assert_eq!(sync_names(lines, 0).as_deref(), Some("ANY 1 (pgraft_node_2, pgraft_node_3)"));
+        // `on` (the default): no standby streams, and writes go on, asynchronously, once
+        // k = 0 is on record.
+        pgraftctl(&["local", "repl-partition", "1", "--dir", d]);
+        let cut = Instant::now();
+        let port = wait("a write with no standby streaming (on)", Duration::from_secs(30), || write_once(rw));
+        assert_eq!(port, pg_port(lines, 0));
+        println!("{pgc}: on: writes go on {:?} after both standbys stopped streaming", cut.elapsed());
+        assert_eq!(recorded_k(lines, 1), Some(0), "k = 0 is on record on the other members");
+        assert_eq!(sync_names(lines, 0).as_deref(), Some(""));
+        // Back: ANY 1 again, on record.
+        pgraftctl(&["local", "heal", "--dir", d]);
+        wait("ANY 1 in use and on record again", Duration::from_secs(30), || {
+            (sync_names(lines, 0).as_deref() == Some("ANY 1 (pgraft_node_2, pgraft_node_3)")
+                && recorded_k(lines, 2) == Some(1))
+            .then_some(())
+        });
+        // `strict`: commits wait while no standby streams, and go on after the heal.
+        for i in 0..3 {
+            let mut s = connect(&conninfo(lines, i)).expect("connect");
+            s.batch_execute("ALTER SYSTEM SET pgraft.synchronous_mode = strict").expect("strict");
+            s.batch_execute("SELECT pg_reload_conf()").expect("reload");
+        }
+        let mut primary = connect(rw).expect("connect to the primary");
+        wait("strict to be in force", Duration::from_secs(10), || {
+            (primary.query_one("SHOW pgraft.synchronous_mode", &[]).ok()?.get::<_, String>(0) == "strict")
+                .then_some(())
+        });
+        pgraftctl(&["local", "repl-partition", "1", "--dir", d]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let rw2 = rw.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(write_once(&rw2));
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_secs(8)).is_err(),
+            "a commit went through with no standby (strict)"
+        );
+        assert_eq!(sync_names(lines, 0).as_deref(), Some("ANY 1 (pgraft_node_2, pgraft_node_3)"));
+        pgraftctl(&["local", "heal", "--dir", d]);
+        let done =
+            rx.recv_timeout(Duration::from_secs(30)).expect("the waiting commit finishes after the heal");
+        assert_eq!(done, Some(pg_port(lines, 0)));
+        pgraftctl(&["local", "down", "--dir", d]);
+    });
+}

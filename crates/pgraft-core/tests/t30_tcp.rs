@@ -192,10 +192,7 @@ fn three_members_elect_forward_and_survive_leader_loss() {
     let lost = Instant::now();
     c.members[(leader - 1) as usize].node.take();
     let new_leader = wait_until("a new leader", Duration::from_secs(10), Duration::from_millis(5), || {
-        Ok(c.members
-            .iter()
-            .filter(|m| m.node.is_some())
-            .find_map(|m| c.handle(m.id).status().filter(|s| s.role == Role::Leader).map(|s| s.id)))
+        Ok(running_leader(&c))
     })
     .expect("new leader");
     let took = lost.elapsed();
@@ -453,6 +450,14 @@ fn a_forwarded_proposal_lost_on_a_cut_link_is_sent_again_and_applied_once() {
     eprintln!("answered after {took:?}, proposals sent again: {}", resent - resent_before);
 }
 
+/// The running member that leads in its own view, if one does.
+fn running_leader(c: &Cluster) -> Option<u64> {
+    c.members
+        .iter()
+        .filter(|m| m.node.is_some())
+        .find_map(|m| c.handle(m.id).status().filter(|s| s.role == Role::Leader).map(|s| s.id))
+}
+
 /// Makes each member lead once, so that every member's links to the others are up (a
 /// member started again is reached through links that were backing off, and a vote
 /// request sent on a link that is down is dropped).
@@ -480,10 +485,7 @@ fn held_campaigns_let_the_other_members_win() {
         c.members[(leader - 1) as usize].node.take();
         let new_leader =
             wait_until("a new leader", Duration::from_secs(10), Duration::from_millis(5), || {
-                Ok(c.members
-                    .iter()
-                    .filter(|m| m.node.is_some())
-                    .find_map(|m| c.handle(m.id).status().filter(|s| s.role == Role::Leader).map(|s| s.id)))
+                Ok(running_leader(&c))
             })
             .expect("new leader");
         assert_eq!(new_leader, free, "round {round}: the member not held won");
@@ -500,10 +502,7 @@ fn held_campaigns_let_the_other_members_win() {
     c.members[(leader - 1) as usize].node.take();
     let lost = Instant::now();
     wait_until("a leader among held members", Duration::from_secs(20), Duration::from_millis(5), || {
-        Ok(c.members
-            .iter()
-            .filter(|m| m.node.is_some())
-            .find_map(|m| c.handle(m.id).status().filter(|s| s.role == Role::Leader).map(|s| s.id)))
+        Ok(running_leader(&c))
     })
     .expect("a leader");
     assert!(

@@ -77,6 +77,19 @@ pub static SERVER_START_COMMAND: GucSetting<Option<CString>> = GucSetting::<Opti
 /// empty: `pg_ctl stop -m fast`.
 pub static SERVER_STOP_COMMAND: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 
+/// A PostgreSQL C string global (a GUC's value), copied; empty when unset.
+///
+/// # Safety
+/// `p` is null or points to a NUL-terminated string that stays valid during the call (a
+/// GUC of this process, read on its main thread).
+pub unsafe fn c_string(p: *const std::ffi::c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: non-null and NUL-terminated, by the caller's contract.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
 /// The timing in effect: what `pgraft_set_config` put in the log, else these settings.
 pub fn effective_timing(cluster: &std::collections::BTreeMap<String, String>) -> config::Timing {
     let get = |n: &str, d: u64| cluster.get(n).and_then(|v| config::parse_duration_ms(v).ok()).unwrap_or(d);

@@ -91,14 +91,7 @@ async fn ask(target: &Target) -> std::io::Result<u8> {
 pub fn target(host: &str, port: u16) -> Target {
     // SAFETY: a GUC string PostgreSQL sets at start (PGC_POSTMASTER); read on the worker's
     // main thread.
-    let dirs = unsafe {
-        let p = pgrx::pg_sys::Unix_socket_directories;
-        if p.is_null() {
-            String::new()
-        } else {
-            std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
-        }
-    };
+    let dirs = unsafe { crate::gucs::c_string(pgrx::pg_sys::Unix_socket_directories) };
     match dirs.split(',').map(|d| d.trim().trim_matches('"')).find(|d| !d.is_empty() && !d.starts_with('@')) {
         Some(dir) => Target::Unix(PathBuf::from(dir).join(format!(".s.PGSQL.{port}"))),
         None => Target::Tcp(host.to_string(), port),

@@ -256,14 +256,7 @@ impl Reconciler {
     /// when it has been that (`None`: a list not of the `ANY k (...)` form).
     fn sync_k(&mut self, now_ms: i64) -> Option<(usize, i64)> {
         // SAFETY: a GUC string of this process, read on its main thread.
-        let text = unsafe {
-            let p = pgrx::pg_sys::SyncRepStandbyNames;
-            if p.is_null() {
-                String::new()
-            } else {
-                std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
-            }
-        };
+        let text = unsafe { gucs::c_string(pgrx::pg_sys::SyncRepStandbyNames) };
         let k = parse_sync_k(&text);
         if self.sync_seen.as_ref().is_none_or(|(t, _)| *t != text) {
             self.sync_seen = Some((text, now_ms));

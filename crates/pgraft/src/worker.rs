@@ -76,6 +76,15 @@ fn data_directory() -> PathBuf {
     PathBuf::from(dir.to_string_lossy().into_owned())
 }
 
+/// `pgraft.data_dir`, or `PGDATA/pgraft` when it is not set: the member's own files (the
+/// rejoin helper's among them).
+pub(crate) fn raft_dir() -> PathBuf {
+    match gucs::string(&gucs::DATA_DIR) {
+        s if s.is_empty() => data_directory().join("pgraft"),
+        s => PathBuf::from(s),
+    }
+}
+
 fn settings() -> Result<Settings, String> {
     let cluster_id = gucs::string(&gucs::CLUSTER_ID);
     let node_id =
@@ -91,10 +100,7 @@ fn settings() -> Result<Settings, String> {
         .map_err(|e| format!("pgraft.listen_address/pgraft.address {listen_host:?}: {e}"))?
         .next()
         .ok_or_else(|| format!("{listen_host:?} resolves to no address"))?;
-    let data_dir = match gucs::string(&gucs::DATA_DIR) {
-        s if s.is_empty() => data_directory().join("pgraft"),
-        s => PathBuf::from(s),
-    };
+    let data_dir = raft_dir();
     let tls = if gucs::SSL_ENABLED.get() {
         let (cert, key, ca) = (
             gucs::string(&gucs::SSL_CERT_FILE),

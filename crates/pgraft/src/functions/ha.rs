@@ -52,6 +52,13 @@ fn streaming() -> BTreeMap<u64, Streaming> {
     })
 }
 
+/// The rejoin helper's last step on this member (`rejoin.state`: when, and what, such as
+/// "done: running as a standby (rewound)"), if it ever ran.
+fn last_rejoin() -> Option<String> {
+    let text = std::fs::read_to_string(crate::worker::raft_dir().join(crate::ha::rejoin::STATE)).ok()?;
+    Some(text.trim().to_string()).filter(|t| !t.is_empty())
+}
+
 /// `X/Y`, as PostgreSQL prints an LSN.
 fn lsn_text(l: Lsn) -> String {
     format!("{:X}/{:X}", l >> 32, l & 0xffff_ffff)
@@ -81,6 +88,7 @@ fn pgraft_ha_status() -> TableIterator<
         name!(last_promotion_reason, Option<String>),
         name!(note, Option<String>),
         name!(server_problem, Option<String>),
+        name!(last_rejoin, Option<String>),
     ),
 > {
     let st = status();
@@ -149,6 +157,7 @@ fn pgraft_ha_status() -> TableIterator<
                 promo.map(|p| p.reason.clone()),
                 note,
                 ha.unhealthy.get(&id).cloned(),
+                (id == me).then(last_rejoin).flatten(),
             )
         })
         .collect();

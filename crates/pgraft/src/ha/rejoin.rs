@@ -237,6 +237,7 @@ else
     fi
 fi
 if [ "$REWOUND" = yes ]; then
+    HOW=rewound
     step "rewound"
 else
     rm -rf "$PGDATA.reclone"
@@ -244,6 +245,7 @@ else
         mv "$PGDATA" "$PGDATA.old.$$" && mv "$PGDATA.reclone" "$PGDATA" && rm -rf "$PGDATA.old.$$" \
             || {{ step "failed: cannot swap in the re-cloned data directory"; exit 1; }}
         chmod 700 "$PGDATA"
+        HOW=re-cloned
         step "re-cloned"
     else
         step "failed: pg_basebackup could not re-clone; the server stays down"
@@ -257,7 +259,7 @@ rm -f "$PGDATA/postmaster.pid" "$PGDATA/promote"
 : > "$PGDATA/standby.signal"
 step "starting as a standby"
 if start_server; then
-    step "done: running as a standby"
+    step "done: running as a standby ($HOW)"
 else
     step "failed: pg_ctl could not start the server; see $SERVER_LOG"
     exit 1

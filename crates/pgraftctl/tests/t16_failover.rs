@@ -87,12 +87,14 @@ fn a_killed_primary_is_replaced_and_a_restarted_one_never_takes_writes() {
         let log = rejoin_log_when_done(&raft_dir);
         assert!(log.contains("re-cloned"), "{log}");
         assert!(mark.exists(), "the helper started the server with pgraft.server_start_command");
-        // Its own row of pgraft_ha_status says how it came back.
-        let shown: Option<String> = connect(&conninfo(&lines, 0))
-            .expect("connect to node 1")
-            .query_one("SELECT last_rejoin FROM pgraft_ha_status() WHERE node_id = 1", &[])
-            .expect("pgraft_ha_status")
-            .get(0);
+        // Its own row of pgraft_ha_status says how it came back (once its member reports).
+        let shown: Option<String> = wait("node 1's pgraft_ha_status", Duration::from_secs(30), || {
+            connect(&conninfo(&lines, 0))
+                .ok()?
+                .query_one("SELECT last_rejoin FROM pgraft_ha_status() WHERE node_id = 1", &[])
+                .ok()
+                .map(|r| r.get(0))
+        });
         assert!(shown.as_deref().is_some_and(|s| s.contains("(re-cloned)")), "{shown:?}");
         let all: Vec<i64> = acked.iter().map(|(v, _, _)| *v).collect();
         wait_rows(&lines, 0, &all);

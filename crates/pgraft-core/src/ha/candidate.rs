@@ -39,8 +39,9 @@ pub(super) fn plan_former_primary(o: &Observation<'_>, rec: &PrimaryRecord, p: &
         p.waiting = Some("no Raft leader".into());
         return;
     }
-    // Nobody else holds more of its timeline: nothing to stream until another is promoted.
-    p.upstream = Some(None);
+    // `primary_conninfo` is left as it is: a member that just started may still be
+    // applying the log, with a record older than the primary its server already streams
+    // from, and re-pointing it would cut that stream.
     if o.server.promoting {
         p.waiting = Some("a promotion asked for earlier is still under way".into());
         return;
@@ -239,7 +240,7 @@ mod tests {
             decisions(&p)[..],
             [HaCommand::Detached { node: 1, report: DetachReport { term: 3, from: 1, received: 200, .. } }]
         ));
-        assert_eq!((p.gate, p.promote, p.upstream), (Gate::Open, false, Some(None)));
+        assert_eq!((p.gate, p.promote, p.upstream), (Gate::Open, false, None));
         // Started by anyone else, it may still have acknowledged commits to replay: no report.
         let p = plan(&obs(&ha, raft(1, 2, 3), server(true, 150, Receiving::Nothing)));
         assert!(decisions(&p).is_empty(), "{p:?}");

@@ -98,6 +98,20 @@ fn pgraft_save_config() -> bool {
     }
 }
 
+/// How a setting is changed: through the log on every member (`pgraft_set_config`), by a
+/// reload of `postgresql.conf`, in a session, or only at server start (PostgreSQL's
+/// context of the setting).
+fn changeable(name: &str, context: &str) -> &'static str {
+    if RUNTIME.contains(&name) {
+        return "run time";
+    }
+    match context {
+        "sighup" => "reload",
+        "user" | "superuser" => "session",
+        _ => "server start",
+    }
+}
+
 /// Every pgraft setting with its value, default and where the value comes from.
 #[pg_extern]
 #[allow(clippy::type_complexity)]
@@ -118,7 +132,8 @@ fn pgraft_get_config() -> TableIterator<
     };
     let rows: Vec<_> = Spi::connect(|c| {
         c.select(
-            "SELECT substr(name, 8), setting || coalesce(unit, ''), coalesce(boot_val, '') || coalesce(unit, ''), source \
+            "SELECT substr(name, 8), setting || coalesce(unit, ''), coalesce(boot_val, '') || coalesce(unit, ''), source, \
+                    context \
              FROM pg_settings WHERE name LIKE 'pgraft.%' ORDER BY name",
             None,
             &[],
@@ -136,8 +151,8 @@ fn pgraft_get_config() -> TableIterator<
                 } else {
                     (guc_value, source)
                 };
-                let changeable = if RUNTIME.contains(&name.as_str()) { "run time" } else { "server start" };
-                (name, value, default, source, changeable.to_string())
+                let context: String = r.get(5).ok().flatten().unwrap_or_default();
+                (name.clone(), value, default, source, changeable(&name, &context).to_string())
             })
             .collect::<Vec<_>>()
         })
@@ -264,6 +279,10 @@ mod tests {
         init_and_lead();
         assert_eq!(setting("heartbeat_interval"), "100ms | 100ms | default | run time");
         assert_eq!(setting("port"), "45901 | 7001 | configuration file | server start");
+        // Reloadable and session settings say so (PostgreSQL's context of each).
+        assert!(setting("health_check_timeout").ends_with("| reload"), "{}", setting("health_check_timeout"));
+        assert!(setting("synchronous_mode").ends_with("| reload"));
+        assert!(setting("request_timeout").ends_with("| session"));
         assert!(yes("SELECT pgraft_set_config('heartbeat_interval', '75ms')"));
         assert_eq!(setting("heartbeat_interval"), "75ms | 100ms | cluster (pgraft_set_config) | run time");
         assert!(yes("SELECT pgraft_set_config('pgraft.election_timeout', '1.5s')"), "prefix and units");

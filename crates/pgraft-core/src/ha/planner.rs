@@ -218,12 +218,9 @@ pub const FENCE_MARGIN_MS: u64 = 500;
 
 /// `synchronous_standby_names` for a primary on member `me`.
 pub fn sync_standby_names(sync: SyncMode, me: u64, voters: &[u64]) -> String {
-    let others: Vec<String> = voters.iter().filter(|v| **v != me).map(|v| application_name(*v)).collect();
-    let k = sync_count(voters.len());
-    if sync == SyncMode::Off || k == 0 || others.is_empty() {
-        return String::new();
-    }
-    format!("ANY {k} ({})", others.join(", "))
+    let others: Vec<u64> = voters.iter().copied().filter(|v| *v != me).collect();
+    let k = if sync == SyncMode::Off { 0 } else { sync_count(voters.len()) };
+    sync_set::names(k, &others)
 }
 
 /// The plan for this member now.

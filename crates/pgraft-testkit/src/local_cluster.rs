@@ -705,12 +705,15 @@ impl LocalCluster {
         }
         let log = n.log_file.to_string_lossy();
         let data = n.data_dir.to_string_lossy();
+        let log_start = fs::metadata(&n.log_file).map(|m| m.len()).unwrap_or(0);
         self.run_as(
             &self.install.bin("pg_ctl"),
             &["-D", &data, "-l", &log, "-w", "-t", "60", "start"],
             &format!("start node {}", n.node_id),
         )
-        .with_context(|| format!("see {}", n.log_file.display()))?;
+        .with_context(|| {
+            format!("{} says: {}", n.log_file.display(), log_since(&n.log_file, log_start, 2_000))
+        })?;
         Ok(())
     }
 
@@ -839,4 +842,20 @@ fn check_reachable(dir: &Path, user: &ServerUser) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What `file` gained after byte `from`, at most its last `max` bytes on one line: the
+/// server's own words on why it did not start, for an error that is read where the log is
+/// gone (a CI machine).
+fn log_since(file: &Path, from: u64, max: usize) -> String {
+    let Ok(bytes) = fs::read(file) else { return "(no log)".to_string() };
+    let new = bytes.get(from as usize..).unwrap_or(&bytes);
+    let tail = &new[new.len().saturating_sub(max)..];
+    let text = String::from_utf8_lossy(tail);
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    if lines.is_empty() {
+        "(nothing logged)".to_string()
+    } else {
+        lines.join(" | ")
+    }
 }

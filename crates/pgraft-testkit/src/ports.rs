@@ -5,9 +5,19 @@
 //! bind, any client connection on the machine may take it (seen under load: a PostgreSQL
 //! server failing with "Address already in use"). So ports are drawn at random from below
 //! the ephemeral range, where outgoing connections never go, and checked free by binding.
+//!
+//! A port checked free stays unbound until its server starts, which for a cluster is after
+//! every initdb: seconds to a minute on a loaded machine. Tests run in parallel processes,
+//! each drawing a dozen ports, and two drawing the same port in that window lost a CI run
+//! (a postmaster exiting at start). So every port handed out is claimed by a file in a
+//! directory all processes share, created exclusively; a claim younger than [`CLAIM_TTL`]
+//! keeps the port from every other draw, an older one is taken over.
 
+use std::fs::{self, OpenOptions};
 use std::net::{Ipv4Addr, TcpListener};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Result};
 
@@ -16,18 +26,45 @@ const FLOOR: u16 = 10_000;
 
 /// A TCP port free on 127.0.0.1 now, outside the ephemeral port range.
 ///
-/// Two callers can still draw the same port and race for it; the draw is random over
-/// thousands of ports, so that is rare, and the loser gets a clear bind error.
+/// No other caller on the machine gets the same port for [`CLAIM_TTL`], unless the claim
+/// directory cannot be written (then the random draw alone keeps collisions rare).
 pub fn free_port() -> Result<u16> {
     let ceiling = ephemeral_low().saturating_sub(1).max(FLOOR + 1_000);
     let span = u64::from(ceiling - FLOOR);
+    let claims = claim_dir();
     for _ in 0..1_000 {
         let port = FLOOR + (next_random() % span) as u16;
-        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() && claim(&claims, port) {
             return Ok(port);
         }
     }
     bail!("no free port between {FLOOR} and {ceiling} on 127.0.0.1 after 1,000 tries")
+}
+
+/// How long a drawn port is kept from other draws: longer than any cluster's set-up.
+const CLAIM_TTL: Duration = Duration::from_secs(600);
+
+/// The directory of claims, shared by every process of the machine.
+fn claim_dir() -> Option<PathBuf> {
+    let dir = std::env::temp_dir().join("pgraft-port-claims");
+    fs::create_dir_all(&dir).ok()?;
+    Some(dir)
+}
+
+/// Claims `port`: false while another draw holds a claim younger than [`CLAIM_TTL`].
+fn claim(dir: &Option<PathBuf>, port: u16) -> bool {
+    let Some(dir) = dir else { return true };
+    let file = dir.join(port.to_string());
+    let create = || OpenOptions::new().write(true).create_new(true).open(&file).is_ok();
+    if create() {
+        return true;
+    }
+    let stale = fs::metadata(&file)
+        .and_then(|m| m.modified())
+        .map(|t| SystemTime::now().duration_since(t).unwrap_or_default() > CLAIM_TTL)
+        .unwrap_or(false);
+    // Of several processes taking over a stale claim, the one whose create wins gets it.
+    stale && fs::remove_file(&file).is_ok() && create()
 }
 
 /// The first port of the kernel's ephemeral range (32768 when it cannot be read).

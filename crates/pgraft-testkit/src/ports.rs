@@ -10,7 +10,7 @@
 //! every initdb: seconds to a minute on a loaded machine. Tests run in parallel processes,
 //! each drawing a dozen ports, and two drawing the same port in that window lost a CI run
 //! (a postmaster exiting at start). So every port handed out is claimed by a file in a
-//! directory all processes share, created exclusively; a claim younger than [`CLAIM_TTL`]
+//! directory all processes share, created exclusively; a claim younger than ten minutes
 //! keeps the port from every other draw, an older one is taken over.
 
 use std::fs::{self, OpenOptions};
@@ -26,7 +26,7 @@ const FLOOR: u16 = 10_000;
 
 /// A TCP port free on 127.0.0.1 now, outside the ephemeral port range.
 ///
-/// No other caller on the machine gets the same port for [`CLAIM_TTL`], unless the claim
+/// No other caller on the machine gets the same port for ten minutes, unless the claim
 /// directory cannot be written (then the random draw alone keeps collisions rare).
 pub fn free_port() -> Result<u16> {
     let ceiling = ephemeral_low().saturating_sub(1).max(FLOOR + 1_000);

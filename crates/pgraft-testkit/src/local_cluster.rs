@@ -676,6 +676,19 @@ impl LocalCluster {
     }
 
     fn start_node(&self, n: &Node) -> Result<()> {
+        // A fenced primary's rejoin helper (HA clusters) stops, rewinds and starts its
+        // server by itself; a start in the middle would race pg_rewind. Let it finish.
+        if let Some(pid) = self.rejoin_helper(n) {
+            wait_until(
+                &format!("the rejoin helper of node {} (pid {pid}) to finish", n.node_id),
+                Duration::from_secs(180),
+                Duration::from_millis(100),
+                || Ok(self.rejoin_helper(n).is_none().then_some(())),
+            )?;
+            if read_postmaster_pid(&n.data_dir).is_some_and(alive) {
+                return Ok(());
+            }
+        }
         if let Some(pid) = read_postmaster_pid(&n.data_dir) {
             if alive(pid) {
                 bail!("node {} is already running (postmaster pid {pid})", n.node_id);
@@ -706,15 +719,40 @@ impl LocalCluster {
         let log = n.log_file.to_string_lossy();
         let data = n.data_dir.to_string_lossy();
         let log_start = fs::metadata(&n.log_file).map(|m| m.len()).unwrap_or(0);
-        self.run_as(
+        let started = self.run_as(
             &self.install.bin("pg_ctl"),
             &["-D", &data, "-l", &log, "-w", "-t", "60", "start"],
             &format!("start node {}", n.node_id),
-        )
-        .with_context(|| {
+        );
+        if started.is_err() && self.state.ha {
+            // An HA primary that started while another server is the primary is fenced at
+            // once (shut down before pg_ctl saw it ready), and its rejoin helper brings it
+            // back as a standby; or the helper started it first. That is the cluster
+            // working: wait for the helper, then for a running postmaster.
+            let up = wait_until(
+                &format!("node {} to be started by its rejoin helper", n.node_id),
+                Duration::from_secs(180),
+                Duration::from_millis(100),
+                || {
+                    let helper = self.rejoin_helper(n).is_some();
+                    let running = read_postmaster_pid(&n.data_dir).is_some_and(alive);
+                    Ok((!helper && running).then_some(()))
+                },
+            );
+            if up.is_ok() {
+                return Ok(());
+            }
+        }
+        started.with_context(|| {
             format!("{} says: {}", n.log_file.display(), log_since(&n.log_file, log_start, 2_000))
         })?;
         Ok(())
+    }
+
+    /// The pid of member `n`'s running rejoin helper, if one runs.
+    fn rejoin_helper(&self, n: &Node) -> Option<i32> {
+        let text = fs::read_to_string(n.raft_data_dir.join("rejoin.pid")).ok()?;
+        text.trim().parse().ok().filter(|p| alive(*p))
     }
 
     fn pg_ctl_stop(&self, n: &Node) -> Result<()> {

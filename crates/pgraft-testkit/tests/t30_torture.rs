@@ -2,6 +2,12 @@
 //! the same tool must catch a deliberately broken store (reads served from a member's own
 //! state, without ReadIndex).
 //!
+//! The database torture on real HA clusters too: SQL transactions through the read-write
+//! conninfo while the nemesis kills, pauses and cuts off the primary, cuts replication and
+//! Raft links apart, switches over, pauses failover and kills the last synchronous
+//! standby. In synchronous mode nothing acknowledged may be lost and no two servers may
+//! take writes at once; a cluster whose cut-off primary does not fence must fail.
+//!
 //! `PGRAFT_TEST_PG_CONFIGS` (space separated) picks the PostgreSQL installs, default the
 //! Debian PostgreSQL 15; `PGRAFT_TORTURE_SEED` overrides the fixed seed.
 
@@ -110,4 +116,72 @@ fn reads_without_read_index_are_caught() {
     assert!(dir.join("history.jsonl").is_file());
     assert!(dir.join("cluster/node1/postgres.log").is_file());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_short_synchronous_run_loses_nothing() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let pg_config = pg_configs().remove(0);
+    let (code, report) = torture(
+        "db",
+        &pg_config,
+        &[
+            "--workload",
+            "db",
+            "--synchronous-mode",
+            "on",
+            "--nodes",
+            "3",
+            "--duration",
+            "2m",
+            "--faults",
+            "all",
+        ],
+    );
+    assert_eq!(report.anomalies, vec![], "anomalies; replay with: {}", report.replay);
+    assert_eq!(code, 0, "verdict {}", report.verdict);
+    assert_eq!(report.lost_acknowledged, 0);
+    let kinds: std::collections::BTreeSet<_> = report.faults.iter().map(|f| f.kind).collect();
+    assert!(kinds.len() >= 6, "only {kinds:?} were injected");
+    for kind in ["list-append", "transfer", "balances"] {
+        assert!(
+            report.ops.get(kind).is_some_and(|c| c.ok >= 50),
+            "too few successful {kind}: {:?}",
+            report.ops
+        );
+    }
+    assert!(report.primaries >= 2, "the faults should have moved the primary at least once");
+    assert!(report.checks.len() >= 7 && report.checks.iter().all(|c| c.passed));
+    assert!(report.final_recovery_ms.is_some());
+}
+
+#[test]
+fn a_primary_that_does_not_fence_is_caught() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let pg_config = pg_configs().remove(0);
+    let (code, report) = torture(
+        "db-broken",
+        &pg_config,
+        &[
+            "--workload",
+            "db",
+            "--nodes",
+            "3",
+            "--duration",
+            "40s",
+            "--faults",
+            "isolate-all",
+            "--broken-no-fencing",
+        ],
+    );
+    assert_eq!(code, 1, "the broken cluster passed: {}", report.render());
+    let caught: std::collections::BTreeSet<&str> =
+        report.anomalies.iter().map(|a| a.check.as_str()).collect();
+    assert!(
+        caught.contains("one server acknowledges commits at a time")
+            || caught.contains("no acknowledged commit lost"),
+        "expected two writers or lost commits, got {caught:?}"
+    );
+    assert!(report.replay.contains("--broken-no-fencing"));
+    let _ = std::fs::remove_dir_all(&report.dir);
 }

@@ -9,7 +9,12 @@
 //! ```text
 //! pgraft-torture --duration 2m --nodes 3
 //! pgraft-torture --duration 30m --nodes 5 --faults all --seed 7
+//! pgraft-torture --workload db --duration 2m --nodes 3 --synchronous-mode on
 //! ```
+//!
+//! `--workload db` runs SQL transactions (list-append and bank) on an HA cluster's
+//! primary through its read-write conninfo while failover moves it, and checks that no
+//! acknowledged commit is lost and no two servers take writes at once.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -36,7 +41,8 @@ struct Cli {
     #[arg(long, default_value_t = 2)]
     clients: u64,
     /// Fault kinds, comma separated: kill, kill-worker, isolate, leader-minority, bridge,
-    /// ring, pause, transfer, remove-add; or all.
+    /// ring, pause, transfer, remove-add; with `--workload db` also repl-isolate,
+    /// isolate-all, failover-toggle, sync-standby-kill; or all (what applies).
     #[arg(long, default_value = "all")]
     faults: String,
     /// The run's directory (default: /tmp/pgraft-torture-SEED).
@@ -61,6 +67,18 @@ struct Cli {
     /// Mutual TLS between members (a CA and a certificate per member, pgraft.ssl_*).
     #[arg(long)]
     tls: bool,
+    /// `kv`: the store's functions on every member; `db`: SQL transactions on an HA
+    /// cluster (pgraftctl local up --ha) with PostgreSQL failover.
+    #[arg(long, default_value = "kv", value_parser = ["kv", "db"])]
+    workload: String,
+    /// pgraft.synchronous_mode of the db workload: on, strict or off.
+    #[arg(long, default_value = "on", value_parser = ["on", "strict", "off"])]
+    synchronous_mode: String,
+    /// With `--workload db`: a deliberately broken cluster, whose primary cut off from
+    /// everything (isolate-all) neither fences itself nor waits for its standbys. The
+    /// checks must fail.
+    #[arg(long)]
+    broken_no_fencing: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration> {
@@ -119,6 +137,9 @@ fn run(cli: Cli) -> Result<bool> {
         broken_local_reads: cli.broken_local_reads,
         keep: cli.keep,
         tls: cli.tls,
+        db: cli.workload == "db",
+        synchronous_mode: cli.synchronous_mode,
+        broken_no_fencing: cli.broken_no_fencing,
     };
     let report = torture::run(&opts)?;
     if cli.json {

@@ -40,6 +40,21 @@ pub struct Workload {
 }
 
 impl Workload {
+    /// A workload of no clients over these members: what the leader monitor needs.
+    pub fn watching(members: Vec<(u64, String)>, start: Instant) -> Self {
+        Self {
+            members,
+            clients_per_member: 0,
+            seed: 0,
+            keys: 0,
+            key_period: Duration::from_secs(1),
+            op_timeout: Duration::from_secs(8),
+            statement_timeout: Duration::from_secs(5),
+            broken_local_reads: false,
+            start,
+        }
+    }
+
     /// Microseconds since the run started.
     pub fn now_us(&self) -> u64 {
         self.start.elapsed().as_micros() as u64

@@ -37,11 +37,22 @@ pub enum FaultKind {
     Transfer,
     /// Remove a member, wipe its Raft data, start it empty and add it back.
     RemoveAdd,
+    /// HA clusters: cut every replication link of a server (mostly the primary's); its
+    /// Raft links stay up.
+    ReplIsolate,
+    /// HA clusters: cut a server (mostly the primary) off from everything, Raft and
+    /// replication links alike.
+    IsolateAll,
+    /// HA clusters: `pgraft_set_config('failover_enabled', 'false')`, then on again.
+    FailoverToggle,
+    /// HA clusters: cut the primary's replication links to every standby but one, then
+    /// kill that one, the only synchronous standby left.
+    SyncStandbyKill,
 }
 
 impl FaultKind {
     /// Every kind, in the order reports list them.
-    pub const ALL: [FaultKind; 9] = [
+    pub const ALL: [FaultKind; 13] = [
         FaultKind::Kill,
         FaultKind::KillWorker,
         FaultKind::Isolate,
@@ -51,6 +62,10 @@ impl FaultKind {
         FaultKind::Pause,
         FaultKind::Transfer,
         FaultKind::RemoveAdd,
+        FaultKind::ReplIsolate,
+        FaultKind::IsolateAll,
+        FaultKind::FailoverToggle,
+        FaultKind::SyncStandbyKill,
     ];
 
     /// The name used on the command line and in reports.
@@ -65,14 +80,23 @@ impl FaultKind {
             FaultKind::Pause => "pause",
             FaultKind::Transfer => "transfer",
             FaultKind::RemoveAdd => "remove-add",
+            FaultKind::ReplIsolate => "repl-isolate",
+            FaultKind::IsolateAll => "isolate-all",
+            FaultKind::FailoverToggle => "failover-toggle",
+            FaultKind::SyncStandbyKill => "sync-standby-kill",
         }
     }
 
-    /// Whether this kind means anything in a cluster of `nodes` members.
-    pub fn applies_to(self, nodes: u64) -> bool {
+    /// Whether this kind means anything in a cluster of `nodes` members, with PostgreSQL
+    /// failover (`ha`: the database torture) or without (the KV torture).
+    pub fn applies_to(self, nodes: u64, ha: bool) -> bool {
         match self {
+            FaultKind::ReplIsolate | FaultKind::IsolateAll | FaultKind::FailoverToggle => ha,
+            FaultKind::SyncStandbyKill => ha && nodes >= 3,
             FaultKind::Ring => nodes >= 4,
-            FaultKind::Bridge | FaultKind::Transfer | FaultKind::RemoveAdd => nodes >= 3,
+            // A removed member's server is left out of failover: not tortured with it yet.
+            FaultKind::RemoveAdd => nodes >= 3 && !ha,
+            FaultKind::Bridge | FaultKind::Transfer => nodes >= 3,
             FaultKind::LeaderMinority | FaultKind::Isolate => nodes >= 2,
             FaultKind::Kill | FaultKind::KillWorker | FaultKind::Pause => true,
         }
@@ -145,11 +169,12 @@ pub struct FaultSchedule {
 }
 
 impl FaultSchedule {
-    /// The schedule of `seed` over the kinds that apply to `nodes` members. Holds last
+    /// The schedule of `seed` over the kinds that apply to `nodes` members (`ha`: see
+    /// [`FaultKind::applies_to`]). Holds last
     /// 2 to 6 s and quiet periods 1 to 3 s: long enough for elections (1 s timeout) to
     /// happen inside a fault, short enough for many faults in a two-minute run.
-    pub fn new(seed: u64, kinds: &[FaultKind], nodes: u64) -> Result<Self> {
-        let kinds: Vec<FaultKind> = kinds.iter().copied().filter(|k| k.applies_to(nodes)).collect();
+    pub fn new(seed: u64, kinds: &[FaultKind], nodes: u64, ha: bool) -> Result<Self> {
+        let kinds: Vec<FaultKind> = kinds.iter().copied().filter(|k| k.applies_to(nodes, ha)).collect();
         if kinds.is_empty() {
             bail!("none of the fault kinds applies to a cluster of {nodes} members");
         }
@@ -195,23 +220,28 @@ mod tests {
 
     #[test]
     fn a_seed_replays_its_schedule() {
-        let a: Vec<_> = FaultSchedule::new(42, &FaultKind::ALL, 3).expect("schedule").take(30).collect();
-        let b: Vec<_> = FaultSchedule::new(42, &FaultKind::ALL, 3).expect("schedule").take(30).collect();
+        let a: Vec<_> =
+            FaultSchedule::new(42, &FaultKind::ALL, 3, false).expect("schedule").take(30).collect();
+        let b: Vec<_> =
+            FaultSchedule::new(42, &FaultKind::ALL, 3, false).expect("schedule").take(30).collect();
         assert_eq!(a, b);
-        let c: Vec<_> = FaultSchedule::new(43, &FaultKind::ALL, 3).expect("schedule").take(30).collect();
+        let c: Vec<_> =
+            FaultSchedule::new(43, &FaultKind::ALL, 3, false).expect("schedule").take(30).collect();
         assert_ne!(a, c);
     }
 
     #[test]
     fn every_kind_comes_once_per_round_and_ring_needs_four_members() {
-        let s = FaultSchedule::new(1, &FaultKind::ALL, 3).expect("schedule");
+        let s = FaultSchedule::new(1, &FaultKind::ALL, 3, false).expect("schedule");
         let n = s.kinds().len();
-        assert_eq!(n, 8, "ring does not apply to 3 members");
+        assert_eq!(n, 8, "ring and the HA kinds do not apply to 3 KV members");
+        let ha = FaultSchedule::new(1, &FaultKind::ALL, 3, true).expect("schedule");
+        assert_eq!(ha.kinds().len(), 11, "ring and remove-add do not apply to 3 HA members");
         let mut first: Vec<FaultKind> = s.take(n).map(|f| f.kind).collect();
         first.sort();
         first.dedup();
         assert_eq!(first.len(), n);
-        let five = FaultSchedule::new(1, &FaultKind::ALL, 5).expect("schedule");
+        let five = FaultSchedule::new(1, &FaultKind::ALL, 5, false).expect("schedule");
         assert!(five.kinds().contains(&FaultKind::Ring));
     }
 
@@ -221,7 +251,7 @@ mod tests {
             FaultKind::parse_list("pause, kill,kill").expect("list"),
             vec![FaultKind::Kill, FaultKind::Pause]
         );
-        assert_eq!(FaultKind::parse_list("all").expect("all").len(), 9);
+        assert_eq!(FaultKind::parse_list("all").expect("all").len(), 13);
         assert!(FaultKind::parse_list("meteor").is_err());
         assert!(FaultKind::parse_list("").is_err());
     }

@@ -21,9 +21,14 @@
 
 mod checks;
 mod client;
+mod db_checks;
+mod db_history;
+mod db_run;
+mod db_workload;
 mod fault_schedule;
 mod history;
 mod leader_monitor;
+mod list_append;
 mod nemesis;
 mod report;
 mod seeded_rng;
@@ -35,6 +40,7 @@ pub use checks::{
     FinalValues, LogRecord, APPEND_SLACK_MS,
 };
 pub use client::Workload;
+pub use db_history::{Micro, ServerId, Txn, TxnCall, TxnOutcome};
 pub use fault_schedule::{FaultKind, FaultSchedule, PlannedFault};
 pub use history::{History, HistoryOp, OpCall, OpResult};
 pub use leader_monitor::{LeaderMonitor, LeaderSightings, Sighting};

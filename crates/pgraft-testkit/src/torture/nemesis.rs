@@ -45,6 +45,9 @@ enum Undo {
     HealLinks,
     Resume(u64),
     AddBack(u64),
+    FailoverOn,
+    HealAndStart(u64),
+    Repair(u64),
     Nothing,
 }
 
@@ -53,13 +56,43 @@ pub struct Nemesis<'a> {
     cluster: &'a LocalCluster,
     start: Instant,
     recovery_bound: Duration,
+    /// An HA cluster's read-write conninfo: the probe writes a row through it, and faults
+    /// aimed at one member hit the primary more often than the others.
+    ha: Option<String>,
+    /// The deliberately broken HA cluster: a primary cut off from everything neither
+    /// fences itself nor waits for its standbys. The checks must catch it.
+    broken_no_fencing: bool,
 }
 
 impl<'a> Nemesis<'a> {
     /// A nemesis for `cluster`; times are measured from `start`; a cluster that does not
     /// accept a write within `recovery_bound` after a heal is an anomaly.
     pub fn new(cluster: &'a LocalCluster, start: Instant, recovery_bound: Duration) -> Self {
-        Self { cluster, start, recovery_bound }
+        Self { cluster, start, recovery_bound, ha: None, broken_no_fencing: false }
+    }
+
+    /// The nemesis of an HA cluster whose applications connect with `read_write`.
+    pub fn for_ha(mut self, read_write: String, broken_no_fencing: bool) -> Self {
+        self.ha = Some(read_write);
+        self.broken_no_fencing = broken_no_fencing;
+        self
+    }
+
+    /// Breaks (or repairs) fencing on member `id`: its worker no longer acts
+    /// (`pgraft.failover_enabled` off there) and its commits no longer wait for standbys
+    /// (`synchronous_commit = local`), as a careless operator could set them.
+    fn break_fencing(&self, id: u64, broken: bool) -> Result<()> {
+        let statements = if broken {
+            ["ALTER SYSTEM SET pgraft.failover_enabled = off", "ALTER SYSTEM SET synchronous_commit = local"]
+        } else {
+            ["ALTER SYSTEM RESET pgraft.failover_enabled", "ALTER SYSTEM RESET synchronous_commit"]
+        };
+        let mut c = self.connect(id)?;
+        // One statement each: ALTER SYSTEM refuses to run in a multi-statement query.
+        for sql in statements.iter().chain(&["SELECT pg_reload_conf()"]) {
+            c.batch_execute(sql).with_context(|| format!("{sql} on node {id}"))?;
+        }
+        Ok(())
     }
 
     fn now_us(&self) -> u64 {
@@ -121,9 +154,25 @@ impl<'a> Nemesis<'a> {
         }
     }
 
-    /// Writes through any member until one write succeeds; returns how long that took.
+    /// Writes through any member (or, in an HA cluster, through the read-write conninfo)
+    /// until one write succeeds; returns how long that took.
     pub fn probe_write(&self) -> Result<Duration> {
         let began = Instant::now();
+        if let Some(rw) = &self.ha {
+            return wait_until(
+                "the primary to accept a write",
+                self.recovery_bound,
+                Duration::from_millis(50),
+                || {
+                    let mut cfg = postgres::Config::from_str(rw).context("parse the read-write conninfo")?;
+                    cfg.connect_timeout(Duration::from_secs(2));
+                    let mut c = cfg.connect(postgres::NoTls).context("connect to the primary")?;
+                    c.execute("INSERT INTO torture_probe VALUES ($1)", &[&(self.now_us() as i64)])
+                        .context("probe write")?;
+                    Ok(Some(began.elapsed()))
+                },
+            );
+        }
         let ids: Vec<u64> = self.cluster.nodes().iter().map(|n| n.node_id).collect();
         let mut turn = 0usize;
         wait_until("the cluster to accept a write", self.recovery_bound, Duration::from_millis(50), || {
@@ -201,7 +250,11 @@ impl<'a> Nemesis<'a> {
 
     fn inject(&self, kind: FaultKind, rng: &mut SeededRng) -> Result<(String, Undo)> {
         let ids = self.voters();
-        let any = *rng.pick(&ids);
+        let mut any = *rng.pick(&ids);
+        // In an HA cluster the primary is what matters: three faults in five hit it.
+        if self.ha.is_some() && rng.below(5) < 3 {
+            any = self.find_leader()?;
+        }
         match kind {
             FaultKind::Kill => {
                 self.cluster.kill(any)?;
@@ -266,9 +319,18 @@ impl<'a> Nemesis<'a> {
                 let others: Vec<u64> = ids.iter().copied().filter(|i| *i != leader).collect();
                 let to = *rng.pick(&others);
                 let mut c = self.connect(leader)?;
-                c.query_one("SELECT pgraft_transfer_leadership($1)", &[&(to as i32)])
-                    .with_context(|| format!("pgraft_transfer_leadership({to}) on node {leader}"))?;
-                Ok((format!("transfer leadership from {leader} to {to}"), Undo::Nothing))
+                match c.query_one("SELECT pgraft_transfer_leadership($1)", &[&(to as i32)]) {
+                    Ok(_) => Ok((format!("transfer leadership from {leader} to {to}"), Undo::Nothing)),
+                    // In an HA cluster the switchover fences the old primary, whose fast
+                    // shutdown may end this session before the function returns.
+                    Err(e) if self.ha.is_some() && ended_by_server(&e) => Ok((
+                        format!("switchover from {leader} to {to} (the fence ended the asking session)"),
+                        Undo::Nothing,
+                    )),
+                    Err(e) => {
+                        Err(anyhow!(e).context(format!("pgraft_transfer_leadership({to}) on node {leader}")))
+                    }
+                }
             }
             FaultKind::RemoveAdd => {
                 // A removal whose answer was lost (leader change, timeout) may still have
@@ -283,7 +345,69 @@ impl<'a> Nemesis<'a> {
                 })?;
                 Ok((format!("remove node {any}, wipe its Raft data, add it back"), Undo::AddBack(any)))
             }
+            FaultKind::ReplIsolate => {
+                self.cluster.repl_partition(any)?;
+                Ok((format!("cut every replication link of node {any}"), Undo::HealLinks))
+            }
+            FaultKind::IsolateAll if self.broken_no_fencing => {
+                let primary = self.find_leader()?;
+                self.break_fencing(primary, true)?;
+                self.cluster.partition(primary)?;
+                self.cluster.repl_partition(primary)?;
+                Ok((
+                    format!("cut node {primary} off from everything, its fencing BROKEN"),
+                    Undo::Repair(primary),
+                ))
+            }
+            FaultKind::IsolateAll => {
+                self.cluster.partition(any)?;
+                self.cluster.repl_partition(any)?;
+                Ok((format!("cut node {any} off from everything"), Undo::HealLinks))
+            }
+            FaultKind::FailoverToggle => {
+                self.set_failover(false)?;
+                Ok(("failover_enabled off".into(), Undo::FailoverOn))
+            }
+            FaultKind::SyncStandbyKill => {
+                let primary = self.find_leader()?;
+                let standbys: Vec<u64> = ids.iter().copied().filter(|i| *i != primary).collect();
+                let last = *rng.pick(&standbys);
+                for s in standbys.iter().filter(|s| **s != last) {
+                    self.cluster.repl_cut(primary, *s)?;
+                }
+                // Until the primary has noticed the others gone, `last` is not the only one.
+                self.wait_streaming_standbys(primary, 1)?;
+                self.cluster.kill(last)?;
+                Ok((
+                    format!("primary {primary} streams to node {last} alone; kill -9 node {last}"),
+                    Undo::HealAndStart(last),
+                ))
+            }
         }
+    }
+
+    /// `pgraft_set_config('failover_enabled', ...)` on the leader.
+    fn set_failover(&self, on: bool) -> Result<()> {
+        let value = if on { "true" } else { "false" };
+        self.on_leader(&format!("pgraft_set_config('failover_enabled', '{value}')"), |c| {
+            c.query_one("SELECT pgraft_set_config('failover_enabled', $1)", &[&value]).map(|_| ())
+        })
+    }
+
+    /// Waits until `primary` has exactly `n` standbys streaming.
+    fn wait_streaming_standbys(&self, primary: u64, n: i64) -> Result<()> {
+        wait_until(
+            &format!("node {primary} to have {n} streaming standby(s)"),
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            || {
+                let mut c = self.connect(primary)?;
+                let k: i64 = c
+                    .query_one("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'", &[])?
+                    .get(0);
+                Ok((k == n).then_some(()))
+            },
+        )
     }
 
     fn cut_between(&self, a: &[u64], b: &[u64]) -> Result<()> {
@@ -317,6 +441,15 @@ impl<'a> Nemesis<'a> {
             Undo::Resume(id) => self.cluster.resume(id),
             Undo::WorkerBack(id) => self.wait_worker(id),
             Undo::AddBack(id) => self.add_back(id),
+            Undo::FailoverOn => self.set_failover(true),
+            Undo::Repair(id) => {
+                self.cluster.heal(None)?;
+                self.break_fencing(id, false)
+            }
+            Undo::HealAndStart(id) => {
+                self.cluster.heal(None)?;
+                self.cluster.start(id)
+            }
         }
     }
 
@@ -364,6 +497,12 @@ impl<'a> Nemesis<'a> {
         )
         .map_err(|e| anyhow!("{e:#}"))
     }
+}
+
+/// Whether the server ended the session: the fence's fast shutdown (57P01) or a closed
+/// connection.
+fn ended_by_server(e: &postgres::Error) -> bool {
+    e.is_closed() || e.as_db_error().is_some_and(|d| d.code().code() == "57P01")
 }
 
 fn is_not_a_member(e: &postgres::Error) -> bool {

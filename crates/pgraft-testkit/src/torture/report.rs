@@ -54,7 +54,8 @@ pub struct Report {
     pub duration_s: f64,
     /// The enabled fault kinds.
     pub fault_kinds: Vec<String>,
-    /// Whether reads were deliberately broken (served locally, without ReadIndex).
+    /// Whether the run was deliberately broken: reads served locally, without ReadIndex
+    /// (KV workload), or fencing off on a cut-off primary (database workload).
     pub broken_local_reads: bool,
     /// Operation counts by kind (`put`, `get`, ...).
     pub ops: BTreeMap<String, OpCounts>,
@@ -80,6 +81,19 @@ pub struct Report {
     pub replay: String,
     /// Where the run's files are (kept on failure).
     pub dir: String,
+    /// `kv` (the store's functions) or `db` (SQL transactions on an HA cluster).
+    #[serde(default)]
+    pub workload: String,
+    /// The database workload's `pgraft.synchronous_mode`.
+    #[serde(default)]
+    pub synchronous_mode: String,
+    /// Acknowledged transactions missing at the end (database workload).
+    #[serde(default)]
+    pub lost_acknowledged: u64,
+    /// Servers (member, timeline) that acknowledged writes: 1 plus the failovers and
+    /// switchovers the clients saw (database workload).
+    #[serde(default)]
+    pub primaries: u64,
 }
 
 impl Report {
@@ -100,12 +114,23 @@ impl Report {
             self.nodes,
             self.clients,
             self.duration_s,
-            if self.broken_local_reads { " · BROKEN local reads" } else { "" }
+            match (self.broken_local_reads, self.workload.as_str()) {
+                (false, _) => "",
+                (true, "db") => " · BROKEN fencing",
+                (true, _) => " · BROKEN local reads",
+            }
         );
+        if self.workload == "db" {
+            let _ = writeln!(
+                s,
+                "SQL transactions on an HA cluster · synchronous_mode {} · {} primaries seen · {} acknowledged transactions lost",
+                self.synchronous_mode, self.primaries, self.lost_acknowledged
+            );
+        }
         let _ =
             writeln!(s, "operations: {total} ({ok} ok, {:.0} ok/s)", ok as f64 / self.duration_s.max(1.0));
         for (k, c) in &self.ops {
-            let _ = writeln!(s, "  {k:<7} ok {:>7}  failed {:>5}  unknown {:>5}", c.ok, c.failed, c.unknown);
+            let _ = writeln!(s, "  {k:<11} ok {:>7}  failed {:>5}  unknown {:>5}", c.ok, c.failed, c.unknown);
         }
         let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
         for f in &self.faults {
@@ -167,19 +192,28 @@ pub fn count_ops(history: &[HistoryOp]) -> BTreeMap<String, OpCounts> {
 
 /// Successful operations per whole 5-second bucket of completion time, over `run_us`.
 pub fn throughput(history: &[HistoryOp], run_us: u64) -> Vec<u64> {
+    throughput_of(history.iter().filter(|o| o.result.is_ok()).map(|o| o.complete_us), run_us)
+}
+
+/// Completions per whole 5-second bucket of `0..run_us`.
+pub fn throughput_of(completions: impl Iterator<Item = u64>, run_us: u64) -> Vec<u64> {
     let bucket = 5_000_000;
     let whole = run_us / bucket;
     let mut out = vec![0u64; whole as usize];
-    for op in history.iter().filter(|o| o.result.is_ok() && o.complete_us < whole * bucket) {
-        out[(op.complete_us / bucket) as usize] += 1;
+    for t in completions.filter(|t| *t < whole * bucket) {
+        out[(t / bucket) as usize] += 1;
     }
     out
 }
 
 /// The longest stretch of `0..run_us` in which no operation completed successfully.
 pub fn longest_gap(history: &[HistoryOp], run_us: u64) -> Gap {
-    let mut times: Vec<u64> =
-        history.iter().filter(|o| o.result.is_ok()).map(|o| o.complete_us.min(run_us)).collect();
+    longest_gap_of(history.iter().filter(|o| o.result.is_ok()).map(|o| o.complete_us), run_us)
+}
+
+/// The longest stretch of `0..run_us` without one of these completions.
+pub fn longest_gap_of(completions: impl Iterator<Item = u64>, run_us: u64) -> Gap {
+    let mut times: Vec<u64> = completions.map(|t| t.min(run_us)).collect();
     times.push(run_us);
     times.sort_unstable();
     let mut best = Gap::default();

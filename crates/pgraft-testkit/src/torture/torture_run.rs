@@ -49,6 +49,14 @@ pub struct TortureOptions {
     pub keep: bool,
     /// Mutual TLS between members (`pgraftctl local up --tls`).
     pub tls: bool,
+    /// The database workload: SQL transactions on an HA cluster (`pgraftctl local up
+    /// --ha`) instead of the KV store's functions.
+    pub db: bool,
+    /// `pgraft.synchronous_mode` of the database workload: `on`, `strict` or `off`.
+    pub synchronous_mode: String,
+    /// The database workload's deliberately broken cluster: a primary cut off from
+    /// everything neither fences nor waits for standbys.
+    pub broken_no_fencing: bool,
 }
 
 impl TortureOptions {
@@ -67,6 +75,9 @@ impl TortureOptions {
             broken_local_reads: false,
             keep: false,
             tls: false,
+            db: false,
+            synchronous_mode: "on".into(),
+            broken_no_fencing: false,
         }
     }
 
@@ -83,6 +94,11 @@ impl TortureOptions {
             self.pg_config.display(),
             if self.broken_local_reads { " --broken-local-reads" } else { "" },
         ) + if self.tls { " --tls" } else { "" }
+            + &if self.db {
+                format!(" --workload db --synchronous-mode {}", self.synchronous_mode)
+            } else {
+                String::new()
+            }
     }
 }
 
@@ -106,7 +122,7 @@ pub fn run(opts: &TortureOptions) -> Result<Report> {
         proxy_exe: opts.proxy_exe.clone(),
         tls: opts.tls,
         direct_peers: false,
-        ha: false,
+        ha: opts.db,
     };
     let cluster = match LocalCluster::up(&up) {
         Ok(c) => c,
@@ -117,7 +133,7 @@ pub fn run(opts: &TortureOptions) -> Result<Report> {
             return Err(e.context("start the cluster"));
         }
     };
-    let outcome = drive(opts, &cluster);
+    let outcome = if opts.db { super::db_run::drive(opts, &cluster) } else { drive(opts, &cluster) };
     if let Err(e) = cluster.down() {
         progress(&format!("taking the cluster down: {e:#}"));
     }
@@ -130,7 +146,7 @@ pub fn run(opts: &TortureOptions) -> Result<Report> {
     Ok(report)
 }
 
-fn progress(msg: &str) {
+pub(super) fn progress(msg: &str) {
     eprintln!("pgraft-torture: {msg}");
 }
 
@@ -161,7 +177,7 @@ fn drive(opts: &TortureOptions, cluster: &LocalCluster) -> Result<Report> {
     // The nemesis runs here until the duration is used up.
     let nemesis = Nemesis::new(cluster, start, opts.recovery_bound);
     let mut faults: Vec<FaultRecord> = Vec::new();
-    for planned in FaultSchedule::new(opts.seed, &opts.faults, opts.nodes)? {
+    for planned in FaultSchedule::new(opts.seed, &opts.faults, opts.nodes, false)? {
         if start.elapsed() + planned.quiet + planned.hold >= opts.duration {
             break;
         }
@@ -299,7 +315,7 @@ fn drive(opts: &TortureOptions, cluster: &LocalCluster) -> Result<Report> {
         fault_kinds: opts
             .faults
             .iter()
-            .filter(|k| k.applies_to(opts.nodes))
+            .filter(|k| k.applies_to(opts.nodes, false))
             .map(|k| k.name().to_string())
             .collect(),
         broken_local_reads: opts.broken_local_reads,
@@ -315,6 +331,10 @@ fn drive(opts: &TortureOptions, cluster: &LocalCluster) -> Result<Report> {
         verdict: verdict.into(),
         replay: opts.replay_command(),
         dir: opts.dir.display().to_string(),
+        workload: "kv".into(),
+        synchronous_mode: String::new(),
+        lost_acknowledged: 0,
+        primaries: 0,
     };
     Ok(report)
 }

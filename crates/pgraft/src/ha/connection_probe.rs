@@ -70,19 +70,19 @@ impl ConnectionProbe {
 
 /// One probe: connect, send `SSLRequest`, read one byte.
 async fn ask(target: &Target) -> std::io::Result<u8> {
-    let mut byte = [0u8; 1];
     match target {
-        Target::Unix(path) => {
-            let mut s = tokio::net::UnixStream::connect(path).await?;
-            s.write_all(&SSL_REQUEST).await?;
-            s.read_exact(&mut byte).await?;
-        }
+        Target::Unix(path) => exchange(tokio::net::UnixStream::connect(path).await?).await,
         Target::Tcp(host, port) => {
-            let mut s = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
-            s.write_all(&SSL_REQUEST).await?;
-            s.read_exact(&mut byte).await?;
+            exchange(tokio::net::TcpStream::connect((host.as_str(), *port)).await?).await
         }
     }
+}
+
+/// Sends `SSLRequest` on a connected stream and reads the one-byte answer.
+async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S) -> std::io::Result<u8> {
+    let mut byte = [0u8; 1];
+    s.write_all(&SSL_REQUEST).await?;
+    s.read_exact(&mut byte).await?;
     Ok(byte[0])
 }
 

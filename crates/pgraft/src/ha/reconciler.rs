@@ -85,7 +85,10 @@ impl Reconciler {
         }
         let facts = server_probe::observe();
         let now_ms = crate::worker::now_ms();
-        let health = self.health(&facts, now_ms, rt);
+        // One copy of the shared facts for the whole pass (the keeper's counts, probes
+        // and slots), so the pass decides on one consistent reading.
+        let shared = shmem::read();
+        let health = self.health(&facts, &shared, now_ms, rt);
         // A member whose server cannot serve lets the others win elections (it still
         // votes); paused failover changes nothing about who leads.
         node.hold_campaigns(failover && health.is_some());
@@ -102,13 +105,12 @@ impl Reconciler {
         server.stood_down = self.stood_down(facts.in_recovery);
         server.sync_k = self.sync_k(now_ms);
         let max_lag = gucs::MAXIMUM_LAG_ON_FAILOVER.get().max(0) as u64 * 1024;
-        let shared = shmem::read();
         let streaming = (shared.streaming_ms > 0 && now_ms - shared.streaming_ms < SLOTS_SEEN_FRESH_MS)
             .then_some(shared.streaming as usize);
         let o =
             Observation { ha: &view.ha, failover, sync, raft, server, now_ms, health, max_lag, streaming };
         let mut plan = ha::plan(&o);
-        if let Some(publish) = self.keep_slots(&o) {
+        if let Some(publish) = self.keep_slots(&o, &shared) {
             plan.propose.push(publish);
         }
         self.carry_out(&plan, &o, node, rt);
@@ -116,7 +118,13 @@ impl Reconciler {
 
     /// Why the server cannot serve, if it cannot: recovering from a crash, or a probe (a
     /// new connection; a commit on a primary) waiting past `pgraft.health_check_timeout`.
-    fn health(&mut self, facts: &ServerFacts, now_ms: i64, rt: &tokio::runtime::Runtime) -> Option<String> {
+    fn health(
+        &mut self,
+        facts: &ServerFacts,
+        shared: &shmem::WorkerShared,
+        now_ms: i64,
+        rt: &tokio::runtime::Runtime,
+    ) -> Option<String> {
         let bound = gucs::HEALTH_CHECK_TIMEOUT.get().max(0) as u64;
         let problem = if facts.is_starting_primary() {
             Some("the server is replaying WAL after a crash".to_string())
@@ -125,7 +133,6 @@ impl Reconciler {
         } else {
             let target = connection_probe::target(&gucs::string(&gucs::ADDRESS), facts.port);
             self.connection.maybe_start(target, now_ms, rt);
-            let shared = shmem::read();
             let commit = ha::Probe {
                 ok_ms: (shared.commit_ok_ms > 0).then_some(shared.commit_ok_ms),
                 pending_since_ms: (shared.commit_pending_since_ms > 0)
@@ -238,8 +245,7 @@ impl Reconciler {
 
     /// Hands the slot keeper its plan (see [`super::slot_keeper`]); returns the `ha_slots`
     /// entry to propose, if what the keeper holds should be published.
-    fn keep_slots(&mut self, o: &Observation<'_>) -> Option<HaCommand> {
-        let shared = shmem::read();
+    fn keep_slots(&mut self, o: &Observation<'_>, shared: &shmem::WorkerShared) -> Option<HaCommand> {
         let held = shared.slots_held;
         let fresh = held.valid && o.now_ms - held.written_ms < SLOTS_SEEN_FRESH_MS;
         let since = self.slots_published.map_or(u64::MAX, |t| t.elapsed().as_millis() as u64);

@@ -1,0 +1,415 @@
+//! One database torture run: an HA cluster, SQL clients through the read-write conninfo,
+//! the nemesis, then heal, convergence and the checks.
+//!
+//! ```text
+//!   pgraftctl local up --ha ─▶ synchronous_mode ─▶ tables ─▶ clients + leader monitor
+//!        nemesis: faults aimed at the primary 3 times in 5, replication and Raft links
+//!                 cut apart, switchovers, failover_enabled off and on, the last sync
+//!                 standby killed
+//!   heal ─▶ a write accepted ─▶ one primary, every standby replayed its last LSN
+//!   checks: list-append (Elle: serializable; strict when synchronous) · bank · no
+//!           acknowledged commit lost (synchronous) · one writer at a time · same
+//!           timeline and tables everywhere · one leader per term · writes after heals
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::checks::{self, Anomaly};
+use super::client::Workload;
+use super::db_checks::{self, FinalBank, ServerEnd};
+use super::db_history::{DbHistory, Txn};
+use super::db_workload::{DbWorkload, SCHEMA};
+use super::fault_schedule::FaultSchedule;
+use super::leader_monitor::LeaderMonitor;
+use super::list_append::{self, FinalLists};
+use super::nemesis::{FaultRecord, Nemesis};
+use super::report::{self, CheckResult, OpCounts, Report};
+use super::torture_run::{progress, TortureOptions};
+use crate::local_cluster::LocalCluster;
+use crate::wait::wait_until;
+
+/// Runs the workload and the faults on `cluster` (an HA cluster), then checks.
+pub(super) fn drive(opts: &TortureOptions, cluster: &LocalCluster) -> Result<Report> {
+    let rw = cluster.read_write_conninfo();
+    set_synchronous_mode(cluster, &opts.synchronous_mode)?;
+    let mut c = connect(&rw)?;
+    let workload = Arc::new(DbWorkload {
+        conninfo: rw.clone(),
+        ports: cluster.nodes().iter().map(|n| (n.pg_port, n.node_id)).collect(),
+        clients: opts.nodes * opts.clients_per_member,
+        seed: opts.seed,
+        keys: 8,
+        key_period: Duration::from_secs(10),
+        accounts: 8,
+        op_timeout: Duration::from_secs(8),
+        start: Instant::now(),
+    });
+    c.batch_execute(SCHEMA).context("create the tables")?;
+    c.batch_execute(&workload.seed_sql()).context("open the accounts")?;
+    drop(c);
+
+    let start = workload.start;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the clients' runtime")?;
+    let history = DbHistory::default();
+    let monitor = LeaderMonitor::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = workload.spawn(&rt, &history, &stop);
+    let watch = Arc::new(Workload::watching(
+        cluster.nodes().iter().map(|n| (n.node_id, n.conninfo.clone())).collect(),
+        start,
+    ));
+    tasks.extend(monitor.spawn(&rt, &watch, &stop));
+
+    let nemesis =
+        Nemesis::new(cluster, start, opts.recovery_bound).for_ha(rw.clone(), opts.broken_no_fencing);
+    let mut faults: Vec<FaultRecord> = Vec::new();
+    for planned in FaultSchedule::new(opts.seed, &opts.faults, opts.nodes, true)? {
+        if start.elapsed() + planned.quiet + planned.hold >= opts.duration {
+            break;
+        }
+        std::thread::sleep(planned.quiet);
+        let rec = nemesis.run(&planned);
+        progress(&format!(
+            "{:>6.1}s fault {} {}: {} · writes again after {} · {} transactions so far{}",
+            rec.start_us as f64 / 1e6,
+            rec.seq,
+            rec.kind,
+            rec.detail,
+            rec.recovery_ms.map_or("NOT within the bound".into(), |m| format!("{m} ms")),
+            history.len(),
+            rec.error.as_deref().map(|e| format!(" [{e}]")).unwrap_or_default()
+        ));
+        faults.push(rec);
+    }
+    if let Some(rest) = opts.duration.checked_sub(start.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    let run_us = start.elapsed().as_micros() as u64;
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(async {
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
+        }
+    });
+    rt.shutdown_timeout(Duration::from_secs(5));
+    let txns = history.snapshot();
+    write_history(opts, &txns)?;
+    progress(&format!(
+        "workload stopped after {:.1} s with {} transactions; healing",
+        run_us as f64 / 1e6,
+        txns.len()
+    ));
+
+    let mut anomalies: Vec<Anomaly> = Vec::new();
+    if let Err(e) = nemesis.heal_everything() {
+        anomalies.push(Anomaly { check: "heal".into(), detail: format!("{e:#}") });
+    }
+    let final_recovery_ms = match nemesis.probe_write() {
+        Ok(d) => Some(d.as_millis() as u64),
+        Err(e) => {
+            anomalies
+                .push(Anomaly { check: "writes accepted after healing".into(), detail: format!("{e:#}") });
+            None
+        }
+    };
+    progress("waiting for every standby to replay the primary's last write");
+    let ends = match converge(cluster) {
+        Ok(e) => e,
+        Err(e) => {
+            anomalies.push(Anomaly { check: "convergence".into(), detail: format!("{e:#}") });
+            BTreeMap::new()
+        }
+    };
+    let (lists, bank) = match read_finals(&rw) {
+        Ok(x) => x,
+        Err(e) => {
+            anomalies.push(Anomaly { check: "final reads".into(), detail: format!("{e:#}") });
+            (FinalLists::new(), FinalBank::default())
+        }
+    };
+    progress("state collected; taking the cluster down and checking");
+    if let Err(e) = cluster.down() {
+        progress(&format!("taking the cluster down: {e:#}"));
+    }
+
+    let synchronous = opts.synchronous_mode != "off";
+    let mut results = Vec::new();
+    let mut check = |name: &str, scope: String, found: Vec<Anomaly>| {
+        results.push(CheckResult { name: name.into(), passed: found.is_empty(), scope });
+        anomalies.extend(found);
+    };
+    let la = list_append::check(&txns, &lists, synchronous, &BTreeSet::new());
+    check(
+        if synchronous { "list-append strict serializable" } else { "list-append serializable" },
+        format!("{} committed transactions, {} dependencies, {} keys", la.committed, la.edges, lists.len()),
+        la.anomalies,
+    );
+    let (bank_found, lost_transfers) =
+        db_checks::bank(&txns, &bank, workload.accounts, DbWorkload::INITIAL_BALANCE);
+    check("bank", format!("{} ledger rows, {} accounts", bank.ledger.len(), bank.balances.len()), bank_found);
+    let lost_txns: BTreeSet<usize> = la.lost.iter().map(|(_, _, i)| *i).chain(lost_transfers).collect();
+    let lost: Vec<Anomaly> = lost_txns
+        .iter()
+        .take(20)
+        .map(|i| {
+            let t = &txns[*i];
+            Anomaly {
+                check: "no acknowledged commit lost".into(),
+                detail: format!(
+                    "transaction {i} ({}, client {}, {}-{} µs) acknowledged by node {} on timeline {} is gone",
+                    t.call.name(),
+                    t.client,
+                    t.invoke_us,
+                    t.complete_us,
+                    t.server.node,
+                    t.server.timeline
+                ),
+            }
+        })
+        .chain((lost_txns.len() > 20).then(|| Anomaly {
+            check: "no acknowledged commit lost".into(),
+            detail: format!("... and {} more acknowledged transactions gone", lost_txns.len() - 20),
+        }))
+        .collect();
+    let acknowledged = txns.iter().filter(|t| t.is_ok() && t.call.writes()).count();
+    if synchronous {
+        check("no acknowledged commit lost", format!("{acknowledged} acknowledged writes"), lost);
+    } else {
+        progress(&format!("asynchronous mode: {} acknowledged transactions lost", lost.len()));
+    }
+    check(
+        "one server acknowledges commits at a time",
+        format!("{} (server, timeline) pairs", servers(&txns).len()),
+        db_checks::one_writer_at_a_time(&txns),
+    );
+    check(
+        "same timeline and tables on every server",
+        format!("{} servers", ends.len()),
+        db_checks::same_tables(&ends),
+    );
+    let sightings = monitor.sightings();
+    check(
+        "at most one leader per term",
+        format!("{} terms", sightings.len()),
+        checks::one_leader_per_term(&sightings),
+    );
+    let slow: Vec<Anomaly> = faults
+        .iter()
+        .filter(|f| f.recovery_ms.is_none())
+        .map(|f| Anomaly {
+            check: "writes accepted after healing".into(),
+            detail: format!(
+                "no write accepted within {:?} after healing fault {} ({}: {})",
+                opts.recovery_bound, f.seq, f.kind, f.detail
+            ),
+        })
+        .collect();
+    check(
+        "writes accepted again after every heal",
+        format!("{} heals, bound {:?}", faults.len(), opts.recovery_bound),
+        slow,
+    );
+
+    let verdict = if anomalies.is_empty() { "pass" } else { "fail" };
+    Ok(Report {
+        seed: opts.seed,
+        nodes: opts.nodes,
+        clients: workload.clients,
+        duration_s: run_us as f64 / 1e6,
+        fault_kinds: opts
+            .faults
+            .iter()
+            .filter(|k| k.applies_to(opts.nodes, true))
+            .map(|k| k.name().to_string())
+            .collect(),
+        broken_local_reads: opts.broken_no_fencing,
+        ops: count(&txns),
+        throughput_per_5s: report::throughput_of(
+            txns.iter().filter(|t| t.is_ok()).map(|t| t.complete_us),
+            run_us,
+        ),
+        longest_unavailability: report::longest_gap_of(
+            txns.iter().filter(|t| t.is_ok() && t.call.writes()).map(|t| t.complete_us),
+            run_us,
+        ),
+        longest_recovery_ms: faults.iter().filter_map(|f| f.recovery_ms).max(),
+        faults,
+        final_recovery_ms,
+        terms_seen: sightings.len() as u64,
+        checks: results,
+        anomalies,
+        verdict: verdict.into(),
+        replay: opts.replay_command(),
+        dir: opts.dir.display().to_string(),
+        workload: "db".into(),
+        synchronous_mode: opts.synchronous_mode.clone(),
+        lost_acknowledged: lost_txns.len() as u64,
+        primaries: servers(&txns).len() as u64,
+    })
+}
+
+/// Every (server, timeline) that acknowledged a write.
+fn servers(txns: &[Txn]) -> BTreeSet<(u64, u32)> {
+    txns.iter().filter(|t| t.is_ok() && t.call.writes()).map(|t| (t.server.node, t.server.timeline)).collect()
+}
+
+fn count(txns: &[Txn]) -> BTreeMap<String, OpCounts> {
+    let mut out: BTreeMap<String, OpCounts> = BTreeMap::new();
+    for t in txns {
+        let c = out.entry(t.call.name().to_string()).or_default();
+        match t.outcome {
+            super::db_history::TxnOutcome::Ok => c.ok += 1,
+            super::db_history::TxnOutcome::Failed { .. } => c.failed += 1,
+            super::db_history::TxnOutcome::Unknown { .. } => c.unknown += 1,
+        }
+    }
+    out
+}
+
+/// Sets `pgraft.synchronous_mode` on every server (ALTER SYSTEM works on hot standbys
+/// too) and waits until the primary's `synchronous_standby_names` follows.
+fn set_synchronous_mode(cluster: &LocalCluster, mode: &str) -> Result<()> {
+    if !["on", "off", "strict"].contains(&mode) {
+        bail!("synchronous mode {mode:?}: use on, off or strict");
+    }
+    for n in cluster.nodes() {
+        let mut c = cluster.connect(n.node_id)?;
+        // One statement each: ALTER SYSTEM refuses to run in the implicit transaction of
+        // a multi-statement query.
+        for sql in
+            [&format!("ALTER SYSTEM SET pgraft.synchronous_mode = '{mode}'"), "SELECT pg_reload_conf()"]
+        {
+            c.batch_execute(sql).with_context(|| format!("{sql} on node {}", n.node_id))?;
+        }
+    }
+    let want_empty = mode == "off";
+    wait_until(
+        &format!("the primary's synchronous_standby_names to follow synchronous_mode = {mode}"),
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let mut c = connect(&cluster.read_write_conninfo())?;
+            let names: String = c.query_one("SHOW synchronous_standby_names", &[])?.get(0);
+            Ok((names.is_empty() == want_empty).then_some(()))
+        },
+    )
+}
+
+fn connect(conninfo: &str) -> Result<postgres::Client> {
+    let mut cfg = postgres::Config::from_str(conninfo).context("parse conninfo")?;
+    cfg.connect_timeout(Duration::from_secs(5));
+    let mut c = cfg.connect(postgres::NoTls).context("connect")?;
+    c.batch_execute("SET statement_timeout = 30000").context("SET statement_timeout")?;
+    Ok(c)
+}
+
+/// Waits until one server is the primary and every other one has replayed the primary's
+/// WAL up to a point after the last write; then reads each server's timeline and tables.
+fn converge(cluster: &LocalCluster) -> Result<BTreeMap<u64, ServerEnd>> {
+    let rw = cluster.read_write_conninfo();
+    let target: String = wait_until(
+        "the primary's WAL position",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || Ok(Some(connect(&rw)?.query_one("SELECT pg_current_wal_lsn()::text", &[])?.get::<_, String>(0))),
+    )?;
+    wait_until(
+        "one primary and every standby replayed to its last write",
+        Duration::from_secs(180),
+        Duration::from_millis(250),
+        || {
+            let mut primaries = 0;
+            for n in cluster.nodes() {
+                let mut c = cluster.connect(n.node_id)?;
+                let row = c.query_one(
+                    "SELECT pg_is_in_recovery(), coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false)",
+                    &[&target],
+                )?;
+                let (standby, replayed): (bool, bool) = (row.get(0), row.get(1));
+                if !standby {
+                    primaries += 1;
+                } else if !replayed {
+                    return Ok(None);
+                }
+            }
+            Ok((primaries == 1).then_some(()))
+        },
+    )?;
+    let mut ends = BTreeMap::new();
+    for n in cluster.nodes() {
+        let mut c = cluster.connect(n.node_id)?;
+        let timeline: i32 = c
+            .query_one(
+                "SELECT CASE WHEN pg_is_in_recovery() \
+                   THEN (SELECT received_tli FROM pg_stat_wal_receiver) \
+                   ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END",
+                &[],
+            )
+            .with_context(|| format!("timeline of node {}", n.node_id))?
+            .get::<_, Option<i32>>(0)
+            .unwrap_or(0);
+        let mut tables = BTreeMap::new();
+        for (table, key) in [("torture_lists", "k"), ("torture_accounts", "id"), ("torture_transfers", "id")]
+        {
+            let sum: String = c
+                .query_one(
+                    &format!(
+                        "SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY {key}), '')) FROM {table} t"
+                    ),
+                    &[],
+                )
+                .with_context(|| format!("checksum of {table} on node {}", n.node_id))?
+                .get(0);
+            tables.insert(table.to_string(), sum);
+        }
+        ends.insert(n.node_id, ServerEnd { timeline: timeline as u32, tables });
+    }
+    Ok(ends)
+}
+
+/// The final lists and bank, read on the primary.
+fn read_finals(rw: &str) -> Result<(FinalLists, FinalBank)> {
+    let mut c = connect(rw)?;
+    let lists = c
+        .query("SELECT k, v FROM torture_lists", &[])
+        .context("read the final lists")?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let balances = c
+        .query("SELECT id, balance FROM torture_accounts", &[])
+        .context("read the final balances")?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let ledger = c
+        .query("SELECT id, src, dst, amount FROM torture_transfers", &[])
+        .context("read the ledger")?
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+        .collect();
+    Ok((lists, FinalBank { balances, ledger }))
+}
+
+fn write_history(opts: &TortureOptions, txns: &[Txn]) -> Result<()> {
+    let path = opts.dir.join("history.jsonl");
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(&path).with_context(|| format!("create {}", path.display()))?,
+    );
+    for t in txns {
+        serde_json::to_writer(&mut f, t).context("serialise a transaction")?;
+        f.write_all(b"\n").context("write history.jsonl")?;
+    }
+    f.flush().context("write history.jsonl")
+}

@@ -103,6 +103,45 @@ pub fn one_writer_at_a_time(txns: &[Txn]) -> Vec<Anomaly> {
     found
 }
 
+/// How long before its successor's first acknowledged write a replaced primary's
+/// acknowledged transaction may be lost in asynchronous mode: a generous time bound on
+/// what `pgraft.maximum_lag_on_failover` (1 MB of WAL by default) lets a failover lose.
+pub const ASYNC_LOSS_WINDOW_US: u64 = 10_000_000;
+
+/// Checks that asynchronous mode lost only what it may: every lost transaction was
+/// acknowledged by a primary that was later replaced, at most [`ASYNC_LOSS_WINDOW_US`]
+/// before the first write its successor acknowledged.
+pub fn loss_window(txns: &[Txn], lost: &BTreeSet<usize>) -> Vec<Anomaly> {
+    let mut first_ack: BTreeMap<ServerId, u64> = BTreeMap::new();
+    for t in txns.iter().filter(|t| t.is_ok() && t.call.writes()) {
+        let e = first_ack.entry(t.server).or_insert(u64::MAX);
+        *e = (*e).min(t.complete_us);
+    }
+    let mut found = Vec::new();
+    for i in lost {
+        let t = &txns[*i];
+        let mine = first_ack.get(&t.server).copied().unwrap_or(0);
+        let successor =
+            first_ack.iter().filter(|(s, at)| **s != t.server && **at > mine).map(|(_, at)| *at).min();
+        let within = successor.is_some_and(|s| s.saturating_sub(t.complete_us) <= ASYNC_LOSS_WINDOW_US);
+        if !within {
+            found.push(Anomaly {
+                check: "lost only in the failover window".into(),
+                detail: format!(
+                    "transaction {i} ({}, {}-{} µs, node {} timeline {}) is lost; the next primary's first write: {}",
+                    t.call.name(),
+                    t.invoke_us,
+                    t.complete_us,
+                    t.server.node,
+                    t.server.timeline,
+                    successor.map_or("none".to_string(), |s| format!("{s} µs"))
+                ),
+            });
+        }
+    }
+    found
+}
+
 /// What one server holds at the end: its timeline and a checksum per table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerEnd {
@@ -157,6 +196,16 @@ mod tests {
         assert!(one_writer_at_a_time(&close).is_empty());
         let split = vec![write(1, 1, 0, 10), write(2, 2, 20, 30), write(1, 1, 40, 50)];
         assert_eq!(one_writer_at_a_time(&split).len(), 1);
+    }
+
+    #[test]
+    fn an_asynchronous_loss_must_come_just_before_a_failover() {
+        let txns = vec![write(1, 1, 0, 10), write(1, 1, 20, 30), write(2, 2, 5_000_000, 5_000_010)];
+        assert!(loss_window(&txns, &BTreeSet::from([1])).is_empty());
+        // Lost on the last primary, which nobody replaced: not a failover's loss.
+        assert_eq!(loss_window(&txns, &BTreeSet::from([2])).len(), 1);
+        let late = vec![write(1, 1, 0, 10), write(2, 2, 60_000_000, 60_000_010)];
+        assert_eq!(loss_window(&late, &BTreeSet::from([0])).len(), 1);
     }
 
     #[test]

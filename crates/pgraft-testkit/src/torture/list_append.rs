@@ -207,6 +207,20 @@ pub fn check(
     f
 }
 
+/// The transactions an asynchronous failover's loss excuses from the order checks: those
+/// whose appends were lost (`lost`, from a first [`check`]), and those that read a lost
+/// value (they read from a primary whose history was then discarded).
+pub fn excused_by_loss(txns: &[Txn], lost: &[(i32, i64, usize)]) -> std::collections::BTreeSet<usize> {
+    let values: std::collections::HashSet<i64> = lost.iter().map(|(_, v, _)| *v).collect();
+    let mut out: std::collections::BTreeSet<usize> = lost.iter().map(|(_, _, i)| *i).collect();
+    for (i, t) in txns.iter().enumerate() {
+        if reads(t).any(|(_, list)| list.iter().any(|v| values.contains(v))) {
+            out.insert(i);
+        }
+    }
+    out
+}
+
 /// At most this many anomalies of one check are described; the rest are counted.
 const MAX_PER_CHECK: usize = 20;
 

@@ -84,21 +84,28 @@ impl TortureOptions {
     /// The command line that replays this run's schedule.
     pub fn replay_command(&self) -> String {
         let kinds: Vec<&str> = self.faults.iter().map(|k| k.name()).collect();
-        format!(
-            "pgraft-torture --seed {} --nodes {} --duration {}s --clients {} --faults {} --pg-config {}{}",
+        let mut cmd = format!(
+            "pgraft-torture --seed {} --nodes {} --duration {}s --clients {} --faults {} --pg-config {}",
             self.seed,
             self.nodes,
             self.duration.as_secs(),
             self.clients_per_member,
             kinds.join(","),
             self.pg_config.display(),
-            if self.broken_local_reads { " --broken-local-reads" } else { "" },
-        ) + if self.tls { " --tls" } else { "" }
-            + &if self.db {
-                format!(" --workload db --synchronous-mode {}", self.synchronous_mode)
-            } else {
-                String::new()
+        );
+        if self.db {
+            cmd += &format!(" --workload db --synchronous-mode {}", self.synchronous_mode);
+        }
+        for (on, flag) in [
+            (self.broken_local_reads, " --broken-local-reads"),
+            (self.broken_no_fencing, " --broken-no-fencing"),
+            (self.tls, " --tls"),
+        ] {
+            if on {
+                cmd += flag;
             }
+        }
+        cmd
     }
 }
 

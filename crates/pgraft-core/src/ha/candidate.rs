@@ -117,6 +117,20 @@ pub(super) fn plan_candidate(o: &Observation<'_>, rec: &PrimaryRecord, p: &mut P
             return;
         }
     }
+    // On a tie, a server that can serve: this one's cannot, and another holds as much
+    // WAL (so every acknowledged commit too). A less advanced one never gets it.
+    if o.health.is_some() {
+        let healthy_peer = reports.iter().find(|(n, rep)| {
+            *n != r.me && rep.position() >= mine.position() && !o.ha.unhealthy.contains_key(n)
+        });
+        if let Some((n, _)) = healthy_peer {
+            p.transfer = Some(*n);
+            p.waiting = Some(format!(
+                "this server cannot serve and node {n} holds as much WAL; handing it leadership"
+            ));
+            return;
+        }
+    }
     if let Some(behind) = too_far_behind(o, rec, mine) {
         p.waiting = Some(format!(
             "asynchronous mode: the most advanced standby is {behind} bytes behind node {}'s last published position, \
@@ -200,6 +214,26 @@ mod tests {
         // Not the leader of that term any more: no promotion.
         let p = plan(&obs(&named, raft(3, 2, 4), server(true, 100, Receiving::Nothing)));
         assert!(!p.promote);
+    }
+
+    #[test]
+    fn an_unhealthy_candidate_yields_only_to_a_healthy_server_as_advanced() {
+        let ha = with_reports(ha_with_primary(1, 2), 3, &[(2, 100), (3, 100)]);
+        let mut o = obs(&ha, raft(3, 3, 3), server(true, 100, Receiving::Nothing));
+        o.health = Some("a commit has waited 6 s".into());
+        let p = plan(&o);
+        assert_eq!(p.transfer, Some(2));
+        let primary = |p: &Plan| {
+            decisions(p).iter().any(|d| matches!(d, HaCommand::Primary(PrimaryRecord { node: 3, .. })))
+        };
+        assert!(!primary(&p), "{p:?}");
+        // Node 2 is less advanced: it could lack acknowledged commits; node 3 goes on.
+        let behind = with_reports(ha_with_primary(1, 2), 3, &[(2, 90), (3, 100)]);
+        let mut o = obs(&behind, raft(3, 3, 3), server(true, 100, Receiving::Nothing));
+        o.health = Some("a commit has waited 6 s".into());
+        let p = plan(&o);
+        assert_eq!(p.transfer, None);
+        assert!(primary(&p), "{p:?}");
     }
 
     #[test]

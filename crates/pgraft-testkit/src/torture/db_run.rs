@@ -14,9 +14,8 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write as _;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,9 +29,11 @@ use super::db_workload::{DbWorkload, SCHEMA};
 use super::fault_schedule::FaultSchedule;
 use super::leader_monitor::LeaderMonitor;
 use super::list_append::{self, FinalLists};
-use super::nemesis::{FaultRecord, Nemesis};
+use super::nemesis::Nemesis;
 use super::report::{self, CheckResult, OpCounts, Report};
-use super::torture_run::{progress, TortureOptions};
+use super::torture_run::{
+    heal_and_probe, progress, run_schedule, slow_heals, stop_clients, write_jsonl, TortureOptions,
+};
 use crate::local_cluster::LocalCluster;
 use crate::wait::wait_until;
 
@@ -74,38 +75,12 @@ pub(super) fn drive(opts: &TortureOptions, cluster: &LocalCluster) -> Result<Rep
 
     let nemesis =
         Nemesis::new(cluster, start, opts.recovery_bound).for_ha(rw.clone(), opts.broken_no_fencing);
-    let mut faults: Vec<FaultRecord> = Vec::new();
-    for planned in FaultSchedule::new(opts.seed, &opts.faults, opts.nodes, true)? {
-        if start.elapsed() + planned.quiet + planned.hold >= opts.duration {
-            break;
-        }
-        std::thread::sleep(planned.quiet);
-        let rec = nemesis.run(&planned);
-        progress(&format!(
-            "{:>6.1}s fault {} {}: {} · writes again after {} · {} transactions so far{}",
-            rec.start_us as f64 / 1e6,
-            rec.seq,
-            rec.kind,
-            rec.detail,
-            rec.recovery_ms.map_or("NOT within the bound".into(), |m| format!("{m} ms")),
-            history.len(),
-            rec.error.as_deref().map(|e| format!(" [{e}]")).unwrap_or_default()
-        ));
-        faults.push(rec);
-    }
-    if let Some(rest) = opts.duration.checked_sub(start.elapsed()) {
-        std::thread::sleep(rest);
-    }
+    let schedule = FaultSchedule::new(opts.seed, &opts.faults, opts.nodes, true)?;
+    let faults = run_schedule(opts, &nemesis, schedule, start, || format!("{} transactions", history.len()));
     let run_us = start.elapsed().as_micros() as u64;
-    stop.store(true, Ordering::Relaxed);
-    rt.block_on(async {
-        for t in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
-        }
-    });
-    rt.shutdown_timeout(Duration::from_secs(5));
+    stop_clients(rt, tasks, &stop);
     let txns = history.snapshot();
-    write_history(opts, &txns)?;
+    write_jsonl(&opts.dir.join("history.jsonl"), &txns)?;
     progress(&format!(
         "workload stopped after {:.1} s with {} transactions; healing",
         run_us as f64 / 1e6,
@@ -113,17 +88,7 @@ pub(super) fn drive(opts: &TortureOptions, cluster: &LocalCluster) -> Result<Rep
     ));
 
     let mut anomalies: Vec<Anomaly> = Vec::new();
-    if let Err(e) = nemesis.heal_everything() {
-        anomalies.push(Anomaly { check: "heal".into(), detail: format!("{e:#}") });
-    }
-    let final_recovery_ms = match nemesis.probe_write() {
-        Ok(d) => Some(d.as_millis() as u64),
-        Err(e) => {
-            anomalies
-                .push(Anomaly { check: "writes accepted after healing".into(), detail: format!("{e:#}") });
-            None
-        }
-    };
+    let final_recovery_ms = heal_and_probe(&nemesis, &mut anomalies);
     progress("waiting for every standby to replay the primary's last write");
     let ends = match converge(cluster) {
         Ok(e) => e,
@@ -221,21 +186,10 @@ pub(super) fn drive(opts: &TortureOptions, cluster: &LocalCluster) -> Result<Rep
         format!("{} terms", sightings.len()),
         checks::one_leader_per_term(&sightings),
     );
-    let slow: Vec<Anomaly> = faults
-        .iter()
-        .filter(|f| f.recovery_ms.is_none())
-        .map(|f| Anomaly {
-            check: "writes accepted after healing".into(),
-            detail: format!(
-                "no write accepted within {:?} after healing fault {} ({}: {})",
-                opts.recovery_bound, f.seq, f.kind, f.detail
-            ),
-        })
-        .collect();
     check(
         "writes accepted again after every heal",
         format!("{} heals, bound {:?}", faults.len(), opts.recovery_bound),
-        slow,
+        slow_heals(&faults, opts.recovery_bound),
     );
 
     let verdict = if anomalies.is_empty() { "pass" } else { "fail" };
@@ -417,16 +371,4 @@ fn read_finals(rw: &str) -> Result<(FinalLists, FinalBank)> {
         .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
         .collect();
     Ok((lists, FinalBank { balances, ledger }))
-}
-
-fn write_history(opts: &TortureOptions, txns: &[Txn]) -> Result<()> {
-    let path = opts.dir.join("history.jsonl");
-    let mut f = std::io::BufWriter::new(
-        std::fs::File::create(&path).with_context(|| format!("create {}", path.display()))?,
-    );
-    for t in txns {
-        serde_json::to_writer(&mut f, t).context("serialise a transaction")?;
-        f.write_all(b"\n").context("write history.jsonl")?;
-    }
-    f.flush().context("write history.jsonl")
 }

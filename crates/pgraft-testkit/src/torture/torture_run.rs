@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use super::checks::{self, Anomaly, FinalValues, LogRecord};
 use super::client::Workload;
 use super::fault_schedule::{FaultKind, FaultSchedule};
-use super::history::{History, HistoryOp};
+use super::history::History;
 use super::leader_monitor::LeaderMonitor;
 use super::nemesis::{FaultRecord, Nemesis};
 use super::report::{self, CheckResult, Report};
@@ -183,38 +183,12 @@ fn drive(opts: &TortureOptions, cluster: &LocalCluster) -> Result<Report> {
 
     // The nemesis runs here until the duration is used up.
     let nemesis = Nemesis::new(cluster, start, opts.recovery_bound);
-    let mut faults: Vec<FaultRecord> = Vec::new();
-    for planned in FaultSchedule::new(opts.seed, &opts.faults, opts.nodes, false)? {
-        if start.elapsed() + planned.quiet + planned.hold >= opts.duration {
-            break;
-        }
-        std::thread::sleep(planned.quiet);
-        let rec = nemesis.run(&planned);
-        progress(&format!(
-            "{:>6.1}s fault {} {}: {} · writes again after {} · {} ops so far{}",
-            rec.start_us as f64 / 1e6,
-            rec.seq,
-            rec.kind,
-            rec.detail,
-            rec.recovery_ms.map_or("NOT within the bound".into(), |m| format!("{m} ms")),
-            history.len(),
-            rec.error.as_deref().map(|e| format!(" [{e}]")).unwrap_or_default()
-        ));
-        faults.push(rec);
-    }
-    if let Some(rest) = opts.duration.checked_sub(start.elapsed()) {
-        std::thread::sleep(rest);
-    }
+    let schedule = FaultSchedule::new(opts.seed, &opts.faults, opts.nodes, false)?;
+    let faults = run_schedule(opts, &nemesis, schedule, start, || format!("{} ops", history.len()));
     let run_us = start.elapsed().as_micros() as u64;
-    stop.store(true, Ordering::Relaxed);
-    rt.block_on(async {
-        for t in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
-        }
-    });
-    rt.shutdown_timeout(Duration::from_secs(5));
+    stop_clients(rt, tasks, &stop);
     let history = history.snapshot();
-    write_history(opts, &history)?;
+    write_jsonl(&opts.dir.join("history.jsonl"), &history)?;
     progress(&format!(
         "workload stopped after {:.1} s with {} operations; healing",
         run_us as f64 / 1e6,
@@ -223,17 +197,7 @@ fn drive(opts: &TortureOptions, cluster: &LocalCluster) -> Result<Report> {
 
     // Heal everything and converge.
     let mut anomalies: Vec<Anomaly> = Vec::new();
-    if let Err(e) = nemesis.heal_everything() {
-        anomalies.push(Anomaly { check: "heal".into(), detail: format!("{e:#}") });
-    }
-    let final_recovery_ms = match nemesis.probe_write() {
-        Ok(d) => Some(d.as_millis() as u64),
-        Err(e) => {
-            anomalies
-                .push(Anomaly { check: "writes accepted after healing".into(), detail: format!("{e:#}") });
-            None
-        }
-    };
+    let final_recovery_ms = heal_and_probe(&nemesis, &mut anomalies);
     progress("waiting for every member to hold the same state");
     let hashes = converge(cluster).unwrap_or_else(|(e, last)| {
         anomalies.push(Anomaly { check: "convergence".into(), detail: format!("{e:#}") });
@@ -296,21 +260,10 @@ fn drive(opts: &TortureOptions, cluster: &LocalCluster) -> Result<Report> {
         format!("{} terms", sightings.len()),
         checks::one_leader_per_term(&sightings),
     );
-    let slow: Vec<Anomaly> = faults
-        .iter()
-        .filter(|f| f.recovery_ms.is_none())
-        .map(|f| Anomaly {
-            check: "writes accepted after healing".into(),
-            detail: format!(
-                "no write accepted within {:?} after healing fault {} ({}: {})",
-                opts.recovery_bound, f.seq, f.kind, f.detail
-            ),
-        })
-        .collect();
     check(
         "writes accepted again after every heal",
         format!("{} heals, bound {:?}", faults.len(), opts.recovery_bound),
-        slow,
+        slow_heals(&faults, opts.recovery_bound),
     );
 
     let verdict = if anomalies.is_empty() { "pass" } else { "fail" };
@@ -346,16 +299,98 @@ fn drive(opts: &TortureOptions, cluster: &LocalCluster) -> Result<Report> {
     Ok(report)
 }
 
-fn write_history(opts: &TortureOptions, history: &[HistoryOp]) -> Result<()> {
-    let path = opts.dir.join("history.jsonl");
-    let mut f = std::io::BufWriter::new(
-        std::fs::File::create(&path).with_context(|| format!("create {}", path.display()))?,
-    );
-    for op in history {
-        serde_json::to_writer(&mut f, op).context("serialise an operation")?;
-        f.write_all(b"\n").context("write history.jsonl")?;
+/// The nemesis's part of a run, on this thread: every planned fault that fits in the
+/// duration, each reported as it ends (`done` says how much the clients did so far), then
+/// the rest of the duration.
+pub(super) fn run_schedule(
+    opts: &TortureOptions,
+    nemesis: &Nemesis<'_>,
+    schedule: FaultSchedule,
+    start: Instant,
+    done: impl Fn() -> String,
+) -> Vec<FaultRecord> {
+    let mut faults = Vec::new();
+    for planned in schedule {
+        if start.elapsed() + planned.quiet + planned.hold >= opts.duration {
+            break;
+        }
+        std::thread::sleep(planned.quiet);
+        let rec = nemesis.run(&planned);
+        progress(&format!(
+            "{:>6.1}s fault {} {}: {} · writes again after {} · {} so far{}",
+            rec.start_us as f64 / 1e6,
+            rec.seq,
+            rec.kind,
+            rec.detail,
+            rec.recovery_ms.map_or("NOT within the bound".into(), |m| format!("{m} ms")),
+            done(),
+            rec.error.as_deref().map(|e| format!(" [{e}]")).unwrap_or_default()
+        ));
+        faults.push(rec);
     }
-    f.flush().context("write history.jsonl")
+    if let Some(rest) = opts.duration.checked_sub(start.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    faults
+}
+
+/// Stops the clients and the monitor: each finishes (or gives up on) what it has in
+/// flight.
+pub(super) fn stop_clients(
+    rt: tokio::runtime::Runtime,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop: &AtomicBool,
+) {
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(async {
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
+        }
+    });
+    rt.shutdown_timeout(Duration::from_secs(5));
+}
+
+/// Lifts every fault and waits for an accepted write: how long that took, or `None`
+/// with the anomaly recorded.
+pub(super) fn heal_and_probe(nemesis: &Nemesis<'_>, anomalies: &mut Vec<Anomaly>) -> Option<u64> {
+    if let Err(e) = nemesis.heal_everything() {
+        anomalies.push(Anomaly { check: "heal".into(), detail: format!("{e:#}") });
+    }
+    match nemesis.probe_write() {
+        Ok(d) => Some(d.as_millis() as u64),
+        Err(e) => {
+            anomalies
+                .push(Anomaly { check: "writes accepted after healing".into(), detail: format!("{e:#}") });
+            None
+        }
+    }
+}
+
+/// The faults after whose heal no write was accepted within `bound`.
+pub(super) fn slow_heals(faults: &[FaultRecord], bound: Duration) -> Vec<Anomaly> {
+    faults
+        .iter()
+        .filter(|f| f.recovery_ms.is_none())
+        .map(|f| Anomaly {
+            check: "writes accepted after healing".into(),
+            detail: format!(
+                "no write accepted within {bound:?} after healing fault {} ({}: {})",
+                f.seq, f.kind, f.detail
+            ),
+        })
+        .collect()
+}
+
+/// Writes `items` as JSON lines (the run's `history.jsonl`).
+pub(super) fn write_jsonl<T: serde::Serialize>(path: &std::path::Path, items: &[T]) -> Result<()> {
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?,
+    );
+    for item in items {
+        serde_json::to_writer(&mut f, item).with_context(|| format!("write {}", path.display()))?;
+        f.write_all(b"\n").with_context(|| format!("write {}", path.display()))?;
+    }
+    f.flush().with_context(|| format!("write {}", path.display()))
 }
 
 fn connect(cluster: &LocalCluster, id: u64) -> Result<postgres::Client> {

@@ -13,9 +13,13 @@
 //!     a standby (its member votes again) and records where it shut down; if its own
 //!     member then promotes it again, the helper is done; once another primary
 //!     appears, stops it and goes on
+//!     (a standby it stopped in an earlier round starts again as the standby it was)
 //!  3. saves the configuration files (pg_rewind copies the source's over them)
 //!  4. pg_rewind --source-server=<that primary>      ("no rewind required" is fine)
 //!     if it fails, or `rejoin.reclone` exists: pg_basebackup a fresh copy and swap it in
+//!     (a failed rewind writes `rejoin.reclone` first: a half-rewound directory never
+//!     starts again); a primary lost half-way (no checkpoint, no copy) sends the helper
+//!     back to step 2, so the server is never left down for good
 //!  5. restores the configuration files, writes standby.signal
 //!  6. starts the server: pgraft.server_start_command (a service manager's), else
 //!     pg_ctl restart with the options in postmaster.opts
@@ -130,6 +134,9 @@ SOURCE={source}
 LOCAL_EXTRA={local_extra}
 START_COMMAND={start_command}
 STOP_COMMAND={stop_command}
+# No libpq call of this script waits on an address that does not answer.
+PGCONNECT_TIMEOUT=5
+export PGCONNECT_TIMEOUT
 step() {{
     printf '%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$1" > "$STATE.tmp" && mv "$STATE.tmp" "$STATE"
     echo "pgraft rejoin (node {node}): $1"
@@ -159,6 +166,11 @@ local_conninfo() {{
 }}
 step "waiting for the fenced server (postmaster {pid}) to stop"
 while kill -0 {pid} 2>/dev/null; do sleep 0.1; done
+# Every round waits for a primary, then rewinds (or re-clones) from it. A round that loses
+# its primary half-way (a fault elsewhere) starts again; nothing leaves the server down
+# for good while a primary can come back.
+while :; do
+current
 step "waiting for another member's server to be the primary"
 SINCE=$(date +%s)
 STANDBY=no
@@ -166,10 +178,13 @@ until "$BIN/psql" "$SOURCE" -XAtqc 'SELECT 1' >/dev/null 2>&1; do
     current
     if [ "$STANDBY" = no ] && [ $(( $(date +%s) - SINCE )) -ge {standby_after} ]; then
         # No primary: this server's member may be needed for a Raft majority. Start it as
-        # a standby so that the member votes again, with the position it stood down at.
+        # a standby so that the member votes again.
         STANDBY=never
         STATE_NOW=$(control "Database cluster state")
-        if [ "$STATE_NOW" = "shut down" ]; then
+        if [ -e {reclone} ]; then
+            step "not starting early: the data directory must be re-cloned (a rewind did not finish); waiting for a primary"
+        elif [ "$STATE_NOW" = "shut down" ]; then
+            # The fenced primary: its member reports the position it stood down at.
             TLI=$(control "Latest checkpoint's TimeLineID")
             AT=$(control "Latest checkpoint location")
             printf '%s %s\n' "$TLI" "$AT" > {marker}.tmp && mv {marker}.tmp {marker}
@@ -181,6 +196,17 @@ until "$BIN/psql" "$SOURCE" -XAtqc 'SELECT 1' >/dev/null 2>&1; do
                 step "running as a standby; waiting for a primary"
             else
                 rm -f {marker}
+                step "could not start as a standby (see $SERVER_LOG); waiting for a primary"
+            fi
+        elif [ "$STATE_NOW" = "shut down in recovery" ]; then
+            # A standby this helper stopped to rewind: it starts again as the standby it was.
+            rm -f "$PGDATA/postmaster.pid" "$PGDATA/promote"
+            : > "$PGDATA/standby.signal"
+            step "no primary after {standby_after} s: starting again as the standby it was"
+            if start_server; then
+                STANDBY=yes
+                step "running as a standby; waiting for a primary"
+            else
                 step "could not start as a standby (see $SERVER_LOG); waiting for a primary"
             fi
         else
@@ -200,7 +226,7 @@ if [ "$STANDBY" = yes ]; then
     # Stopping this standby takes its Raft member down again, which with a member already
     # down costs the new primary its majority: only when it cannot follow (it diverged).
     step "another member's server is the primary: waiting for this standby to follow it"
-    TLI=$("$BIN/psql" "$SOURCE" -XAtq -c 'CHECKPOINT' -c 'SELECT timeline_id FROM pg_control_checkpoint()' 2>/dev/null | tail -1)
+    TLI=$(timeout 120 "$BIN/psql" "$SOURCE" -XAtq -c 'CHECKPOINT' -c 'SELECT timeline_id FROM pg_control_checkpoint()' 2>/dev/null | tail -1)
     UNTIL=$(( $(date +%s) + {follow_s} ))
     while [ -n "$TLI" ] && [ "$(date +%s)" -lt "$UNTIL" ]; do
         current
@@ -215,23 +241,32 @@ if [ "$STANDBY" = yes ]; then
     stop_server || {{ step "failed: could not stop the standby"; exit 1; }}
 fi
 mkdir -p "$SAVED" || {{ step "failed: cannot create $SAVED"; exit 1; }}
-for f in {files}; do
-    if [ -f "$PGDATA/$f" ]; then cp -p "$PGDATA/$f" "$SAVED/$f" || {{ step "failed: cannot save $f"; exit 1; }}; fi
-done
+# Not from a directory a failed rewind left (it holds the source's configuration).
+if [ ! -e {reclone} ] || [ -z "$(ls -A "$SAVED")" ]; then
+    for f in {files}; do
+        if [ -f "$PGDATA/$f" ]; then cp -p "$PGDATA/$f" "$SAVED/$f" || {{ step "failed: cannot save $f"; exit 1; }}; fi
+    done
+fi
 # A promoted server's control file names its new timeline only after a checkpoint;
 # pg_rewind reads it there, and without one it may see "the same timeline" and skip a
 # rewind that is needed.
 step "asking the primary for a checkpoint"
-until "$BIN/psql" "$SOURCE" -XAtqc 'CHECKPOINT' >/dev/null 2>&1; do sleep 0.5; done
+if ! timeout 120 "$BIN/psql" "$SOURCE" -XAtqc 'CHECKPOINT' >/dev/null 2>&1; then
+    step "the primary did not take a checkpoint; waiting for a primary again"
+    sleep 1
+    continue
+fi
 if [ -e {reclone} ]; then
-    rm -f {reclone}
-    step "a re-clone was asked for ({reclone}): re-cloning with pg_basebackup"
+    step "re-cloning with pg_basebackup (asked for, or a rewind did not finish)"
     REWOUND=no
 else
     step "rewinding with pg_rewind"
     if "$BIN/pg_rewind" -D "$PGDATA" --source-server="$SOURCE" --progress; then
         REWOUND=yes
     else
+        # A failed rewind may have copied part of the source: this data directory must
+        # never start again, whichever helper comes next.
+        : > {reclone}
         step "pg_rewind failed: re-cloning with pg_basebackup"
         REWOUND=no
     fi
@@ -245,13 +280,18 @@ else
         mv "$PGDATA" "$PGDATA.old.$$" && mv "$PGDATA.reclone" "$PGDATA" && rm -rf "$PGDATA.old.$$" \
             || {{ step "failed: cannot swap in the re-cloned data directory"; exit 1; }}
         chmod 700 "$PGDATA"
+        rm -f {reclone}
         HOW=re-cloned
         step "re-cloned"
     else
-        step "failed: pg_basebackup could not re-clone; the server stays down"
-        exit 1
+        rm -rf "$PGDATA.reclone"
+        step "pg_basebackup could not re-clone; trying again once a primary answers"
+        sleep 2
+        continue
     fi
 fi
+break
+done
 for f in {files}; do
     if [ -f "$SAVED/$f" ]; then cp -p "$SAVED/$f" "$PGDATA/$f"; fi
 done

@@ -76,6 +76,11 @@ impl Drop for Down {
     fn drop(&mut self) {
         let dir = self.0.to_string_lossy().into_owned();
         let _ = Command::new(env!("CARGO_BIN_EXE_pgraftctl")).args(["local", "down", "--dir", &dir]).output();
+        // A passing test's cluster is gone (hundreds of MB each); a failing one's logs
+        // are kept for diagnosis (scripts/test.sh removes them after a day).
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 

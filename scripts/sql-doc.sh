@@ -34,6 +34,7 @@ ex 2 "On a follower, membership changes name the leader" "SELECT pgraft_add_node
 ex 1 "Members" "SELECT * FROM pgraft_get_nodes();"
 ex 1 "Cluster status (the union of every document's columns)" "SELECT * FROM pgraft_get_cluster_status();"
 ex 3 "Leadership" "SELECT pgraft_is_leader(), pgraft_get_leader(), pgraft_get_term(), pgraft_quorum_met();"
+ex 1 "Whether the leader keeps a majority without a member (the rejoin helper asks before it stops a standby; false on a follower)" "SELECT pgraft_can_spare(2), pgraft_can_spare(3);"
 ex 1 "Hand leadership to another voter" "SELECT pgraft_transfer_leadership(2);"
 ex 3 "Leader now" "SELECT pgraft_get_leader();"
 ex 1 "Worker and version" "SELECT pgraft_get_worker_state(), pgraft_get_version();"

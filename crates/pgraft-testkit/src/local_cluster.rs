@@ -34,6 +34,12 @@ use crate::test_ca::{MemberTlsFiles, TestCa};
 use crate::wait::wait_until;
 
 const STATE_FILE: &str = "cluster.json";
+/// How long a start waits for a member's rejoin helper (a rewind, or a re-clone of a small
+/// test database, while the primary may change under it).
+const REJOIN_WAIT: Duration = Duration::from_secs(180);
+/// How long the supervisor's start of a member may take: a helper that was running, the
+/// start itself, and a helper that a fence at start spawned.
+const START_WITHIN: Duration = Duration::from_secs(2 * REJOIN_WAIT.as_secs() + 120);
 const PROXY_SOCKET: &str = "proxy.sock";
 const PROXY_PID: &str = "proxy.pid";
 
@@ -287,7 +293,7 @@ impl LocalCluster {
     pub fn start(&self, id: u64) -> Result<()> {
         self.node(id)?;
         self.ensure_proxy()?;
-        self.proxy().request_within(&format!("start {id}"), Duration::from_secs(120)).map(|_| ())
+        self.proxy().request_within(&format!("start {id}"), START_WITHIN).map(|_| ())
     }
 
     /// Starts every member that is not running, and the supervisor.
@@ -676,18 +682,10 @@ impl LocalCluster {
     }
 
     fn start_node(&self, n: &Node) -> Result<()> {
-        // A fenced primary's rejoin helper (HA clusters) stops, rewinds and starts its
-        // server by itself; a start in the middle would race pg_rewind. Let it finish.
-        if let Some(pid) = self.rejoin_helper(n) {
-            wait_until(
-                &format!("the rejoin helper of node {} (pid {pid}) to finish", n.node_id),
-                Duration::from_secs(180),
-                Duration::from_millis(100),
-                || Ok(self.rejoin_helper(n).is_none().then_some(())),
-            )?;
-            if read_postmaster_pid(&n.data_dir).is_some_and(alive) {
-                return Ok(());
-            }
+        // A rejoin helper (HA clusters) stops, rewinds and starts its server by itself; a
+        // start in the middle would race pg_rewind. Let it finish.
+        if self.rejoin_helper(n).is_some() && self.wait_for_rejoin(n, false)? {
+            return Ok(());
         }
         if let Some(pid) = read_postmaster_pid(&n.data_dir) {
             if alive(pid) {
@@ -729,17 +727,7 @@ impl LocalCluster {
             // once (shut down before pg_ctl saw it ready), and its rejoin helper brings it
             // back as a standby; or the helper started it first. That is the cluster
             // working: wait for the helper, then for a running postmaster.
-            let up = wait_until(
-                &format!("node {} to be started by its rejoin helper", n.node_id),
-                Duration::from_secs(180),
-                Duration::from_millis(100),
-                || {
-                    let helper = self.rejoin_helper(n).is_some();
-                    let running = read_postmaster_pid(&n.data_dir).is_some_and(alive);
-                    Ok((!helper && running).then_some(()))
-                },
-            );
-            if up.is_ok() {
+            if self.wait_for_rejoin(n, true).unwrap_or(false) {
                 return Ok(());
             }
         }
@@ -747,6 +735,19 @@ impl LocalCluster {
             format!("{} says: {}", n.log_file.display(), log_since(&n.log_file, log_start, 2_000))
         })?;
         Ok(())
+    }
+
+    /// Waits until member `n` has no rejoin helper running and, if `until_running`, its
+    /// server runs (a helper may start a moment after a fence); whether its server runs.
+    fn wait_for_rejoin(&self, n: &Node, until_running: bool) -> Result<bool> {
+        let running = || read_postmaster_pid(&n.data_dir).is_some_and(alive);
+        wait_until(
+            &format!("the rejoin helper of node {} to finish", n.node_id),
+            REJOIN_WAIT,
+            Duration::from_millis(100),
+            || Ok((self.rejoin_helper(n).is_none() && (!until_running || running())).then_some(())),
+        )?;
+        Ok(running())
     }
 
     /// The pid of member `n`'s running rejoin helper, if one runs.

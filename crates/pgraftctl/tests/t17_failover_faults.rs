@@ -180,16 +180,7 @@ fn an_asynchronous_primary_cut_off_diverges_and_is_rewound() {
     for_each_version(|pgc| {
         let c = HaCluster::up(pgc, "fo-async", 0);
         let (d, pgc, lines, rw) = (&c.d, &c.pgc, &c.lines, &c.rw);
-        for i in 0..3 {
-            let mut c = connect(&conninfo(lines, i)).expect("connect");
-            c.batch_execute("ALTER SYSTEM SET pgraft.synchronous_mode = off").expect("asynchronous mode");
-            c.batch_execute("SELECT pg_reload_conf()").expect("reload");
-        }
-        wait("the primary to stop waiting for standbys", Duration::from_secs(30), || {
-            let mut c = connect(&conninfo(lines, 0)).ok()?;
-            let names: String = c.query_one("SHOW synchronous_standby_names", &[]).ok()?.get(0);
-            names.is_empty().then_some(())
-        });
+        asynchronous(lines, 3);
         let pinned = Writer::start(conninfo(lines, 0), 1_000_000);
         let writer = Writer::start(rw.clone(), 1);
         wait("the writers to get going", Duration::from_secs(10), || {
@@ -241,6 +232,98 @@ fn an_asynchronous_primary_cut_off_diverges_and_is_rewound() {
         assert!(log.contains("rewound"), "{log}");
         let on_old = values_on(&conninfo(lines, 0)).expect("read t on node 1");
         assert!(alone.iter().all(|(v, _, _)| !on_old.contains(v)), "the rewind removed node 1's lone writes");
+        pgraftctl(&["local", "down", "--dir", d]);
+    });
+}
+
+/// Turns synchronous mode off on the `n` members and waits until node 1, the primary, no
+/// longer waits for standbys.
+fn asynchronous(lines: &[Value], n: usize) {
+    for i in 0..n {
+        let mut c = connect(&conninfo(lines, i)).expect("connect");
+        c.batch_execute("ALTER SYSTEM SET pgraft.synchronous_mode = off").expect("asynchronous mode");
+        c.batch_execute("SELECT pg_reload_conf()").expect("reload");
+    }
+    wait("the primary to stop waiting for standbys", Duration::from_secs(30), || {
+        let mut c = connect(&conninfo(lines, 0)).ok()?;
+        let names: String = c.query_one("SHOW synchronous_standby_names", &[]).ok()?.get(0);
+        names.is_empty().then_some(())
+    });
+}
+
+/// In asynchronous mode a standby can hold WAL the next primary never had. Of five
+/// members, node 2 alone keeps receiving the primary's writes (the replication links from
+/// node 1 to nodes 3-5 are cut), then node 2 is cut off from everything and node 1 is
+/// killed: node 3, 4 or 5 is promoted on a timeline that left the old one before node 2's
+/// position. Healed, node 2 cannot follow it. Its worker sees that in the history file its
+/// WAL receiver fetched, and the rejoin helper stops it (once the leader says the Raft
+/// majority can spare its member), rewinds it and starts it as a standby of the new
+/// primary, without the writes the new primary never had. Node 1 then rejoins too.
+#[test]
+fn a_standby_that_diverged_is_rewound() {
+    for_each_version(|pgc| {
+        let c = HaCluster::up_n(pgc, "fo-diverged", 0, 5);
+        let (d, pgc, lines, rw) = (&c.d, &c.pgc, &c.lines, &c.rw);
+        asynchronous(lines, 5);
+        for n in ["3", "4", "5"] {
+            pgraftctl(&["local", "repl-cut", "1", n, "--dir", d]);
+        }
+        let writer = Writer::start(conninfo(lines, 0), 1);
+        wait("node 1 to acknowledge writes", Duration::from_secs(10), || {
+            (writer.count() >= 50).then_some(())
+        });
+        let acked = writer.finish();
+        let want: Vec<i64> = acked.iter().map(|(v, _, _)| *v).collect();
+        wait_rows(lines, 1, &want);
+        pgraftctl(&["local", "partition", "2", "--dir", d]);
+        pgraftctl(&["local", "repl-partition", "2", "--dir", d]);
+        pgraftctl(&["local", "kill", "1", "--dir", d]);
+        let killed = Instant::now();
+        let p = wait("node 3, 4 or 5 to be promoted", Duration::from_secs(60), || {
+            (2..5).find(|i| {
+                connect(&conninfo(lines, *i))
+                    .ok()
+                    .and_then(|mut c| c.query_one("SELECT pg_is_in_recovery(), pgraft_is_leader()", &[]).ok())
+                    .is_some_and(|r| !r.get::<_, bool>(0) && r.get::<_, bool>(1))
+            })
+        });
+        println!("{pgc}: node {} promoted {:?} after node 1 was killed", p + 1, killed.elapsed());
+        let have = values_on(&conninfo(lines, p)).expect("read t on the new primary");
+        let alone: Vec<i64> = want.iter().copied().filter(|v| !have.contains(v)).collect();
+        assert!(
+            !alone.is_empty(),
+            "the new primary has every write node 2 has: nothing diverged, the test proves nothing"
+        );
+        let timeline: i32 = connect(&conninfo(lines, p))
+            .expect("connect to the new primary")
+            .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])
+            .expect("timeline")
+            .get(0);
+        let later = wait("a write on the new primary", Duration::from_secs(30), || write_once(rw));
+        assert_eq!(later, pg_port(lines, p));
+        pgraftctl(&["local", "heal", "--dir", d]);
+        let healed = Instant::now();
+        let raft_dir = std::path::PathBuf::from(lines[1]["raft_data_dir"].as_str().expect("raft_data_dir"));
+        let log = rejoin_log_when_done(&raft_dir);
+        assert!(log.contains("diverged") && log.contains("rewound"), "{log}");
+        never_writable_until_rejoined(lines, 1, p);
+        println!(
+            "{pgc}: the diverged standby streams from the new primary {:?} after the heal",
+            healed.elapsed()
+        );
+        let on_2 = values_on(&conninfo(lines, 1)).expect("read t on node 2");
+        assert!(alone.iter().all(|v| !on_2.contains(v)), "the rewind removed what the new primary never had");
+        let mut c = connect(&conninfo(lines, 1)).expect("connect to node 2");
+        let tli: i32 = c
+            .query_one("SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming'", &[])
+            .expect("node 2's WAL receiver")
+            .get(0);
+        assert!(tli >= timeline, "node 2 follows timeline {timeline} (it receives {tli})");
+        // Node 1, killed as the primary, comes back as a standby too.
+        let out = pgraft_start(d, 1);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        never_writable_until_rejoined(lines, 0, p);
+        assert_eq!(check_one_primary(lines, 5, &[]), p);
         pgraftctl(&["local", "down", "--dir", d]);
     });
 }

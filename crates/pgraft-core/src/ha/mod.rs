@@ -9,6 +9,7 @@ mod health;
 mod planner;
 mod slots;
 mod sync_set;
+mod timeline;
 
 pub use ha_state::{
     DetachReport, HaCommand, HaRefusal, HaState, HaStateV1, Lsn, PrimaryRecord, ServerRecord,
@@ -22,3 +23,4 @@ pub use planner::{
 };
 pub use slots::{plan_slots, slot_on, SlotPlan, PUBLISH_PAUSE_MS, PUBLISH_STEP};
 pub use sync_set::{recorded_k, reports_needed, RAISE_AFTER_MS};
+pub use timeline::{divergence, history_file_name, lsn_text, parse_history, parse_lsn, Switch};

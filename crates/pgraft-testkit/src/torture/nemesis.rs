@@ -371,12 +371,15 @@ impl<'a> Nemesis<'a> {
             FaultKind::SyncStandbyKill => {
                 let primary = self.find_leader()?;
                 let standbys: Vec<u64> = ids.iter().copied().filter(|i| *i != primary).collect();
-                let last = *rng.pick(&standbys);
+                // The one left streaming is one that streams now (an earlier fault may still
+                // keep another down or rejoining).
+                let streaming = self.streaming_standbys(primary)?;
+                let last = *rng.pick(if streaming.is_empty() { &standbys } else { &streaming });
                 for s in standbys.iter().filter(|s| **s != last) {
                     self.cluster.repl_cut(primary, *s)?;
                 }
                 // Until the primary has noticed the others gone, `last` is not the only one.
-                self.wait_streaming_standbys(primary, 1)?;
+                self.wait_streaming_only(primary, last)?;
                 self.cluster.kill(last)?;
                 Ok((
                     format!("primary {primary} streams to node {last} alone; kill -9 node {last}"),
@@ -394,19 +397,27 @@ impl<'a> Nemesis<'a> {
         })
     }
 
-    /// Waits until `primary` has exactly `n` standbys streaming.
-    fn wait_streaming_standbys(&self, primary: u64, n: i64) -> Result<()> {
+    /// The members whose standbys stream from `primary` now.
+    fn streaming_standbys(&self, primary: u64) -> Result<Vec<u64>> {
+        let mut c = self.connect(primary)?;
+        let rows = c.query(
+            "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming' ORDER BY 1",
+            &[],
+        )?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| r.get::<_, Option<String>>(0))
+            .filter_map(|name| name.strip_prefix("pgraft_node_").and_then(|n| n.parse().ok()))
+            .collect())
+    }
+
+    /// Waits until no standby but `last`'s streams from `primary`.
+    fn wait_streaming_only(&self, primary: u64, last: u64) -> Result<()> {
         wait_until(
-            &format!("node {primary} to have {n} streaming standby(s)"),
-            Duration::from_secs(20),
+            &format!("node {primary} to stream to node {last} alone"),
+            Duration::from_secs(30),
             Duration::from_millis(100),
-            || {
-                let mut c = self.connect(primary)?;
-                let k: i64 = c
-                    .query_one("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'", &[])?
-                    .get(0);
-                Ok((k == n).then_some(()))
-            },
+            || Ok(self.streaming_standbys(primary)?.iter().all(|s| *s == last).then_some(())),
         )
     }
 
@@ -487,7 +498,9 @@ impl<'a> Nemesis<'a> {
     fn wait_worker(&self, id: u64) -> Result<()> {
         wait_until(
             &format!("the worker of node {id} to run again"),
-            Duration::from_secs(60),
+            // A crash restart of a primary that lost its role meanwhile is fenced, and
+            // runs again once its rejoin helper has rewound it.
+            Duration::from_secs(180),
             Duration::from_millis(100),
             || {
                 let mut c = self.connect(id)?;

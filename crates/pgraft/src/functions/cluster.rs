@@ -89,6 +89,29 @@ fn pgraft_quorum_met() -> bool {
     status().member.quorum_active
 }
 
+/// Whether the Raft leader keeps a majority without member `node_id`: true only on the
+/// leader, when the voters it heard from within the election timeout, itself included and
+/// `node_id` not counted, are more than half of all voters. The rejoin helper asks the
+/// primary this before it stops a standby to rewind it, so that a rewind never costs the
+/// cluster its majority (etcd's strict reconfiguration check asks the same before it
+/// removes a member).
+#[pg_extern]
+fn pgraft_can_spare(node_id: i32) -> bool {
+    let id = node_id_arg("pgraft_can_spare", node_id);
+    let st = status();
+    if st.member.role != pgraft_core::Role::Leader {
+        return false;
+    }
+    let timeout = crate::gucs::effective_timing(&st.cluster_config).election_timeout_ms as i64;
+    let heard = st
+        .member
+        .voters
+        .iter()
+        .filter(|v| **v != id && heard_ms(&st, **v).is_some_and(|ms| ms <= timeout))
+        .count();
+    heard > st.member.voters.len() / 2
+}
+
 /// Hands leadership to another voter; returns once it leads. With failover on, the Raft
 /// leader's server is the primary, so this is a planned switchover: writes stop on the old
 /// primary, it shuts down cleanly while its standbys receive everything it wrote, the

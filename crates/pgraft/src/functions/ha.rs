@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use pgraft_core::ha::{HaState, Lsn};
+use pgraft_core::ha::{lsn_text, HaState, Lsn};
 use pgrx::prelude::*;
 
 use super::cluster::status;
@@ -57,11 +57,6 @@ fn streaming() -> BTreeMap<u64, Streaming> {
 fn last_rejoin() -> Option<String> {
     let text = std::fs::read_to_string(crate::worker::raft_dir().join(crate::ha::rejoin::STATE)).ok()?;
     Some(text.trim().to_string()).filter(|t| !t.is_empty())
-}
-
-/// `X/Y`, as PostgreSQL prints an LSN.
-fn lsn_text(l: Lsn) -> String {
-    format!("{:X}/{:X}", l >> 32, l & 0xffff_ffff)
 }
 
 /// Failover as this member sees it: per member, its Raft state, its server's role,

@@ -31,6 +31,12 @@ const SLOTS_SEEN_FRESH_MS: i64 = 10_000;
 /// The least time between two writes of the same settings (a reload takes a moment to
 /// reach every process).
 const REWRITE_PAUSE: Duration = Duration::from_millis(500);
+/// How often a standby looks for a newer timeline it cannot follow (a stat of one or two
+/// files): soon after its WAL receiver fetched the history file, because a crash in
+/// between leaves a server PostgreSQL refuses to start.
+const DIVERGENCE_CHECK: Duration = Duration::from_millis(200);
+/// The least time between two rejoin helpers started for a diverged standby.
+const DIVERGED_RESPAWN: Duration = Duration::from_secs(30);
 
 /// The control loop's memory between ticks.
 pub struct Reconciler {
@@ -51,6 +57,10 @@ pub struct Reconciler {
     last_health: Option<String>,
     /// `synchronous_standby_names` as last seen, and since when.
     sync_seen: Option<(String, i64)>,
+    /// When this standby last looked for a timeline it cannot follow.
+    divergence_checked: Option<Instant>,
+    /// When a rejoin helper was last started for this diverged standby.
+    diverged_rejoin: Option<Instant>,
 }
 
 impl Reconciler {
@@ -70,6 +80,8 @@ impl Reconciler {
             connection: ConnectionProbe::default(),
             last_health: None,
             sync_seen: None,
+            divergence_checked: None,
+            diverged_rejoin: None,
         }
     }
 
@@ -114,10 +126,38 @@ impl Reconciler {
             plan.propose.push(publish);
         }
         self.carry_out(&plan, &o, node, rt);
+        if failover && !o.server.promoting {
+            self.rewind_if_diverged(&facts, &o);
+        }
     }
 
-    /// Why the server cannot serve, if it cannot: recovering from a crash, or a probe (a
-    /// new connection; a commit on a primary) waiting past `pgraft.health_check_timeout`.
+    /// A standby that replayed WAL the newest timeline does not hold (see
+    /// `pgraft_core::ha::divergence`) can never follow the primary: it gets the rejoin
+    /// helper, which stops it once the Raft majority can spare its member and rewinds it.
+    /// Caught here, while the server runs: once restarted, PostgreSQL would refuse to
+    /// start it at all, and with no postmaster there is no worker to start a helper.
+    fn rewind_if_diverged(&mut self, facts: &ServerFacts, o: &Observation<'_>) {
+        if !facts.in_recovery || facts.crash_recovery {
+            return;
+        }
+        if self.divergence_checked.is_some_and(|t| t.elapsed() < DIVERGENCE_CHECK) {
+            return;
+        }
+        self.divergence_checked = Some(Instant::now());
+        let Some(why) = divergence(&self.pgdata, facts.replay_timeline, facts.replayed) else { return };
+        if self.diverged_rejoin.is_some_and(|t| t.elapsed() < DIVERGED_RESPAWN)
+            || rejoin::helper_running(&self.raft_dir)
+        {
+            return;
+        }
+        log::warn!("failover: this standby cannot follow the primary: {why}; starting the rejoin helper to rewind it");
+        self.diverged_rejoin = Some(Instant::now());
+        self.start_rejoin(o, Some(why));
+    }
+
+    /// Why the server cannot serve, if it cannot: recovering from a crash, a standby not
+    /// consistent yet, or a probe (a new connection; a commit on a primary) waiting past
+    /// `pgraft.health_check_timeout`.
     fn health(
         &mut self,
         facts: &ServerFacts,
@@ -128,6 +168,8 @@ impl Reconciler {
         let bound = gucs::HEALTH_CHECK_TIMEOUT.get().max(0) as u64;
         let problem = if facts.is_starting_primary() {
             Some("the server is replaying WAL after a crash".to_string())
+        } else if facts.is_inconsistent_standby() {
+            Some("the standby has not reached a consistent state (it cannot open or be promoted)".to_string())
         } else if bound == 0 {
             None
         } else {
@@ -336,7 +378,7 @@ impl Reconciler {
                 log::warn!("failover: could not point the fenced server at node {leader:?}: {e}");
             }
         }
-        self.start_rejoin(o);
+        self.start_rejoin(o, None);
         if let Err(e) = auto_conf::shut_down_as_standby(&self.pgdata) {
             // The gate still refuses every client session.
             log::warn!("failover: could not shut the fenced server down: {e}");
@@ -344,9 +386,10 @@ impl Reconciler {
         }
     }
 
-    /// Starts the helper that rewinds the server and starts it again as a standby once it
-    /// has stopped (see [`super::rejoin`]).
-    fn start_rejoin(&self, o: &Observation<'_>) {
+    /// Starts the helper that rewinds the server and starts it again as a standby (see
+    /// [`super::rejoin`]): once it has stopped (a fenced primary), or after stopping it
+    /// itself (a standby that `diverged`, for the reason given).
+    fn start_rejoin(&self, o: &Observation<'_>, diverged: Option<String>) {
         if self.raft_dir.starts_with(&self.pgdata) {
             log::warn!(
                 "failover: this server will not rejoin by itself: pgraft.data_dir ({}) is inside the data directory, \
@@ -359,19 +402,24 @@ impl Reconciler {
             log::warn!("failover: this server will not rejoin by itself: the postgres program's directory is unknown");
             return;
         };
-        let others: Vec<(String, u16)> =
-            o.ha.servers.iter().filter(|(n, _)| **n != o.raft.me).map(|(_, s)| dial(s)).collect();
-        if others.is_empty() {
+        let extra = gucs::string(&gucs::REPLICATION_CONNINFO);
+        let sources: Vec<String> = o
+            .ha
+            .servers
+            .iter()
+            .filter(|(n, _)| **n != o.raft.me)
+            .map(|(_, s)| {
+                let (host, port) = dial(s);
+                let c = format!(
+                    "host={host} port={port} dbname=postgres target_session_attrs=read-write connect_timeout=3 {}",
+                    extra.trim()
+                );
+                c.trim().to_string()
+            })
+            .collect();
+        if sources.is_empty() {
             return;
         }
-        let hosts: Vec<&str> = others.iter().map(|(h, _)| h.as_str()).collect();
-        let ports: Vec<String> = others.iter().map(|(_, p)| p.to_string()).collect();
-        let source = format!(
-            "host={} port={} dbname=postgres target_session_attrs=read-write connect_timeout=3 {}",
-            hosts.join(","),
-            ports.join(","),
-            gucs::string(&gucs::REPLICATION_CONNINFO).trim()
-        );
         let r = rejoin::Rejoin {
             node: o.raft.me,
             standby_after_s: rejoin::standby_after_s(o.raft.election_timeout_ms),
@@ -381,10 +429,11 @@ impl Reconciler {
             // SAFETY: set by the postmaster before any worker starts.
             postmaster_pid: unsafe { pgrx::pg_sys::PostmasterPid },
             server_log: rejoin::server_log().unwrap_or_else(|| self.raft_dir.join("server.log")),
-            source: source.trim().to_string(),
+            sources,
             local_extra: gucs::string(&gucs::REPLICATION_CONNINFO).trim().to_string(),
             start_command: gucs::string(&gucs::SERVER_START_COMMAND).trim().to_string(),
             stop_command: gucs::string(&gucs::SERVER_STOP_COMMAND).trim().to_string(),
+            diverged,
         };
         match r.spawn() {
             Ok(()) => log::warn!(
@@ -504,6 +553,33 @@ fn server_view(f: &ServerFacts, ha: &HaState, me: u64) -> ServerView {
             primary: !f.in_recovery,
         },
     }
+}
+
+/// Why a standby replaying `timeline` up to `replayed` cannot follow the newest timeline
+/// whose history file is in `pg_wal` (found as PostgreSQL finds it: the next timeline's
+/// file, then the next, until one is missing), or `None` if it can or there is none.
+fn divergence(pgdata: &std::path::Path, timeline: u32, replayed: ha::Lsn) -> Option<String> {
+    let wal = pgdata.join("pg_wal");
+    let mut newest = None;
+    let mut probe = timeline;
+    while let Some(next) = probe.checked_add(1) {
+        if !wal.join(ha::history_file_name(next)).exists() {
+            break;
+        }
+        newest = Some(next);
+        probe = next;
+    }
+    let newest = newest?;
+    let path = wal.join(ha::history_file_name(newest));
+    let history =
+        match std::fs::read_to_string(&path).map_err(|e| e.to_string()).and_then(|t| ha::parse_history(&t)) {
+            Ok(h) => h,
+            Err(e) => {
+                log::warn!("failover: cannot read {}: {e}", path.display());
+                return None;
+            }
+        };
+    ha::divergence(&history, newest, timeline, replayed)
 }
 
 /// The `k` of `ANY k (...)` (what the worker writes), 0 for an empty list.

@@ -1,14 +1,21 @@
-//! Bringing a fenced primary back as a standby, outside the postmaster.
+//! Bringing a fenced primary, or a standby that diverged, back as a standby, outside the
+//! postmaster.
 //!
 //! The worker is a child of the postmaster it shuts down, so it cannot rewind or restart its
-//! own server. Before the fast shutdown it writes a small `sh` script under
-//! `pgraft.data_dir` and starts it in a session of its own; the script
+//! own server. Before the fast shutdown of a fenced primary, or once its standby turns out
+//! to hold WAL the new primary's timeline does not (`pgraft_core::ha::divergence`), it
+//! writes a small `sh` script under `pgraft.data_dir` and starts it in a session of its
+//! own; the script
 //!
 //! ```text
-//!  1. waits for the postmaster to exit
+//!  1. waits for the fenced postmaster to exit (a diverged standby keeps running)
 //!  2. waits until some other member's server is a primary (libpq multi-host,
 //!     target_session_attrs=read-write): a promoted one, on a new timeline
 //!     and asks it for a CHECKPOINT (so its control file names its new timeline)
+//!     a standby that runs (diverged, or started early below) is done if it follows that
+//!     primary; if not, it is stopped, but only once the primary's member says the Raft
+//!     majority can spare this one (`pgraft_can_spare`): a rewind never costs the cluster
+//!     its majority
 //!     meanwhile, if none appears within a few election timeouts, starts the server as
 //!     a standby (its member votes again) and records where it shut down; if its own
 //!     member then promotes it again, the helper is done; once another primary
@@ -32,6 +39,7 @@
 //! everything under it, the Raft state of another member included.
 
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -53,15 +61,18 @@ pub struct Rejoin {
     pub postmaster_pid: i32,
     /// Where the server's output goes (`pg_ctl -l`).
     pub server_log: PathBuf,
-    /// A libpq connection string that reaches whichever other member's server is the
-    /// primary.
-    pub source: String,
+    /// A libpq connection string for each other member's server (with
+    /// `target_session_attrs=read-write`: the primary's answers).
+    pub sources: Vec<String>,
     /// libpq keywords (user, passfile, ...) for a connection to this server itself.
     pub local_extra: String,
     /// `pgraft.server_start_command`: how to start the server (empty: `pg_ctl`).
     pub start_command: String,
     /// `pgraft.server_stop_command`: how to stop it (empty: `pg_ctl`).
     pub stop_command: String,
+    /// Why a standby that keeps running must be rewound (it diverged); `None` for a fenced
+    /// primary that is shutting down.
+    pub diverged: Option<String>,
 }
 
 /// The helper's files under `pgraft.data_dir`.
@@ -95,8 +106,7 @@ pub fn standby_after_s(election_timeout_ms: u64) -> u64 {
 pub fn parse_stood_down(text: &str) -> Option<(u32, u64)> {
     let mut words = text.split_whitespace();
     let timeline: u32 = words.next()?.parse().ok()?;
-    let (hi, lo) = words.next()?.split_once('/')?;
-    let lsn = (u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?;
+    let lsn = pgraft_core::ha::parse_lsn(words.next()?)?;
     (timeline > 0 && words.next().is_none()).then_some((timeline, lsn))
 }
 
@@ -123,20 +133,38 @@ impl Rejoin {
         format!(
             r#"#!/bin/sh
 # Written by the pgraft worker of node {node}: rejoins this server as a standby of the
-# current primary after it was fenced. Steps are recorded in {state}.
+# current primary after it was fenced, or after its standby diverged. Steps are recorded
+# in {state}.
 set -u
 PGDATA={pgdata}
 BIN={bindir}
 SERVER_LOG={server_log}
 STATE={state}
 SAVED={saved}
-SOURCE={source}
+# Every other member's server, a libpq connection string a line; the primary is the one
+# that answers read-write. One at a time, not as libpq's multi-host list: that list ends at
+# a host that accepts the connection and closes it (a proxy or a load balancer in front of
+# a dead server).
+SOURCES={sources}
+PRIMARY=
 LOCAL_EXTRA={local_extra}
 START_COMMAND={start_command}
 STOP_COMMAND={stop_command}
 # No libpq call of this script waits on an address that does not answer.
 PGCONNECT_TIMEOUT=5
 export PGCONNECT_TIMEOUT
+find_primary() {{
+    PRIMARY=
+    while IFS= read -r C; do
+        if [ -n "$C" ] && "$BIN/psql" "$C" -XAtqc 'SELECT 1' >/dev/null 2>&1; then
+            PRIMARY=$C
+            return 0
+        fi
+    done <<SOURCES_END
+$SOURCES
+SOURCES_END
+    return 1
+}}
 step() {{
     printf '%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$1" > "$STATE.tmp" && mv "$STATE.tmp" "$STATE"
     echo "pgraft rejoin (node {node}): $1"
@@ -164,8 +192,16 @@ local_conninfo() {{
     fi
     echo "host=$L_HOST port=$L_PORT dbname=postgres $LOCAL_EXTRA"
 }}
-step "waiting for the fenced server (postmaster {pid}) to stop"
-while kill -0 {pid} 2>/dev/null; do sleep 0.1; done
+DIVERGED={diverged}
+if [ -n "$DIVERGED" ]; then
+    # The standby keeps running (its member votes) until it is stopped below.
+    step "this standby diverged from the new primary's timeline ($DIVERGED): rewinding it"
+    STANDBY=yes
+else
+    step "waiting for the fenced server (postmaster {pid}) to stop"
+    while kill -0 {pid} 2>/dev/null; do sleep 0.1; done
+    STANDBY=no
+fi
 # Every round waits for a primary, then rewinds (or re-clones) from it. A round that loses
 # its primary half-way (a fault elsewhere) starts again; nothing leaves the server down
 # for good while a primary can come back.
@@ -173,8 +209,9 @@ while :; do
 current
 step "waiting for another member's server to be the primary"
 SINCE=$(date +%s)
-STANDBY=no
-until "$BIN/psql" "$SOURCE" -XAtqc 'SELECT 1' >/dev/null 2>&1; do
+# "never": an early start already failed in an earlier round; this round may try again.
+if [ "$STANDBY" = never ]; then STANDBY=no; fi
+until find_primary; do
     current
     if [ "$STANDBY" = no ] && [ $(( $(date +%s) - SINCE )) -ge {standby_after} ]; then
         # No primary: this server's member may be needed for a Raft majority. Start it as
@@ -226,8 +263,9 @@ if [ "$STANDBY" = yes ]; then
     # Stopping this standby takes its Raft member down again, which with a member already
     # down costs the new primary its majority: only when it cannot follow (it diverged).
     step "another member's server is the primary: waiting for this standby to follow it"
-    TLI=$(timeout 120 "$BIN/psql" "$SOURCE" -XAtq -c 'CHECKPOINT' -c 'SELECT timeline_id FROM pg_control_checkpoint()' 2>/dev/null | tail -1)
-    UNTIL=$(( $(date +%s) + {follow_s} ))
+    TLI=$(timeout 120 "$BIN/psql" "$PRIMARY" -XAtq -c 'CHECKPOINT' -c 'SELECT timeline_id FROM pg_control_checkpoint()' 2>/dev/null | tail -1)
+    # A diverged standby cannot follow: no wait for it.
+    if [ -n "$DIVERGED" ]; then UNTIL=0; else UNTIL=$(( $(date +%s) + {follow_s} )); fi
     while [ -n "$TLI" ] && [ "$(date +%s)" -lt "$UNTIL" ]; do
         current
         GOT=$("$BIN/psql" "$(local_conninfo)" -XAtqc "SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming'" 2>/dev/null)
@@ -237,8 +275,42 @@ if [ "$STANDBY" = yes ]; then
         fi
         sleep 0.5
     done
+    # Its member votes while it runs: stop it only if the leader keeps a majority without
+    # it (psql: 1 is an SQL error, an older extension without the function; 2 and
+    # timeout's 124, no answer: the primary is gone).
+    LOST=no
+    WAITED=no
+    while :; do
+        current
+        SPARE=$(timeout 30 "$BIN/psql" "$PRIMARY" -XAtqc 'SELECT pgraft_can_spare({node})' 2>/dev/null)
+        RC=$?
+        if [ "$RC" -eq 0 ] && [ "$SPARE" = t ]; then break; fi
+        if [ "$RC" -eq 1 ]; then break; fi
+        if [ "$RC" -ne 0 ]; then LOST=yes; break; fi
+        GOT=$("$BIN/psql" "$(local_conninfo)" -XAtqc "SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming'" 2>/dev/null)
+        if [ -n "$TLI" ] && [ "$GOT" = "$TLI" ]; then
+            step "done: this standby follows the new primary on timeline $TLI, no rewind needed"
+            exit 0
+        fi
+        if [ "$WAITED" = no ]; then
+            step "this standby does not follow the new primary, but the Raft majority cannot spare its member now: waiting"
+            WAITED=yes
+        fi
+        sleep 1
+    done
+    if [ "$LOST" = yes ]; then
+        step "the primary stopped answering before this standby could be stopped; waiting for a primary again"
+        sleep 1
+        continue
+    fi
     step "this standby does not follow the new primary (timeline ${{TLI:-unknown}}): stopping it to rewind it"
-    stop_server || {{ step "failed: could not stop the standby"; exit 1; }}
+    # (A server that died meanwhile needs no stop.)
+    if "$BIN/pg_ctl" status -D "$PGDATA" >/dev/null 2>&1 && ! stop_server; then
+        step "could not stop the standby; trying again"
+        sleep 2
+        continue
+    fi
+    STANDBY=no
 fi
 mkdir -p "$SAVED" || {{ step "failed: cannot create $SAVED"; exit 1; }}
 # Not from a directory a failed rewind left (it holds the source's configuration).
@@ -251,7 +323,7 @@ fi
 # pg_rewind reads it there, and without one it may see "the same timeline" and skip a
 # rewind that is needed.
 step "asking the primary for a checkpoint"
-if ! timeout 120 "$BIN/psql" "$SOURCE" -XAtqc 'CHECKPOINT' >/dev/null 2>&1; then
+if ! timeout 120 "$BIN/psql" "$PRIMARY" -XAtqc 'CHECKPOINT' >/dev/null 2>&1; then
     step "the primary did not take a checkpoint; waiting for a primary again"
     sleep 1
     continue
@@ -261,7 +333,13 @@ if [ -e {reclone} ]; then
     REWOUND=no
 else
     step "rewinding with pg_rewind"
-    if "$BIN/pg_rewind" -D "$PGDATA" --source-server="$SOURCE" --progress; then
+    # pg_rewind brings a server that did not shut down cleanly (killed) to a clean state
+    # itself, by crash recovery in single-user mode, which refuses to run in standby mode.
+    case "$(control "Database cluster state")" in
+        "shut down"|"shut down in recovery") ;;
+        *) rm -f "$PGDATA/standby.signal" "$PGDATA/recovery.signal" ;;
+    esac
+    if "$BIN/pg_rewind" -D "$PGDATA" --source-server="$PRIMARY" --progress; then
         REWOUND=yes
     else
         # A failed rewind may have copied part of the source: this data directory must
@@ -276,7 +354,7 @@ if [ "$REWOUND" = yes ]; then
     step "rewound"
 else
     rm -rf "$PGDATA.reclone"
-    if "$BIN/pg_basebackup" -D "$PGDATA.reclone" -X stream -c fast -d "$SOURCE"; then
+    if "$BIN/pg_basebackup" -D "$PGDATA.reclone" -X stream -c fast -d "$PRIMARY"; then
         mv "$PGDATA" "$PGDATA.old.$$" && mv "$PGDATA.reclone" "$PGDATA" && rm -rf "$PGDATA.old.$$" \
             || {{ step "failed: cannot swap in the re-cloned data directory"; exit 1; }}
         chmod 700 "$PGDATA"
@@ -311,7 +389,7 @@ fi
             server_log = qp(&self.server_log),
             state = qp(&self.raft_dir.join(STATE)),
             saved = qp(&saved),
-            source = q(&self.source),
+            sources = q(&self.sources.join("\n")),
             pid = self.postmaster_pid,
             files = files,
             reclone = qp(&self.raft_dir.join(RECLONE)),
@@ -322,6 +400,7 @@ fi
             local_extra = q(&self.local_extra),
             start_command = q(&self.start_command),
             stop_command = q(&self.stop_command),
+            diverged = q(self.diverged.as_deref().unwrap_or("")),
         )
     }
 
@@ -356,6 +435,19 @@ fi
         }
         cmd.spawn().map(|_| ())
     }
+}
+
+/// Whether a helper started for this member is running: the process `rejoin.pid` names
+/// runs this member's script.
+pub fn helper_running(raft_dir: &Path) -> bool {
+    let Some(pid) =
+        std::fs::read_to_string(raft_dir.join(PID)).ok().and_then(|t| t.trim().parse::<u32>().ok())
+    else {
+        return false;
+    };
+    let script = raft_dir.join(SCRIPT);
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| Path::new(std::ffi::OsStr::from_bytes(arg)) == script))
 }
 
 /// Where this process's stderr goes, if it is a file (the server log `pg_ctl -l` named).
@@ -396,16 +488,17 @@ mod tests {
             bindir: "/usr/lib/postgresql/15/bin".into(),
             postmaster_pid: 4242,
             server_log: "/log/pg.log".into(),
-            source: "host=a,b port=1,2 target_session_attrs=read-write".into(),
+            sources: vec!["host=a port=1 target_session_attrs=read-write".into(), "host=b port=2".into()],
             local_extra: "user=postgres".into(),
             start_command: "systemctl start 'postgresql@15-main'".into(),
             stop_command: String::new(),
+            diverged: None,
         };
         let s = r.script();
         assert!(s.contains(r#"PGDATA='/data/it'\''s here'"#), "{s}");
         assert!(s.contains("while kill -0 4242"));
-        assert!(s.contains("SOURCE='host=a,b port=1,2 target_session_attrs=read-write'"));
-        assert!(s.contains("pg_rewind\" -D \"$PGDATA\" --source-server=\"$SOURCE\""));
+        assert!(s.contains("SOURCES='host=a port=1 target_session_attrs=read-write\nhost=b port=2'"), "{s}");
+        assert!(s.contains("pg_rewind\" -D \"$PGDATA\" --source-server=\"$PRIMARY\""));
         assert!(s.contains("pg_basebackup"));
         assert!(s.contains("standby.signal"));
         assert!(s.contains("-ge 5 ]"));

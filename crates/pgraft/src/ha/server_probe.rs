@@ -16,6 +16,13 @@ pub struct ServerFacts {
     pub crash_recovery: bool,
     /// Insert timeline (primary) or replay timeline (standby).
     pub timeline: u32,
+    /// The timeline of the last record replayed (a primary's insert timeline).
+    pub replay_timeline: u32,
+    /// A standby that accepts read-only sessions: it reached a consistent state and
+    /// `hot_standby` is on (a primary: true).
+    pub reads_open: bool,
+    /// `hot_standby` is on.
+    pub hot_standby: bool,
     /// A standby's received and flushed position (0 before its WAL receiver ran).
     pub received: u64,
     /// A standby's replayed position; a primary's flushed one.
@@ -37,6 +44,13 @@ impl ServerFacts {
     pub fn is_starting_primary(&self) -> bool {
         self.in_recovery && self.crash_recovery
     }
+
+    /// A standby that has not reached a consistent state yet: it cannot open for reads,
+    /// and promoting it would fail ("WAL ends before consistent recovery point"). Known
+    /// only with `hot_standby` on, which tells when the state is reached.
+    pub fn is_inconsistent_standby(&self) -> bool {
+        self.in_recovery && !self.crash_recovery && self.hot_standby && !self.reads_open
+    }
 }
 
 /// Reads the server's facts.
@@ -46,22 +60,25 @@ pub fn observe() -> ServerFacts {
     unsafe {
         let in_recovery = pg_sys::RecoveryInProgress();
         let crash_recovery = pg_sys::GetRecoveryState() == pg_sys::RecoveryState::RECOVERY_STATE_CRASH;
-        let (timeline, received, replayed) = if in_recovery {
+        let (timeline, replay_timeline, received, replayed) = if in_recovery {
             let mut replay_tli: pg_sys::TimeLineID = 0;
             let replayed = pg_sys::GetXLogReplayRecPtr(&mut replay_tli);
             let mut receive_tli: pg_sys::TimeLineID = 0;
             let received = pg_sys::GetWalRcvFlushRecPtr(std::ptr::null_mut(), &mut receive_tli);
-            (replay_tli.max(receive_tli), received, replayed)
+            (replay_tli.max(receive_tli), replay_tli, received, replayed)
         } else {
             let mut tli: pg_sys::TimeLineID = 0;
             let flushed = pg_sys::GetFlushRecPtr(&mut tli);
-            (tli, flushed, flushed)
+            (tli, tli, flushed, flushed)
         };
         let (receiver_active, receiver_conninfo) = wal_receiver();
         ServerFacts {
             in_recovery,
             crash_recovery,
             timeline,
+            replay_timeline,
+            reads_open: !in_recovery || pg_sys::HotStandbyActive(),
+            hot_standby: pg_sys::EnableHotStandby,
             received,
             replayed,
             receiver_active,

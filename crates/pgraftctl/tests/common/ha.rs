@@ -118,12 +118,17 @@ pub struct HaCluster {
 
 impl HaCluster {
     pub fn up(pgc: &str, name: &str, rows: i64) -> HaCluster {
+        HaCluster::up_n(pgc, name, rows, 3)
+    }
+
+    /// The same with `n` members.
+    pub fn up_n(pgc: &str, name: &str, rows: i64, n: usize) -> HaCluster {
         let pgc = pgc.to_string();
         let dir = cluster_dir(name);
         let d = dir.to_string_lossy().into_owned();
         let down = Down(dir);
-        let lines = up_ha(&d, &pgc, 3);
-        let rw = lines[3]["read_write_conninfo"].as_str().expect("rw").to_string();
+        let lines = up_ha(&d, &pgc, n);
+        let rw = lines[n]["read_write_conninfo"].as_str().expect("rw").to_string();
         connect(&rw)
             .expect("connect")
             .batch_execute(&format!(

@@ -97,6 +97,19 @@ pub(super) fn plan_candidate(o: &Observation<'_>, rec: &PrimaryRecord, p: &mut P
             .map(|(n, rep)| (n, *rep))
             .collect();
     let stood_down = reports.iter().any(|(n, _)| *n == rec.node);
+    if o.sync == SyncMode::On && k == 0 && !stood_down && rec.node != r.me {
+        // `on` fell back to asynchronous commits (no standby streamed): no other server is
+        // proven to hold what the primary acknowledged since. Only its own server may be
+        // the primary again (it stands down as a standby and reports where it stopped, see
+        // `plan_former_primary`); turning synchronous mode off accepts the loss.
+        p.waiting = Some(format!(
+            "node {} committed asynchronously (synchronous_mode = on, no standby streamed): no other server \
+             is proven to hold its commits, so none is promoted until it is back \
+             (pgraft.synchronous_mode = off on the members fails over with the asynchronous rules instead)",
+            rec.node
+        ));
+        return;
+    }
     let standbys = reports.iter().filter(|(n, _)| *n != rec.node).count();
     if !stood_down && standbys < needed {
         p.waiting = Some(format!(
@@ -254,6 +267,28 @@ mod tests {
         assert!(decisions(&plan(&o)).is_empty());
         o.raft.led_ms = fencing_bound_ms(1000);
         assert_eq!(decisions(&plan(&o)).len(), 1);
+    }
+
+    #[test]
+    fn a_primary_that_fell_back_to_asynchronous_commits_is_not_replaced_by_a_standby() {
+        use super::super::ha_state::SyncRecord;
+        let mut ha = with_reports(ha_with_primary(1, 2), 3, &[(2, 100), (3, 100)]);
+        ha.apply(&HaCommand::Sync(SyncRecord { node: 1, term: 2, k: 0, time_ms: 0 }), 2).expect("sync");
+        let led = RaftView { led_ms: fencing_bound_ms(1000), ..raft(3, 3, 3) };
+        let o = obs(&ha, led.clone(), server(true, 100, Receiving::Nothing));
+        let p = plan(&o);
+        assert!(decisions(&p).is_empty(), "{p:?}");
+        assert!(p.waiting.as_deref().is_some_and(|w| w.contains("asynchronously")), "{p:?}");
+        // Strict never records 0; `off` follows the asynchronous rules (a possible loss, said).
+        let mut off = obs(&ha, led.clone(), server(true, 100, Receiving::Nothing));
+        off.sync = SyncMode::Off;
+        assert_eq!(decisions(&plan(&off)).len(), 1);
+        // The old primary, back as a standby with its shutdown position, is what it waits for:
+        // it holds every commit, so the most advanced rule hands it leadership.
+        let mut back = ha.clone();
+        self_report(&mut back, 3, 150);
+        let p = plan(&obs(&back, led, server(true, 100, Receiving::Nothing)));
+        assert_eq!(p.transfer, Some(1), "{p:?}");
     }
 
     fn stood_down(lsn: Lsn) -> ServerView {

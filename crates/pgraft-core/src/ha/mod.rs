@@ -21,6 +21,6 @@ pub use planner::{
     Observation, Plan, RaftView, Receiving, ServerView, SyncMode, FAILOVER_VOTERS, FENCE_MARGIN_MS,
     SWITCHOVER_TIMEOUT_MS,
 };
-pub use slots::{plan_slots, slot_on, SlotPlan, PUBLISH_PAUSE_MS, PUBLISH_STEP};
+pub use slots::{plan_slots, slot_on, wal_gone, SlotPlan, PUBLISH_PAUSE_MS, PUBLISH_STEP};
 pub use sync_set::{recorded_k, reports_needed, RAISE_AFTER_MS};
 pub use timeline::{divergence, history_file_name, lsn_text, parse_history, parse_lsn, Switch};

@@ -14,8 +14,11 @@ use std::collections::BTreeMap;
 
 use super::ha_state::{HaCommand, Lsn};
 use super::planner::{application_name, ha_voters, Observation, SyncMode};
+use super::timeline::lsn_text;
 
-/// The primary publishes its slots' positions again once one moved this far (a WAL segment).
+/// The primary publishes its slots' positions again once one moved this far (a WAL segment),
+/// either way: a slot that went back (a member streaming from before a slot created late)
+/// matters to [`wal_gone`] as much as one that went ahead.
 pub const PUBLISH_STEP: Lsn = 16 << 20;
 /// ... and at most this often.
 pub const PUBLISH_PAUSE_MS: u64 = 5_000;
@@ -66,7 +69,7 @@ pub fn plan_slots(
     let recorded = o.ha.slots.get(&me);
     let same_set = recorded.is_some_and(|r| r.keys().eq(held.keys()));
     let moved = recorded.is_some_and(|r| {
-        held.iter().any(|(n, lsn)| *lsn >= r.get(n).copied().unwrap_or(0).saturating_add(PUBLISH_STEP))
+        held.iter().any(|(n, lsn)| lsn.abs_diff(r.get(n).copied().unwrap_or(0)) >= PUBLISH_STEP)
     });
     let primary = !o.server.in_recovery && rec.node == me && o.raft.leader;
     let position = o.server.replayed;
@@ -79,6 +82,36 @@ pub fn plan_slots(
         plan.publish = Some(HaCommand::Slots { node: me, slots: held.clone(), position });
     }
     Some(plan)
+}
+
+/// Why this standby can no longer get the WAL it needs from the primary, if so: the
+/// primary's slot for this member, as last published, starts in a later WAL segment than
+/// the end of the WAL this standby holds. A slot created after its member fell behind does
+/// that (on a server re-cloned or rewound since, whose slots start at its own last
+/// checkpoint), and the segments in between are gone, or go at the next checkpoint: no
+/// rewind helps, only a re-clone. `segment_size` is the server's WAL segment size. The
+/// caller acts only once this has held for a while with the standby's position standing
+/// still: published positions lag by up to [`PUBLISH_PAUSE_MS`].
+pub fn wal_gone(o: &Observation<'_>, segment_size: u64) -> Option<String> {
+    let rec = o.ha.primary.as_ref()?;
+    let me = o.raft.me;
+    if rec.node == me || !o.server.in_recovery || segment_size == 0 {
+        return None;
+    }
+    if o.ha.primary_system_id() != Some(o.server.record.system_id) {
+        return None;
+    }
+    let slot = *o.ha.slots.get(&rec.node)?.get(&me)?;
+    let have = o.server.received.max(o.server.replayed);
+    (have > 0 && slot / segment_size > have / segment_size).then(|| {
+        format!(
+            "node {}'s server keeps WAL for this member only from {} (its slot {}), and this standby holds WAL up to {}",
+            rec.node,
+            lsn_text(slot),
+            application_name(me),
+            lsn_text(have)
+        )
+    })
 }
 
 /// The slot a standby of member `me` streams through from `upstream`'s server, if that
@@ -153,5 +186,29 @@ mod tests {
         // It streams through its slot where the upstream holds one.
         assert_eq!(slot_on(&standby, 1, 2).as_deref(), Some("pgraft_node_2"));
         assert_eq!(slot_on(&standby, 3, 2), None);
+    }
+
+    #[test]
+    fn a_slot_that_went_back_is_published_and_one_ahead_of_its_member_means_the_wal_is_gone() {
+        let mut ha = ha_with_primary(1, 2);
+        let seg = 16 << 20;
+        let held: BTreeMap<u64, Lsn> = [(2, 10 * seg), (3, 10 * seg)].into();
+        ha.apply(&HaCommand::Slots { node: 1, slots: held.clone(), position: 12 * seg }, 2).expect("slots");
+        // A member streaming from further back: the slot went back a segment, published.
+        let back: BTreeMap<u64, Lsn> = [(2, 10 * seg), (3, 9 * seg - 1)].into();
+        let primary = obs(&ha, raft(1, 1, 2), server(false, 12 * seg, Receiving::Nothing));
+        assert!(plan_slots(&primary, Some(&back), 60_000).expect("plan").publish.is_some());
+        // Node 3 holds WAL up to the middle of segment 9; the primary keeps it from 10.
+        let standby = obs(&ha, raft(3, 1, 2), server(true, 9 * seg + 100, Receiving::Nothing));
+        let why = wal_gone(&standby, seg).expect("gone");
+        assert!(why.contains("pgraft_node_3") && why.contains("0/A000000 "), "{why}");
+        // Up to the segment's end is enough: it needs segment 10 on, which is kept.
+        let at_end = obs(&ha, raft(3, 1, 2), server(true, 10 * seg, Receiving::Nothing));
+        assert_eq!(wal_gone(&at_end, seg), None);
+        // The primary itself, or no slot on record: nothing to say.
+        assert_eq!(wal_gone(&primary, seg), None);
+        let mut none = ha.clone();
+        none.slots.clear();
+        assert_eq!(wal_gone(&obs(&none, raft(3, 1, 2), server(true, 100, Receiving::Nothing)), seg), None);
     }
 }

@@ -11,8 +11,10 @@
 //! - `on` lowers `k` to the number of standbys streaming when fewer than `floor(n/2)` do,
 //!   but not below 1 while one does, so commits go on and a failover still loses nothing
 //!   (it then needs more reports); with no standby streaming at all it falls back to
-//!   asynchronous commits (`k = 0`), and a failover from there waits out the fencing bound
-//!   and may lose what the standbys had not received, as in `off`.
+//!   asynchronous commits (`k = 0`), and then no other server is promoted in its place
+//!   (none is proven to hold its commits): the cluster waits for its own server to come
+//!   back, as Patroni's synchronous mode promotes only a synchronous standby. Turning
+//!   synchronous mode off is the operator's way to accept the loss instead.
 //! - `off` is `k = 0`.
 //!
 //! A lower `k` is recorded in the log (`ha_sync`) before the primary uses it, and a higher
@@ -176,16 +178,22 @@ mod tests {
                 assert!(reports_needed(s, k) + k > s, "n = {n}, k = {k}");
             }
         }
-        // Recorded k = 0 (on, no standby streamed): a new leader waits out the fencing bound
-        // even though it runs with synchronous_mode = on.
+        // Recorded k = 0 (no standby streamed): with synchronous_mode = on nobody else is
+        // promoted (candidate.rs); turned off, a new leader waits out the fencing bound.
         let mut ha = ha_with_primary(1, 2);
         ha.apply(&HaCommand::Sync(SyncRecord { node: 1, term: 2, k: 0, time_ms: 0 }), 2).expect("sync");
         for n in [2, 3] {
             let report = DetachReport { term: 3, from: 1, timeline: 1, received: 100, replayed: 100 };
             ha.apply(&HaCommand::Detached { node: n, report }, 3).expect("report");
         }
-        let mut o =
-            obs(&ha, RaftView { led_ms: 100, ..raft(3, 3, 3) }, server(true, 100, Receiving::Nothing));
+        let mut o = obs(
+            &ha,
+            RaftView { led_ms: fencing_bound_ms(1000), ..raft(3, 3, 3) },
+            server(true, 100, Receiving::Nothing),
+        );
+        assert!(decisions(&plan(&o)).is_empty());
+        o.sync = SyncMode::Off;
+        o.raft.led_ms = 100;
         assert!(decisions(&plan(&o)).is_empty());
         o.raft.led_ms = fencing_bound_ms(1000);
         assert_eq!(decisions(&plan(&o)).len(), 1);

@@ -86,7 +86,8 @@ impl Workload {
         let mut seq = 0u64;
         while !stop.load(Ordering::Relaxed) {
             let Some(s) = session.as_ref() else {
-                match Session::connect(&conninfo, Duration::from_secs(3), self.statement_timeout).await {
+                match Session::connect(&conninfo, Duration::from_secs(3), Some(self.statement_timeout)).await
+                {
                     Ok(s) => session = Some(s),
                     Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                 }

@@ -7,8 +7,6 @@
 //! and `Unknown` when the answer to COMMIT never came (a timeout, a lost connection): it
 //! may have committed at any point after its invocation, or never, as Jepsen treats it.
 
-use std::sync::{Arc, Mutex};
-
 use serde::{Deserialize, Serialize};
 
 /// One step of a list-append transaction (Elle's model): read a key's list, or append a
@@ -137,24 +135,4 @@ impl Txn {
 }
 
 /// The shared, append-only record of every client's transactions.
-#[derive(Debug, Clone, Default)]
-pub struct DbHistory {
-    txns: Arc<Mutex<Vec<Txn>>>,
-}
-
-impl DbHistory {
-    /// Records one transaction.
-    pub fn push(&self, t: Txn) {
-        self.txns.lock().unwrap_or_else(|p| p.into_inner()).push(t);
-    }
-
-    /// A copy of everything recorded so far.
-    pub fn snapshot(&self) -> Vec<Txn> {
-        self.txns.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// How many transactions were recorded.
-    pub fn len(&self) -> usize {
-        self.txns.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-}
+pub type DbHistory = super::history::History<Txn>;

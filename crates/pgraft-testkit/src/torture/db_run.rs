@@ -14,7 +14,6 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::str::FromStr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,9 +30,8 @@ use super::leader_monitor::LeaderMonitor;
 use super::list_append::{self, FinalLists};
 use super::nemesis::Nemesis;
 use super::report::{self, CheckResult, OpCounts, Report};
-use super::torture_run::{
-    heal_and_probe, progress, run_schedule, slow_heals, stop_clients, write_jsonl, TortureOptions,
-};
+use super::session::connect_blocking;
+use super::torture_run::{heal_and_probe, progress, run_workload, slow_heals, TortureOptions};
 use crate::local_cluster::LocalCluster;
 use crate::wait::wait_until;
 
@@ -76,16 +74,8 @@ pub(super) fn drive(opts: &TortureOptions, cluster: &LocalCluster) -> Result<Rep
     let nemesis =
         Nemesis::new(cluster, start, opts.recovery_bound).for_ha(rw.clone(), opts.broken_no_fencing);
     let schedule = FaultSchedule::new(opts.seed, &opts.faults, opts.nodes, true)?;
-    let faults = run_schedule(opts, &nemesis, schedule, start, || format!("{} transactions", history.len()));
-    let run_us = start.elapsed().as_micros() as u64;
-    stop_clients(rt, tasks, &stop);
-    let txns = history.snapshot();
-    write_jsonl(&opts.dir.join("history.jsonl"), &txns)?;
-    progress(&format!(
-        "workload stopped after {:.1} s with {} transactions; healing",
-        run_us as f64 / 1e6,
-        txns.len()
-    ));
+    let (faults, run_us, txns) =
+        run_workload(opts, &nemesis, schedule, start, rt, tasks, &stop, &history, "transactions")?;
 
     let mut anomalies: Vec<Anomaly> = Vec::new();
     let final_recovery_ms = heal_and_probe(&nemesis, &mut anomalies);
@@ -278,11 +268,7 @@ fn set_synchronous_mode(cluster: &LocalCluster, mode: &str) -> Result<()> {
 }
 
 fn connect(conninfo: &str) -> Result<postgres::Client> {
-    let mut cfg = postgres::Config::from_str(conninfo).context("parse conninfo")?;
-    cfg.connect_timeout(Duration::from_secs(5));
-    let mut c = cfg.connect(postgres::NoTls).context("connect")?;
-    c.batch_execute("SET statement_timeout = 30000").context("SET statement_timeout")?;
-    Ok(c)
+    connect_blocking(conninfo, Duration::from_secs(5), Some(Duration::from_secs(30)))
 }
 
 /// Waits until one server is the primary and every other one has replayed the primary's

@@ -20,11 +20,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use tokio_postgres::NoTls;
 
 use super::db_history::{DbHistory, Micro, ServerId, Txn, TxnCall, TxnOutcome};
 use super::seeded_rng::SeededRng;
-use super::session::QueryError;
+use super::session::{QueryError, Session};
 
 /// The tables, created once on the primary before the clients start.
 pub const SCHEMA: &str = "\
@@ -59,15 +58,8 @@ pub struct DbWorkload {
 
 /// A session and the server it is on.
 struct DbSession {
-    client: tokio_postgres::Client,
-    conn: tokio::task::JoinHandle<()>,
+    session: Session,
     server: ServerId,
-}
-
-impl Drop for DbSession {
-    fn drop(&mut self) {
-        self.conn.abort();
-    }
 }
 
 /// Why a transaction did not commit, and whether the session survives.
@@ -150,19 +142,14 @@ impl DbWorkload {
 
     /// Opens a read-write session and learns which server it is on.
     async fn connect(&self) -> Result<DbSession> {
-        let cfg = format!("{} application_name=pgraft-torture-db", self.conninfo);
-        let (client, conn) =
-            tokio::time::timeout(Duration::from_secs(10), tokio_postgres::connect(&cfg, NoTls))
-                .await
-                .map_err(|_| anyhow!("connecting took longer than 10 s"))?
-                .context("connect with the read-write conninfo")?;
-        let conn = tokio::spawn(async move {
-            let _ = conn.await;
-        });
         // No statement_timeout: a cancelled wait for the synchronous standbys returns
         // success for a commit they never received (PostgreSQL's behaviour, see
         // docs/failover.md); the client-side deadline drops a stuck session instead, and its
         // transaction's outcome is then unknown.
+        let session = Session::connect(&self.conninfo, Duration::from_secs(10), None)
+            .await
+            .context("connect with the read-write conninfo")?;
+        let client = &session.client;
         let set = "SET default_transaction_isolation = 'serializable'";
         let who = "SELECT inet_server_port(), (SELECT system_identifier FROM pg_control_system())::bigint, \
                    pg_walfile_name(pg_current_wal_lsn())";
@@ -183,7 +170,7 @@ impl DbWorkload {
             .find(|(p, _)| i32::from(*p) == port)
             .map(|(_, n)| *n)
             .with_context(|| format!("port {port} is no member's"))?;
-        Ok(DbSession { client, conn, server: ServerId { node, system_id: row.get(1), timeline } })
+        Ok(DbSession { session, server: ServerId { node, system_id: row.get(1), timeline } })
     }
 
     /// The next transaction: 70% list-append, 20% transfer, 10% balance read.
@@ -217,7 +204,7 @@ impl DbWorkload {
     }
 
     async fn execute(&self, s: &DbSession, call: &mut TxnCall) -> Result<(), Abort> {
-        let c = &s.client;
+        let c = &s.session.client;
         let t = self.op_timeout;
         let step = |e: QueryError| Abort { error: e, at_commit: false };
         bounded(t, c.batch_execute("BEGIN")).await.map_err(step)?;

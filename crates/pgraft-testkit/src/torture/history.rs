@@ -157,20 +157,33 @@ impl HistoryOp {
     }
 }
 
-/// The history being recorded, shared by every client.
-#[derive(Debug, Clone, Default)]
-pub struct History {
-    ops: Arc<Mutex<Vec<HistoryOp>>>,
+/// The history being recorded, shared by every client: KV operations ([`HistoryOp`]) or,
+/// for the database workload, transactions (`Txn`).
+#[derive(Debug)]
+pub struct History<T = HistoryOp> {
+    ops: Arc<Mutex<Vec<T>>>,
 }
 
-impl History {
+impl<T> Default for History<T> {
+    fn default() -> Self {
+        History { ops: Arc::new(Mutex::new(Vec::new())) }
+    }
+}
+
+impl<T> Clone for History<T> {
+    fn clone(&self) -> Self {
+        History { ops: Arc::clone(&self.ops) }
+    }
+}
+
+impl<T: Clone> History<T> {
     /// Records one finished operation.
-    pub fn push(&self, op: HistoryOp) {
+    pub fn push(&self, op: T) {
         self.lock().push(op);
     }
 
     /// Everything recorded so far, in completion order.
-    pub fn snapshot(&self) -> Vec<HistoryOp> {
+    pub fn snapshot(&self) -> Vec<T> {
         self.lock().clone()
     }
 
@@ -184,7 +197,7 @@ impl History {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<HistoryOp>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<T>> {
         // A client that panicked mid-push cannot leave a half-pushed element behind.
         self.ops.lock().unwrap_or_else(|p| p.into_inner())
     }

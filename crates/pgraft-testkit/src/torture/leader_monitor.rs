@@ -65,10 +65,13 @@ impl LeaderMonitor {
                     while !stop.load(Ordering::Relaxed) {
                         tokio::time::sleep(Duration::from_millis(150)).await;
                         let Some(s) = session.as_ref() else {
-                            session =
-                                Session::connect(&conninfo, Duration::from_secs(2), Duration::from_secs(2))
-                                    .await
-                                    .ok();
+                            session = Session::connect(
+                                &conninfo,
+                                Duration::from_secs(2),
+                                Some(Duration::from_secs(2)),
+                            )
+                            .await
+                            .ok();
                             continue;
                         };
                         let q = "SELECT is_leader, term, leader_id FROM pgraft_shared_state()";

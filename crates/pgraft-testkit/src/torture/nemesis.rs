@@ -6,7 +6,6 @@
 //!                                            └─ recovery time, or an anomaly
 //! ```
 
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -14,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::fault_schedule::{FaultKind, PlannedFault};
 use super::seeded_rng::SeededRng;
+use super::session::connect_blocking;
 use crate::local_cluster::LocalCluster;
 use crate::wait::wait_until;
 
@@ -164,9 +164,7 @@ impl<'a> Nemesis<'a> {
                 self.recovery_bound,
                 Duration::from_millis(50),
                 || {
-                    let mut cfg = postgres::Config::from_str(rw).context("parse the read-write conninfo")?;
-                    cfg.connect_timeout(Duration::from_secs(2));
-                    let mut c = cfg.connect(postgres::NoTls).context("connect to the primary")?;
+                    let mut c = connect_blocking(rw, Duration::from_secs(2), None).context("the primary")?;
                     c.execute("INSERT INTO torture_probe VALUES ($1)", &[&(self.now_us() as i64)])
                         .context("probe write")?;
                     Ok(Some(began.elapsed()))
@@ -192,12 +190,8 @@ impl<'a> Nemesis<'a> {
 
     fn connect(&self, id: u64) -> Result<postgres::Client> {
         let n = self.cluster.node(id)?;
-        let mut cfg = postgres::Config::from_str(&n.conninfo).context("parse conninfo")?;
-        cfg.connect_timeout(Duration::from_secs(3));
-        cfg.application_name("pgraft-torture-nemesis");
-        let mut c = cfg.connect(postgres::NoTls).with_context(|| format!("connect to node {id}"))?;
-        c.batch_execute("SET statement_timeout = 5000").context("SET statement_timeout")?;
-        Ok(c)
+        connect_blocking(&n.conninfo, Duration::from_secs(3), Some(Duration::from_secs(5)))
+            .with_context(|| format!("node {id}"))
     }
 
     /// The leader that the members agree on in the highest term any of them reports.

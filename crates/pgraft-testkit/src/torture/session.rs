@@ -25,9 +25,13 @@ impl Drop for Session {
 }
 
 impl Session {
-    /// Connects within `within` and sets the server-side `statement_timeout`, so pgraft
-    /// answers with its reason ("no leader", ...) before the client-side deadline.
-    pub async fn connect(conninfo: &str, within: Duration, statement_timeout: Duration) -> Result<Session> {
+    /// Connects within `within` and, given one, sets the server-side `statement_timeout`,
+    /// so pgraft answers with its reason ("no leader", ...) before the client-side deadline.
+    pub async fn connect(
+        conninfo: &str,
+        within: Duration,
+        statement_timeout: Option<Duration>,
+    ) -> Result<Session> {
         let cfg = format!("{conninfo} connect_timeout=3 application_name=pgraft-torture");
         let (client, conn) = tokio::time::timeout(within, tokio_postgres::connect(&cfg, NoTls))
             .await
@@ -39,6 +43,7 @@ impl Session {
             let _ = conn.await;
         });
         let s = Session { client, conn };
+        let Some(statement_timeout) = statement_timeout else { return Ok(s) };
         let set = format!("SET statement_timeout = {}", statement_timeout.as_millis());
         tokio::time::timeout(within, s.client.batch_execute(&set))
             .await
@@ -60,6 +65,24 @@ impl Session {
             Ok(Err(e)) => Err(QueryError::from(e)),
         }
     }
+}
+
+/// A blocking session for the harness (the nemesis, the final reads): connected within
+/// `connect_timeout`, with a server-side `statement_timeout` if given.
+pub fn connect_blocking(
+    conninfo: &str,
+    connect_timeout: Duration,
+    statement_timeout: Option<Duration>,
+) -> Result<postgres::Client> {
+    let mut cfg = <postgres::Config as std::str::FromStr>::from_str(conninfo).context("parse conninfo")?;
+    cfg.connect_timeout(connect_timeout);
+    cfg.application_name("pgraft-torture-harness");
+    let mut c = cfg.connect(postgres::NoTls).with_context(|| format!("connect to {conninfo}"))?;
+    if let Some(t) = statement_timeout {
+        c.batch_execute(&format!("SET statement_timeout = {}", t.as_millis()))
+            .context("SET statement_timeout")?;
+    }
+    Ok(c)
 }
 
 /// How a query failed, sorted by what it tells about the session and the operation.

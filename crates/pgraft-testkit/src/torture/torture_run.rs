@@ -4,7 +4,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +17,7 @@ use super::history::History;
 use super::leader_monitor::LeaderMonitor;
 use super::nemesis::{FaultRecord, Nemesis};
 use super::report::{self, CheckResult, Report};
+use super::session::connect_blocking;
 use crate::local_cluster::{LocalCluster, UpOptions};
 use crate::pg_install::PgInstall;
 use crate::wait::wait_until;
@@ -184,16 +184,8 @@ fn drive(opts: &TortureOptions, cluster: &LocalCluster) -> Result<Report> {
     // The nemesis runs here until the duration is used up.
     let nemesis = Nemesis::new(cluster, start, opts.recovery_bound);
     let schedule = FaultSchedule::new(opts.seed, &opts.faults, opts.nodes, false)?;
-    let faults = run_schedule(opts, &nemesis, schedule, start, || format!("{} ops", history.len()));
-    let run_us = start.elapsed().as_micros() as u64;
-    stop_clients(rt, tasks, &stop);
-    let history = history.snapshot();
-    write_jsonl(&opts.dir.join("history.jsonl"), &history)?;
-    progress(&format!(
-        "workload stopped after {:.1} s with {} operations; healing",
-        run_us as f64 / 1e6,
-        history.len()
-    ));
+    let (faults, run_us, history) =
+        run_workload(opts, &nemesis, schedule, start, rt, tasks, &stop, &history, "operations")?;
 
     // Heal everything and converge.
     let mut anomalies: Vec<Anomaly> = Vec::new();
@@ -299,6 +291,34 @@ fn drive(opts: &TortureOptions, cluster: &LocalCluster) -> Result<Report> {
     Ok(report)
 }
 
+/// The run itself, for either workload: the fault schedule while the clients work, then
+/// the clients stopped and their history saved (`history.jsonl`). Returns the faults, how
+/// long the workload ran (µs) and the history; `unit` names its items in progress lines.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run_workload<T: Clone + serde::Serialize>(
+    opts: &TortureOptions,
+    nemesis: &Nemesis<'_>,
+    schedule: FaultSchedule,
+    start: Instant,
+    rt: tokio::runtime::Runtime,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop: &AtomicBool,
+    history: &History<T>,
+    unit: &str,
+) -> Result<(Vec<FaultRecord>, u64, Vec<T>)> {
+    let faults = run_schedule(opts, nemesis, schedule, start, || format!("{} {unit}", history.len()));
+    let run_us = start.elapsed().as_micros() as u64;
+    stop_clients(rt, tasks, stop);
+    let items = history.snapshot();
+    write_jsonl(&opts.dir.join("history.jsonl"), &items)?;
+    progress(&format!(
+        "workload stopped after {:.1} s with {} {unit}; healing",
+        run_us as f64 / 1e6,
+        items.len()
+    ));
+    Ok((faults, run_us, items))
+}
+
 /// The nemesis's part of a run, on this thread: every planned fault that fits in the
 /// duration, each reported as it ends (`done` says how much the clients did so far), then
 /// the rest of the duration.
@@ -394,12 +414,8 @@ pub(super) fn write_jsonl<T: serde::Serialize>(path: &std::path::Path, items: &[
 }
 
 fn connect(cluster: &LocalCluster, id: u64) -> Result<postgres::Client> {
-    let n = cluster.node(id)?;
-    let mut cfg = postgres::Config::from_str(&n.conninfo).context("parse conninfo")?;
-    cfg.connect_timeout(Duration::from_secs(5));
-    let mut c = cfg.connect(postgres::NoTls).with_context(|| format!("connect to node {id}"))?;
-    c.batch_execute("SET statement_timeout = 30000").context("SET statement_timeout")?;
-    Ok(c)
+    connect_blocking(&cluster.node(id)?.conninfo, Duration::from_secs(5), Some(Duration::from_secs(30)))
+        .with_context(|| format!("node {id}"))
 }
 
 type Hashes = BTreeMap<u64, (i64, i64)>;

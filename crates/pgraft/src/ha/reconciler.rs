@@ -35,8 +35,12 @@ const REWRITE_PAUSE: Duration = Duration::from_millis(500);
 /// files): soon after its WAL receiver fetched the history file, because a crash in
 /// between leaves a server PostgreSQL refuses to start.
 const DIVERGENCE_CHECK: Duration = Duration::from_millis(200);
-/// The least time between two rejoin helpers started for a diverged standby.
-const DIVERGED_RESPAWN: Duration = Duration::from_secs(30);
+/// The least time between two rejoin helpers started for a standby that runs.
+const STANDBY_RESPAWN: Duration = Duration::from_secs(30);
+/// How long a standby's position must stand still while the primary lacks the WAL it
+/// needs (see `pgraft_core::ha::wal_gone`) before it is re-cloned: several times the
+/// primary's publishing pause, so that a slot's position on record is current.
+const WAL_GONE_AFTER: Duration = Duration::from_secs(20);
 
 /// The control loop's memory between ticks.
 pub struct Reconciler {
@@ -59,8 +63,11 @@ pub struct Reconciler {
     sync_seen: Option<(String, i64)>,
     /// When this standby last looked for a timeline it cannot follow.
     divergence_checked: Option<Instant>,
-    /// When a rejoin helper was last started for this diverged standby.
-    diverged_rejoin: Option<Instant>,
+    /// When a rejoin helper was last started for this standby while it runs.
+    standby_rejoin: Option<Instant>,
+    /// The position this standby held when the primary was first seen to lack the WAL
+    /// after it, and since when.
+    wal_gone_since: Option<(ha::Lsn, Instant)>,
 }
 
 impl Reconciler {
@@ -81,7 +88,8 @@ impl Reconciler {
             last_health: None,
             sync_seen: None,
             divergence_checked: None,
-            diverged_rejoin: None,
+            standby_rejoin: None,
+            wal_gone_since: None,
         }
     }
 
@@ -128,6 +136,7 @@ impl Reconciler {
         self.carry_out(&plan, &o, node, rt);
         if failover && !o.server.promoting {
             self.rewind_if_diverged(&facts, &o);
+            self.reclone_if_wal_gone(&o);
         }
     }
 
@@ -145,14 +154,45 @@ impl Reconciler {
         }
         self.divergence_checked = Some(Instant::now());
         let Some(why) = divergence(&self.pgdata, facts.replay_timeline, facts.replayed) else { return };
-        if self.diverged_rejoin.is_some_and(|t| t.elapsed() < DIVERGED_RESPAWN)
-            || rejoin::helper_running(&self.raft_dir)
-        {
-            return;
+        if self.may_start_standby_rejoin() {
+            log::warn!(
+                "failover: this standby cannot follow the primary: {why}; starting the rejoin helper to rewind it"
+            );
+            self.standby_rejoin = Some(Instant::now());
+            self.start_rejoin(o, Some(why), false);
         }
-        log::warn!("failover: this standby cannot follow the primary: {why}; starting the rejoin helper to rewind it");
-        self.diverged_rejoin = Some(Instant::now());
-        self.start_rejoin(o, Some(why));
+    }
+
+    /// A standby whose WAL the primary no longer keeps (see `pgraft_core::ha::wal_gone`),
+    /// and whose position has stood still for [`WAL_GONE_AFTER`], gets the rejoin helper,
+    /// which re-clones it once the Raft majority can spare its member.
+    fn reclone_if_wal_gone(&mut self, o: &Observation<'_>) {
+        // SAFETY: set by the postmaster at start, read-only afterwards.
+        let segment = u64::try_from(unsafe { pgrx::pg_sys::wal_segment_size }).unwrap_or(0);
+        let Some(why) = ha::wal_gone(o, segment) else {
+            self.wal_gone_since = None;
+            return;
+        };
+        let have = o.server.received.max(o.server.replayed);
+        match self.wal_gone_since {
+            Some((at, since)) if at == have && since.elapsed() >= WAL_GONE_AFTER => {}
+            Some((at, _)) if at == have => return,
+            _ => {
+                self.wal_gone_since = Some((have, Instant::now()));
+                return;
+            }
+        }
+        if self.may_start_standby_rejoin() {
+            log::warn!("failover: this standby cannot get the WAL it needs: {why}; starting the rejoin helper to re-clone it");
+            self.standby_rejoin = Some(Instant::now());
+            self.start_rejoin(o, Some(why), true);
+        }
+    }
+
+    /// No helper runs for this member, and none was started for its running standby lately.
+    fn may_start_standby_rejoin(&self) -> bool {
+        self.standby_rejoin.is_none_or(|t| t.elapsed() >= STANDBY_RESPAWN)
+            && !rejoin::helper_running(&self.raft_dir)
     }
 
     /// Why the server cannot serve, if it cannot: recovering from a crash, a standby not
@@ -378,7 +418,7 @@ impl Reconciler {
                 log::warn!("failover: could not point the fenced server at node {leader:?}: {e}");
             }
         }
-        self.start_rejoin(o, None);
+        self.start_rejoin(o, None, false);
         if let Err(e) = auto_conf::shut_down_as_standby(&self.pgdata) {
             // The gate still refuses every client session.
             log::warn!("failover: could not shut the fenced server down: {e}");
@@ -386,10 +426,10 @@ impl Reconciler {
         }
     }
 
-    /// Starts the helper that rewinds the server and starts it again as a standby (see
-    /// [`super::rejoin`]): once it has stopped (a fenced primary), or after stopping it
-    /// itself (a standby that `diverged`, for the reason given).
-    fn start_rejoin(&self, o: &Observation<'_>, diverged: Option<String>) {
+    /// Starts the helper that rewinds (or, with `reclone`, re-clones) the server and starts
+    /// it again as a standby (see [`super::rejoin`]): once it has stopped (a fenced
+    /// primary), or after stopping it itself (a standby with the `problem` given).
+    fn start_rejoin(&self, o: &Observation<'_>, problem: Option<String>, reclone: bool) {
         if self.raft_dir.starts_with(&self.pgdata) {
             log::warn!(
                 "failover: this server will not rejoin by itself: pgraft.data_dir ({}) is inside the data directory, \
@@ -433,7 +473,8 @@ impl Reconciler {
             local_extra: gucs::string(&gucs::REPLICATION_CONNINFO).trim().to_string(),
             start_command: gucs::string(&gucs::SERVER_START_COMMAND).trim().to_string(),
             stop_command: gucs::string(&gucs::SERVER_STOP_COMMAND).trim().to_string(),
-            diverged,
+            problem,
+            reclone,
         };
         match r.spawn() {
             Ok(()) => log::warn!(

@@ -70,9 +70,12 @@ pub struct Rejoin {
     pub start_command: String,
     /// `pgraft.server_stop_command`: how to stop it (empty: `pg_ctl`).
     pub stop_command: String,
-    /// Why a standby that keeps running must be rewound (it diverged); `None` for a fenced
-    /// primary that is shutting down.
-    pub diverged: Option<String>,
+    /// Why a standby that keeps running must be rewound or re-cloned (it diverged, or the
+    /// primary no longer has the WAL it needs); `None` for a fenced primary that is
+    /// shutting down.
+    pub problem: Option<String>,
+    /// Re-clone rather than rewind (a rewind cannot bring back WAL the primary removed).
+    pub reclone: bool,
 }
 
 /// The helper's files under `pgraft.data_dir`.
@@ -192,10 +195,15 @@ local_conninfo() {{
     fi
     echo "host=$L_HOST port=$L_PORT dbname=postgres $LOCAL_EXTRA"
 }}
-DIVERGED={diverged}
-if [ -n "$DIVERGED" ]; then
+PROBLEM={problem}
+RECLONE_NOW={reclone_now}
+if [ -n "$PROBLEM" ]; then
     # The standby keeps running (its member votes) until it is stopped below.
-    step "this standby diverged from the new primary's timeline ($DIVERGED): rewinding it"
+    if [ "$RECLONE_NOW" = yes ]; then
+        step "this standby cannot get the WAL it needs ($PROBLEM): re-cloning it"
+    else
+        step "this standby diverged from the new primary's timeline ($PROBLEM): rewinding it"
+    fi
     STANDBY=yes
 else
     step "waiting for the fenced server (postmaster {pid}) to stop"
@@ -264,8 +272,8 @@ if [ "$STANDBY" = yes ]; then
     # down costs the new primary its majority: only when it cannot follow (it diverged).
     step "another member's server is the primary: waiting for this standby to follow it"
     TLI=$(timeout 120 "$BIN/psql" "$PRIMARY" -XAtq -c 'CHECKPOINT' -c 'SELECT timeline_id FROM pg_control_checkpoint()' 2>/dev/null | tail -1)
-    # A diverged standby cannot follow: no wait for it.
-    if [ -n "$DIVERGED" ]; then UNTIL=0; else UNTIL=$(( $(date +%s) + {follow_s} )); fi
+    # A standby with a problem cannot follow: no wait for it.
+    if [ -n "$PROBLEM" ]; then UNTIL=0; else UNTIL=$(( $(date +%s) + {follow_s} )); fi
     while [ -n "$TLI" ] && [ "$(date +%s)" -lt "$UNTIL" ]; do
         current
         GOT=$("$BIN/psql" "$(local_conninfo)" -XAtqc "SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming'" 2>/dev/null)
@@ -328,7 +336,7 @@ if ! timeout 120 "$BIN/psql" "$PRIMARY" -XAtqc 'CHECKPOINT' >/dev/null 2>&1; the
     sleep 1
     continue
 fi
-if [ -e {reclone} ]; then
+if [ -e {reclone} ] || [ "$RECLONE_NOW" = yes ]; then
     step "re-cloning with pg_basebackup (asked for, or a rewind did not finish)"
     REWOUND=no
 else
@@ -400,7 +408,8 @@ fi
             local_extra = q(&self.local_extra),
             start_command = q(&self.start_command),
             stop_command = q(&self.stop_command),
-            diverged = q(self.diverged.as_deref().unwrap_or("")),
+            problem = q(self.problem.as_deref().unwrap_or("")),
+            reclone_now = if self.reclone { "yes" } else { "no" },
         )
     }
 
@@ -492,7 +501,8 @@ mod tests {
             local_extra: "user=postgres".into(),
             start_command: "systemctl start 'postgresql@15-main'".into(),
             stop_command: String::new(),
-            diverged: None,
+            problem: None,
+            reclone: false,
         };
         let s = r.script();
         assert!(s.contains(r#"PGDATA='/data/it'\''s here'"#), "{s}");

@@ -50,6 +50,12 @@ impl PgInstall {
     }
 
     /// The path of one of the installation's programs.
+    /// Whether this installation has the loadable module `name` (a contrib module such as
+    /// `test_decoding`, which a build without contrib lacks).
+    pub fn has_module(&self, name: &str) -> bool {
+        self.pkglibdir.join(format!("{name}.so")).exists()
+    }
+
     pub fn bin(&self, program: &str) -> PathBuf {
         self.bindir.join(program)
     }

@@ -454,6 +454,14 @@ fn decode_prints_exactly_the_changes() {
         let server = ReplicationServer::start_new("decode", &pg, &ReplicationServerOptions::default())
             .expect("server");
         let major = server.install.major;
+        if !server.install.has_module("test_decoding") {
+            // The PostgreSQL 16 of `make test-matrix` (a wheel) ships no contrib modules.
+            println!(
+                "pg{major}: no test_decoding in {}: decoding is checked on the other versions",
+                server.install.pkglibdir.display()
+            );
+            continue;
+        }
         let mut sql = server.sql().expect("sql");
         sql.batch_execute("CREATE TABLE items (id int PRIMARY KEY, name text)").expect("table");
         sql.batch_execute("SELECT pg_create_logical_replication_slot('show', 'test_decoding')")

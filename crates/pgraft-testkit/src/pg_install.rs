@@ -56,6 +56,15 @@ impl PgInstall {
         self.pkglibdir.join(format!("{name}.so")).exists()
     }
 
+    /// Whether this installation was built with TLS (`--with-openssl`, or
+    /// `--with-ssl=openssl`), as `pg_config --configure` says.
+    pub fn has_ssl(&self) -> bool {
+        Command::new(&self.pg_config).arg("--configure").output().is_ok_and(|o| {
+            let flags = String::from_utf8_lossy(&o.stdout);
+            flags.contains("--with-openssl") || flags.contains("--with-ssl=openssl")
+        })
+    }
+
     pub fn bin(&self, program: &str) -> PathBuf {
         self.bindir.join(program)
     }

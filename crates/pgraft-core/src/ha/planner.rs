@@ -101,6 +101,14 @@ pub struct ServerView {
     pub record: ServerRecord,
 }
 
+impl ServerView {
+    /// The end of the WAL the server holds: what it received or replayed, whichever is
+    /// further.
+    pub fn held(&self) -> Lsn {
+        self.received.max(self.replayed)
+    }
+}
+
 /// This member's Raft view.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RaftView {
@@ -185,6 +193,13 @@ pub struct Plan {
 /// `synchronous_standby_names`).
 pub fn application_name(node: u64) -> String {
     format!("pgraft_node_{node}")
+}
+
+/// The member an application (or slot) name `pgraft_node_N` stands for, if it is one.
+pub fn member_of(name: &str) -> Option<u64> {
+    name.strip_prefix("pgraft_node_")
+        .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|d| d.parse().ok())
 }
 
 /// How many standbys acknowledge each commit in synchronous mode, for `voters` members.
@@ -470,6 +485,23 @@ pub(in crate::ha) mod tests {
                 primary: !in_recovery,
             },
         }
+    }
+
+    #[test]
+    fn application_names_name_their_members() {
+        assert_eq!(member_of(&application_name(12)), Some(12));
+        for other in [
+            "pgraft_node_",
+            "pgraft_node_+1",
+            "pgraft_node_1x",
+            "walreceiver",
+            "pgraft_node_99999999999999999999",
+        ] {
+            assert_eq!(member_of(other), None, "{other}");
+        }
+        let s = server(true, 100, Receiving::Nothing);
+        assert_eq!(ServerView { received: 150, ..s.clone() }.held(), 150);
+        assert_eq!(ServerView { received: 0, ..s }.held(), 100);
     }
 
     pub(in crate::ha) fn raft(me: u64, leader_id: u64, term: u64) -> RaftView {

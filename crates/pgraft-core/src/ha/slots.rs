@@ -102,7 +102,7 @@ pub fn wal_gone(o: &Observation<'_>, segment_size: u64) -> Option<String> {
         return None;
     }
     let slot = *o.ha.slots.get(&rec.node)?.get(&me)?;
-    let have = o.server.received.max(o.server.replayed);
+    let have = o.server.held();
     (have > 0 && slot / segment_size > have / segment_size).then(|| {
         format!(
             "node {}'s server keeps WAL for this member only from {} (its slot {}), and this standby holds WAL up to {}",

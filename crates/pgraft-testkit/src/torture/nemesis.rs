@@ -401,7 +401,7 @@ impl<'a> Nemesis<'a> {
         Ok(rows
             .iter()
             .filter_map(|r| r.get::<_, Option<String>>(0))
-            .filter_map(|name| name.strip_prefix("pgraft_node_").and_then(|n| n.parse().ok()))
+            .filter_map(|name| pgraft_core::ha::member_of(&name))
             .collect())
     }
 

@@ -32,9 +32,7 @@ fn streaming() -> BTreeMap<u64, Streaming> {
         let Ok(rows) = c.select(q, None, &[]) else { return out };
         for row in rows {
             let name: Option<String> = row.get(1).ok().flatten();
-            let Some(id) =
-                name.and_then(|n| n.strip_prefix("pgraft_node_").and_then(|i| i.parse::<u64>().ok()))
-            else {
+            let Some(id) = name.as_deref().and_then(pgraft_core::ha::member_of) else {
                 continue;
             };
             let lsn = |i: usize| row.get::<i64>(i).ok().flatten().map(|v| v as u64);

@@ -173,7 +173,7 @@ impl Reconciler {
             self.wal_gone_since = None;
             return;
         };
-        let have = o.server.received.max(o.server.replayed);
+        let have = o.server.held();
         match self.wal_gone_since {
             Some((at, since)) if at == have && since.elapsed() >= WAL_GONE_AFTER => {}
             Some((at, _)) if at == have => return,
@@ -470,7 +470,7 @@ impl Reconciler {
             postmaster_pid: unsafe { pgrx::pg_sys::PostmasterPid },
             server_log: rejoin::server_log().unwrap_or_else(|| self.raft_dir.join("server.log")),
             sources,
-            local_extra: gucs::string(&gucs::REPLICATION_CONNINFO).trim().to_string(),
+            local_extra: extra.trim().to_string(),
             start_command: gucs::string(&gucs::SERVER_START_COMMAND).trim().to_string(),
             stop_command: gucs::string(&gucs::SERVER_STOP_COMMAND).trim().to_string(),
             problem,

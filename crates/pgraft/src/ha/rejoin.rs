@@ -9,7 +9,7 @@
 //!
 //! ```text
 //!  1. waits for the fenced postmaster to exit (a diverged standby keeps running)
-//!  2. waits until some other member's server is a primary (libpq multi-host,
+//!  2. waits until some other member's server is a primary (each in turn, with
 //!     target_session_attrs=read-write): a promoted one, on a new timeline
 //!     and asks it for a CHECKPOINT (so its control file names its new timeline)
 //!     a standby that runs (diverged, or started early below) is done if it follows that
@@ -136,8 +136,8 @@ impl Rejoin {
         format!(
             r#"#!/bin/sh
 # Written by the pgraft worker of node {node}: rejoins this server as a standby of the
-# current primary after it was fenced, or after its standby diverged. Steps are recorded
-# in {state}.
+# current primary after it was fenced, or when its standby cannot follow the primary.
+# Steps are recorded in {state}.
 set -u
 PGDATA={pgdata}
 BIN={bindir}
@@ -194,6 +194,10 @@ local_conninfo() {{
         case "$L_HOST" in ''|'*'|'0.0.0.0') L_HOST=127.0.0.1 ;; '::') L_HOST=::1 ;; esac
     fi
     echo "host=$L_HOST port=$L_PORT dbname=postgres $LOCAL_EXTRA"
+}}
+# Whether this standby streams from the primary on its timeline $TLI.
+follows_primary() {{
+    [ -n "$TLI" ] && [ "$("$BIN/psql" "$(local_conninfo)" -XAtqc "SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming'" 2>/dev/null)" = "$TLI" ]
 }}
 PROBLEM={problem}
 RECLONE_NOW={reclone_now}
@@ -276,8 +280,7 @@ if [ "$STANDBY" = yes ]; then
     if [ -n "$PROBLEM" ]; then UNTIL=0; else UNTIL=$(( $(date +%s) + {follow_s} )); fi
     while [ -n "$TLI" ] && [ "$(date +%s)" -lt "$UNTIL" ]; do
         current
-        GOT=$("$BIN/psql" "$(local_conninfo)" -XAtqc "SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming'" 2>/dev/null)
-        if [ "$GOT" = "$TLI" ]; then
+        if follows_primary; then
             step "done: this standby follows the new primary on timeline $TLI, no rewind needed"
             exit 0
         fi
@@ -295,8 +298,7 @@ if [ "$STANDBY" = yes ]; then
         if [ "$RC" -eq 0 ] && [ "$SPARE" = t ]; then break; fi
         if [ "$RC" -eq 1 ]; then break; fi
         if [ "$RC" -ne 0 ]; then LOST=yes; break; fi
-        GOT=$("$BIN/psql" "$(local_conninfo)" -XAtqc "SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming'" 2>/dev/null)
-        if [ -n "$TLI" ] && [ "$GOT" = "$TLI" ]; then
+        if follows_primary; then
             step "done: this standby follows the new primary on timeline $TLI, no rewind needed"
             exit 0
         fi

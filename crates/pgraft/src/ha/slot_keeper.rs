@@ -66,13 +66,6 @@ struct Found {
     restart: u64,
 }
 
-/// The member a slot is for, if it is one of ours.
-fn member_of(slot: &str) -> Option<u64> {
-    slot.strip_prefix("pgraft_node_")
-        .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|d| d.parse().ok())
-}
-
 /// This server's `pgraft_node_N` slots, whether it is in recovery, and its replay position.
 fn look() -> (BTreeMap<u64, Found>, bool, u64) {
     let found = Spi::connect(|c| {
@@ -91,7 +84,7 @@ fn look() -> (BTreeMap<u64, Found>, bool, u64) {
         };
         for row in rows {
             let name: Option<String> = row.get(1).ok().flatten();
-            if let Some(n) = name.as_deref().and_then(member_of) {
+            if let Some(n) = name.as_deref().and_then(pgraft_core::ha::member_of) {
                 let active = row.get::<bool>(2).ok().flatten().unwrap_or(true);
                 let restart = row.get::<i64>(3).ok().flatten().unwrap_or(0) as u64;
                 found.insert(n, Found { active, restart });

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Takes a fresh Debian 12 machine (root, Rust installed) to a working pgraft build:
-# Debian packages, cargo-pgrx at the pinned version, PostgreSQL 15 (Debian), 16 (the
-# pgserver wheel from PyPI), 17 and 18 (built from pinned upstream tarballs served by
-# Debian's pool), and `cargo pgrx init` pointed at all four. Every download is pinned and
+# Debian packages (haproxy and promtool for the HTTP endpoints' tests among them),
+# cargo-pgrx at the pinned version, PostgreSQL 15 (Debian), 16 (the pgserver wheel from
+# PyPI), 17 and 18 (built from pinned upstream tarballs served by Debian's pool), and `cargo pgrx init` pointed at all four. Every download is pinned and
 # verified (scripts/pins.sh). Idempotent: on a set-up machine it takes seconds.
 #
 # Usage: scripts/setup.sh [--versions "15 16 17 18"] [--packages "more Debian packages"]
@@ -30,7 +30,8 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # --- Debian packages -------------------------------------------------------------------
 packages=(postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang
           bison flex libreadline-dev zlib1g-dev libssl-dev pkg-config sudo make
-          protobuf-compiler ca-certificates curl bzip2 xz-utils python3)
+          protobuf-compiler ca-certificates curl bzip2 xz-utils python3
+          haproxy prometheus)
 # shellcheck disable=SC2206 # a space-separated list on purpose
 packages+=($extra_packages)
 missing=()
@@ -60,6 +61,17 @@ if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q
   log "stopping the Debian-managed PostgreSQL cluster (pgraft runs its own servers)"
   pg_lsclusters -h | awk '$4=="online"{print $1, $2}' | while read -r v c; do
     as_root pg_ctlcluster "$v" "$c" stop || true
+  done
+fi
+
+# haproxy (the load-balancer test) and prometheus (its promtool checks /metrics) are run by
+# the tests with their own configuration; the packages' own services are not ours.
+if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+  for svc in haproxy prometheus; do
+    if systemctl is-active --quiet "$svc" 2>/dev/null; then
+      log "stopping the Debian-managed $svc service (the tests run their own)"
+      as_root systemctl disable --now "$svc" >/dev/null 2>&1 || true
+    fi
   done
 fi
 

@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -27,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::config::Timing;
 use crate::error::{Error, Result};
 use crate::member::{Member, MemberConfig, MemberStatus, Role, Token};
+use crate::metrics::Histogram;
 use crate::request::{Request, Response};
 use crate::snapshot_job::{SnapshotDone, SnapshotJob};
 use crate::storage::RedbStore;
@@ -92,6 +93,23 @@ pub struct Shared {
     addresses: Mutex<BTreeMap<u64, String>>,
     transport: Mutex<Option<Arc<crate::transport::TransportStats>>>,
     ha: Mutex<Option<HaView>>,
+    /// When the status was last published, ms since the Unix epoch.
+    status_ms: AtomicI64,
+    /// The storage's commit latencies.
+    syncs: Mutex<Option<Arc<Mutex<Histogram>>>>,
+    /// The KV store's sizes as of the last publish.
+    kv: Mutex<KvGauges>,
+}
+
+/// The KV store's figures that cost nothing to read, as of the last applied entry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KvGauges {
+    /// The revision of the last change.
+    pub revision: u64,
+    /// The revision compacted up to.
+    pub compact_revision: u64,
+    /// Keys with any revision held (see `KvStore::keys_held`).
+    pub keys_held: u64,
 }
 
 /// The replicated state failover acts on, as of the last applied entry: the HA state and
@@ -151,6 +169,7 @@ impl Node {
     pub fn start(cfg: NodeConfig) -> Result<Node> {
         cfg.timing.validate().map_err(|e| Error::InvalidArgument(e.0))?;
         let mut store = RedbStore::open(&cfg.data_dir)?;
+        let syncs = store.sync_latency();
         match &cfg.bootstrap {
             Bootstrap::Join => {}
             Bootstrap::Single { address } => {
@@ -173,6 +192,7 @@ impl Node {
         let member = Member::new(cfg.member.clone(), store, &crate::logger::raft_logger())?;
         let (tx, rx) = channel::<Input>();
         let shared = Arc::new(Shared::default());
+        *lock(&shared.syncs) = Some(syncs);
         let handle = NodeHandle { tx: tx.clone(), shared: Arc::clone(&shared) };
         let (runtime, thread, local_addr) = with_signals_blocked(|| -> Result<_> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -289,6 +309,27 @@ impl NodeHandle {
     /// The members' addresses as replicated.
     pub fn addresses(&self) -> BTreeMap<u64, String> {
         lock(&self.shared.addresses).clone()
+    }
+
+    /// When the status was last published (ms since the Unix epoch; 0: never): a Raft
+    /// thread that stopped stops moving it.
+    pub fn status_ms(&self) -> i64 {
+        self.shared.status_ms.load(Ordering::Relaxed)
+    }
+
+    /// The storage's commit latencies so far.
+    pub fn sync_latency(&self) -> Histogram {
+        lock(&self.shared.syncs).as_ref().map(|h| *lock(h)).unwrap_or_default()
+    }
+
+    /// The KV store's sizes as of the last publish.
+    pub fn kv_gauges(&self) -> KvGauges {
+        *lock(&self.shared.kv)
+    }
+
+    /// The transport's message counters (None before it started).
+    pub fn transport_stats(&self) -> Option<Arc<crate::transport::TransportStats>> {
+        lock(&self.shared.transport).clone()
     }
 
     fn stopped(&self) -> Error {
@@ -634,7 +675,13 @@ fn publish(
     }
     *lock(&shared.addresses) = member.addresses();
     *lock(&shared.status) = Some(member.status());
+    shared.status_ms.store(now_ms(), Ordering::Relaxed);
     let sm = member.state();
+    *lock(&shared.kv) = KvGauges {
+        revision: sm.kv.revision(),
+        compact_revision: sm.kv.compact_revision(),
+        keys_held: sm.kv.keys_held() as u64,
+    };
     let mut ha = lock(&shared.ha);
     if ha.as_ref().is_none_or(|v| v.ha != sm.ha || v.config != sm.config) {
         *ha = Some(HaView { ha: sm.ha.clone(), config: sm.config.clone() });

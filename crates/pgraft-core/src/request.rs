@@ -94,6 +94,35 @@ pub enum Request {
     CompactLog,
 }
 
+impl Request {
+    /// A short name of the operation, for per-operation figures (`kv_put`,
+    /// `kv_get_linearizable`, `add_member`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Propose(body) | Request::ProposeInTerm { body, .. } => body.name(),
+            Request::Read(read, c) => {
+                let lin = *c == Consistency::Linearizable;
+                match read {
+                    Read::Get { .. } if lin => "kv_get_linearizable",
+                    Read::Get { .. } => "kv_get_serializable",
+                    Read::Range { .. } if lin => "kv_range_linearizable",
+                    Read::Range { .. } => "kv_range_serializable",
+                    Read::Hash { .. } => "kv_hash",
+                    Read::Stats => "kv_stats",
+                    Read::Barrier => "read_barrier",
+                }
+            }
+            Request::AddMember { .. } => "add_member",
+            Request::PromoteLearner { .. } => "promote_learner",
+            Request::RemoveMember { .. } => "remove_member",
+            Request::TransferLeader { .. } => "transfer_leader",
+            Request::WaitCommitted(_) => "wait_committed",
+            Request::WaitApplied(_) => "wait_applied",
+            Request::CompactLog => "compact_log",
+        }
+    }
+}
+
 /// KV store figures for `pgraft_kv_get_stats`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvFigures {

@@ -28,6 +28,7 @@
 //! ```
 
 mod ha_setup;
+mod haproxy;
 mod local_cluster;
 mod node;
 mod pg_install;
@@ -42,6 +43,7 @@ pub mod torture;
 mod wait;
 
 pub use ha_setup::slot_name;
+pub use haproxy::{HaProxy, ServerState};
 pub use local_cluster::{ClusterState, LocalCluster, NodeStatus, UpOptions};
 pub use node::Node;
 pub use pg_install::PgInstall;

@@ -23,6 +23,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::haproxy::HaProxy;
 use crate::node::Node;
 use crate::pg_install::PgInstall;
 use crate::plain_server::append_conf;
@@ -69,6 +70,9 @@ pub struct UpOptions {
     /// One PostgreSQL cluster instead of N: node 1 is initdb'd as the primary, the others
     /// are cloned from it as streaming standbys with a physical slot each.
     pub ha: bool,
+    /// Each member serves its HTTP endpoints (`pgraft.http_port`) on a free port of
+    /// 127.0.0.1.
+    pub http: bool,
 }
 
 impl Default for UpOptions {
@@ -84,6 +88,7 @@ impl Default for UpOptions {
             tls: false,
             direct_peers: false,
             ha: false,
+            http: false,
         }
     }
 }
@@ -182,12 +187,17 @@ impl LocalCluster {
         };
         let raft_ports = ports(opts.raft_port, "Raft")?;
         let pg_ports = ports(opts.pg_port, "PostgreSQL")?;
-        let nodes: Vec<Node> = (1..=opts.nodes)
+        let mut nodes: Vec<Node> = (1..=opts.nodes)
             .map(|id| {
                 let i = (id - 1) as usize;
                 Node::new(id, pg_ports[i], raft_ports[i], dir.join(format!("node{id}")))
             })
             .collect();
+        if opts.http {
+            for n in &mut nodes {
+                n.http_port = Some(free_port()?);
+            }
+        }
         let state = ClusterState {
             cluster_id: cluster_id_for(&dir),
             pg_config: opts.pg_config.clone(),
@@ -488,9 +498,27 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Starts HAProxy in front of the cluster (see [`HaProxy`]): a read-write port for the
+    /// primary and a read-only port for the standbys, free ports unless given. The members
+    /// must serve HTTP (`up` with `http`).
+    pub fn haproxy(&self, read_write_port: Option<u16>, read_only_port: Option<u16>) -> Result<HaProxy> {
+        let rw = match read_write_port {
+            Some(p) => p,
+            None => free_port()?,
+        };
+        let ro = match read_only_port {
+            Some(p) => p,
+            None => free_port()?,
+        };
+        HaProxy::start(&self.dir, &self.state.nodes, rw, ro)
+    }
+
     /// Stops every server and the proxy, and waits until no process of the directory is left.
     pub fn down(&self) -> Result<()> {
         let mut errors = Vec::new();
+        if let Err(e) = HaProxy::stop(&self.dir) {
+            errors.push(format!("haproxy: {e:#}"));
+        }
         for n in &self.state.nodes {
             if let Err(e) = self.pg_ctl_stop(n) {
                 errors.push(format!("node {}: {e:#}", n.node_id));

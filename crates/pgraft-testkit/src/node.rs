@@ -26,6 +26,10 @@ pub struct Node {
     pub log_file: PathBuf,
     /// A libpq connection string on which the invoking account is a superuser.
     pub conninfo: String,
+    /// The port of the member's HTTP endpoints on 127.0.0.1 (`pgraft.http_port`), when
+    /// the cluster serves them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_port: Option<u16>,
 }
 
 impl Node {
@@ -40,6 +44,7 @@ impl Node {
             raft_data_dir: node_dir.join("raft"),
             log_file: node_dir.join("postgres.log"),
             conninfo: format!("host=127.0.0.1 port={pg_port} user=postgres dbname=postgres"),
+            http_port: None,
         }
     }
 
@@ -53,6 +58,11 @@ impl Node {
         SocketAddrV4::new(listen_ip(self.node_id), self.raft_port)
     }
 
+    /// The base URL of the member's HTTP endpoints, when it serves them.
+    pub fn http_url(&self) -> Option<String> {
+        self.http_port.map(|p| format!("http://127.0.0.1:{p}"))
+    }
+
     /// Where peers dial this member (the proxy).
     pub fn advertised_socket(&self) -> SocketAddrV4 {
         SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.raft_port)
@@ -60,6 +70,10 @@ impl Node {
 
     /// The lines appended to the member's postgresql.conf.
     pub fn postgresql_conf(&self, cluster_id: &str) -> String {
+        let http = match self.http_port {
+            Some(p) => format!("pgraft.http_address = '127.0.0.1'\npgraft.http_port = {p}\n"),
+            None => String::new(),
+        };
         format!(
             "\n# written by pgraftctl local\n\
              listen_addresses = '127.0.0.1'\n\
@@ -82,7 +96,7 @@ impl Node {
             raft_port = self.raft_port,
             listen = self.listen_address,
             raft_dir = self.raft_data_dir.display(),
-        )
+        ) + &http
     }
 }
 

@@ -70,6 +70,15 @@ pub static REPLICATION_HOST: GucSetting<Option<CString>> = GucSetting::<Option<C
 /// passfile, ...); host, port and application_name are the worker's.
 pub static REPLICATION_CONNINFO: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 
+/// The address the HTTP endpoints (health checks, `/metrics`) bind; empty: pgraft.address.
+pub static HTTP_ADDRESS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+/// The HTTP endpoints' port; 0 (the default) serves no HTTP.
+pub static HTTP_PORT: GucSetting<i32> = GucSetting::<i32>::new(0);
+/// Serve the HTTP endpoints over TLS with pgraft.ssl_cert_file and pgraft.ssl_key_file.
+pub static HTTP_TLS: GucSetting<bool> = GucSetting::<bool>::new(false);
+/// `user:password` every HTTP request must present (basic auth); empty: none asked.
+pub static HTTP_AUTH: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+
 /// How the rejoin helper starts this server (`sh -c`), e.g. through its service manager;
 /// empty: `pg_ctl restart` with the options the server last started with.
 pub static SERVER_START_COMMAND: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
@@ -292,6 +301,40 @@ pub fn init() {
         i32::MAX,
         Sighup,
         GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_int_guc(
+        c"pgraft.http_port",
+        c"The port of the HTTP endpoints for load balancers and Prometheus (/primary, /replica, /health, /metrics, ...).",
+        c"0 serves no HTTP.",
+        &HTTP_PORT,
+        0,
+        65535,
+        Postmaster,
+        none,
+    );
+    GucRegistry::define_string_guc(
+        c"pgraft.http_address",
+        c"The address the HTTP endpoints bind; empty means pgraft.address.",
+        c"",
+        &HTTP_ADDRESS,
+        Postmaster,
+        none,
+    );
+    GucRegistry::define_bool_guc(
+        c"pgraft.http_tls",
+        c"Serve the HTTP endpoints over TLS, with pgraft.ssl_cert_file and pgraft.ssl_key_file.",
+        c"",
+        &HTTP_TLS,
+        Postmaster,
+        none,
+    );
+    GucRegistry::define_string_guc(
+        c"pgraft.http_auth",
+        c"user:password every HTTP request must present with basic auth; empty asks for none.",
+        c"",
+        &HTTP_AUTH,
+        Postmaster,
+        GucFlags::SUPERUSER_ONLY,
     );
     GucRegistry::define_bool_guc(
         c"pgraft.ssl_enabled",

@@ -11,6 +11,7 @@ mod bridge;
 mod functions;
 pub mod gucs;
 mod ha;
+mod http_endpoint;
 mod protocol;
 pub mod shmem;
 mod worker;

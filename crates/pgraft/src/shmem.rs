@@ -80,6 +80,78 @@ pub struct WorkerShared {
     /// counted (0: never).
     pub streaming: u32,
     pub streaming_ms: i64,
+    /// On a primary: each member's standby as `pg_stat_replication` showed it to the
+    /// keeper (for `/cluster` and `/metrics`).
+    pub standbys: StandbyList,
+}
+
+/// One standby as the primary's `pg_stat_replication` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StandbyRow {
+    /// Its member.
+    pub member: u64,
+    /// Flushed there.
+    pub flushed: u64,
+    /// Replayed there.
+    pub replayed: u64,
+    state: u8,
+    sync: u8,
+}
+
+const SENDER_STATES: [&str; 6] = ["unknown", "startup", "catchup", "streaming", "backup", "stopping"];
+const SYNC_STATES: [&str; 5] = ["unknown", "async", "potential", "sync", "quorum"];
+
+fn code(names: &[&str], name: &str) -> u8 {
+    names.iter().position(|n| *n == name).unwrap_or(0) as u8
+}
+
+impl StandbyRow {
+    /// A row from `pg_stat_replication`'s `state` and `sync_state` text.
+    pub fn new(member: u64, flushed: u64, replayed: u64, state: &str, sync: &str) -> Self {
+        StandbyRow {
+            member,
+            flushed,
+            replayed,
+            state: code(&SENDER_STATES, state),
+            sync: code(&SYNC_STATES, sync),
+        }
+    }
+
+    /// The WAL sender's state.
+    pub fn state(&self) -> &'static str {
+        SENDER_STATES[usize::from(self.state).min(SENDER_STATES.len() - 1)]
+    }
+
+    /// The synchronous state.
+    pub fn sync_state(&self) -> &'static str {
+        SYNC_STATES[usize::from(self.sync).min(SYNC_STATES.len() - 1)]
+    }
+}
+
+/// [`StandbyRow`]s in fixed-size shared memory, with when they were read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StandbyList {
+    /// When the keeper read them, ms since the Unix epoch (0: never).
+    pub written_ms: i64,
+    len: u8,
+    rows: [StandbyRow; MAX_SLOTS],
+}
+
+impl StandbyList {
+    /// The list of `rows`, cut at [`MAX_SLOTS`].
+    pub fn new(rows: &[StandbyRow], written_ms: i64) -> Self {
+        let mut out = StandbyList { written_ms, ..Default::default() };
+        for (i, r) in rows.iter().take(MAX_SLOTS).enumerate() {
+            out.rows[i] = *r;
+            out.len = (i + 1) as u8;
+        }
+        out
+    }
+
+    /// The rows.
+    pub fn rows(&self) -> &[StandbyRow] {
+        &self.rows[..usize::from(self.len).min(MAX_SLOTS)]
+    }
 }
 
 /// The most members a slot list covers.

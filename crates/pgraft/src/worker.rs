@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use pgraft_core::config::{parse_initial_cluster, Timing};
 use pgraft_core::ipc::{read_message, write_message, SOCKET_PATH};
+use pgraft_core::metrics::OpMetrics;
 use pgraft_core::request::{Request, Response};
 use pgraft_core::transport::TlsFiles;
 use pgraft_core::{Bootstrap, MemberConfig, Node, NodeConfig, NodeHandle, Role};
@@ -27,6 +28,7 @@ use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 
 use crate::gucs;
+use crate::http_endpoint::{build_report, HttpEndpoint, ReportInputs};
 use crate::protocol::{EntryView, IpcRequest, IpcResponse, StatusReport};
 use crate::shmem::{self, WorkerShared, WorkerState};
 
@@ -254,6 +256,8 @@ struct Worker {
     inits: Receiver<InitReply>,
     ipc: Option<tokio::runtime::Runtime>,
     failover: crate::ha::reconciler::Reconciler,
+    /// The HTTP endpoints, when `pgraft.http_port` is set.
+    http: Option<HttpEndpoint>,
 }
 
 impl Worker {
@@ -282,12 +286,28 @@ impl Worker {
             tokio::net::UnixListener::bind(&socket)
                 .map_err(|e| format!("listen on {}: {e}", socket.display()))?
         };
+        let ops = Arc::new(OpMetrics::default());
         let ctx = Arc::new(Ctx {
             current: Arc::clone(&current),
             inits: Mutex::new(init_tx),
             data_dir: settings.node.data_dir.clone(),
+            ops: Arc::clone(&ops),
         });
         runtime.spawn(serve_sessions(listener, ctx));
+        // A bad HTTP setting (or a port in use) costs the endpoints, not the member: a load
+        // balancer that cannot reach them counts this server as down, which is safe.
+        let http =
+            match HttpEndpoint::start(&runtime, Arc::clone(&current), ops, settings.node.data_dir.clone()) {
+                Ok(Some(h)) => {
+                    log::info!("HTTP endpoints on {}", h.local_addr);
+                    Some(h)
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    log::warn!("the HTTP endpoints are not served: {e}");
+                    None
+                }
+            };
         shmem::update(|s| s.state = WorkerState::Running);
         let failover =
             crate::ha::reconciler::Reconciler::new(data_directory(), settings.node.data_dir.clone());
@@ -299,6 +319,7 @@ impl Worker {
             inits,
             ipc: Some(runtime),
             failover,
+            http,
         })
     }
 
@@ -371,6 +392,20 @@ impl Worker {
         if let Some(rt) = &self.ipc {
             self.failover.tick(&h, &st, rt);
         }
+        if let (Some(http), Some(view)) = (&self.http, h.ha_view()) {
+            let timing = gucs::effective_timing(&view.config);
+            let report = build_report(&ReportInputs {
+                status: &st,
+                view: &view,
+                facts: &crate::ha::server_probe::observe(),
+                shared: &shmem::read(),
+                problem: self.failover.last_health(),
+                addresses: &h.addresses(),
+                election_timeout_ms: timing.election_timeout_ms,
+                now_ms: now_ms(),
+            });
+            http.publish(report, self.failover.promotions(), timing.election_timeout_ms);
+        }
         shmem::update(|s| {
             s.state = WorkerState::Running;
             s.is_leader = st.role == Role::Leader;
@@ -387,6 +422,7 @@ impl Worker {
     }
 
     fn stop(&mut self) {
+        self.http = None;
         if let Some(rt) = self.ipc.take() {
             rt.shutdown_timeout(Duration::from_secs(1));
         }
@@ -408,6 +444,8 @@ struct Ctx {
     current: Arc<Mutex<Option<NodeHandle>>>,
     inits: Mutex<Sender<InitReply>>,
     data_dir: PathBuf,
+    /// Requests answered, by kind, for `/metrics`.
+    ops: Arc<OpMetrics>,
 }
 
 impl Ctx {
@@ -438,7 +476,10 @@ async fn answer(req: IpcRequest, ctx: &Ctx) -> IpcResponse {
     let Some(node) = ctx.node() else { return IpcResponse::Failed("the Raft member is restarting".into()) };
     match req {
         IpcRequest::Call { req, timeout_ms } => {
-            IpcResponse::Raft(node.call(req, Duration::from_millis(timeout_ms)).await)
+            let (kind, started) = (req.kind(), std::time::Instant::now());
+            let r = node.call(req, Duration::from_millis(timeout_ms)).await;
+            ctx.ops.record(kind, r.is_ok(), started.elapsed());
+            IpcResponse::Raft(r)
         }
         IpcRequest::Init => {
             let (tx, rx) = tokio::sync::oneshot::channel();

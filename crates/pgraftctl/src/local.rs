@@ -45,6 +45,25 @@ enum LocalCommand {
         /// gives the `read_write_conninfo` of the whole cluster.
         #[arg(long)]
         ha: bool,
+        /// Each member serves its HTTP endpoints (health checks, /metrics) on a free port of
+        /// 127.0.0.1; each JSON line gives its `http_port`.
+        #[arg(long)]
+        http: bool,
+    },
+    /// Write and start an HAProxy configuration in front of an HA cluster started with
+    /// `--http`: a read-write port routed to the server answering `GET /primary` with 200,
+    /// a read-only port balanced over the ones answering `GET /replica`; prints them as
+    /// JSON, with a libpq conninfo for each. `down` stops it.
+    Haproxy {
+        /// The cluster directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The read-write port on 127.0.0.1 (default: a free one).
+        #[arg(long)]
+        read_write_port: Option<u16>,
+        /// The read-only port on 127.0.0.1 (default: a free one).
+        #[arg(long)]
+        read_only_port: Option<u16>,
     },
     /// One JSON line per member: running, pid, partitioned, role, extension.
     Status {
@@ -164,7 +183,7 @@ enum LocalCommand {
 
 pub fn run(args: LocalArgs) -> Result<()> {
     match args.command {
-        LocalCommand::Up { nodes, dir, raft_port, pg_port, no_init, pg_config, tls, ha } => {
+        LocalCommand::Up { nodes, dir, raft_port, pg_port, no_init, pg_config, tls, ha, http } => {
             let opts = UpOptions {
                 nodes,
                 dir,
@@ -176,6 +195,7 @@ pub fn run(args: LocalArgs) -> Result<()> {
                 tls,
                 direct_peers: false,
                 ha,
+                http,
             };
             let cluster = LocalCluster::up(&opts)?;
             for n in cluster.nodes() {
@@ -186,6 +206,14 @@ pub fn run(args: LocalArgs) -> Result<()> {
             if ha {
                 println!("{}", serde_json::json!({ "read_write_conninfo": cluster.read_write_conninfo() }));
             }
+        }
+        LocalCommand::Haproxy { dir, read_write_port, read_only_port } => {
+            let h = LocalCluster::open(&dir)?.haproxy(read_write_port, read_only_port)?;
+            let conninfo = |p: u16| format!("host=127.0.0.1 port={p} user=postgres dbname=postgres");
+            let mut line = serde_json::to_value(&h).context("serialise haproxy")?;
+            line["read_write_conninfo"] = conninfo(h.read_write_port).into();
+            line["read_only_conninfo"] = conninfo(h.read_only_port).into();
+            println!("{line}");
         }
         LocalCommand::Status { dir } => {
             for s in LocalCluster::open(&dir)?.status()? {

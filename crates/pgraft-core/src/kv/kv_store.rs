@@ -100,6 +100,12 @@ impl KvStore {
         self.stats
     }
 
+    /// Keys with any revision held (deleted ones among them until compaction removes
+    /// their tombstones): constant time, unlike [`KvStore::live_keys`].
+    pub fn keys_held(&self) -> usize {
+        self.keys.len()
+    }
+
     /// Keys that exist now.
     pub fn live_keys(&self) -> usize {
         self.keys.values().filter(|h| h.last().is_some_and(|r| r.value.is_some())).count()

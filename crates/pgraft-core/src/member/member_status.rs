@@ -82,6 +82,44 @@ pub struct Counters {
     /// Vote requests left unanswered because this member's log is empty (see
     /// `Member::step`).
     pub votes_withheld: u64,
+    /// Times the leader known here changed to another member (not to "none").
+    pub leader_changes: u64,
+    /// The time all snapshots here took to encode and write, in ms.
+    pub snapshot_total_ms: u64,
+    /// Peer messages stepped, by raft message type (`MessageType as usize`).
+    pub received_by_type: [u64; MESSAGE_TYPES],
+    /// Peer messages produced for sending, by raft message type.
+    pub sent_by_type: [u64; MESSAGE_TYPES],
+}
+
+/// How many raft message types there are (`MsgHup` = 0 to `MsgRequestPreVoteResponse` = 18).
+pub const MESSAGE_TYPES: usize = 19;
+
+/// The name of raft message type `t` as Prometheus labels show it (`MsgAppend` is
+/// `append`).
+pub fn message_type_name(t: usize) -> &'static str {
+    const NAMES: [&str; MESSAGE_TYPES] = [
+        "hup",
+        "beat",
+        "propose",
+        "append",
+        "append_response",
+        "request_vote",
+        "request_vote_response",
+        "snapshot",
+        "heartbeat",
+        "heartbeat_response",
+        "unreachable",
+        "snap_status",
+        "check_quorum",
+        "transfer_leader",
+        "timeout_now",
+        "read_index",
+        "read_index_response",
+        "request_pre_vote",
+        "request_pre_vote_response",
+    ];
+    NAMES.get(t).copied().unwrap_or("unknown")
 }
 
 /// A picture of the member.
@@ -119,6 +157,9 @@ pub struct MemberStatus {
     pub quorum_active: bool,
     /// When this member last heard from each peer, ms since the Unix epoch.
     pub last_heard_ms: BTreeMap<u64, i64>,
+    /// When the connection each peer had opened to this member last ended, ms since the
+    /// Unix epoch (see `Member::peer_closed`).
+    pub links_closed_ms: BTreeMap<u64, i64>,
     /// Members a leader has not heard from within an election timeout (empty elsewhere).
     pub unreachable: Vec<u64>,
 }
@@ -167,6 +208,7 @@ impl<S: LogStore> Member<S> {
             pending: self.waiting.len(),
             quorum_active: self.quorum_active(),
             last_heard_ms: self.last_heard.clone(),
+            links_closed_ms: self.links_closed.clone(),
             unreachable: if r.state == StateRole::Leader {
                 let mut ids: Vec<u64> =
                     r.prs().iter().map(|(id, _)| *id).filter(|id| !self.heard_recently(*id)).collect();

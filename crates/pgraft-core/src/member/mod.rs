@@ -33,7 +33,7 @@ mod snapshots;
 /// without a leader before it campaigns anyway (see [`Member::hold_campaigns`]).
 pub const CAMPAIGN_HOLD_ROUNDS: u32 = 2;
 
-pub use member_status::{Counters, MemberStatus, PeerProgress, Role};
+pub use member_status::{message_type_name, Counters, MemberStatus, PeerProgress, Role, MESSAGE_TYPES};
 
 /// A driver's handle for one request; answers carry it back.
 pub type Token = u64;
@@ -137,7 +137,11 @@ pub struct Member<S: LogStore> {
     last_elapsed: usize,
     /// The role at the last soft-state change, to count elections this member started.
     last_role: StateRole,
+    /// The last leader known here (0: none yet), for `leader_changes`.
+    last_leader: u64,
     last_heard: BTreeMap<u64, i64>,
+    /// When the connection each peer opened to this member last ended.
+    links_closed: BTreeMap<u64, i64>,
     election_timeout_ms: i64,
     /// Linearizable reads waiting for a read index.
     reads: read_rounds::ReadRounds,
@@ -250,7 +254,9 @@ impl<S: LogStore> Member<S> {
             held_ticks: 0,
             last_elapsed: 0,
             last_role: StateRole::Follower,
+            last_leader: 0,
             last_heard: BTreeMap::new(),
+            links_closed: BTreeMap::new(),
             election_timeout_ms: 1000,
             reads: read_rounds::ReadRounds::default(),
             ready_times: ReadyTimes::default(),
@@ -415,6 +421,9 @@ impl<S: LogStore> Member<S> {
     /// Hands a peer's message to raft.
     pub fn step(&mut self, mut m: Message) -> Result<()> {
         self.counters.messages_received += 1;
+        if let Some(n) = self.counters.received_by_type.get_mut(m.get_msg_type() as usize) {
+            *n += 1;
+        }
         self.last_heard.insert(m.from, self.now_ms);
         if self.withholds_vote(&m) {
             self.counters.votes_withheld += 1;
@@ -488,6 +497,9 @@ impl<S: LogStore> Member<S> {
     /// clock back, and a follower that alone lost the connection gets no pre-vote from the
     /// others, whose leases still run.
     pub fn peer_closed(&mut self, id: u64) {
+        // Published (`links_closed_ms`): the follower at the other end took the same
+        // event as the end of this leader's lease and may already vote for another.
+        self.links_closed.insert(id, self.now_ms);
         let r = &mut self.raw.raft;
         if r.state != StateRole::Follower || r.leader_id != id {
             return;
@@ -752,6 +764,12 @@ impl<S: LogStore> Member<S> {
         }
         let mut rd = self.raw.ready();
         if let Some(ss) = rd.ss() {
+            if ss.leader_id != 0 && ss.leader_id != self.last_leader {
+                self.counters.leader_changes += 1;
+            }
+            if ss.leader_id != 0 {
+                self.last_leader = ss.leader_id;
+            }
             // An election this member started: it became a candidate, or went straight to
             // leader (a lone voter wins its election within one step, never seen as candidate).
             let now = ss.raft_state;
@@ -829,6 +847,11 @@ impl<S: LogStore> Member<S> {
         self.start_read_round();
         self.ready_times.after += started.elapsed();
         self.counters.messages_sent += out.len() as u64;
+        for m in &out {
+            if let Some(n) = self.counters.sent_by_type.get_mut(m.get_msg_type() as usize) {
+                *n += 1;
+            }
+        }
         Ok(out)
     }
 

@@ -70,6 +70,7 @@ impl<S: LogStore> Member<S> {
         self.counters.snapshots_taken += 1;
         let ms = done.elapsed.as_millis() as u64;
         self.counters.snapshot_max_ms = self.counters.snapshot_max_ms.max(ms);
+        self.counters.snapshot_total_ms += ms;
         // A compaction asked for while this one was written starts now.
         self.maybe_snapshot();
         self.resolve_waiters();

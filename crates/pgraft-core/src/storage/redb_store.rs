@@ -33,6 +33,7 @@ use super::{
     check_entries_range, snapshot_usable_for, term_without_entry, to_raft, Identity, LogStore, Result,
     SnapshotImage, SnapshotWriter, StorageError,
 };
+use crate::metrics::Histogram;
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -72,6 +73,8 @@ pub struct RedbStore {
     identity: Option<Identity>,
     /// Reads raft made, for the member thread's slow-pass warning.
     reads: ReadStats,
+    /// How long each durable commit took (fsync included), for `/metrics`.
+    syncs: Arc<Mutex<Histogram>>,
     /// The term of every entry in the log, so `term` reads nothing.
     terms: TermRuns,
 }
@@ -173,6 +176,7 @@ impl RedbStore {
             snapshot_source: SnapSource::None,
             image_cache: Mutex::new(None),
             reads: ReadStats::default(),
+            syncs: Arc::default(),
             terms: TermRuns::default(),
             identity: None,
         };
@@ -275,6 +279,11 @@ impl RedbStore {
         }
     }
 
+    /// The latencies of its durable commits, shared with whoever reports them.
+    pub fn sync_latency(&self) -> Arc<Mutex<Histogram>> {
+        Arc::clone(&self.syncs)
+    }
+
     /// Where the database file lives.
     pub fn path(&self) -> &Path {
         &self.path
@@ -284,7 +293,9 @@ impl RedbStore {
     fn write(&self, what: &str, f: impl FnOnce(&redb::WriteTransaction) -> Result<()>) -> Result<()> {
         let tx = redb_try!(self.db.begin_write(), what);
         f(&tx)?;
+        let started = std::time::Instant::now();
         redb_try!(tx.commit(), what);
+        self.syncs.lock().unwrap_or_else(|p| p.into_inner()).observe(started.elapsed());
         Ok(())
     }
 

@@ -22,7 +22,7 @@ pub use frame::{
     read_frame, write_frame, Frame, FrameError, Reassembly, DEFAULT_FRAME_CAP, DEFAULT_SNAPSHOT_CAP,
 };
 pub use handshake::{Ack, AckStatus, HandshakeError, Hello, PROTOCOL_VERSION};
-pub use tls::{Tls, TlsError, TlsFiles};
+pub use tls::{server_only as tls_server_only, Tls, TlsError, TlsFiles};
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};

@@ -49,6 +49,22 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
+/// An acceptor that presents `cert` (chain) and `key` and asks clients for no certificate:
+/// the HTTP endpoints' TLS, where load balancers and scrapers connect.
+pub fn server_only(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = certs(cert)?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| TlsError(format!("read the private key in {}: {e}", key.display())))?;
+    let server = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError(format!("certificate and key in {}: {e}", cert.display())))?;
+    Ok(TlsAcceptor::from(Arc::new(server)))
+}
+
 impl Tls {
     /// Loads the files and builds both sides.
     pub fn load(files: &TlsFiles) -> Result<Tls, TlsError> {

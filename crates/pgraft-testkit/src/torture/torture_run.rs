@@ -130,6 +130,7 @@ pub fn run(opts: &TortureOptions) -> Result<Report> {
         tls: opts.tls,
         direct_peers: false,
         ha: opts.db,
+        http: false,
     };
     let cluster = match LocalCluster::up(&up) {
         Ok(c) => c,

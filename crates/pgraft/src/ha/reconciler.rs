@@ -68,6 +68,8 @@ pub struct Reconciler {
     /// The position this standby held when the primary was first seen to lack the WAL
     /// after it, and since when.
     wal_gone_since: Option<(ha::Lsn, Instant)>,
+    /// Promotions carried out.
+    promotions: u64,
 }
 
 impl Reconciler {
@@ -90,6 +92,7 @@ impl Reconciler {
             divergence_checked: None,
             standby_rejoin: None,
             wal_gone_since: None,
+            promotions: 0,
         }
     }
 
@@ -97,18 +100,19 @@ impl Reconciler {
     pub fn tick(&mut self, node: &NodeHandle, status: &MemberStatus, rt: &tokio::runtime::Runtime) {
         let Some(view) = node.ha_view() else { return };
         let failover = gucs::effective_failover(&view.config);
+        let facts = server_probe::observe();
+        let now_ms = crate::worker::now_ms();
+        // One copy of the shared facts for the whole pass (the keeper's counts, probes
+        // and slots), so the pass decides on one consistent reading.
+        let shared = shmem::read();
+        // Judged in every cluster: the HTTP endpoints report it too.
+        let health = self.health(&facts, &shared, now_ms, rt);
         if !failover && view.ha.primary.is_none() {
             // Not an HA cluster (yet): nothing to guard.
             set_gate(GateState::Open);
             node.hold_campaigns(false);
             return;
         }
-        let facts = server_probe::observe();
-        let now_ms = crate::worker::now_ms();
-        // One copy of the shared facts for the whole pass (the keeper's counts, probes
-        // and slots), so the pass decides on one consistent reading.
-        let shared = shmem::read();
-        let health = self.health(&facts, &shared, now_ms, rt);
         // A member whose server cannot serve lets the others win elections (it still
         // votes); paused failover changes nothing about who leads.
         node.hold_campaigns(failover && health.is_some());
@@ -239,27 +243,26 @@ impl Reconciler {
         } else if self.leader_since.is_none_or(|(t, _)| t != st.term) {
             self.leader_since = Some((st.term, Instant::now()));
         }
-        // The lease: a majority heard from within the election timeout, by this thread's
-        // clock, from what the Raft thread last published. A Raft thread that stopped
-        // publishing stops renewing it.
-        let now = crate::worker::now_ms();
-        let heard = st
-            .voters
-            .iter()
-            .filter(|v| {
-                **v == st.id || st.last_heard_ms.get(v).is_some_and(|t| now - t <= election_timeout_ms as i64)
-            })
-            .count();
         RaftView {
             me: st.id,
             leader,
             term: st.term,
             leader_id: st.leader_id,
             voters: st.voters.clone(),
-            lease: leader && heard > st.voters.len() / 2,
+            lease: lease(st, election_timeout_ms, crate::worker::now_ms()),
             led_ms: self.leader_since.map_or(0, |(_, at)| at.elapsed().as_millis() as u64),
             election_timeout_ms,
         }
+    }
+
+    /// Why this server could not serve at the last pass, if it could not.
+    pub fn last_health(&self) -> Option<&str> {
+        self.last_health.as_deref()
+    }
+
+    /// Promotions this loop carried out since the worker started.
+    pub fn promotions(&self) -> u64 {
+        self.promotions
     }
 
     fn carry_out(
@@ -306,7 +309,10 @@ impl Reconciler {
                 rec.map_or("", |r| r.reason.as_str())
             );
             match auto_conf::promote(&self.pgdata) {
-                Ok(()) => self.promoted_in_term = Some(o.raft.term),
+                Ok(()) => {
+                    self.promoted_in_term = Some(o.raft.term);
+                    self.promotions += 1;
+                }
                 Err(e) => log::warn!("failover: promotion failed: {e}"),
             }
         }
@@ -561,8 +567,45 @@ fn set_gate(gate: GateState) {
     }
 }
 
-/// The planner's view of the server: what the WAL receiver connects to, matched against
-/// the members' registered servers as this member dials them.
+/// When the lease of a leader ends: the moment fewer than a majority of voters will have
+/// been heard from within the election timeout, by this thread's clock, from what the Raft
+/// thread last published (`None`: not a leader, or no majority heard at all). A Raft
+/// thread that stopped publishing stops renewing it. With `closed_links_end_it`, a peer
+/// whose connection to this member ended after it was last heard from does not count: it
+/// has taken that as the end of this leader's lease and may vote for another at once (see
+/// `Member::peer_closed`); the HTTP endpoints judge `/primary` so, while fencing keeps to
+/// the election timeout, so that a short break of the links does not shut the primary down.
+pub fn lease_until(
+    st: &MemberStatus,
+    election_timeout_ms: u64,
+    now_ms: i64,
+    closed_links_end_it: bool,
+) -> Option<i64> {
+    if st.role != Role::Leader {
+        return None;
+    }
+    let mut heard: Vec<i64> = st
+        .voters
+        .iter()
+        .filter_map(|v| {
+            if *v == st.id {
+                return Some(now_ms);
+            }
+            let t = *st.last_heard_ms.get(v)?;
+            let closed = closed_links_end_it && st.links_closed_ms.get(v).is_some_and(|c| *c >= t);
+            (!closed).then_some(t)
+        })
+        .collect();
+    heard.sort_unstable_by(|a, b| b.cmp(a));
+    let majority = st.voters.len() / 2 + 1;
+    heard.get(majority - 1).map(|t| t + election_timeout_ms as i64)
+}
+
+/// Whether a leader holds its lease now (see [`lease_until`]).
+pub fn lease(st: &MemberStatus, election_timeout_ms: u64, now_ms: i64) -> bool {
+    lease_until(st, election_timeout_ms, now_ms, false).is_some_and(|until| until >= now_ms)
+}
+
 fn server_view(f: &ServerFacts, ha: &HaState, me: u64) -> ServerView {
     let receiving = if !f.in_recovery || !f.receiver_active {
         Receiving::Nothing

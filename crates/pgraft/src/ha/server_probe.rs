@@ -29,6 +29,10 @@ pub struct ServerFacts {
     pub replayed: u64,
     /// The WAL receiver is connected or connecting (not stopped or waiting).
     pub receiver_active: bool,
+    /// The WAL receiver is streaming.
+    pub receiver_streaming: bool,
+    /// The end of the upstream's WAL as its last message said (0: none yet).
+    pub upstream_end: u64,
     /// The connection string the WAL receiver uses (passwords obfuscated by PostgreSQL).
     pub receiver_conninfo: String,
     /// PostgreSQL's port.
@@ -71,7 +75,12 @@ pub fn observe() -> ServerFacts {
             let flushed = pg_sys::GetFlushRecPtr(&mut tli);
             (tli, tli, flushed, flushed)
         };
-        let (receiver_active, receiver_conninfo) = wal_receiver();
+        let WalReceiver {
+            active: receiver_active,
+            streaming: receiver_streaming,
+            upstream_end,
+            conninfo: receiver_conninfo,
+        } = wal_receiver();
         ServerFacts {
             in_recovery,
             crash_recovery,
@@ -82,6 +91,8 @@ pub fn observe() -> ServerFacts {
             received,
             replayed,
             receiver_active,
+            receiver_streaming,
+            upstream_end,
             receiver_conninfo,
             port: u16::try_from(pg_sys::PostPortNumber).unwrap_or(0),
             system_id: pg_sys::GetSystemIdentifier(),
@@ -89,25 +100,37 @@ pub fn observe() -> ServerFacts {
     }
 }
 
-/// The WAL receiver's state and connection string. Read without its spinlock (which is a
-/// macro PostgreSQL does not export): the string is written once per connection, and a
-/// torn read can only fail to match a member, which counts as "maybe still the primary".
-unsafe fn wal_receiver() -> (bool, String) {
+/// What the WAL receiver's shared state says.
+#[derive(Default)]
+struct WalReceiver {
+    active: bool,
+    streaming: bool,
+    upstream_end: u64,
+    conninfo: String,
+}
+
+/// The WAL receiver's state, the upstream's end of WAL and the connection string. Read
+/// without its spinlock (which is a macro PostgreSQL does not export): the string is
+/// written once per connection, and a torn read can only fail to match a member, which
+/// counts as "maybe still the primary"; the end of WAL is one aligned 8-byte word.
+unsafe fn wal_receiver() -> WalReceiver {
     // SAFETY: WalRcv points into shared memory for the life of the server.
     unsafe {
         let w = pg_sys::WalRcv;
         if w.is_null() {
-            return (false, String::new());
+            return WalReceiver::default();
         }
         let state = std::ptr::read_volatile(&(*w).walRcvState);
         let active =
             !matches!(state, pg_sys::WalRcvState::WALRCV_STOPPED | pg_sys::WalRcvState::WALRCV_WAITING);
+        let streaming = state == pg_sys::WalRcvState::WALRCV_STREAMING;
+        let upstream_end = std::ptr::read_volatile(&(*w).latestWalEnd);
         let raw: [std::ffi::c_char; 1024] = std::ptr::read_volatile(&(*w).conninfo);
         let bytes: Vec<u8> = raw.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
         let conninfo = CStr::from_bytes_with_nul(&[bytes.as_slice(), &[0]].concat())
             .map(|c| c.to_string_lossy().into_owned())
             .unwrap_or_default();
-        (active, conninfo)
+        WalReceiver { active, streaming, upstream_end, conninfo }
     }
 }
 

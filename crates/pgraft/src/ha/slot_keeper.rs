@@ -25,7 +25,7 @@ use std::time::Duration;
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 
-use crate::shmem::{self, SlotList};
+use crate::shmem::{self, SlotList, StandbyList, StandbyRow};
 
 /// The database the keeper's session opens.
 pub const DATABASE: &str = "postgres";
@@ -120,30 +120,43 @@ fn run(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>], what: &str) -> bool {
     }
 }
 
-/// How many members' standbys stream from this primary, for `synchronous_mode = on`
-/// (see `pgraft_core::ha` sync_set).
+/// The members' standbys streaming from this primary as `pg_stat_replication` shows
+/// them: how many stream, for `synchronous_mode = on` (see `pgraft_core::ha` sync_set), and
+/// each one's positions and states, for the HTTP endpoints.
 fn count_streaming() {
-    let n = BackgroundWorker::transaction(|| {
+    let rows = BackgroundWorker::transaction(|| {
         Spi::connect(|c| {
-            c.select(
-                "SELECT count(*) FROM pg_stat_replication \
-                  WHERE state = 'streaming' AND application_name LIKE 'pgraft\\_node\\_%'",
+            let rows = c.select(
+                "SELECT application_name::text, coalesce(state, ''), \
+                        coalesce((flush_lsn - '0/0'::pg_lsn)::bigint, 0), \
+                        coalesce((replay_lsn - '0/0'::pg_lsn)::bigint, 0), coalesce(sync_state, '') \
+                   FROM pg_stat_replication WHERE application_name LIKE 'pgraft\\_node\\_%'",
                 None,
                 &[],
-            )
-            .and_then(|t| t.first().get_one::<i64>())
+            )?;
+            let mut out = Vec::new();
+            for row in rows {
+                let name: Option<String> = row.get(1)?;
+                let Some(member) = name.as_deref().and_then(pgraft_core::ha::member_of) else { continue };
+                let state: String = row.get(2)?.unwrap_or_default();
+                let lsn = |v: Option<i64>| v.unwrap_or(0) as u64;
+                let sync: String = row.get(5)?.unwrap_or_default();
+                out.push(StandbyRow::new(member, lsn(row.get(3)?), lsn(row.get(4)?), &state, &sync));
+            }
+            Ok::<_, pgrx::spi::Error>(out)
         })
     });
-    match n {
-        Ok(Some(n)) => {
+    match rows {
+        Ok(rows) => {
             let now = crate::worker::now_ms();
+            let n = rows.iter().filter(|r| r.state() == "streaming").count();
             shmem::update(|s| {
                 s.streaming = u32::try_from(n).unwrap_or(0);
                 s.streaming_ms = now;
+                s.standbys = StandbyList::new(&rows, now);
             });
         }
-        Ok(None) => {}
-        Err(e) => pgrx::warning!("pgraft: the slot keeper cannot count the streaming standbys: {e}"),
+        Err(e) => pgrx::warning!("pgraft: the slot keeper cannot read pg_stat_replication: {e}"),
     }
 }
 

@@ -11,17 +11,14 @@ use super::{cluster_dir, connect, json_lines, pg_configs, pgraftctl, wait, Down}
 
 /// An HA cluster of `n` members; its JSON lines (members, then the read-write conninfo).
 pub fn up_ha(d: &str, pgc: &str, n: usize) -> Vec<Value> {
-    json_lines(&pgraftctl(&[
-        "local",
-        "up",
-        "--ha",
-        "--nodes",
-        &n.to_string(),
-        "--dir",
-        d,
-        "--pg-config",
-        pgc,
-    ]))
+    up_ha_with(d, pgc, n, &[])
+}
+
+/// The same with more `pgraftctl local up` arguments (`--http`).
+pub fn up_ha_with(d: &str, pgc: &str, n: usize, more: &[&str]) -> Vec<Value> {
+    let n = n.to_string();
+    let args = ["local", "up", "--ha", "--nodes", &n, "--dir", d, "--pg-config", pgc];
+    json_lines(&pgraftctl(&[&args[..], more].concat()))
 }
 
 pub fn conninfo(lines: &[Value], i: usize) -> String {
@@ -123,11 +120,16 @@ impl HaCluster {
 
     /// The same with `n` members.
     pub fn up_n(pgc: &str, name: &str, rows: i64, n: usize) -> HaCluster {
+        HaCluster::up_with(pgc, name, rows, n, &[])
+    }
+
+    /// The same with more `pgraftctl local up` arguments.
+    pub fn up_with(pgc: &str, name: &str, rows: i64, n: usize, more: &[&str]) -> HaCluster {
         let pgc = pgc.to_string();
         let dir = cluster_dir(name);
         let d = dir.to_string_lossy().into_owned();
         let down = Down(dir);
-        let lines = up_ha(&d, &pgc, n);
+        let lines = up_ha_with(&d, &pgc, n, more);
         let rw = lines[n]["read_write_conninfo"].as_str().expect("rw").to_string();
         connect(&rw)
             .expect("connect")

@@ -10,6 +10,7 @@ use std::process::Command;
 use serde_json::Value;
 
 pub mod ha;
+pub mod http;
 
 /// The PostgreSQL installs to test against: `PGRAFT_TEST_PG_CONFIGS` (space separated, set
 /// by `make test`), else the Debian PostgreSQL 15.

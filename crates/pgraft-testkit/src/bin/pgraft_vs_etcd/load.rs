@@ -56,7 +56,8 @@ pub struct Figures {
 }
 
 impl Figures {
-    fn from(mut all: Vec<u32>, elapsed: Duration) -> Self {
+    /// Figures of `all` latencies (µs) over `elapsed`.
+    pub fn from(mut all: Vec<u32>, elapsed: Duration) -> Self {
         all.sort_unstable();
         let pct = |p: f64| {
             if all.is_empty() {

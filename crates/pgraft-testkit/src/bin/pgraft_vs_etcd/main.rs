@@ -20,6 +20,7 @@ mod clients;
 mod cost;
 mod etcd;
 mod failover;
+mod health;
 mod load;
 mod machine;
 mod plot;
@@ -83,8 +84,8 @@ pub struct Args {
     /// Length of one pgbench run, in seconds [default: 10, quick 3].
     #[arg(long)]
     pgbench_seconds: Option<u64>,
-    /// Sections to run (idle,pgbench,kv,replicate,failover,disk,growth,members); all by
-    /// default.
+    /// Sections to run (idle,pgbench,kv,replicate,health,failover,disk,growth,members);
+    /// all by default.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// The PostgreSQL install into which the extension was installed.
@@ -166,6 +167,7 @@ impl Ctx {
             pg_config: self.args.pg_config.clone(),
             proxy_exe: self.pgraftctl.clone(),
             direct_peers: true,
+            http: true,
             ..UpOptions::default()
         };
         LocalCluster::up(&opts).with_context(|| format!("start {nodes} pgraft members"))
@@ -302,6 +304,10 @@ fn sections(ctx: &Ctx, rep: &mut Report, pgraft: &LocalCluster, etcd: &mut etcd:
         let r = cost::memory(pgraft, etcd).map(|m| rep.memory_load = Some(m));
         section(rep, "memory", r);
     }
+    if ctx.wants("health") {
+        let r = health_case(ctx, rep, pgraft, etcd);
+        section(rep, "health", r);
+    }
     if ctx.wants("failover") {
         let r = failover_case(ctx, rep, pgraft, etcd);
         section(rep, "failover", r);
@@ -374,6 +380,36 @@ fn kv_cases(ctx: &Ctx, rep: &mut Report, pgraft: &LocalCluster, etcd: &etcd::Etc
             rep.replicate.push((n, p));
         }
     }
+    Ok(())
+}
+
+/// The health and metrics endpoints asked every 20 ms on a busy member, while
+/// `load_clients` clients write for the case's seconds: pgraft's leader (`/leader`,
+/// `/metrics`) and etcd's first member (`/health`, `/metrics`).
+fn health_case(ctx: &Ctx, rep: &mut Report, pgraft: &LocalCluster, etcd: &etcd::EtcdCluster) -> Result<()> {
+    let duration = Duration::from_secs(ctx.plan.seconds);
+    let (n, keys, value) = (ctx.args.load_clients, ctx.args.keys, &ctx.value);
+    let leader = pgraft
+        .nodes()
+        .iter()
+        .find(|m| m.http_port.is_some_and(|p| health::answers_200(p, "/leader")))
+        .context("no pgraft member answers 200 on /leader")?;
+    let port = leader.http_port.context("the leader serves no HTTP")?;
+    let pg = conninfos(pgraft);
+    eprintln!("health: pgraft's /leader and /metrics under {n} writing clients");
+    let mut clients = pgraft_clients(&pg, n)?;
+    let row = health::probe_during("pgraft", port, &["/leader", "/metrics"], || {
+        load::run(&mut clients, Op::Put, duration, keys, value)
+    })?;
+    rep.health.push(row);
+    let url = etcd.client_urls.first().context("no etcd member")?;
+    let port: u16 = url.rsplit(':').next().and_then(|p| p.parse().ok()).context("etcd's client port")?;
+    eprintln!("health: etcd's /health and /metrics under {n} writing clients");
+    let mut clients = etcd_clients(&etcd.client_urls, n)?;
+    let row = health::probe_during("etcd", port, &["/health", "/metrics"], || {
+        load::run(&mut clients, Op::Put, duration, keys, value)
+    })?;
+    rep.health.push(row);
     Ok(())
 }
 

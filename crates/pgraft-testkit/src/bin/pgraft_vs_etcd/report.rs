@@ -47,6 +47,7 @@ pub struct Report {
     pub growth_target: u64,
     pub growth_note: Option<String>,
     pub members: Vec<(usize, Figures, Figures)>,
+    pub health: Vec<crate::health::HealthRow>,
     pub errors: Vec<String>,
 }
 
@@ -98,6 +99,7 @@ impl Report {
             growth_target: plan.grow_to,
             growth_note: None,
             members: Vec::new(),
+            health: Vec::new(),
             errors: Vec::new(),
         }
     }
@@ -161,6 +163,40 @@ impl Report {
                     ms(f.p999),
                     etcd_put.map_or("-".into(), |e| ratio(f.per_second, e))
                 );
+            }
+            s.push('\n');
+        }
+        if !self.health.is_empty() {
+            let _ = writeln!(s, "## Health checks and scrapes under load\n");
+            let _ = writeln!(
+                s,
+                "Each path asked every {} ms (one request per connection, as HAProxy checks) while {} clients \
+                 write for {} s: pgraft's leader, etcd's first member. Latencies in ms.\n",
+                crate::health::PROBE_EVERY.as_millis(),
+                self.args.load_clients,
+                p.seconds
+            );
+            s.push_str(
+                "| system | path | answered | p50 | p99 | worst | over 50 ms | no answer | writes/s meanwhile |\n\
+                 |---|---|--:|--:|--:|--:|--:|--:|--:|\n",
+            );
+            for r in &self.health {
+                for f in &r.paths {
+                    let worst = f.figures.latencies_us.last().map_or(0.0, |us| f64::from(*us) / 1000.0);
+                    let _ = writeln!(
+                        s,
+                        "| {} | `{}` | {} | {} | {} | {:.2} | {} | {} | {:.0} |",
+                        r.system,
+                        f.path,
+                        f.figures.latencies_us.len(),
+                        ms(f.figures.p50),
+                        ms(f.figures.p99),
+                        worst,
+                        f.over_50ms,
+                        f.failed,
+                        r.load.per_second
+                    );
+                }
             }
             s.push('\n');
         }

@@ -21,6 +21,14 @@ fn wait_status(port: u16, path: &str, want: u16, what: &str) {
     wait(what, SETTLE, || (status(port, path) == want).then_some(()));
 }
 
+/// Waits until node 1 is advertised as the primary and the others as replicas.
+fn wait_roles(ports: &[u16]) {
+    wait_status(ports[0], "/primary", 200, "node 1 to be advertised as the primary");
+    for (i, p) in ports.iter().enumerate().skip(1) {
+        wait_status(*p, "/replica", 200, &format!("node {} to be advertised as a replica", i + 1));
+    }
+}
+
 /// The members whose `/primary` answers 200 now; fails the test if two do, with what each
 /// said.
 fn advertised_primaries(ports: &[u16]) -> Vec<usize> {
@@ -36,10 +44,7 @@ fn endpoints_answer_by_role_lag_partition_pause_and_failover() {
     let pgc = pg_configs()[0].to_string_lossy().into_owned();
     let c = HaCluster::up_with(&pgc, "http", 100, 3, &["--http"]);
     let ports: Vec<u16> = (0..3).map(|i| http_port(&c.lines, i)).collect();
-    wait_status(ports[0], "/primary", 200, "node 1 to be advertised as the primary");
-    for i in [1, 2] {
-        wait_status(ports[i], "/replica", 200, &format!("node {} to be advertised as a replica", i + 1));
-    }
+    wait_roles(&ports);
 
     // The primary.
     let p = ports[0];
@@ -221,70 +226,12 @@ fn metrics_pass_promtool_and_move_under_load_and_bad_requests_cost_nothing() {
     assert!(metric(&page, "pgraft_http_requests_refused_total") >= 53.0, "{page}");
 }
 
-/// A client writing through one address (HAProxy's read-write port) every 10 ms: each
-/// acknowledged write with the server that took it, and how many writes a server refused
-/// as read-only (a standby).
-struct RoutedWriter {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    acked: std::sync::Arc<std::sync::Mutex<Vec<(i64, i32, Instant)>>>,
-    read_only: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl RoutedWriter {
-    fn start(conninfo: String) -> RoutedWriter {
-        use std::sync::atomic::Ordering;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let read_only = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (s, a, r) = (stop.clone(), acked.clone(), read_only.clone());
-        let thread = std::thread::spawn(move || {
-            let mut next = 1_000_i64;
-            let mut client: Option<postgres::Client> = None;
-            while !s.load(Ordering::Relaxed) {
-                if client.is_none() {
-                    client = connect(&conninfo).ok();
-                }
-                if let Some(c) = client.as_mut() {
-                    match c.query_one("INSERT INTO t VALUES ($1) RETURNING inet_server_port()", &[&next]) {
-                        Ok(row) => a.lock().expect("lock").push((next, row.get(0), Instant::now())),
-                        Err(e) => {
-                            if e.code() == Some(&postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION) {
-                                r.fetch_add(1, Ordering::Relaxed);
-                            }
-                            client = None;
-                        }
-                    }
-                    next += 1;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        });
-        RoutedWriter { stop, acked, read_only, thread }
-    }
-
-    fn count(&self) -> usize {
-        self.acked.lock().map(|a| a.len()).unwrap_or(0)
-    }
-
-    fn finish(self) -> (Vec<(i64, i32, Instant)>, usize) {
-        use std::sync::atomic::Ordering;
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().expect("the writer thread");
-        let acked = std::mem::take(&mut *self.acked.lock().expect("lock"));
-        (acked, self.read_only.load(Ordering::Relaxed))
-    }
-}
-
 #[test]
 fn haproxy_moves_a_writing_client_to_the_new_primary() {
     let pgc = pg_configs()[0].to_string_lossy().into_owned();
     let c = HaCluster::up_with(&pgc, "haproxy", 100, 3, &["--http"]);
     let ports: Vec<u16> = (0..3).map(|i| http_port(&c.lines, i)).collect();
-    wait_status(ports[0], "/primary", 200, "node 1 to be advertised as the primary");
-    for i in [1, 2] {
-        wait_status(ports[i], "/replica", 200, &format!("node {} to be advertised as a replica", i + 1));
-    }
+    wait_roles(&ports);
     let h = json_lines(&pgraftctl(&["local", "haproxy", "--dir", &c.d]));
     let rw = h[0]["read_write_conninfo"].as_str().expect("read_write_conninfo").to_string();
     let ro = h[0]["read_only_conninfo"].as_str().expect("read_only_conninfo").to_string();
@@ -298,7 +245,7 @@ fn haproxy_moves_a_writing_client_to_the_new_primary() {
     let ro_port = wait("HAProxy's read-only port to reach a standby", SETTLE, || port_of(&ro));
     assert_ne!(ro_port, pg_port(&c.lines, 0), "the read-only port leads to a standby");
 
-    let writer = RoutedWriter::start(rw.clone());
+    let writer = Writer::start(rw.clone(), 1000);
     wait("the writer to get going", Duration::from_secs(10), || (writer.count() >= 20).then_some(()));
     let killed = Instant::now();
     pgraftctl(&["local", "kill", "1", "--dir", &c.d]);
@@ -311,8 +258,8 @@ fn haproxy_moves_a_writing_client_to_the_new_primary() {
     wait("more writes on the new primary", Duration::from_secs(10), || {
         (writer.count() >= n + 50).then_some(())
     });
-    let (acked, read_only_errors) = writer.finish();
-    assert_eq!(read_only_errors, 0, "HAProxy's read-write port led a write to a standby");
+    assert_eq!(writer.read_only_errors(), 0, "HAProxy's read-write port led a write to a standby");
+    let acked = writer.finish();
     let last_old =
         acked.iter().filter(|(_, p, _)| *p == old).map(|(_, _, t)| *t).max().expect("writes on node 1");
     let first_new =

@@ -43,6 +43,8 @@ pub fn write_once(rw: &str) -> Option<i32> {
 pub struct Writer {
     stop: Arc<AtomicBool>,
     pub acked: Arc<Mutex<Vec<(i64, i32, Instant)>>>,
+    /// Writes a server refused as read-only: it was a standby.
+    read_only: Arc<std::sync::atomic::AtomicUsize>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -50,7 +52,8 @@ impl Writer {
     pub fn start(rw: String, first: i64) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(Vec::new()));
-        let (s, a) = (Arc::clone(&stop), Arc::clone(&acked));
+        let read_only = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, a, r) = (Arc::clone(&stop), Arc::clone(&acked), Arc::clone(&read_only));
         let thread = std::thread::spawn(move || {
             let mut next = first;
             let mut client: Option<postgres::Client> = None;
@@ -61,14 +64,24 @@ impl Writer {
                 if let Some(c) = client.as_mut() {
                     match c.query_one("INSERT INTO t VALUES ($1) RETURNING inet_server_port()", &[&next]) {
                         Ok(row) => a.lock().expect("lock").push((next, row.get(0), Instant::now())),
-                        Err(_) => client = None,
+                        Err(e) => {
+                            if e.code() == Some(&postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION) {
+                                r.fetch_add(1, Ordering::Relaxed);
+                            }
+                            client = None;
+                        }
                     }
                     next += 1;
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
         });
-        Writer { stop, acked, thread: Some(thread) }
+        Writer { stop, acked, read_only, thread: Some(thread) }
+    }
+
+    /// Writes refused so far because the server was a standby.
+    pub fn read_only_errors(&self) -> usize {
+        self.read_only.load(Ordering::Relaxed)
     }
 
     /// Writes acknowledged so far.

@@ -70,6 +70,8 @@ pub struct Reconciler {
     wal_gone_since: Option<(ha::Lsn, Instant)>,
     /// Promotions carried out.
     promotions: u64,
+    /// The kind of the HA command proposed last.
+    last_proposed: Option<&'static str>,
 }
 
 impl Reconciler {
@@ -93,6 +95,7 @@ impl Reconciler {
             standby_rejoin: None,
             wal_gone_since: None,
             promotions: 0,
+            last_proposed: None,
         }
     }
 
@@ -182,6 +185,12 @@ impl Reconciler {
             Some((at, since)) if at == have && since.elapsed() >= WAL_GONE_AFTER => {}
             Some((at, _)) if at == have => return,
             _ => {
+                if self.wal_gone_since.is_none() {
+                    log::info!(
+                        "failover: {why}; re-cloning this standby unless its position moves within {} s",
+                        WAL_GONE_AFTER.as_secs()
+                    );
+                }
                 self.wal_gone_since = Some((have, Instant::now()));
                 return;
             }
@@ -522,7 +531,20 @@ impl Reconciler {
             return;
         }
         self.in_flight = None;
-        let Some(cmd) = plan.propose.first().cloned() else { return };
+        // One at a time. A primary decision goes first; otherwise a kind other than the one
+        // proposed last, so that a command the plan keeps asking for (a health note, a sync
+        // record) never starves the others (a slot publish a standby's re-clone waits for).
+        let Some(cmd) = plan
+            .propose
+            .iter()
+            .find(|c| matches!(c, HaCommand::Primary(_)))
+            .or_else(|| plan.propose.iter().find(|c| Some(c.name()) != self.last_proposed))
+            .or(plan.propose.first())
+            .cloned()
+        else {
+            return;
+        };
+        self.last_proposed = Some(cmd.name());
         let done = Arc::new(AtomicBool::new(false));
         self.in_flight = Some(Arc::clone(&done));
         if matches!(cmd, HaCommand::Slots { .. }) {

@@ -378,8 +378,6 @@ else
         continue
     fi
 fi
-break
-done
 for f in {files}; do
     if [ -f "$SAVED/$f" ]; then cp -p "$SAVED/$f" "$PGDATA/$f"; fi
 done
@@ -388,10 +386,17 @@ rm -f "$PGDATA/postmaster.pid" "$PGDATA/promote"
 step "starting as a standby"
 if start_server; then
     step "done: running as a standby ($HOW)"
-else
-    step "failed: pg_ctl could not start the server; see $SERVER_LOG"
-    exit 1
+    exit 0
 fi
+# A start can fail for good: rewound from a primary that was itself replaced before this
+# server reached its minimum recovery point, recovery meets the new timeline too early
+# ("unexpected timeline ID ... before reaching minimum recovery point"). Only a re-clone
+# from the primary of now helps.
+: > {reclone}
+STANDBY=no
+step "could not start as a standby after it was $HOW (see $SERVER_LOG): re-cloning it from the primary"
+sleep 1
+done
 "#,
             node = self.node,
             pgdata = qp(&self.pgdata),

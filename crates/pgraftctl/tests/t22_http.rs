@@ -3,7 +3,8 @@
 //! and `/cluster` on the primary, a standby, a lagging standby, a member cut off from the
 //! majority, a paused worker, and after the failover that follows; `/metrics` checked by
 //! `promtool` with counters that move under load; bad requests answered without harm; and
-//! Debian's HAProxy in front, moving a writing client to the new primary.
+//! Debian's HAProxy in front, moving a writing client to the new primary; HTTPS and basic
+//! auth on a member.
 
 mod common;
 
@@ -286,4 +287,67 @@ fn haproxy_moves_a_writing_client_to_the_new_primary() {
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
     pgraftctl(&["local", "down", "--dir", &c.d]);
     assert!(!std::path::Path::new(&c.d).join("haproxy.pid").exists(), "`local down` stops HAProxy too");
+}
+
+/// `curl`'s status code for `url` (0: no HTTP answer), with `args` before it.
+fn curl_status(args: &[&str], url: &str) -> u16 {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run curl");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+}
+
+#[test]
+fn https_and_basic_auth_on_a_member() {
+    let pgc = pg_configs()[0].to_string_lossy().into_owned();
+    let dir = cluster_dir("http-tls");
+    let d = dir.to_string_lossy().into_owned();
+    let _down = Down(dir.clone());
+    let lines = json_lines(&pgraftctl(&[
+        "local",
+        "up",
+        "--nodes",
+        "3",
+        "--tls",
+        "--http",
+        "--dir",
+        &d,
+        "--pg-config",
+        &pgc,
+    ]));
+    let port = http_port(&lines, 0);
+    // pgraft.ssl_cert_file and ssl_key_file are set by --tls; the endpoint's settings take
+    // effect at server start.
+    let conf = std::path::Path::new(lines[0]["data_dir"].as_str().expect("data_dir")).join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).expect("read postgresql.conf");
+    text.push_str("pgraft.http_tls = on\npgraft.http_auth = 'watch:s3cret'\n");
+    std::fs::write(&conf, text).expect("write postgresql.conf");
+    pgraftctl(&["local", "stop", "1", "--dir", &d]);
+    pgraftctl(&["local", "start", "1", "--dir", &d]);
+    let ca = dir.join("tls").join("ca.crt");
+    let ca = ca.to_string_lossy().into_owned();
+    let url = |path: &str| format!("https://127.0.0.1:{port}{path}");
+    wait("node 1's endpoint to answer over TLS", SETTLE, || {
+        (curl_status(&["--cacert", &ca, "-u", "watch:s3cret"], &url("/liveness")) == 200).then_some(())
+    });
+    assert_eq!(curl_status(&["--cacert", &ca], &url("/liveness")), 401, "no credentials");
+    assert_eq!(
+        curl_status(&["--cacert", &ca, "-u", "watch:wrong"], &url("/liveness")),
+        401,
+        "wrong password"
+    );
+    assert_eq!(curl_status(&["--cacert", &ca, "-u", "watch:s3cret"], &url("/metrics")), 200);
+    // The certificate is checked: without the cluster's CA the client refuses it.
+    assert_eq!(
+        curl_status(&["-u", "watch:s3cret"], &url("/liveness")),
+        0,
+        "a certificate from an unknown CA"
+    );
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    assert_eq!(status(port, "/liveness"), 0);
+    // The other members still serve plain HTTP without credentials.
+    assert_eq!(status(http_port(&lines, 1), "/liveness"), 200);
 }

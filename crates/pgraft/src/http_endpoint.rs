@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -124,7 +124,7 @@ fn answer(s: &Shared, req: &HttpRequest) -> HttpResponse {
         election_timeout_ms: s.election_timeout_ms.load(Ordering::Relaxed),
         transport: transport.as_deref(),
         syncs: &syncs,
-        storage_bytes: tree_size(&s.raft_dir, 3),
+        storage_bytes: crate::worker::dir_size(&s.raft_dir, 3),
         kv: node.as_ref().map(NodeHandle::kv_gauges).unwrap_or_default(),
         ops: &ops,
         report: &report,
@@ -132,18 +132,6 @@ fn answer(s: &Shared, req: &HttpRequest) -> HttpResponse {
         http: stats.as_deref(),
     });
     HttpResponse { status: 200, content_type: "text/plain; version=0.0.4; charset=utf-8", body: page }
-}
-
-/// Bytes of the files under `dir`, `depth` levels down.
-fn tree_size(dir: &Path, depth: u32) -> u64 {
-    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
-    rd.flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_file() => m.len(),
-            Ok(m) if m.is_dir() && depth > 0 => tree_size(&e.path(), depth - 1),
-            _ => 0,
-        })
-        .sum()
 }
 
 /// What the main loop knows this pass, for [`build_report`].

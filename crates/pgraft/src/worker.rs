@@ -392,12 +392,13 @@ impl Worker {
         if let Some(rt) = &self.ipc {
             self.failover.tick(&h, &st, rt);
         }
-        if let (Some(http), Some(view)) = (&self.http, h.ha_view()) {
+        // The report reads the server as the failover loop read it in this pass.
+        if let (Some(http), Some(view), Some(facts)) = (&self.http, h.ha_view(), self.failover.last_facts()) {
             let timing = gucs::effective_timing(&view.config);
             let report = build_report(&ReportInputs {
                 status: &st,
                 view: &view,
-                facts: &crate::ha::server_probe::observe(),
+                facts,
                 shared: &shmem::read(),
                 problem: self.failover.last_health(),
                 addresses: &h.addresses(),
@@ -496,7 +497,7 @@ async fn answer(req: IpcRequest, ctx: &Ctx) -> IpcResponse {
                 return IpcResponse::Failed("the Raft member has not reported yet".into());
             };
             let cluster_config = node.inspect(|m| m.state().config.clone()).await.unwrap_or_default();
-            let disk_bytes = dir_size(&ctx.data_dir);
+            let disk_bytes = dir_size(&ctx.data_dir, 0);
             IpcResponse::Status(Box::new(StatusReport {
                 member,
                 addresses: node.addresses(),
@@ -603,10 +604,14 @@ fn describe_entry(e: &raft::prelude::Entry) -> String {
     }
 }
 
-fn dir_size(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+/// Bytes of the files under `dir`, `depth` directory levels down (0: its own files).
+pub(crate) fn dir_size(dir: &std::path::Path, depth: u32) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_file() => m.len(),
+            Ok(m) if m.is_dir() && depth > 0 => dir_size(&e.path(), depth - 1),
+            _ => 0,
         })
-        .unwrap_or(0)
+        .sum()
 }

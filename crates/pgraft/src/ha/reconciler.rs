@@ -72,6 +72,8 @@ pub struct Reconciler {
     promotions: u64,
     /// The kind of the HA command proposed last.
     last_proposed: Option<&'static str>,
+    /// The server as the last pass observed it.
+    last_facts: Option<ServerFacts>,
 }
 
 impl Reconciler {
@@ -96,6 +98,7 @@ impl Reconciler {
             wal_gone_since: None,
             promotions: 0,
             last_proposed: None,
+            last_facts: None,
         }
     }
 
@@ -110,6 +113,7 @@ impl Reconciler {
         let shared = shmem::read();
         // Judged in every cluster: the HTTP endpoints report it too.
         let health = self.health(&facts, &shared, now_ms, rt);
+        self.last_facts = Some(facts.clone());
         if !failover && view.ha.primary.is_none() {
             // Not an HA cluster (yet): nothing to guard.
             set_gate(GateState::Open);
@@ -262,6 +266,11 @@ impl Reconciler {
             led_ms: self.leader_since.map_or(0, |(_, at)| at.elapsed().as_millis() as u64),
             election_timeout_ms,
         }
+    }
+
+    /// The server as the last pass observed it (None before the first).
+    pub fn last_facts(&self) -> Option<&ServerFacts> {
+        self.last_facts.as_ref()
     }
 
     /// Why this server could not serve at the last pass, if it could not.

@@ -183,7 +183,8 @@ fn probe_commit() {
 }
 
 /// Brings the slots in line with `wanted` (member -> the primary's position for it);
-/// returns what is held afterwards (member -> restart LSN), and whether the server is in
+/// returns what is held afterwards (member -> restart LSN, or [`oldest_kept`] if later),
+/// and whether the server is in
 /// recovery.
 fn keep(wanted: &BTreeMap<u64, u64>) -> (BTreeMap<u64, u64>, bool) {
     let (found, in_recovery, replayed) = look();
@@ -215,5 +216,24 @@ fn keep(wanted: &BTreeMap<u64, u64>) -> (BTreeMap<u64, u64>, bool) {
             }
         }
     }
-    (look().0.into_iter().map(|(n, f)| (n, f.restart)).collect(), in_recovery)
+    let kept = oldest_kept();
+    (look().0.into_iter().map(|(n, f)| (n, f.restart.max(kept))).collect(), in_recovery)
+}
+
+/// The oldest WAL position this server can still send: the start of the segment after
+/// the last one a checkpoint or restartpoint removed since the server started (0 while
+/// none was). What a slot "holds" for its member is published as the later of its
+/// restart LSN and this. A standby that starts streaming through a slot from before its
+/// restart LSN moves the slot back to where it asked (PostgreSQL takes the standby's
+/// flush position as the slot's new restart LSN before it finds the WAL gone), and with
+/// the bare restart LSN on record `pgraft_core::ha::wal_gone` would no longer see that
+/// the standby cannot be served; removed WAL never comes back, so this bound holds.
+fn oldest_kept() -> u64 {
+    // SAFETY: reads the last removed segment under XLogCtl's spinlock, as
+    // pg_replication_slots does; wal_segment_size is set at start and read-only after.
+    let (removed, size) = unsafe { (pg_sys::XLogGetLastRemovedSegno(), pg_sys::wal_segment_size) };
+    match (removed, u64::try_from(size)) {
+        (0, _) | (_, Err(_)) => 0,
+        (removed, Ok(size)) => (removed + 1).saturating_mul(size),
+    }
 }

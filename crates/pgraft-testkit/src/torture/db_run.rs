@@ -240,7 +240,7 @@ fn count(txns: &[Txn]) -> BTreeMap<String, OpCounts> {
 
 /// Sets `pgraft.synchronous_mode` on every server (ALTER SYSTEM works on hot standbys
 /// too) and waits until the primary's `synchronous_standby_names` follows.
-fn set_synchronous_mode(cluster: &LocalCluster, mode: &str) -> Result<()> {
+pub fn set_synchronous_mode(cluster: &LocalCluster, mode: &str) -> Result<()> {
     if !["on", "off", "strict"].contains(&mode) {
         bail!("synchronous mode {mode:?}: use on, off or strict");
     }

@@ -41,6 +41,7 @@ pub use checks::{
 };
 pub use client::Workload;
 pub use db_history::{Micro, ServerId, Txn, TxnCall, TxnOutcome};
+pub use db_run::set_synchronous_mode;
 pub use fault_schedule::{FaultKind, FaultSchedule, PlannedFault};
 pub use history::{History, HistoryOp, OpCall, OpResult};
 pub use leader_monitor::{LeaderMonitor, LeaderSightings, Sighting};

@@ -43,13 +43,25 @@ pub fn answers_200(port: u16, path: &str) -> bool {
 }
 
 fn status(port: u16, path: &str) -> Option<u16> {
-    let mut c = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), PROBE_TIMEOUT).ok()?;
-    let _ = c.set_read_timeout(Some(PROBE_TIMEOUT));
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    request(port, "GET", path, "", PROBE_TIMEOUT).map(|(code, _)| code)
+}
+
+/// One HTTP/1.1 request to 127.0.0.1:`port` on a connection of its own, answered within
+/// `timeout`: the status code and the body (`None`: no answer).
+pub fn request(port: u16, method: &str, path: &str, body: &str, timeout: Duration) -> Option<(u16, String)> {
+    let mut c = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), timeout).ok()?;
+    let _ = c.set_read_timeout(Some(timeout));
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     c.write_all(req.as_bytes()).ok()?;
     let mut out = Vec::new();
     let _ = c.read_to_end(&mut out);
-    std::str::from_utf8(out.get(9..12)?).ok()?.parse().ok()
+    let code = std::str::from_utf8(out.get(9..12)?).ok()?.parse().ok()?;
+    let text = String::from_utf8_lossy(&out);
+    Some((code, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
 }
 
 /// Asks each of `paths` on `port` every [`PROBE_EVERY`] while `load` runs.

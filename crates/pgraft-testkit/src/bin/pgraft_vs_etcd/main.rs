@@ -12,17 +12,24 @@
 //!
 //! Sections, in the order they run: idle CPU and memory, pgbench with and without the
 //! extension, KV puts and linearizable gets, `pgraft_replicate_entry`, leader loss,
-//! disk per write before and after compaction, throughput as the store grows, and
-//! throughput at 3, 5 and 7 members. The figures go to stdout and, with `--report`, to
+//! disk per write before and after compaction, throughput as the store grows,
+//! throughput at 3, 5 and 7 members, and PostgreSQL failover next to Patroni with etcd
+//! (`ha`, on clusters of its own). The figures go to stdout and, with `--report`, to
 //! a Markdown file with PNG plots beside it.
 
 mod clients;
 mod cost;
 mod etcd;
 mod failover;
+mod ha_cases;
+mod ha_report;
+mod ha_section;
+mod ha_writer;
 mod health;
+mod link_proxy;
 mod load;
 mod machine;
+mod patroni;
 mod plot;
 mod procstat;
 mod report;
@@ -84,13 +91,20 @@ pub struct Args {
     /// Length of one pgbench run, in seconds [default: 10, quick 3].
     #[arg(long)]
     pgbench_seconds: Option<u64>,
-    /// Sections to run (idle,pgbench,kv,replicate,health,failover,disk,growth,members);
+    /// Sections to run (idle,pgbench,kv,replicate,health,failover,disk,growth,members,ha);
     /// all by default.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// The PostgreSQL install into which the extension was installed.
     #[arg(long, default_value = pgraft_testkit::PgInstall::DEFAULT_PG_CONFIG)]
     pg_config: PathBuf,
+    /// Trials per case and configuration of the failover comparison with Patroni
+    /// [default: 10, quick 2].
+    #[arg(long)]
+    ha_trials: Option<usize>,
+    /// The Patroni program (Debian's `patroni`), for the failover comparison.
+    #[arg(long, default_value = "/usr/bin/patroni")]
+    patroni: PathBuf,
     /// The etcd binary (Debian's `etcd-server`).
     #[arg(long, default_value = "/usr/bin/etcd")]
     etcd: PathBuf,
@@ -128,6 +142,7 @@ pub struct Plan {
     pub idle_seconds: u64,
     pub pgbench_rounds: usize,
     pub pgbench_seconds: u64,
+    pub ha_trials: usize,
 }
 
 impl Plan {
@@ -143,6 +158,7 @@ impl Plan {
             idle_seconds: a.idle_seconds.unwrap_or(if q { 3 } else { 10 }),
             pgbench_rounds: a.pgbench_rounds.unwrap_or(if q { 1 } else { 3 }),
             pgbench_seconds: a.pgbench_seconds.unwrap_or(if q { 3 } else { 10 }),
+            ha_trials: a.ha_trials.unwrap_or(if q { 2 } else { 10 }),
         }
     }
 }
@@ -224,13 +240,21 @@ fn main() -> Result<()> {
         rep.machine.cpus, rep.machine.cpu_model, rep.machine.fsync_p50_us
     );
 
-    let main_result = main_clusters(&ctx, &mut rep);
-    if let Err(e) = &main_result {
-        rep.errors.push(format!("three-member run: {e:#}"));
+    const ON_MAIN_CLUSTERS: [&str; 8] =
+        ["idle", "pgbench", "kv", "replicate", "health", "failover", "disk", "growth"];
+    if ON_MAIN_CLUSTERS.iter().any(|s| ctx.wants(s)) {
+        if let Err(e) = main_clusters(&ctx, &mut rep) {
+            rep.errors.push(format!("three-member run: {e:#}"));
+        }
     }
     if ctx.wants("members") {
         if let Err(e) = members_case(&ctx, &mut rep) {
             rep.errors.push(format!("members: {e:#}"));
+        }
+    }
+    if ctx.wants("ha") {
+        if let Err(e) = ha_section::run(&ctx, &mut rep) {
+            rep.errors.push(format!("ha: {e:#}"));
         }
     }
     rep.loadavg_end = procstat::loadavg();

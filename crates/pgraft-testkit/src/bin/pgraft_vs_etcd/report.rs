@@ -48,6 +48,7 @@ pub struct Report {
     pub growth_note: Option<String>,
     pub members: Vec<(usize, Figures, Figures)>,
     pub health: Vec<crate::health::HealthRow>,
+    pub ha: Vec<crate::ha_cases::HaRun>,
     pub errors: Vec<String>,
 }
 
@@ -100,6 +101,7 @@ impl Report {
             growth_note: None,
             members: Vec::new(),
             health: Vec::new(),
+            ha: Vec::new(),
             errors: Vec::new(),
         }
     }
@@ -379,6 +381,7 @@ impl Report {
             }
             s.push('\n');
         }
+        s.push_str(&crate::ha_report::text(&self.ha));
         if !self.errors.is_empty() {
             s.push_str("## Sections that failed\n\n");
             for e in &self.errors {
@@ -453,11 +456,12 @@ impl Report {
              make bench        # the full run: this file and docs/benchmarks/*.png\n\
              make bench-quick  # a smoke run of a few minutes; its report goes under /tmp/pgraft-bench-quick\n\
              ```\n\n\
-             `scripts/bench.sh` installs what is missing (the usual set-up, Debian's etcd-server and \
-             fonts-dejavu-core), installs a release build of the extension into a private copy of PostgreSQL 15 \
+             `scripts/bench.sh` installs what is missing (the usual set-up, Debian's etcd-server, patroni, \
+             python3-etcd and fonts-dejavu-core), installs a release build of the extension into a private copy of PostgreSQL 15 \
              (`scripts/bench-pg.sh`, so the debug build the tests use stays in place), builds `pgraftctl` and \
              `pgraft-vs-etcd` in release mode and runs the benchmark; extra arguments go to the benchmark \
-             (`--only kv,failover`, `--clients 1,64`, `--seconds 30`, ...; see `pgraft-vs-etcd --help`).\n\n",
+             (`--only kv,failover`, `--only ha --ha-trials 20`, `--clients 1,64`, `--seconds 30`, ...; see \
+             `pgraft-vs-etcd --help`).\n\n",
         );
         s.push_str(
             "## Reading the figures\n\n\
@@ -575,6 +579,9 @@ impl Report {
             };
             plot::draw(&dir.join("leader-loss.png"), &[panel(false), panel(true)])?;
             out.push(("Leader loss, every trial".into(), "leader-loss.png".into()));
+        }
+        if let Some(p) = crate::ha_report::plot(&self.ha, dir)? {
+            out.push(p);
         }
         let mut extra = Vec::new();
         if !self.members.is_empty() {

@@ -50,8 +50,8 @@ pub extern "C-unwind" fn _PG_init() {
         .load();
     // The replication slots of an HA cluster's members, through SQL (ha/slot_keeper.rs):
     // from a consistent state on, so on hot standbys too.
-    BackgroundWorkerBuilder::new("pgraft slot keeper")
-        .set_type("pgraft slot keeper")
+    BackgroundWorkerBuilder::new(ha::slot_keeper::TITLE)
+        .set_type(ha::slot_keeper::TITLE)
         .set_library("pgraft")
         .set_function("pgraft_slot_keeper_main")
         .enable_spi_access()

@@ -76,13 +76,14 @@ pub struct WorkerShared {
     /// start of the one waiting, ms since the Unix epoch (0: none).
     pub commit_ok_ms: i64,
     pub commit_pending_since_ms: i64,
-    /// On a primary: how many members' standbys stream from it, and when the keeper
-    /// counted (0: never).
-    pub streaming: u32,
-    pub streaming_ms: i64,
     /// On a primary: each member's standby as `pg_stat_replication` showed it to the
-    /// keeper (for `/cluster` and `/metrics`).
+    /// keeper (for the failover loop: who streams, for `synchronous_mode = on` and
+    /// switchovers; for `/cluster` and `/metrics`).
     pub standbys: StandbyList,
+    /// The slot keeper's process id, once it runs (0: not yet): the failover loop wakes it
+    /// with SIGUSR1 when a switchover needs a reading of the standbys taken after it was
+    /// asked for.
+    pub keeper_pid: i32,
 }
 
 /// One standby as the primary's `pg_stat_replication` shows it.

@@ -180,6 +180,47 @@ fn a_switchover_under_load_loses_nothing_and_needs_no_rewind() {
         wait("the writer to get going", Duration::from_secs(10), || {
             (writer.acked.lock().ok()?.len() >= 20).then_some(())
         });
+        // Not to a member whose standby does not stream from the primary: that would be a
+        // failover (in asynchronous mode one that may lose commits). The primary refuses,
+        // keeps taking writes, and the function fails once the switchover times out.
+        pgraftctl(&["local", "repl-cut", "1", "2", "--dir", d]);
+        let streams_2 = || {
+            let mut p = connect(&conninfo(lines, 0)).ok()?;
+            let n: i64 = p
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'pgraft_node_2' AND state = 'streaming'",
+                    &[],
+                )
+                .ok()?
+                .get(0);
+            Some(n == 1)
+        };
+        wait("node 2 to stop streaming from node 1", Duration::from_secs(30), || {
+            (streams_2() == Some(false)).then_some(())
+        });
+        let before = writer.acked.lock().expect("lock").len();
+        let refused = connect(&conninfo(lines, 2))
+            .expect("connect to node 3")
+            .query_one("SELECT pgraft_transfer_leadership(2)", &[])
+            .expect_err("a switchover to a member that does not stream");
+        let why =
+            refused.as_db_error().map(|e| e.message().to_string()).unwrap_or_else(|| refused.to_string());
+        assert!(why.contains("did not complete"), "{why}");
+        let in_recovery = |i: usize| -> bool {
+            let mut c = connect(&conninfo(lines, i)).expect("connect");
+            c.query_one("SELECT pg_is_in_recovery()", &[]).expect("pg_is_in_recovery").get(0)
+        };
+        assert_eq!(
+            [in_recovery(0), in_recovery(1), in_recovery(2)],
+            [false, true, true],
+            "node 1 is still the primary"
+        );
+        assert!(writer.acked.lock().expect("lock").len() > before + 100, "node 1 took writes meanwhile");
+        println!("{pgc}: a switchover to node 2, cut off from node 1's WAL, was refused");
+        pgraftctl(&["local", "heal", "--dir", d]);
+        wait("node 2 to stream from node 1 again", Duration::from_secs(60), || {
+            (streams_2() == Some(true)).then_some(())
+        });
         let asked = Instant::now();
         // pgraftctl asks a member that does not lead (the old primary's sessions end with its
         // shutdown); pgraft_transfer_leadership(2) returns once node 2 is the recorded primary.

@@ -150,8 +150,10 @@ pub struct Observation<'a> {
     /// `pgraft.maximum_lag_on_failover` in bytes (0: no limit): in asynchronous mode, no
     /// server further behind the primary's last published position is promoted.
     pub max_lag: u64,
-    /// On a primary: how many standbys stream from it (`None`: not known lately).
-    pub streaming: Option<usize>,
+    /// On a primary: the members whose standbys stream from it (`None`: not known lately),
+    /// as read at `streaming_ms` (ms since the Unix epoch).
+    pub streaming: Option<Vec<u64>>,
+    pub streaming_ms: i64,
 }
 
 /// Whether clients may open sessions on this server.
@@ -377,6 +379,28 @@ fn plan_primary(o: &Observation<'_>, rec: &PrimaryRecord, p: &mut Plan) {
         }
     }
     if let Some(sw) = o.ha.switchover.as_ref().filter(|sw| sw.from == r.me && sw.term == r.term) {
+        let target_streams = o.streaming.as_ref().is_some_and(|s| s.contains(&sw.to));
+        if o.now_ms - sw.time_ms < SWITCHOVER_TIMEOUT_MS && o.streaming_ms < sw.time_ms {
+            // Who streams is read once a second: judge on a reading taken after the request
+            // (a link may have been cut a moment before it).
+            p.gate = Gate::Open;
+            p.waiting = Some(format!(
+                "switchover to node {}: checking that its standby streams from this primary",
+                sw.to
+            ));
+            return;
+        }
+        if o.now_ms - sw.time_ms < SWITCHOVER_TIMEOUT_MS && !target_streams {
+            // A target that does not stream from this primary cannot receive what it wrote
+            // before it stops: handing over would be a failover, which in asynchronous
+            // mode may lose acknowledged commits. The switchover times out unperformed.
+            p.gate = Gate::Open;
+            p.waiting = Some(format!(
+                "switchover to node {} refused: its standby does not stream from this primary",
+                sw.to
+            ));
+            return;
+        }
         if o.now_ms - sw.time_ms < SWITCHOVER_TIMEOUT_MS {
             // Writes stop here; the sessions still open end with the shutdown that follows
             // the transfer, and what they committed reaches the standbys first.
@@ -539,6 +563,7 @@ pub(in crate::ha) mod tests {
             health: None,
             max_lag: 0,
             streaming: None,
+            streaming_ms: 0,
         }
     }
 
@@ -660,9 +685,24 @@ pub(in crate::ha) mod tests {
         let mut ha = ha_with_primary(1, 2);
         let sw = SwitchoverRecord { from: 1, to: 3, term: 2, time_ms: 1 };
         ha.apply(&HaCommand::Switchover(sw.clone()), 2).expect("switchover");
-        // The old primary refuses sessions and hands leadership to node 3.
-        let p = plan(&obs(&ha, raft(1, 1, 2), server(false, 100, Receiving::Nothing)));
+        // The old primary refuses sessions and hands leadership to node 3, which streams
+        // from it.
+        let mut o = obs(&ha, raft(1, 1, 2), server(false, 100, Receiving::Nothing));
+        o.streaming = Some(vec![2, 3]);
+        // Read before the request: it waits for a reading taken after.
+        let p = plan(&o);
+        assert_eq!((p.gate, p.transfer), (Gate::Open, None));
+        o.streaming_ms = 2;
+        let p = plan(&o);
         assert_eq!((p.gate, p.transfer, p.fence.is_none()), (Gate::Fenced, Some(3), true));
+        // Not while node 3 does not stream (or nobody knows whether it does): writes go on,
+        // and the switchover times out unperformed.
+        for streaming in [Some(vec![2]), None] {
+            o.streaming = streaming;
+            let p = plan(&o);
+            assert_eq!((p.gate, p.transfer), (Gate::Open, None));
+            assert!(p.waiting.as_deref().is_some_and(|w| w.contains("refused")), "{p:?}");
+        }
         // Past the timeout it takes writes again.
         let mut o = obs(&ha, raft(1, 1, 2), server(false, 100, Receiving::Nothing));
         o.now_ms = SWITCHOVER_TIMEOUT_MS + 2;

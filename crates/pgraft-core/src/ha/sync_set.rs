@@ -63,7 +63,7 @@ pub fn wanted_k(o: &Observation<'_>, voters: usize) -> usize {
     match o.sync {
         SyncMode::Off => 0,
         SyncMode::Strict => full,
-        SyncMode::On => match o.streaming {
+        SyncMode::On => match o.streaming.as_ref().map(Vec::len) {
             Some(n) if n < full => n,
             _ => full,
         },
@@ -116,7 +116,8 @@ mod tests {
     ) -> crate::ha::Plan {
         let mut o = obs(ha, raft(1, 1, 2), ServerView { sync_k, ..server(false, 100, Receiving::Nothing) });
         o.sync = sync;
-        o.streaming = streaming;
+        // Members 2, 3, ...: as many as stream.
+        o.streaming = streaming.map(|n| (2..).take(n).collect());
         o.now_ms = 10_000;
         plan(&o)
     }

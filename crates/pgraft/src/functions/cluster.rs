@@ -116,7 +116,8 @@ fn pgraft_can_spare(node_id: i32) -> bool {
 /// leader's server is the primary, so this is a planned switchover: writes stop on the old
 /// primary, it shuts down cleanly while its standbys receive everything it wrote, the
 /// target is promoted, and the old primary rejoins as its standby. It returns once the
-/// target is the recorded primary and leads.
+/// target is the recorded primary and leads; the primary refuses (and this times out) while
+/// the target's standby does not stream from it.
 #[pg_extern]
 fn pgraft_transfer_leadership(target_node_id: i32) -> bool {
     let to = node_id_arg("pgraft_transfer_leadership", target_node_id);
@@ -173,7 +174,7 @@ fn switchover(st: &StatusReport, from: u64, to: u64) -> bool {
             bridge::fail(
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
                 format!("switchover from node {from} to node {to} did not complete within {SWITCHOVER_WAIT:?}"),
-                Some("pgraft.ha_status shows what each member waits for; the old primary takes writes again once the switchover times out."),
+                Some("The primary refuses a switchover to a member whose standby does not stream from it; pgraft.ha_status shows what each member waits for. The old primary takes writes again once the switchover times out."),
             );
         }
         std::thread::sleep(std::time::Duration::from_millis(100));

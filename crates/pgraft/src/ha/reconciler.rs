@@ -74,6 +74,8 @@ pub struct Reconciler {
     last_proposed: Option<&'static str>,
     /// The server as the last pass observed it.
     last_facts: Option<ServerFacts>,
+    /// The switchover (its request time) for which the slot keeper was woken.
+    keeper_woken_for: Option<i64>,
 }
 
 impl Reconciler {
@@ -99,6 +101,7 @@ impl Reconciler {
             promotions: 0,
             last_proposed: None,
             last_facts: None,
+            keeper_woken_for: None,
         }
     }
 
@@ -136,10 +139,25 @@ impl Reconciler {
         server.stood_down = self.stood_down(facts.in_recovery);
         server.sync_k = self.sync_k(now_ms);
         let max_lag = gucs::MAXIMUM_LAG_ON_FAILOVER.get().max(0) as u64 * 1024;
-        let streaming = (shared.streaming_ms > 0 && now_ms - shared.streaming_ms < SLOTS_SEEN_FRESH_MS)
-            .then_some(shared.streaming as usize);
-        let o =
-            Observation { ha: &view.ha, failover, sync, raft, server, now_ms, health, max_lag, streaming };
+        let seen = shared.standbys.written_ms;
+        if let Some(sw) = view.ha.switchover.as_ref().filter(|sw| sw.from == status.id && seen < sw.time_ms) {
+            self.wake_keeper(sw.time_ms, shared.keeper_pid);
+        }
+        let streaming = (seen > 0 && now_ms - seen < SLOTS_SEEN_FRESH_MS).then(|| {
+            shared.standbys.rows().iter().filter(|r| r.state() == "streaming").map(|r| r.member).collect()
+        });
+        let o = Observation {
+            ha: &view.ha,
+            failover,
+            sync,
+            raft,
+            server,
+            now_ms,
+            health,
+            max_lag,
+            streaming,
+            streaming_ms: seen,
+        };
         let mut plan = ha::plan(&o);
         if let Some(publish) = self.keep_slots(&o, &shared) {
             plan.propose.push(publish);
@@ -203,6 +221,26 @@ impl Reconciler {
             log::warn!("failover: this standby cannot get the WAL it needs: {why}; starting the rejoin helper to re-clone it");
             self.standby_rejoin = Some(Instant::now());
             self.start_rejoin(o, Some(why), true);
+        }
+    }
+
+    /// Asks the slot keeper for a pass now (once per switchover request): a switchover
+    /// waits for a reading of the standbys taken after it was asked for, which would
+    /// otherwise come within the keeper's second.
+    fn wake_keeper(&mut self, request_ms: i64, pid: i32) {
+        if pid <= 0 || self.keeper_woken_for == Some(request_ms) {
+            return;
+        }
+        self.keeper_woken_for = Some(request_ms);
+        // A keeper that exited leaves its pid behind, and the pid may be another process's
+        // by now: signal it only while its title says it is the keeper.
+        let title = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&title).contains(super::slot_keeper::TITLE) {
+            return;
+        }
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        if unsafe { libc::kill(pid, libc::SIGUSR1) } != 0 {
+            log::debug!("failover: could not wake the slot keeper (pid {pid})");
         }
     }
 

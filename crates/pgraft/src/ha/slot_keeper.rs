@@ -27,6 +27,8 @@ use pgrx::prelude::*;
 
 use crate::shmem::{self, SlotList, StandbyList, StandbyRow};
 
+/// The keeper's name and type (its process title: `postgres: pgraft slot keeper`).
+pub const TITLE: &str = "pgraft slot keeper";
 /// The database the keeper's session opens.
 pub const DATABASE: &str = "postgres";
 /// How often it looks.
@@ -39,6 +41,10 @@ pub const RESTART: Duration = Duration::from_secs(5);
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pgraft_slot_keeper_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    // SIGUSR1 (PostgreSQL's handler for background workers) sets the latch: the failover
+    // loop uses it to ask for a pass now.
+    let pid = i32::try_from(std::process::id()).unwrap_or(0);
+    shmem::update(|s| s.keeper_pid = pid);
     let mut connected = false;
     while BackgroundWorker::wait_latch(Some(INTERVAL)) {
         let plan = shmem::read().slots_wanted;
@@ -54,7 +60,7 @@ pub extern "C-unwind" fn pgraft_slot_keeper_main(_arg: pg_sys::Datum) {
         let list = SlotList::new(&held, crate::worker::now_ms());
         shmem::update(|s| s.slots_held = list);
         if !in_recovery {
-            count_streaming();
+            read_standbys();
             probe_commit();
         }
     }
@@ -121,9 +127,9 @@ fn run(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>], what: &str) -> bool {
 }
 
 /// The members' standbys streaming from this primary as `pg_stat_replication` shows
-/// them: how many stream, for `synchronous_mode = on` (see `pgraft_core::ha` sync_set), and
-/// each one's positions and states, for the HTTP endpoints.
-fn count_streaming() {
+/// them: which stream, for `synchronous_mode = on` (see `pgraft_core::ha` sync_set) and
+/// for switchovers, and each one's positions and states, for the HTTP endpoints.
+fn read_standbys() {
     let rows = BackgroundWorker::transaction(|| {
         Spi::connect(|c| {
             let rows = c.select(
@@ -149,12 +155,7 @@ fn count_streaming() {
     match rows {
         Ok(rows) => {
             let now = crate::worker::now_ms();
-            let n = rows.iter().filter(|r| r.state() == "streaming").count();
-            shmem::update(|s| {
-                s.streaming = u32::try_from(n).unwrap_or(0);
-                s.streaming_ms = now;
-                s.standbys = StandbyList::new(&rows, now);
-            });
+            shmem::update(|s| s.standbys = StandbyList::new(&rows, now));
         }
         Err(e) => pgrx::warning!("pgraft: the slot keeper cannot read pg_stat_replication: {e}"),
     }

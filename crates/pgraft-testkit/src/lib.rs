@@ -49,7 +49,7 @@ pub use node::Node;
 pub use pg_install::PgInstall;
 pub use plain_server::{PlainOptions, PlainServer};
 pub use ports::free_port;
-pub use procs::processes_in;
+pub use procs::{kill_all_in, processes_in};
 pub use proxy::{PartitionProxy, ProxyClient};
 pub use replication_server::{ReplicationServer, ReplicationServerOptions, REPLICATOR_PASSWORD};
 pub use server_user::ServerUser;

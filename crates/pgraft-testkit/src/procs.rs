@@ -35,6 +35,23 @@ pub fn processes_in(dir: &Path) -> Vec<i32> {
     pids
 }
 
+/// kill -9 of every process working in `dir` (see [`processes_in`]), repeated until none
+/// is left (a process may start while the others die), for at most `within`.
+pub fn kill_all_in(dir: &Path, within: std::time::Duration) -> anyhow::Result<()> {
+    crate::wait_until(
+        &format!("the processes in {} to end", dir.display()),
+        within,
+        std::time::Duration::from_millis(10),
+        || {
+            let pids = processes_in(dir);
+            for p in &pids {
+                let _ = signal(*p, libc::SIGKILL);
+            }
+            Ok(pids.is_empty().then_some(()))
+        },
+    )
+}
+
 /// Whether a process with this id exists and is not a zombie.
 pub fn alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid)

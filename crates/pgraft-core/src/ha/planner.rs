@@ -379,29 +379,25 @@ fn plan_primary(o: &Observation<'_>, rec: &PrimaryRecord, p: &mut Plan) {
         }
     }
     if let Some(sw) = o.ha.switchover.as_ref().filter(|sw| sw.from == r.me && sw.term == r.term) {
-        let target_streams = o.streaming.as_ref().is_some_and(|s| s.contains(&sw.to));
-        if o.now_ms - sw.time_ms < SWITCHOVER_TIMEOUT_MS && o.streaming_ms < sw.time_ms {
+        if o.now_ms - sw.time_ms >= SWITCHOVER_TIMEOUT_MS {
+            p.waiting =
+                Some(format!("switchover to node {} did not happen; this server takes writes again", sw.to));
+        } else if o.streaming_ms < sw.time_ms {
             // Who streams is read once a second: judge on a reading taken after the request
             // (a link may have been cut a moment before it).
-            p.gate = Gate::Open;
             p.waiting = Some(format!(
                 "switchover to node {}: checking that its standby streams from this primary",
                 sw.to
             ));
-            return;
-        }
-        if o.now_ms - sw.time_ms < SWITCHOVER_TIMEOUT_MS && !target_streams {
+        } else if !o.streaming.as_ref().is_some_and(|s| s.contains(&sw.to)) {
             // A target that does not stream from this primary cannot receive what it wrote
             // before it stops: handing over would be a failover, which in asynchronous
             // mode may lose acknowledged commits. The switchover times out unperformed.
-            p.gate = Gate::Open;
             p.waiting = Some(format!(
                 "switchover to node {} refused: its standby does not stream from this primary",
                 sw.to
             ));
-            return;
-        }
-        if o.now_ms - sw.time_ms < SWITCHOVER_TIMEOUT_MS {
+        } else {
             // Writes stop here; the sessions still open end with the shutdown that follows
             // the transfer, and what they committed reaches the standbys first.
             p.gate = Gate::Fenced;
@@ -409,8 +405,6 @@ fn plan_primary(o: &Observation<'_>, rec: &PrimaryRecord, p: &mut Plan) {
             p.waiting = Some(format!("switchover: handing the primary role to node {}", sw.to));
             return;
         }
-        p.waiting =
-            Some(format!("switchover to node {} did not happen; this server takes writes again", sw.to));
     }
     p.gate = Gate::Open;
 }

@@ -185,8 +185,7 @@ fn probe_commit() {
 
 /// Brings the slots in line with `wanted` (member -> the primary's position for it);
 /// returns what is held afterwards (member -> restart LSN, or [`oldest_kept`] if later),
-/// and whether the server is in
-/// recovery.
+/// and whether the server is in recovery.
 fn keep(wanted: &BTreeMap<u64, u64>) -> (BTreeMap<u64, u64>, bool) {
     let (found, in_recovery, replayed) = look();
     for n in wanted.keys().filter(|n| !found.contains_key(n)) {

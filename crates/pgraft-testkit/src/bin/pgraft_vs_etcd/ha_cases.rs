@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use pgraft_testkit::{processes_in, wait_until, LocalCluster};
+use pgraft_testkit::{kill_all_in, wait_until, LocalCluster};
 
 use crate::ha_writer::{Ack, Writer};
 use crate::patroni::PatroniCluster;
@@ -249,17 +249,7 @@ impl HaSystem for PgraftHa<'_> {
     }
 
     fn kill(&mut self, i: usize) -> Result<()> {
-        let dir = self.cluster.nodes()[i].data_dir.clone();
-        for p in processes_in(&dir) {
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            unsafe { libc::kill(p, libc::SIGKILL) };
-        }
-        wait_until(
-            "the killed node's processes to end",
-            Duration::from_secs(30),
-            Duration::from_millis(10),
-            || Ok(processes_in(&dir).is_empty().then_some(())),
-        )
+        kill_all_in(&self.cluster.nodes()[i].data_dir, Duration::from_secs(30))
     }
 
     fn restart(&mut self, i: usize) -> Result<()> {

@@ -24,7 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use pgraft_testkit::{free_port, processes_in, wait_until, ServerUser};
+use pgraft_testkit::{free_port, kill_all_in, wait_until, ServerUser};
 
 use crate::etcd::EtcdCluster;
 use crate::health::request;
@@ -288,18 +288,11 @@ impl PatroniCluster {
     /// (the postmaster runs in a session of its own, not as Patroni's child).
     pub fn kill(&mut self, i: usize) -> Result<()> {
         let n = &mut self.nodes[i];
-        for p in processes_in(&n.dir) {
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            unsafe { libc::kill(p, libc::SIGKILL) };
-        }
+        kill_all_in(&n.dir, Duration::from_secs(30))?;
         if let Some(mut c) = n.child.take() {
-            let _ = c.kill();
             c.wait().context("reap patroni")?;
         }
-        let dir = n.dir.clone();
-        wait_until("the killed node's processes to end", Duration::from_secs(30), POLL, || {
-            Ok(processes_in(&dir).is_empty().then_some(()))
-        })
+        Ok(())
     }
 
     /// Starts node `i`'s Patroni again (which starts, rewinds or re-clones its server).

@@ -9,7 +9,7 @@ use imbl::Vector;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Body, Proposal};
-use crate::ha::{HaState, HaStateV1};
+use crate::ha::{HaState, HaStateV1, HaStateV5};
 use crate::kv::{Compare, KvOp, KvResult, KvStore, TxnAction};
 use crate::sessions::Sessions;
 
@@ -89,6 +89,14 @@ pub struct StateMachine {
     pub voters_to_be: BTreeSet<u64>,
 }
 
+/// The image of format 5, before the HA state's synchronous record carried its standby set.
+#[derive(Deserialize)]
+struct StateMachineV5 {
+    v2: StateMachineV2,
+    ha: HaStateV5,
+    voters_to_be: BTreeSet<u64>,
+}
+
 /// The image of format 4, before the HA state recorded replication slots and health.
 #[derive(Deserialize)]
 struct StateMachineV4 {
@@ -129,9 +137,10 @@ struct StateMachineV1 {
 #[error("undecodable state machine snapshot: {0}")]
 pub struct SnapshotDecodeError(pub String);
 
-/// The snapshot image's format: 5 added the HA state's replication slots and health, 4 the
-/// voters-to-be, 3 the HA state, 2 the sessions; 1 to 4 are still read.
-const SNAPSHOT_FORMAT: u8 = 5;
+/// The snapshot image's format: 6 added the standby set to the HA state's synchronous
+/// record, 5 the HA state's replication slots and health, 4 the voters-to-be, 3 the HA
+/// state, 2 the sessions; 1 to 5 are still read.
+const SNAPSHOT_FORMAT: u8 = 6;
 
 impl StateMachine {
     /// The state to put in a snapshot.
@@ -162,6 +171,14 @@ impl StateMachine {
         match bytes.split_first() {
             Some((&SNAPSHOT_FORMAT, rest)) => {
                 postcard::from_bytes(rest).map_err(|e| SnapshotDecodeError(e.to_string()))
+            }
+            Some((5, rest)) => {
+                let v5: StateMachineV5 =
+                    postcard::from_bytes(rest).map_err(|e| SnapshotDecodeError(e.to_string()))?;
+                Ok(Self {
+                    voters_to_be: v5.voters_to_be,
+                    ..Self::from_v1(v5.v2.v1, v5.v2.sessions, v5.ha.into())
+                })
             }
             Some((4, rest)) => {
                 let v4: StateMachineV4 =
@@ -437,7 +454,7 @@ mod tests {
         // voters-to-be, the last four fields (an empty map or set is one byte), and reads
         // back the same.
         let image = sm.encode();
-        assert_eq!((image[0], &image[image.len() - 4..]), (5, &[0u8, 0, 0, 0][..]));
+        assert_eq!((image[0], &image[image.len() - 4..]), (6, &[0u8, 0, 0, 0][..]));
         let mut v3 = image[..image.len() - 4].to_vec();
         v3[0] = 3;
         assert_eq!(StateMachine::decode(&v3).expect("a format-3 image decodes"), sm);
@@ -515,5 +532,30 @@ mod tests {
         let back = StateMachine::decode(&v4).expect("format 4 decodes");
         assert_eq!(back, sm, "everything but the slots and health, which format 4 did not have");
         assert!(back.ha.slots.is_empty() && back.ha.unhealthy.is_empty() && back.ha.positions.is_empty());
+    }
+
+    #[test]
+    fn format_5_images_are_still_read_with_a_synchronous_record_of_no_set() {
+        use crate::ha::{HaCommand, SyncRecordV1};
+        let mut sm = StateMachine::default();
+        sm.apply(1, 1, &prop(Body::Kv(KvOp::Put { key: "a".into(), value: b"1".to_vec(), time_ms: 1 })), 100);
+        let old = SyncRecordV1 { node: 1, term: 1, k: 1, time_ms: 5 };
+        sm.ha.apply(&HaCommand::Sync(old.clone()), 1).expect("sync");
+        sm.ha.slots.insert(2, [(1, 77)].into());
+        sm.ha.positions.insert(2, 88);
+        let h = &sm.ha;
+        let ha_v1 = (&h.primary, &h.servers, &h.reports, h.promotions, &h.last_promotion, &h.switchover);
+        let ha_v5 = (ha_v1, &h.slots, &h.unhealthy, &h.positions, Some(&old));
+        let fields = (
+            (&sm.kv, &sm.members, &sm.config, &sm.history, sm.applied_index, sm.applied_term, sm.raw_entries),
+            &sm.sessions,
+            ha_v5,
+            &sm.voters_to_be,
+        );
+        let mut v5 = vec![5u8];
+        v5.extend(postcard::to_stdvec(&fields).expect("encodes"));
+        let back = StateMachine::decode(&v5).expect("format 5 decodes");
+        assert_eq!(back, sm);
+        assert_eq!(back.ha.sync.as_ref().map(|s| s.standbys.clone()), Some(None));
     }
 }

@@ -410,6 +410,38 @@ fn a_learner_is_added_promoted_and_a_removed_member_added_back() {
     }
 }
 
+/// etcd's strict reconfiguration check: with one of three members cut off, removing
+/// another would leave the leader alone among two voters, without a quorum; it is refused.
+/// Removing the cut-off one leaves two voters that hear each other, and goes ahead.
+#[test]
+fn a_removal_that_would_leave_no_reachable_majority_is_refused() {
+    let c = Cluster::start("strict", 3, false);
+    let leader = c.leader(Duration::from_secs(10));
+    let mut followers = (1..=3).filter(|id| *id != leader);
+    let (gone, other) = (followers.next().expect("a follower"), followers.next().expect("another"));
+    c.partition(gone);
+    wait_until(
+        "the leader to stop hearing the cut-off member",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || {
+            let st = c.handle(leader).status().expect("status");
+            Ok(st.unreachable.contains(&gone).then_some(()))
+        },
+    )
+    .expect("unheard");
+    match c.handle(leader).call_blocking(Request::RemoveMember { id: other }, CALL) {
+        Err(pgraft_core::Error::Busy(why)) => assert!(why.contains("not a majority"), "{why}"),
+        r => panic!("removing node {other} with node {gone} cut off: {r:?}"),
+    }
+    assert!(matches!(
+        c.handle(leader).call_blocking(Request::RemoveMember { id: gone }, CALL),
+        Ok(Response::Applied { .. })
+    ));
+    assert!(matches!(c.put(leader, "after", "removal"), Ok(Response::Applied { .. })));
+    c.heal();
+}
+
 /// A proposal a follower forwards while its link to the leader is down is lost in
 /// transit; the follower sends it again after an election timeout, and the state machine
 /// applies it once even if both copies land.

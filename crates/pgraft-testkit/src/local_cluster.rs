@@ -778,6 +778,11 @@ impl LocalCluster {
         Ok(running())
     }
 
+    /// Whether member `id`'s rejoin helper (HA clusters) is at work on its server.
+    pub fn rejoining(&self, id: u64) -> Result<bool> {
+        Ok(self.rejoin_helper(self.node(id)?).is_some())
+    }
+
     /// The pid of member `n`'s running rejoin helper, if one runs.
     fn rejoin_helper(&self, n: &Node) -> Option<i32> {
         let text = fs::read_to_string(n.raft_data_dir.join("rejoin.pid")).ok()?;

@@ -73,6 +73,11 @@ fn ha_clusters_have_one_primary_and_streaming_standbys() {
                 });
             }
             if v == 0 && n == 3 {
+                // The primary's member cannot be removed: a switchover comes first.
+                let e = primary.query_one("SELECT pgraft_remove_node(1)", &[]).expect_err("removal refused");
+                let db = e.as_db_error().expect("a server error");
+                assert_eq!(db.code().code(), "55006", "{db:?}");
+                assert!(db.message().contains("primary on record"), "{}", db.message());
                 replication_links_are_cut_apart_from_raft(&d, &conninfo, &mut app);
             }
             // `status` says the role too.

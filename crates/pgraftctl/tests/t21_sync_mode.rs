@@ -16,7 +16,7 @@ use serde_json::Value;
 fn recorded_k(lines: &[Value], i: usize) -> Option<i32> {
     let mut c = connect(&conninfo(lines, i)).ok()?;
     c.query_opt(
-        "SELECT (operation_data->'Sync'->>'k')::int FROM pgraft.log_index_mapping \
+        "SELECT (operation_data->'SyncSet'->>'k')::int FROM pgraft.log_index_mapping \
           WHERE operation_type = 'ha_sync' ORDER BY raft_index DESC LIMIT 1",
         &[],
     )

@@ -18,8 +18,8 @@
 //! the one remaining standby is no detach quorum.
 
 use super::ha_state::{DetachReport, HaCommand, PrimaryRecord};
-use super::planner::{detach_quorum, fencing_bound_ms, Observation, Plan, SyncMode};
-use super::sync_set::{recorded_k, reports_needed};
+use super::planner::{detach_quorum, fencing_bound_ms, ha_voters, Observation, Plan, SyncMode};
+use super::sync_set::{self, recorded};
 
 /// Proposes this member's report, unless one of this term about the same primary and at
 /// least as far along is applied.
@@ -86,8 +86,12 @@ pub(super) fn plan_candidate(o: &Observation<'_>, rec: &PrimaryRecord, p: &mut P
     // As many standbys as it takes to meet every set of k that could have acknowledged a
     // commit (k as the primary recorded it); asynchronous (k = 0): a detach quorum to
     // pick the most advanced from, and the fencing bound below.
-    let k = recorded_k(o, rec, r.voters.len());
-    let needed = match reports_needed(r.voters.len().saturating_sub(1), k) {
+    // The standbys counted are those of the record: a member removed since may still hold
+    // commits it acknowledged, and its report can no longer arrive, so the others must
+    // make up the count (see `sync_set.rs`).
+    let cfg = recorded(o, rec);
+    let k = cfg.k;
+    let needed = match cfg.reports_needed() {
         0 => detach_quorum(r.voters.len()),
         n => n,
     };
@@ -110,7 +114,8 @@ pub(super) fn plan_candidate(o: &Observation<'_>, rec: &PrimaryRecord, p: &mut P
         ));
         return;
     }
-    let standbys = reports.iter().filter(|(n, _)| *n != rec.node).count();
+    let standbys =
+        reports.iter().filter(|(n, _)| *n != rec.node && (k == 0 || cfg.standbys.contains(n))).count();
     if !stood_down && standbys < needed {
         p.waiting = Some(format!(
             "{standbys} of the {needed} standbys needed have let go of node {} in term {}",
@@ -183,11 +188,14 @@ pub(super) fn plan_candidate(o: &Observation<'_>, rec: &PrimaryRecord, p: &mut P
         reason,
         time_ms: o.now_ms,
     }));
+    // With it, the configuration its server will use: the promotion writes exactly this.
+    let others: Vec<u64> = ha_voters(o).into_iter().filter(|v| *v != r.me).collect();
+    p.propose.push(sync_set::at_promotion(o, &others));
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::ha_state::{HaState, Lsn};
+    use super::super::ha_state::{HaState, Lsn, SyncRecord};
     use super::super::planner::tests::{decisions, ha_with_primary, obs, raft, server};
     use super::super::planner::{fencing_bound_ms, plan, Gate, RaftView, Receiving, ServerView, SyncMode};
     use super::*;
@@ -218,12 +226,25 @@ mod tests {
         let p = plan(&obs(&ha3, raft(3, 3, 3), server(true, 100, Receiving::Nothing)));
         assert!(matches!(decisions(&p)[..], [HaCommand::Primary(PrimaryRecord { node: 3, term: 3, .. })]));
         assert!(!p.promote);
+        // With it, the synchronous configuration its server will use.
+        let sync =
+            p.propose.iter().find_map(|c| if let HaCommand::SyncSet(s) = c { Some(s.clone()) } else { None });
+        assert_eq!(
+            sync.as_ref().map(|s| (s.node, s.term, s.k, s.standbys.clone())),
+            Some((3, 3, 1, Some(vec![1, 2])))
+        );
         let mut named = ha3.clone();
         let rec = PrimaryRecord { node: 3, term: 3, timeline: 1, lsn: 100, reason: "t".into(), time_ms: 0 };
         named.apply(&HaCommand::Primary(rec), 3).expect("primary");
         let p = plan(&obs(&named, raft(3, 3, 3), server(true, 100, Receiving::Nothing)));
         assert!(p.promote);
         assert_eq!(p.sync_names.as_deref(), Some("ANY 1 (pgraft_node_1, pgraft_node_2)"));
+        // The promotion writes what was recorded (here: the record says node 1 alone).
+        let mut one = named.clone();
+        let rec = SyncRecord { node: 3, term: 3, k: 1, time_ms: 0, standbys: Some(vec![1]) };
+        one.apply(&HaCommand::SyncSet(rec), 3).expect("sync");
+        let p = plan(&obs(&one, raft(3, 3, 3), server(true, 100, Receiving::Nothing)));
+        assert_eq!(p.sync_names.as_deref(), Some("ANY 1 (pgraft_node_1)"));
         // Not the leader of that term any more: no promotion.
         let p = plan(&obs(&named, raft(3, 2, 4), server(true, 100, Receiving::Nothing)));
         assert!(!p.promote);
@@ -273,7 +294,8 @@ mod tests {
     fn a_primary_that_fell_back_to_asynchronous_commits_is_not_replaced_by_a_standby() {
         use super::super::ha_state::SyncRecord;
         let mut ha = with_reports(ha_with_primary(1, 2), 3, &[(2, 100), (3, 100)]);
-        ha.apply(&HaCommand::Sync(SyncRecord { node: 1, term: 2, k: 0, time_ms: 0 }), 2).expect("sync");
+        let rec = SyncRecord { node: 1, term: 2, k: 0, time_ms: 0, standbys: Some(vec![]) };
+        ha.apply(&HaCommand::SyncSet(rec), 2).expect("sync");
         let led = RaftView { led_ms: fencing_bound_ms(1000), ..raft(3, 3, 3) };
         let o = obs(&ha, led.clone(), server(true, 100, Receiving::Nothing));
         let p = plan(&o);

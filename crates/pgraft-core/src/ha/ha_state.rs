@@ -117,8 +117,9 @@ pub enum HaCommand {
         /// replayed one): a failover measures a candidate's lag against the primary's.
         position: Lsn,
     },
-    /// The primary records how many standbys acknowledge each commit.
-    Sync(SyncRecord),
+    /// The primary records how many standbys acknowledge each commit (as entries written
+    /// before the standby set was recorded: read, never proposed now).
+    Sync(SyncRecordV1),
     /// A member's server became unable to serve (`problem`), or able again (`None`).
     Health {
         /// The member.
@@ -126,6 +127,8 @@ pub enum HaCommand {
         /// Why its server cannot serve.
         problem: Option<String>,
     },
+    /// The primary records how many of which standbys acknowledge each commit.
+    SyncSet(SyncRecord),
 }
 
 impl HaCommand {
@@ -138,7 +141,7 @@ impl HaCommand {
             HaCommand::Switchover(_) => "ha_switchover",
             HaCommand::Slots { .. } => "ha_slots",
             HaCommand::Health { .. } => "ha_health",
-            HaCommand::Sync(_) => "ha_sync",
+            HaCommand::Sync(_) | HaCommand::SyncSet(_) => "ha_sync",
         }
     }
 }
@@ -175,8 +178,8 @@ pub enum HaRefusal {
     },
 }
 
-/// How many standbys the primary `node` has every commit acknowledged by, from Raft term
-/// `term` on (see `sync_set.rs`).
+/// How many of which standbys the primary `node` has every commit acknowledged by, from
+/// Raft term `term` on (see `sync_set.rs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncRecord {
     /// The primary's member.
@@ -187,6 +190,29 @@ pub struct SyncRecord {
     pub k: u32,
     /// When, ms since the Unix epoch.
     pub time_ms: i64,
+    /// The members named in the list, ascending; `None` in a record written before the set
+    /// was recorded, which meant "every other voter".
+    pub standbys: Option<Vec<u64>>,
+}
+
+/// [`SyncRecord`] before it carried the standby set: the payload of [`HaCommand::Sync`] and
+/// of format-5 snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRecordV1 {
+    /// The primary's member.
+    pub node: u64,
+    /// The term it was recorded in.
+    pub term: u64,
+    /// `k`.
+    pub k: u32,
+    /// When, ms since the Unix epoch.
+    pub time_ms: i64,
+}
+
+impl From<SyncRecordV1> for SyncRecord {
+    fn from(v: SyncRecordV1) -> Self {
+        SyncRecord { node: v.node, term: v.term, k: v.k, time_ms: v.time_ms, standbys: None }
+    }
 }
 
 /// The replicated HA state.
@@ -248,6 +274,29 @@ impl From<HaStateV1> for HaState {
     }
 }
 
+/// [`HaState`] as snapshot format 5 wrote it, before the synchronous record carried its
+/// standby set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaStateV5 {
+    v1: HaStateV1,
+    slots: BTreeMap<u64, BTreeMap<u64, Lsn>>,
+    unhealthy: BTreeMap<u64, String>,
+    positions: BTreeMap<u64, Lsn>,
+    sync: Option<SyncRecordV1>,
+}
+
+impl From<HaStateV5> for HaState {
+    fn from(v: HaStateV5) -> Self {
+        HaState {
+            slots: v.slots,
+            unhealthy: v.unhealthy,
+            positions: v.positions,
+            sync: v.sync.map(SyncRecord::from),
+            ..v.v1.into()
+        }
+    }
+}
+
 impl HaState {
     /// The system identifier of the recorded primary's server, once both are known.
     pub fn primary_system_id(&self) -> Option<u64> {
@@ -283,6 +332,12 @@ impl HaState {
                 self.positions.insert(*node, *position);
             }
             HaCommand::Sync(rec) => {
+                if rec.term != entry_term {
+                    return Err(HaRefusal::StaleDecision { decided: rec.term, entry: entry_term });
+                }
+                self.sync = Some(rec.clone().into());
+            }
+            HaCommand::SyncSet(rec) => {
                 if rec.term != entry_term {
                     return Err(HaRefusal::StaleDecision { decided: rec.term, entry: entry_term });
                 }

@@ -12,8 +12,8 @@ mod sync_set;
 mod timeline;
 
 pub use ha_state::{
-    DetachReport, HaCommand, HaRefusal, HaState, HaStateV1, Lsn, PrimaryRecord, ServerRecord,
-    SwitchoverRecord, SyncRecord,
+    DetachReport, HaCommand, HaRefusal, HaState, HaStateV1, HaStateV5, Lsn, PrimaryRecord, ServerRecord,
+    SwitchoverRecord, SyncRecord, SyncRecordV1,
 };
 pub use health::{judge as judge_health, Probe};
 pub use planner::{
@@ -22,5 +22,5 @@ pub use planner::{
     SWITCHOVER_TIMEOUT_MS,
 };
 pub use slots::{plan_slots, slot_on, wal_gone, SlotPlan, PUBLISH_PAUSE_MS, PUBLISH_STEP};
-pub use sync_set::{recorded_k, reports_needed, RAISE_AFTER_MS};
+pub use sync_set::{recorded, reports_needed, SyncConfig, RAISE_AFTER_MS};
 pub use timeline::{divergence, history_file_name, lsn_text, parse_history, parse_lsn, Switch};

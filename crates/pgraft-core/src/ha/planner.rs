@@ -28,7 +28,7 @@ use super::candidate;
 #[cfg(test)]
 use super::ha_state::SwitchoverRecord;
 use super::ha_state::{DetachReport, HaCommand, HaState, Lsn, PrimaryRecord, ServerRecord};
-use super::sync_set;
+use super::sync_set::{self, SyncConfig};
 
 /// `pgraft.synchronous_mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,9 +90,9 @@ pub struct ServerView {
     pub opened: bool,
     /// A promotion was asked for since the server started and it is still in recovery.
     pub promoting: bool,
-    /// On a primary: the `k` its `synchronous_standby_names` has had since when (ms since
-    /// the Unix epoch), as this process last loaded it.
-    pub sync_k: Option<(usize, i64)>,
+    /// The configuration its `synchronous_standby_names` has had since when (ms since the
+    /// Unix epoch), as this process last loaded it (`None`: not a list the worker writes).
+    pub sync_in_use: Option<(SyncConfig, i64)>,
     /// This server was a primary, shut down cleanly (fenced), and was started again as a
     /// standby by the rejoin helper while no other server was the primary: the (timeline,
     /// LSN) of its shutdown checkpoint, which every commit it ever acknowledged precedes.
@@ -122,6 +122,9 @@ pub struct RaftView {
     pub leader_id: u64,
     /// The voters.
     pub voters: Vec<u64>,
+    /// This member applied a configuration without it: it was removed from the cluster and
+    /// learns nothing more until it is added back.
+    pub removed: bool,
     /// A leader that heard from a majority within the election timeout.
     pub lease: bool,
     /// How long it has led in this term, ms.
@@ -237,7 +240,7 @@ pub const FENCE_MARGIN_MS: u64 = 500;
 pub fn sync_standby_names(sync: SyncMode, me: u64, voters: &[u64]) -> String {
     let others: Vec<u64> = voters.iter().copied().filter(|v| *v != me).collect();
     let k = if sync == SyncMode::Off { 0 } else { sync_count(voters.len()) };
-    sync_set::names(k, &others)
+    sync_set::SyncConfig::new(k, &others).names()
 }
 
 /// The plan for this member now.
@@ -247,6 +250,21 @@ pub fn plan(o: &Observation<'_>) -> Plan {
         // Paused: nothing is fenced, promoted or re-pointed (the playbook's rolling restart).
         p.gate = Gate::Open;
         p.waiting = Some("automatic failover is off (failover_enabled)".into());
+        return p;
+    }
+    if o.raft.removed {
+        // Its HA state is frozen at the removal, and the others fail over without it: a
+        // primary must stop taking writes; a standby is left as it is until the member is
+        // added back (and then follows the primary of the day).
+        if o.server.in_recovery {
+            p.gate = Gate::Open;
+        } else {
+            p.gate = Gate::Fenced;
+            p.fence =
+                Some("this member was removed from the cluster; its server must not take writes".into());
+        }
+        p.waiting =
+            Some("this member was removed from the cluster: failover leaves its server alone until it is added back".into());
         return p;
     }
     let me = o.raft.me;
@@ -439,7 +457,7 @@ fn plan_standby(o: &Observation<'_>, rec: &PrimaryRecord, p: &mut Plan) {
             // Named primary, not promoted yet: only the leader of the decision's term
             // promotes.
             p.upstream = Some(None);
-            p.sync_names = Some(sync_standby_names(o.sync, r.me, &ha_voters(o)));
+            p.sync_names = Some(sync_set::at_promotion_names(o, rec));
             p.promote = true;
         } else {
             p.waiting = Some(format!("named primary in term {}, but not the leader of that term", rec.term));
@@ -495,7 +513,7 @@ pub(in crate::ha) mod tests {
             opened: true,
             promoting: false,
             stood_down: None,
-            sync_k: None,
+            sync_in_use: None,
             record: ServerRecord {
                 host: "127.0.0.1".into(),
                 port: 5432,
@@ -529,6 +547,7 @@ pub(in crate::ha) mod tests {
             term,
             leader_id,
             voters: vec![1, 2, 3],
+            removed: false,
             lease: me == leader_id,
             led_ms: 10_000,
             election_timeout_ms: 1000,
@@ -561,8 +580,9 @@ pub(in crate::ha) mod tests {
         }
     }
 
+    /// What a plan proposes but registrations and synchronous records.
     pub(in crate::ha) fn decisions(p: &Plan) -> Vec<&HaCommand> {
-        p.propose.iter().filter(|c| !matches!(c, HaCommand::Server { .. })).collect()
+        p.propose.iter().filter(|c| !matches!(c, HaCommand::Server { .. } | HaCommand::SyncSet(_))).collect()
     }
 
     #[test]

@@ -86,6 +86,36 @@ impl<S: LogStore> Member<S> {
                 if !is_voter && !is_learner {
                     return self.answer(token, Err(Error::UnknownMember(id)));
                 }
+                if self.sm.ha.primary.as_ref().is_some_and(|p| p.node == id) {
+                    // Removed, its member would fence the primary and, in synchronous mode
+                    // with no standby streaming, take with it the one server allowed to be
+                    // the primary again (failover.md): a switchover comes first.
+                    return self.answer(
+                        token,
+                        Err(Error::Busy(format!(
+                            "node {id}'s server is the primary on record; switch over to another member first \
+                             (pgraft_transfer_leadership on another member, or pgraftctl switchover)"
+                        ))),
+                    );
+                }
+                if is_voter {
+                    // etcd's strict reconfiguration check: the voters left must include a
+                    // majority this leader hears from, or the removal itself leaves the
+                    // cluster without a quorum (one member down of three, the third
+                    // removed: no leader, and with failover no primary either).
+                    let remaining: Vec<u64> = conf.voters().ids().iter().filter(|v| *v != id).collect();
+                    let active = remaining.iter().filter(|v| self.heard_recently(**v)).count();
+                    if active <= remaining.len() / 2 {
+                        return self.answer(
+                            token,
+                            Err(Error::Busy(format!(
+                                "removing node {id} would leave {active} of the {} remaining voters reachable, \
+                                 not a majority; bring the others back first",
+                                remaining.len()
+                            ))),
+                        );
+                    }
+                }
                 self.propose_membership(token, ConfChangeType::RemoveNode, id, String::new(), false);
             }
             (None, false) => {

@@ -94,9 +94,7 @@ impl FaultKind {
             FaultKind::ReplIsolate | FaultKind::IsolateAll | FaultKind::FailoverToggle => ha,
             FaultKind::SyncStandbyKill => ha && nodes >= 3,
             FaultKind::Ring => nodes >= 4,
-            // A removed member's server is left out of failover: not tortured with it yet.
-            FaultKind::RemoveAdd => nodes >= 3 && !ha,
-            FaultKind::Bridge | FaultKind::Transfer => nodes >= 3,
+            FaultKind::RemoveAdd | FaultKind::Bridge | FaultKind::Transfer => nodes >= 3,
             FaultKind::LeaderMinority | FaultKind::Isolate => nodes >= 2,
             FaultKind::Kill | FaultKind::KillWorker | FaultKind::Pause => true,
         }
@@ -236,7 +234,7 @@ mod tests {
         let n = s.kinds().len();
         assert_eq!(n, 8, "ring and the HA kinds do not apply to 3 KV members");
         let ha = FaultSchedule::new(1, &FaultKind::ALL, 3, true).expect("schedule");
-        assert_eq!(ha.kinds().len(), 11, "ring and remove-add do not apply to 3 HA members");
+        assert_eq!(ha.kinds().len(), 12, "ring does not apply to 3 HA members");
         let mut first: Vec<FaultKind> = s.take(n).map(|f| f.kind).collect();
         first.sort();
         first.dedup();

@@ -327,6 +327,13 @@ impl<'a> Nemesis<'a> {
                 }
             }
             FaultKind::RemoveAdd => {
+                // The primary's member cannot be removed (switch over first: `transfer`
+                // does that): in an HA cluster a standby's member is.
+                let leader = if self.ha.is_some() { self.find_leader()? } else { 0 };
+                if any == leader {
+                    let others: Vec<u64> = ids.iter().copied().filter(|i| *i != leader).collect();
+                    any = *rng.pick(&others);
+                }
                 // A removal whose answer was lost (leader change, timeout) may still have
                 // taken effect; a retry then finds the member gone, which is success.
                 let mut attempts = 0;
@@ -461,6 +468,30 @@ impl<'a> Nemesis<'a> {
     /// Stops a removed member, wipes its Raft data, starts it, adds it back on the leader
     /// and waits until it follows a leader.
     fn add_back(&self, id: u64) -> Result<()> {
+        if self.ha.is_some() {
+            // A removed member's primary is fenced, and its rejoin helper rewinds it and
+            // starts it as a standby of the new primary, keeping its state beside the Raft
+            // data: wait for that before the wipe, so a server that was the primary never
+            // starts again as one under an empty member.
+            wait_until(
+                &format!("node {id}'s server to be a standby, or down, with no rejoin helper at work"),
+                Duration::from_secs(400),
+                Duration::from_millis(100),
+                || {
+                    if self.cluster.rejoining(id)? {
+                        return Ok(None);
+                    }
+                    if self.cluster.postmaster_pid(id)?.is_none() {
+                        let standby = self.cluster.node(id)?.data_dir.join("standby.signal").exists();
+                        return Ok(standby.then_some(()));
+                    }
+                    let mut c = self.connect(id)?;
+                    let standby: bool = c.query_one("SELECT pg_is_in_recovery()", &[])?.get(0);
+                    Ok(standby.then_some(()))
+                },
+            )
+            .map_err(|e| anyhow!("{e:#}"))?;
+        }
         self.cluster.stop(id)?;
         let raft = self.cluster.node(id)?.raft_data_dir.clone();
         if raft.exists() {

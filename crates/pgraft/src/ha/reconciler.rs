@@ -137,7 +137,7 @@ impl Reconciler {
         let mut server = server_view(&facts, &view.ha, status.id);
         server.promoting = facts.in_recovery && self.promoted_in_term.is_some();
         server.stood_down = self.stood_down(facts.in_recovery);
-        server.sync_k = self.sync_k(now_ms);
+        server.sync_in_use = self.sync_in_use(now_ms);
         let max_lag = gucs::MAXIMUM_LAG_ON_FAILOVER.get().max(0) as u64 * 1024;
         let seen = shared.standbys.written_ms;
         if let Some(sw) = view.ha.switchover.as_ref().filter(|sw| sw.from == status.id && seen < sw.time_ms) {
@@ -300,6 +300,7 @@ impl Reconciler {
             term: st.term,
             leader_id: st.leader_id,
             voters: st.voters.clone(),
+            removed: !st.voters.is_empty() && !st.voters.contains(&st.id) && !st.learners.contains(&st.id),
             lease: lease(st, election_timeout_ms, crate::worker::now_ms()),
             led_ms: self.leader_since.map_or(0, |(_, at)| at.elapsed().as_millis() as u64),
             election_timeout_ms,
@@ -402,16 +403,16 @@ impl Reconciler {
         plan.and_then(|p| p.publish)
     }
 
-    /// The `k` of `synchronous_standby_names` as this process last loaded it, and since
-    /// when it has been that (`None`: a list not of the `ANY k (...)` form).
-    fn sync_k(&mut self, now_ms: i64) -> Option<(usize, i64)> {
+    /// The configuration of `synchronous_standby_names` as this process last loaded it, and
+    /// since when it has been that (`None`: a list not of the form the worker writes).
+    fn sync_in_use(&mut self, now_ms: i64) -> Option<(ha::SyncConfig, i64)> {
         // SAFETY: a GUC string of this process, read on its main thread.
         let text = unsafe { gucs::c_string(pgrx::pg_sys::SyncRepStandbyNames) };
-        let k = parse_sync_k(&text);
+        let cfg = ha::SyncConfig::parse(&text);
         if self.sync_seen.as_ref().is_none_or(|(t, _)| *t != text) {
             self.sync_seen = Some((text, now_ms));
         }
-        k.zip(self.sync_seen.as_ref().map(|(_, since)| *since))
+        cfg.zip(self.sync_seen.as_ref().map(|(_, since)| *since))
     }
 
     /// The rejoin helper's record that it started this server as a standby after a clean
@@ -698,7 +699,7 @@ fn server_view(f: &ServerFacts, ha: &HaState, me: u64) -> ServerView {
         opened: shmem::read().was_open,
         promoting: false,
         stood_down: None,
-        sync_k: None,
+        sync_in_use: None,
         record: ServerRecord {
             host: gucs::string(&gucs::ADDRESS),
             port: f.port,
@@ -733,16 +734,6 @@ fn divergence(pgdata: &std::path::Path, timeline: u32, replayed: ha::Lsn) -> Opt
             }
         };
     ha::divergence(&history, newest, timeline, replayed)
-}
-
-/// The `k` of `ANY k (...)` (what the worker writes), 0 for an empty list.
-fn parse_sync_k(text: &str) -> Option<usize> {
-    let t = text.trim();
-    if t.is_empty() {
-        return Some(0);
-    }
-    let rest = t.strip_prefix("ANY ").or_else(|| t.strip_prefix("any "))?;
-    rest.split_whitespace().next()?.parse().ok()
 }
 
 /// Where this member's standby dials `s`.

@@ -28,6 +28,8 @@ mod member_status;
 mod membership;
 mod read_rounds;
 mod snapshots;
+#[cfg(test)]
+mod tests;
 
 /// How many election timeouts in a row a member whose campaigns are held lets pass
 /// without a leader before it campaigns anyway (see [`Member::hold_campaigns`]).
@@ -343,11 +345,36 @@ impl<S: LogStore> Member<S> {
         // raft-rs drops a read index request silently when no leader is known (and a new
         // leader forgets what its predecessor had pending): ask again for a round that has
         // waited an election timeout without a read index.
-        if let Some(round) = self.reads.overdue(self.ticks, self.cfg.election_tick as u64) {
-            let ctx = self.read_ctx(round);
-            self.raw.read_index(ctx);
+        if self.read_index_ready() {
+            if let Some(round) = self.reads.overdue(self.ticks, self.cfg.election_tick as u64) {
+                let ctx = self.read_ctx(round);
+                self.raw.read_index(ctx);
+            }
         }
         self.start_read_round();
+    }
+
+    /// Whether raft can take a read index request now: not on a leader that has not yet
+    /// committed an entry of its term (raft-rs would drop it; see `read_rounds.rs`).
+    fn read_index_ready(&self) -> bool {
+        self.raw.raft.state != StateRole::Leader || self.raw.raft.commit_to_current_term()
+    }
+
+    /// Steps the followers' ReadIndex requests held while this leader had not committed in
+    /// its term, once it has (or drops them if it no longer leads: their members ask again).
+    fn release_held_reads(&mut self) {
+        if !self.read_index_ready() {
+            return;
+        }
+        let held = self.reads.take_held();
+        if self.raw.raft.state != StateRole::Leader {
+            return;
+        }
+        for m in held {
+            if let Err(e) = self.step_raft(m) {
+                log::warn!("a held read index request: {e}");
+            }
+        }
     }
 
     /// While `hold`, this member lets others win elections: when its election timeout
@@ -398,8 +425,12 @@ impl<S: LogStore> Member<S> {
         self.held_ticks += 1;
     }
 
-    /// Asks raft for a read index for the queued reads, unless a round is out.
+    /// Asks raft for a read index for the queued reads, unless a round is out (or this
+    /// member leads and cannot take one yet).
     fn start_read_round(&mut self) {
+        if !self.read_index_ready() {
+            return;
+        }
         if let Some(round) = self.reads.start(self.ticks) {
             let ctx = self.read_ctx(round);
             self.raw.read_index(ctx);
@@ -448,6 +479,18 @@ impl<S: LogStore> Member<S> {
             );
             m.commit = last;
         }
+        if m.get_msg_type() == raft::prelude::MessageType::MsgReadIndex && !self.read_index_ready() {
+            if !self.reads.hold(m) {
+                log::warn!(
+                    "too many read index requests wait for this new leader's first commit; one dropped"
+                );
+            }
+            return Ok(());
+        }
+        self.step_raft(m)
+    }
+
+    fn step_raft(&mut self, m: Message) -> Result<()> {
         match self.raw.step(m) {
             Ok(()) => Ok(()),
             // Messages from unknown peers or stale terms are part of normal operation.
@@ -841,6 +884,7 @@ impl<S: LogStore> Member<S> {
         self.maybe_snapshot();
         self.snapshot_for_readded_peers();
         self.resolve_waiters();
+        self.release_held_reads();
         // The next round, for reads that arrived while one was out. Its messages leave with
         // the next Ready (raft-rs wants a follower's messages empty at `advance`); the
         // driver asks again while `has_ready`.

@@ -11,8 +11,20 @@
 //!
 //! A read only joins a round asked after it arrived: the read index must be taken after
 //! the read began, or a write acknowledged just before it could be missed.
+//!
+//! A new leader knows the commit index only once it has committed an entry of its own term
+//! (Raft thesis 6.4), and raft-rs drops a ReadIndex request until then, its own and its
+//! followers', which left those reads to be asked again an election timeout later. Like
+//! etcd, the leader holds them instead (its own rounds are not asked, its followers'
+//! requests are kept) and asks raft as soon as it has committed in its term.
+
+use raft::prelude::Message;
 
 use super::Token;
+
+/// The most follower ReadIndex requests a new leader keeps while it has not committed in
+/// its term; more are dropped (their members ask again after an election timeout).
+const HELD_LIMIT: usize = 4096;
 
 /// The round out: its number, its reads, and the tick it was last asked at.
 #[derive(Debug)]
@@ -29,6 +41,8 @@ pub(crate) struct ReadRounds {
     queued: Vec<Token>,
     out: Option<Round>,
     last_id: u64,
+    /// Followers' ReadIndex requests a new leader holds until it has committed in its term.
+    held: Vec<Message>,
 }
 
 impl ReadRounds {
@@ -58,6 +72,21 @@ impl ReadRounds {
                 Vec::new()
             }
         }
+    }
+
+    /// Keeps a follower's ReadIndex request until this leader has committed in its term;
+    /// false when too many wait already (the request is dropped, as raft-rs would).
+    pub fn hold(&mut self, m: Message) -> bool {
+        if self.held.len() >= HELD_LIMIT {
+            return false;
+        }
+        self.held.push(m);
+        true
+    }
+
+    /// The held requests, to step now.
+    pub fn take_held(&mut self) -> Vec<Message> {
+        std::mem::take(&mut self.held)
     }
 
     /// The round to ask again, when it has been out for `wait` ticks without an answer

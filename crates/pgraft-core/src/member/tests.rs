@@ -1,0 +1,109 @@
+//! Members on a hand-driven network: every message is delivered (or held back) by the
+//! test, and time moves only when it ticks.
+
+use std::collections::BTreeMap;
+
+use raft::prelude::{Message, MessageType};
+
+use super::{Member, MemberConfig, Token};
+use crate::request::{Consistency, Read, Request, Response};
+use crate::storage::MemStore;
+
+struct Net {
+    members: BTreeMap<u64, Member<MemStore>>,
+    /// Messages not delivered yet.
+    queue: Vec<Message>,
+}
+
+impl Net {
+    /// Three members; node 1's election timeout is the shortest, so it campaigns first.
+    fn three() -> Self {
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let addresses: Vec<(u64, String)> = (1..=3).map(|id| (id, format!("t:{id}"))).collect();
+        let members = (1..=3)
+            .map(|id| {
+                let mut store = MemStore::new();
+                Member::bootstrap(&mut store, &addresses).expect("bootstrap");
+                let mut cfg = MemberConfig::new(id, "t", 1);
+                cfg.election_tick = 10;
+                let timeout = if id == 1 { 10 } else { 30 };
+                cfg.election_range = Some((timeout, timeout + 1));
+                let mut m = Member::new(cfg, store, &logger).expect("member");
+                m.set_election_timeout_ms(1_000);
+                m.set_time(1_700_000_000_000);
+                (id, m)
+            })
+            .collect();
+        Net { members, queue: Vec::new() }
+    }
+
+    fn member(&mut self, id: u64) -> &mut Member<MemStore> {
+        self.members.get_mut(&id).expect("a member")
+    }
+
+    /// Processes every member's Ready and delivers messages until none is left, except
+    /// those `hold` keeps back (returned).
+    fn pump(&mut self, hold: impl Fn(&Message) -> bool) -> Vec<Message> {
+        let mut held = Vec::new();
+        loop {
+            for m in self.members.values_mut() {
+                while m.has_ready() {
+                    self.queue.extend(m.process_ready().expect("ready"));
+                }
+            }
+            if self.queue.is_empty() {
+                return held;
+            }
+            for msg in std::mem::take(&mut self.queue) {
+                if hold(&msg) {
+                    held.push(msg);
+                } else {
+                    self.member(msg.to).step(msg).expect("step");
+                }
+            }
+        }
+    }
+
+    fn tick_all(&mut self) {
+        for m in self.members.values_mut() {
+            m.tick();
+        }
+    }
+
+    fn answered(&mut self, id: u64, token: Token) -> bool {
+        self.member(id).take_answers().iter().any(|(t, r)| *t == token && matches!(r, Ok(Response::Kvs(_))))
+    }
+}
+
+/// A linearizable read that reaches a new leader before it has committed in its term
+/// (its own, or a follower's forwarded request) is answered as soon as it has, not an
+/// election timeout later.
+#[test]
+fn reads_wait_for_the_new_leaders_first_commit_not_for_a_timeout() {
+    let mut net = Net::three();
+    // Node 1 campaigns and wins; the followers' answers to its first append wait.
+    let to_leader_acks = |m: &Message| m.to == 1 && m.get_msg_type() == MessageType::MsgAppendResponse;
+    let mut acks = Vec::new();
+    for _ in 0..40 {
+        net.tick_all();
+        acks.extend(net.pump(to_leader_acks));
+        if net.member(1).role() == crate::Role::Leader && net.member(2).leader_id() == 1 {
+            break;
+        }
+    }
+    assert_eq!(net.member(1).role(), crate::Role::Leader);
+    assert!(!acks.is_empty(), "the leader's first append was answered");
+    let get = || Request::Read(Read::Get { key: "k".into(), revision: None }, Consistency::Linearizable);
+    net.member(1).submit(1, get());
+    net.member(2).submit(2, get());
+    acks.extend(net.pump(to_leader_acks));
+    assert!(!net.answered(1, 1) && !net.answered(2, 2), "answered before the leader committed");
+    // The acknowledgements arrive: the leader commits its first entry and both reads are
+    // answered, without a single tick.
+    for m in acks {
+        net.member(1).step(m).expect("step");
+    }
+    net.pump(|_| false);
+    let (on_leader, on_follower) = (net.answered(1, 1), net.answered(2, 2));
+    assert!(on_leader && on_follower, "leader's read answered: {on_leader}, follower's: {on_follower}");
+}

@@ -18,7 +18,9 @@ out=docs/sql.md
   echo "Every function and view of the pgraft extension, each with an example run against a"
   echo "local three-member cluster (\`pgraftctl local up --nodes 3\`) and the output it gave."
   echo "Regenerate with \`scripts/sql-doc.sh\`. Functions that change the cluster are revoked"
-  echo "from PUBLIC; grant them to the roles that administer it."
+  echo "from PUBLIC; grant them to the roles that administer it. They are not STRICT: a NULL"
+  echo "argument is an error naming it (SQLSTATE 22004), never a NULL result that"
+  echo "\`IF NOT f(...) THEN RAISE\` would let pass; reading a NULL key gives NULL."
 } > "$out"
 section() { printf '\n## %s\n' "$1" >> "$out"; }
 ex() {  # ex NODE "what it does" SQL

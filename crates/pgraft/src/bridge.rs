@@ -22,6 +22,15 @@ pub fn fail(code: PgSqlErrorCode, msg: impl Into<String>, hint: Option<&str>) ->
     unreachable!("an ERROR report does not return")
 }
 
+/// A required argument's value. The functions that write or change the cluster are not
+/// STRICT: a NULL argument is an error naming it, never a NULL result that a caller's
+/// `IF NOT f(...) THEN RAISE` would let pass.
+pub fn required<T>(func: &str, arg: &str, value: Option<T>) -> T {
+    value.unwrap_or_else(|| {
+        fail(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("{func}: {arg} must not be NULL"), None)
+    })
+}
+
 /// An argument error.
 pub fn invalid(msg: impl Into<String>) -> ! {
     fail(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, msg, None)

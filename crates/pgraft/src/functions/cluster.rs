@@ -36,8 +36,11 @@ fn pgraft_init() -> bool {
 
 /// Adds a member (leader only); adding it again with the same address is a no-op.
 #[pg_extern]
-fn pgraft_add_node(node_id: i32, address: &str, port: i32) -> bool {
-    let id = node_id_arg("pgraft_add_node", node_id);
+fn pgraft_add_node(node_id: Option<i32>, address: Option<&str>, port: Option<i32>) -> bool {
+    const F: &str = "pgraft_add_node";
+    let id = node_id_arg(F, bridge::required(F, "node_id", node_id));
+    let address = bridge::required(F, "address", address);
+    let port = bridge::required(F, "port", port);
     if !(1..=65535).contains(&port) {
         invalid(format!("invalid port {port}: a port is 1 to 65535"));
     }
@@ -54,8 +57,9 @@ fn pgraft_add_node(node_id: i32, address: &str, port: i32) -> bool {
 
 /// Removes a member (leader only).
 #[pg_extern]
-fn pgraft_remove_node(node_id: i32) -> bool {
-    let id = node_id_arg("pgraft_remove_node", node_id);
+fn pgraft_remove_node(node_id: Option<i32>) -> bool {
+    const F: &str = "pgraft_remove_node";
+    let id = node_id_arg(F, bridge::required(F, "node_id", node_id));
     matches!(bridge::raft(Request::RemoveMember { id }), Response::Applied { .. } | Response::Unchanged)
 }
 
@@ -119,8 +123,9 @@ fn pgraft_can_spare(node_id: i32) -> bool {
 /// target is the recorded primary and leads; the primary refuses (and this times out) while
 /// the target's standby does not stream from it.
 #[pg_extern]
-fn pgraft_transfer_leadership(target_node_id: i32) -> bool {
-    let to = node_id_arg("pgraft_transfer_leadership", target_node_id);
+fn pgraft_transfer_leadership(target_node_id: Option<i32>) -> bool {
+    const F: &str = "pgraft_transfer_leadership";
+    let to = node_id_arg(F, bridge::required(F, "target_node_id", target_node_id));
     let st = status();
     if !st.member.voters.contains(&to) {
         invalid(format!("cannot transfer leadership to node {to}: it is not a voting member of the cluster"));
@@ -258,6 +263,7 @@ fn pgraft_get_nodes() -> TableIterator<
         name!(commit_index, Option<i64>),
         name!(last_heartbeat_ms, Option<i64>),
         name!(replication_lag_bytes, Option<i64>),
+        name!(is_learner, bool),
     ),
 > {
     let st = status();
@@ -273,7 +279,9 @@ fn pgraft_get_nodes() -> TableIterator<
             };
             let lag = v.progress.map(|p| m.last_index.saturating_sub(p.matched) as i64);
             let is_leader = v.id == m.leader_id;
-            (v.id as i32, v.host, v.port, is_leader, state_of(v.id, m), match_index, commit, v.heard_ms, lag)
+            // From the configuration: `state` says "Unreachable" of a learner that is.
+            let learner = m.learners.contains(&v.id);
+            (v.id as i32, v.host, v.port, is_leader, state_of(v.id, m), match_index, commit, v.heard_ms, lag, learner)
         })
         .collect();
     TableIterator::new(rows)
@@ -383,6 +391,20 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_learner_is_labelled_from_the_configuration_even_when_unreachable() {
+        init_and_lead();
+        // Node 2 never runs: added, it stays a learner catching up, unreachable.
+        assert!(yes("SELECT pgraft_add_node(2, '127.0.0.1', 45999)"));
+        assert!(yes("SELECT is_learner AND NOT is_leader FROM pgraft_get_nodes() WHERE node_id = 2"));
+        assert!(yes("SELECT NOT is_learner FROM pgraft_get_nodes() WHERE node_id = 1"));
+        assert!(yes("SELECT \"IsLearner\" FROM pgraft.member_details WHERE \"ID\" = 2"));
+        assert!(yes("SELECT \"isLearner\" FROM pgraft.cluster_health WHERE member = 2"));
+        assert!(yes("SELECT NOT \"isLearner\" FROM pgraft.endpoint_status"), "this member is a voter");
+        assert!(yes("SELECT pgraft_remove_node(2)"));
+        assert_eq!(one::<i64>("SELECT count(*) FROM pgraft_get_nodes()"), 1);
+    }
+
+    #[pg_test]
     fn the_test_function_goes_through_the_log() {
         init_and_lead();
         let before = one::<i64>("SELECT last_applied FROM pgraft_log_get_stats()");
@@ -420,8 +442,30 @@ mod tests {
             "address \"not a host!\" is neither an IP address nor a host name",
         );
         assert_error("SELECT pgraft_add_node(5, '', 7005)", "22023", "address");
-        // The functions are strict: a NULL argument gives NULL and does nothing.
-        assert_eq!(maybe::<bool>("SELECT pgraft_add_node(NULL, '127.0.0.1', 7005)"), None);
+        // A NULL argument is an error naming it, and does nothing.
+        for (sql, arg) in [
+            ("SELECT pgraft_add_node(NULL, '127.0.0.1', 7005)", "pgraft_add_node: node_id"),
+            ("SELECT pgraft_add_node(5, NULL, 7005)", "pgraft_add_node: address"),
+            ("SELECT pgraft_add_node(5, '127.0.0.1', NULL)", "pgraft_add_node: port"),
+            ("SELECT pgraft_remove_node(NULL)", "pgraft_remove_node: node_id"),
+            ("SELECT pgraft_transfer_leadership(NULL)", "pgraft_transfer_leadership: target_node_id"),
+            ("SELECT pgraft_set_config(NULL, '1s')", "pgraft_set_config: name"),
+            ("SELECT pgraft_set_config('heartbeat_interval', NULL)", "pgraft_set_config: value"),
+            ("SELECT pgraft_set_debug(NULL)", "pgraft_set_debug: enabled"),
+            ("SELECT pgraft_replicate_entry(NULL)", "pgraft_replicate_entry: entry_data"),
+            ("SELECT pgraft_log_append(NULL, 'x')", "pgraft_log_append: term"),
+            ("SELECT pgraft_log_append(1, NULL)", "pgraft_log_append: data"),
+            ("SELECT pgraft_log_commit(NULL)", "pgraft_log_commit: index"),
+            ("SELECT pgraft_log_apply(NULL)", "pgraft_log_apply: index"),
+        ] {
+            assert_error(sql, "22004", &format!("{arg} must not be NULL"));
+        }
+        // The reference's pattern no longer passes silently.
+        assert_error(
+            "DO $$ BEGIN IF NOT pgraft_replicate_entry(NULL) THEN RAISE 'not replicated'; END IF; END $$",
+            "22004",
+            "entry_data must not be NULL",
+        );
         assert_error("SELECT pgraft_remove_node(42)", "22023", "node 42 is not a member of the cluster");
         assert_error("SELECT pgraft_remove_node(0)", "22023", "node id 0 is out of range");
         assert_error(

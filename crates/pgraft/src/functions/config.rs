@@ -70,7 +70,9 @@ fn normalise(name: &str, value: &str, current: &Timing) -> String {
 /// Changes a setting on every member, through the log; it applies at once and survives
 /// restarts (it is part of the replicated state). Values take units (`'75ms'`, `'1s'`).
 #[pg_extern]
-fn pgraft_set_config(name: &str, value: &str) -> bool {
+fn pgraft_set_config(name: Option<&str>, value: Option<&str>) -> bool {
+    let name = bridge::required("pgraft_set_config", "name", name);
+    let value = bridge::required("pgraft_set_config", "value", value);
     let name = name.trim().trim_start_matches("pgraft.").to_ascii_lowercase();
     if AT_START.contains(&name.as_str()) {
         invalid(format!(
@@ -163,7 +165,8 @@ fn pgraft_get_config() -> TableIterator<
 
 /// Turns the worker's debug logging on or off now.
 #[pg_extern]
-fn pgraft_set_debug(enabled: bool) -> bool {
+fn pgraft_set_debug(enabled: Option<bool>) -> bool {
+    let enabled = bridge::required("pgraft_set_debug", "enabled", enabled);
     let level = if enabled { "debug".to_string() } else { gucs::string(&gucs::LOG_LEVEL) };
     matches!(bridge::call(IpcRequest::SetLogLevel(level)), IpcResponse::Done)
 }

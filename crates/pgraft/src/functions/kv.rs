@@ -24,13 +24,16 @@ fn put(key: &str, value: Vec<u8>) -> bool {
 
 /// Stores a value under a key on every member; returns once applied here.
 #[pg_extern(name = "pgraft_kv_put")]
-fn pgraft_kv_put_text(key: &str, value: &str) -> bool {
-    put(key, value.as_bytes().to_vec())
+fn pgraft_kv_put_text(key: Option<&str>, value: Option<&str>) -> bool {
+    let key = bridge::required("pgraft_kv_put", "key", key);
+    put(key, bridge::required("pgraft_kv_put", "value", value).as_bytes().to_vec())
 }
 
 /// Stores a JSON value (kept as its text) under a key.
 #[pg_extern(name = "pgraft_kv_put")]
-fn pgraft_kv_put_jsonb(key: &str, value: pgrx::JsonB) -> bool {
+fn pgraft_kv_put_jsonb(key: Option<&str>, value: Option<pgrx::JsonB>) -> bool {
+    let key = bridge::required("pgraft_kv_put", "key", key);
+    let value = bridge::required("pgraft_kv_put", "value", value);
     let text = serde_json::to_string(&value.0)
         .unwrap_or_else(|e| invalid(format!("the JSON value cannot be stored: {e}")));
     put(key, text.into_bytes())
@@ -53,7 +56,8 @@ fn pgraft_kv_get(key: &str) -> Option<String> {
 
 /// Deletes a key; true whether or not it existed (like etcd's delete).
 #[pg_extern]
-fn pgraft_kv_delete(key: &str) -> bool {
+fn pgraft_kv_delete(key: Option<&str>) -> bool {
+    let key = bridge::required("pgraft_kv_delete", "key", key);
     if key.is_empty() {
         invalid("the key must not be empty");
     }
@@ -65,9 +69,10 @@ fn pgraft_kv_delete(key: &str) -> bool {
 /// `del --prefix`); returns how many keys went away. The prefix must not be empty:
 /// `pgraft_kv_reset()` clears everything.
 #[pg_extern]
-fn pgraft_kv_delete_prefix(prefix: &str) -> i64 {
+fn pgraft_kv_delete_prefix(prefix: Option<&str>) -> i64 {
     use pgraft_core::kv::KvResult;
     use pgraft_core::state_machine::Outcome;
+    let prefix = bridge::required("pgraft_kv_delete_prefix", "prefix", prefix);
     if prefix.is_empty() {
         invalid("the prefix must not be empty; pgraft_kv_reset() clears the whole store");
     }
@@ -161,9 +166,10 @@ fn pgraft_kv_get_serializable(key: &str) -> Option<String> {
 /// Compare-and-swap: if the key's value is `expected` (NULL: the key must not exist), set
 /// it to `new_value` (NULL: delete it). Returns whether the comparison held.
 #[pg_extern]
-fn pgraft_kv_cas(key: &str, expected: Option<&str>, new_value: Option<&str>) -> bool {
+fn pgraft_kv_cas(key: Option<&str>, expected: Option<&str>, new_value: Option<&str>) -> bool {
     use pgraft_core::kv::{Compare, KvResult, TxnAction};
     use pgraft_core::state_machine::Outcome;
+    let key = bridge::required("pgraft_kv_cas", "key", key);
     if key.is_empty() {
         invalid("the key must not be empty");
     }
@@ -283,7 +289,16 @@ mod tests {
         assert_error("SELECT pgraft_kv_put('', '{}'::jsonb)", "22023", "the key must not be empty");
         assert_error("SELECT pgraft_kv_delete('')", "22023", "the key must not be empty");
         assert_error("SELECT pgraft_kv_cas('', NULL, 'x')", "22023", "the key must not be empty");
-        assert_eq!(maybe::<bool>("SELECT pgraft_kv_put(NULL, 'x')"), None, "strict");
+        for (sql, arg) in [
+            ("SELECT pgraft_kv_put(NULL, 'x')", "pgraft_kv_put: key"),
+            ("SELECT pgraft_kv_put('k', NULL::text)", "pgraft_kv_put: value"),
+            ("SELECT pgraft_kv_put('k', NULL::jsonb)", "pgraft_kv_put: value"),
+            ("SELECT pgraft_kv_delete(NULL)", "pgraft_kv_delete: key"),
+            ("SELECT pgraft_kv_delete_prefix(NULL)", "pgraft_kv_delete_prefix: prefix"),
+            ("SELECT pgraft_kv_cas(NULL, NULL, 'x')", "pgraft_kv_cas: key"),
+        ] {
+            assert_error(sql, "22004", &format!("{arg} must not be NULL"));
+        }
         assert_eq!(one::<i64>("SELECT revision FROM pgraft_kv_get_stats()"), rev, "no write happened");
     }
 

@@ -10,7 +10,8 @@ use crate::protocol::{IpcRequest, IpcResponse};
 
 /// Replicates an entry through Raft; returns once it is committed and applied here.
 #[pg_extern]
-fn pgraft_replicate_entry(entry_data: &str) -> bool {
+fn pgraft_replicate_entry(entry_data: Option<&str>) -> bool {
+    let entry_data = bridge::required("pgraft_replicate_entry", "entry_data", entry_data);
     matches!(
         bridge::raft(Request::Propose(Body::Raw(entry_data.as_bytes().to_vec()))),
         Response::Applied { .. }
@@ -21,7 +22,9 @@ fn pgraft_replicate_entry(entry_data: &str) -> bool {
 /// member itself, so a term change cannot slip in between); returns once the entry is in
 /// the log (committed and applied here).
 #[pg_extern]
-fn pgraft_log_append(term: i64, data: &str) -> bool {
+fn pgraft_log_append(term: Option<i64>, data: Option<&str>) -> bool {
+    let term = bridge::required("pgraft_log_append", "term", term);
+    let data = bridge::required("pgraft_log_append", "data", data);
     let Ok(term) = u64::try_from(term) else {
         invalid(format!("pgraft_log_append: term {term} is out of range; terms start at 0"));
     };
@@ -38,15 +41,15 @@ fn index_arg(what: &str, index: i64) -> u64 {
 
 /// Waits until log index `index` is committed on this member.
 #[pg_extern]
-fn pgraft_log_commit(index: i64) -> bool {
-    let i = index_arg("pgraft_log_commit", index);
+fn pgraft_log_commit(index: Option<i64>) -> bool {
+    let i = index_arg("pgraft_log_commit", bridge::required("pgraft_log_commit", "index", index));
     matches!(bridge::raft(Request::WaitCommitted(i)), Response::Reached(_))
 }
 
 /// Waits until log index `index` is applied on this member.
 #[pg_extern]
-fn pgraft_log_apply(index: i64) -> bool {
-    let i = index_arg("pgraft_log_apply", index);
+fn pgraft_log_apply(index: Option<i64>) -> bool {
+    let i = index_arg("pgraft_log_apply", bridge::required("pgraft_log_apply", "index", index));
     matches!(bridge::raft(Request::WaitApplied(i)), Response::Reached(_))
 }
 

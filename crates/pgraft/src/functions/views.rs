@@ -126,7 +126,7 @@ CREATE VIEW pgraft.member_list AS
          'tcp://' || n.address || ':' || n.port AS peer_urls,
          'postgresql://' || n.address AS client_urls,
          n.is_leader,
-         n.state = 'Learner' AS is_learner
+         n.is_learner
     FROM pgraft_get_nodes() n;
 CREATE VIEW pgraft.member_details AS
   SELECT id AS "ID", name AS "Name", peer_urls AS "PeerURLs", client_urls AS "ClientURLs",
@@ -138,7 +138,8 @@ CREATE VIEW pgraft.endpoint_status AS
          pgraft_get_version() AS version,
          l.log_size AS db_size,
          s.is_leader AS "isLeader",
-         false AS "isLearner",
+         COALESCE((SELECT n.is_learner FROM pgraft_get_nodes() n
+                    WHERE n.node_id = current_setting('pgraft.node_id')::int), false) AS "isLearner",
          s.term AS "raftTerm",
          l.last_index AS "raftIndex",
          l.last_applied AS "raftAppliedIndex",
@@ -152,7 +153,7 @@ CREATE VIEW pgraft.endpoint_health AS
            WHERE severity IN ('warning', 'critical')) AS error
     FROM (SELECT clock_timestamp() AS t0) x;
 CREATE VIEW pgraft.cluster_health AS
-  SELECT n.node_id::bigint AS member, n.is_leader AS "isLeader", n.state = 'Learner' AS "isLearner",
+  SELECT n.node_id::bigint AS member, n.is_leader AS "isLeader", n.is_learner AS "isLearner",
          CASE WHEN n.state = 'Unreachable' THEN 'unhealthy' ELSE 'healthy' END AS health
     FROM pgraft_get_nodes() n;
 CREATE VIEW pgraft.cluster_info AS

@@ -252,26 +252,12 @@ pub fn plan(o: &Observation<'_>) -> Plan {
         p.waiting = Some("automatic failover is off (failover_enabled)".into());
         return p;
     }
-    if o.raft.removed {
-        // Its HA state is frozen at the removal, and the others fail over without it: a
-        // primary must stop taking writes; a standby is left as it is until the member is
-        // added back (and then follows the primary of the day).
-        if o.server.in_recovery {
-            p.gate = Gate::Open;
-        } else {
-            p.gate = Gate::Fenced;
-            p.fence =
-                Some("this member was removed from the cluster; its server must not take writes".into());
-        }
-        p.waiting =
-            Some("this member was removed from the cluster: failover leaves its server alone until it is added back".into());
-        return p;
-    }
     let me = o.raft.me;
-    if o.ha.servers.get(&me) != Some(&o.server.record) {
+    // A removed member's proposals could only be refused.
+    if !o.raft.removed && o.ha.servers.get(&me) != Some(&o.server.record) {
         p.propose.push(HaCommand::Server { node: me, server: o.server.record.clone() });
     }
-    if o.ha.unhealthy.get(&me) != o.health.as_ref() {
+    if !o.raft.removed && o.ha.unhealthy.get(&me) != o.health.as_ref() {
         p.propose.push(HaCommand::Health { node: me, problem: o.health.clone() });
     }
     let cluster = cluster_system_id(o);
@@ -291,6 +277,21 @@ pub fn plan(o: &Observation<'_>) -> Plan {
         // so nothing is recorded, fenced or promoted.
         p.gate = Gate::Open;
         p.waiting = Some("no other voting member runs a standby of this server's cluster".into());
+        return p;
+    }
+    if o.raft.removed {
+        // Its HA state is frozen at the removal, and the others fail over without it: a
+        // primary must stop taking writes; a standby is left as it is until the member is
+        // added back (and then follows the primary of the day).
+        if o.server.in_recovery {
+            p.gate = Gate::Open;
+        } else {
+            p.gate = Gate::Fenced;
+            p.fence =
+                Some("this member was removed from the cluster; its server must not take writes".into());
+        }
+        p.waiting =
+            Some("this member was removed from the cluster: failover leaves its server alone until it is added back".into());
         return p;
     }
     match o.ha.primary.clone() {
@@ -772,7 +773,7 @@ pub(in crate::ha) mod tests {
         };
         let p = sick(&ha);
         assert_eq!((p.transfer, p.gate), (Some(2), Gate::Open), "{p:?}");
-        assert!(matches!(p.propose[..], [HaCommand::Health { node: 1, problem: Some(_) }]));
+        assert!(matches!(decisions(&p)[..], [HaCommand::Health { node: 1, problem: Some(_) }]));
         // Node 2's server cannot serve either: node 3.
         ha.apply(&HaCommand::Health { node: 2, problem: Some("full disk".into()) }, 2).expect("health");
         assert_eq!(sick(&ha).transfer, Some(3));
@@ -783,7 +784,7 @@ pub(in crate::ha) mod tests {
         // Healthy again: said once.
         ha.apply(&HaCommand::Health { node: 1, problem: Some("stuck".into()) }, 2).expect("health");
         let p = plan(&obs(&ha, raft(1, 1, 2), server(false, 100, Receiving::Nothing)));
-        assert!(matches!(p.propose[..], [HaCommand::Health { node: 1, problem: None }]), "{p:?}");
+        assert!(matches!(decisions(&p)[..], [HaCommand::Health { node: 1, problem: None }]), "{p:?}");
         assert_eq!(p.transfer, None);
     }
 }

@@ -134,8 +134,9 @@ fn unrecorded(o: &Observation<'_>, rec: &PrimaryRecord) -> SyncConfig {
     SyncConfig::new(sync_count(others.len() + 1), &others)
 }
 
+/// The cluster voters but `rec`'s member: the standbys a primary of `rec` names.
 fn other_voters(o: &Observation<'_>, rec: &PrimaryRecord) -> Vec<u64> {
-    o.raft.voters.iter().copied().filter(|v| *v != rec.node).collect()
+    ha_voters(o).into_iter().filter(|v| *v != rec.node).collect()
 }
 
 /// How many standbys must have let go of a primary with `k` before a promotion, among
@@ -177,7 +178,7 @@ pub fn at_promotion_names(o: &Observation<'_>, rec: &PrimaryRecord) -> String {
     match on_record(o, rec) {
         Some(cfg) => cfg.names(),
         None => {
-            let others: Vec<u64> = ha_voters(o).into_iter().filter(|v| *v != rec.node).collect();
+            let others = other_voters(o, rec);
             let k = if o.sync == SyncMode::Off { 0 } else { sync_count(others.len() + 1) };
             SyncConfig::new(k, &others).names()
         }
@@ -206,6 +207,14 @@ pub fn plan_primary_sync(
     // Without a record, what the others assume (even where this member runs asynchronously:
     // a `k` of 0 must be on record before anyone relies on it).
     let recorded = on_record(o, rec).unwrap_or_else(|| unrecorded(o, rec));
+    let explicit =
+        o.ha.sync.as_ref().is_some_and(|s| s.node == rec.node && s.term >= rec.term && s.standbys.is_some());
+    if !explicit {
+        // What is assumed without a record (or with one from before sets were recorded)
+        // follows the voters of the moment: a membership change would move it at once.
+        // Put it on record as it stands, before anything else changes.
+        return (recorded.names(), Some(record(o, &recorded)));
+    }
     if wanted == recorded {
         return (wanted.names(), None);
     }
@@ -254,8 +263,29 @@ mod tests {
     }
 
     #[test]
+    fn a_primary_without_a_record_of_its_set_records_what_is_assumed_first() {
+        let ha = ha_with_primary(1, 2);
+        let p = primary_plan(&ha, SyncMode::On, Some(2), None);
+        assert_eq!(
+            (p.sync_names.as_deref(), sync_entries(&p)),
+            (Some("ANY 1 (pgraft_node_2, pgraft_node_3)"), vec![1])
+        );
+        // A record from before sets were recorded is made explicit the same way.
+        let mut legacy = ha_with_primary(1, 2);
+        let old = super::super::ha_state::SyncRecordV1 { node: 1, term: 2, k: 1, time_ms: 0 };
+        legacy.apply(&HaCommand::Sync(old), 2).expect("sync");
+        let p = primary_plan(&legacy, SyncMode::On, Some(2), None);
+        let set = p.propose.iter().find_map(|c| match c {
+            HaCommand::SyncSet(s) => s.standbys.clone(),
+            _ => None,
+        });
+        assert_eq!(set, Some(vec![2, 3]));
+    }
+
+    #[test]
     fn on_lowers_k_on_record_first_and_raises_it_in_use_first() {
         let mut ha = ha_with_primary(1, 2);
+        record(&mut ha, 1, 2, 1, &[2, 3]);
         // Both standbys stream: ANY 1, nothing to record.
         let p = primary_plan(&ha, SyncMode::On, Some(2), None);
         assert_eq!(
@@ -283,7 +313,8 @@ mod tests {
         let p = primary_plan(&ha, SyncMode::On, Some(2), Some((1, 8_000)));
         assert_eq!(sync_entries(&p), vec![1]);
         // strict never lowers; off records 0.
-        let ha = ha_with_primary(1, 2);
+        let mut ha = ha_with_primary(1, 2);
+        record(&mut ha, 1, 2, 1, &[2, 3]);
         let p = primary_plan(&ha, SyncMode::Strict, Some(0), Some((1, 0)));
         assert_eq!(
             (p.sync_names.as_deref(), sync_entries(&p)),

@@ -281,7 +281,18 @@ fn pgraft_get_nodes() -> TableIterator<
             let is_leader = v.id == m.leader_id;
             // From the configuration: `state` says "Unreachable" of a learner that is.
             let learner = m.learners.contains(&v.id);
-            (v.id as i32, v.host, v.port, is_leader, state_of(v.id, m), match_index, commit, v.heard_ms, lag, learner)
+            (
+                v.id as i32,
+                v.host,
+                v.port,
+                is_leader,
+                state_of(v.id, m),
+                match_index,
+                commit,
+                v.heard_ms,
+                lag,
+                learner,
+            )
         })
         .collect();
     TableIterator::new(rows)

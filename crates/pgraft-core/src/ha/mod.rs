@@ -18,7 +18,7 @@ pub use ha_state::{
 pub use health::{judge as judge_health, Probe};
 pub use planner::{
     application_name, detach_quorum, fencing_bound_ms, member_of, plan, sync_count, sync_standby_names, Gate,
-    Observation, Plan, RaftView, Receiving, ServerView, SyncMode, FAILOVER_VOTERS, FENCE_MARGIN_MS,
+    InUse, Observation, Plan, RaftView, Receiving, ServerView, SyncMode, FAILOVER_VOTERS, FENCE_MARGIN_MS,
     SWITCHOVER_TIMEOUT_MS,
 };
 pub use slots::{plan_slots, slot_on, wal_gone, SlotPlan, PUBLISH_PAUSE_MS, PUBLISH_STEP};

@@ -22,6 +22,8 @@
 //! it did acknowledge. In asynchronous mode the candidate also waits out the fencing bound
 //! ([`fencing_bound_ms`]) so a cut-off primary has shut itself down first.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::candidate;
@@ -92,7 +94,7 @@ pub struct ServerView {
     pub promoting: bool,
     /// The configuration its `synchronous_standby_names` has had since when (ms since the
     /// Unix epoch), as this process last loaded it (`None`: not a list the worker writes).
-    pub sync_in_use: Option<(SyncConfig, i64)>,
+    pub sync_in_use: Option<InUse>,
     /// This server was a primary, shut down cleanly (fenced), and was started again as a
     /// standby by the rejoin helper while no other server was the primary: the (timeline,
     /// LSN) of its shutdown checkpoint, which every commit it ever acknowledged precedes.
@@ -107,6 +109,19 @@ impl ServerView {
     pub fn held(&self) -> Lsn {
         self.received.max(self.replayed)
     }
+}
+
+/// A synchronous configuration a primary uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InUse {
+    /// The configuration.
+    pub cfg: SyncConfig,
+    /// Since when this process has used it, ms since the Unix epoch.
+    pub since_ms: i64,
+    /// The server's flushed position once every process had used it for
+    /// [`sync_set::RAISE_AFTER_MS`] (`None`: not yet): a commit acknowledged under the
+    /// configuration before lies below it.
+    pub settled_at: Option<Lsn>,
 }
 
 /// This member's Raft view.
@@ -157,6 +172,8 @@ pub struct Observation<'a> {
     /// as read at `streaming_ms` (ms since the Unix epoch).
     pub streaming: Option<Vec<u64>>,
     pub streaming_ms: i64,
+    /// On a primary: how far each member's standby has flushed, as last read.
+    pub flushed: BTreeMap<u64, Lsn>,
 }
 
 /// Whether clients may open sessions on this server.
@@ -578,6 +595,7 @@ pub(in crate::ha) mod tests {
             max_lag: 0,
             streaming: None,
             streaming_ms: 0,
+            flushed: BTreeMap::new(),
         }
     }
 

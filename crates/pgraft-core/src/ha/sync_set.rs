@@ -219,13 +219,16 @@ pub fn plan_primary_sync(
         return (wanted.names(), None);
     }
     if wanted.covered_by(&recorded) {
-        // Safe now; recorded once every process has used it for a while.
-        let used = o
-            .server
-            .sync_in_use
-            .as_ref()
-            .is_some_and(|(cfg, since)| *cfg == wanted && o.now_ms - since >= RAISE_AFTER_MS);
-        return (wanted.names(), used.then(|| record(o, &wanted)));
+        // Safe now; recorded once a commit acknowledged under it would be: every process
+        // has used it (so every commit acknowledged under the one before lies below the
+        // position sampled then), and `k` of its standbys have flushed past that position.
+        // A decision on the new record then meets one of them, which holds those commits.
+        let settled =
+            o.server.sync_in_use.as_ref().and_then(|u| (u.cfg == wanted).then_some(u.settled_at)?);
+        let held = settled.is_some_and(|at| {
+            wanted.standbys.iter().filter(|s| o.flushed.get(s).is_some_and(|f| *f >= at)).count() >= wanted.k
+        });
+        return (wanted.names(), held.then(|| record(o, &wanted)));
     }
     // Not safe yet: on record first, a configuration covering what is in use and what is
     // wanted; until then the recorded one stays in use.
@@ -236,7 +239,7 @@ pub fn plan_primary_sync(
 mod tests {
     use super::super::ha_state::{DetachReport, HaState};
     use super::super::planner::tests::{decisions, ha_with_primary, obs, raft, server};
-    use super::super::planner::{fencing_bound_ms, plan, RaftView, Receiving, ServerView};
+    use super::super::planner::{fencing_bound_ms, plan, InUse, RaftView, Receiving, ServerView};
     use super::*;
 
     fn primary_plan(
@@ -245,12 +248,19 @@ mod tests {
         streaming: Option<usize>,
         sync_k: Option<(usize, i64)>,
     ) -> crate::ha::Plan {
-        let sync_in_use = sync_k.map(|(k, since)| (SyncConfig::new(k, &[2, 3]), since));
+        // Settled a second after it came into use, at the primary's position (100), which
+        // every streaming standby has flushed.
+        let sync_in_use = sync_k.map(|(k, since_ms)| InUse {
+            cfg: SyncConfig::new(k, &[2, 3]),
+            since_ms,
+            settled_at: (10_000 - since_ms >= RAISE_AFTER_MS).then_some(100),
+        });
         let mut o =
             obs(ha, raft(1, 1, 2), ServerView { sync_in_use, ..server(false, 100, Receiving::Nothing) });
         o.sync = sync;
         // Members 2, 3, ...: as many as stream.
         o.streaming = streaming.map(|n| (2..).take(n).collect());
+        o.flushed = o.streaming.iter().flatten().map(|n| (*n, 100)).collect();
         o.now_ms = 10_000;
         plan(&o)
     }
@@ -450,7 +460,9 @@ mod tests {
         o.now_ms = 10_000;
         let (names, rec) = plan_primary_sync(&o, ha.primary.as_ref().expect("p"), &[2, 3, 4]);
         assert_eq!((names.as_str(), rec), ("ANY 2 (pgraft_node_2, pgraft_node_3, pgraft_node_4)", None));
-        o.server.sync_in_use = Some((SyncConfig::new(2, &[2, 3, 4]), 0));
+        o.server.sync_in_use =
+            Some(InUse { cfg: SyncConfig::new(2, &[2, 3, 4]), since_ms: 0, settled_at: Some(100) });
+        o.flushed = [(2, 100), (3, 100), (4, 100)].into();
         let (_, rec) = plan_primary_sync(&o, ha.primary.as_ref().expect("p"), &[2, 3, 4]);
         assert!(
             matches!(rec, Some(HaCommand::SyncSet(SyncRecord { k: 2, ref standbys, .. })) if standbys.as_deref() == Some(&[2, 3, 4][..]))
@@ -520,5 +532,38 @@ mod tests {
         let p = plan(&obs(&ha, removed, server(true, 100, Receiving::From(2))));
         assert!(p.fence.is_none() && p.gate == crate::ha::Gate::Open && p.propose.is_empty(), "{p:?}");
         assert_eq!((p.upstream, p.promote), (None, false));
+    }
+
+    #[test]
+    fn a_raised_configuration_is_recorded_only_once_k_of_its_standbys_hold_what_came_before() {
+        // Five voters; `on` had lowered k to 1; all four stream again: ANY 2 is wanted.
+        let mut ha = five(1, 2);
+        record(&mut ha, 1, 2, 1, &[2, 3, 4, 5]);
+        let mut o = obs(
+            &ha,
+            RaftView { voters: vec![1, 2, 3, 4, 5], ..raft(1, 1, 2) },
+            server(false, 100, Receiving::Nothing),
+        );
+        o.now_ms = 10_000;
+        o.streaming = Some(vec![2, 3, 4, 5]);
+        let used = InUse { cfg: SyncConfig::new(2, &[2, 3, 4, 5]), since_ms: 0, settled_at: Some(100) };
+        o.server.sync_in_use = Some(used);
+        // Used for long enough, but only node 2 has flushed past the position where it
+        // settled: a commit acknowledged by node 3 alone before then would be missed by a
+        // decision that needs 3 reports of 4 (2, 4, 5). Not recorded.
+        o.flushed = [(2, 100), (3, 60), (4, 60), (5, 60)].into();
+        let (names, rec) = plan_primary_sync(&o, ha.primary.as_ref().expect("p"), &[2, 3, 4, 5]);
+        assert_eq!(
+            (names.as_str(), rec),
+            ("ANY 2 (pgraft_node_2, pgraft_node_3, pgraft_node_4, pgraft_node_5)", None)
+        );
+        // A second one has: recorded.
+        o.flushed.insert(4, 100);
+        let (_, rec) = plan_primary_sync(&o, ha.primary.as_ref().expect("p"), &[2, 3, 4, 5]);
+        assert!(matches!(rec, Some(HaCommand::SyncSet(SyncRecord { k: 2, .. }))), "{rec:?}");
+        // Not settled yet (in use for less than a second): not recorded whatever is flushed.
+        o.server.sync_in_use.as_mut().expect("in use").settled_at = None;
+        let (_, rec) = plan_primary_sync(&o, ha.primary.as_ref().expect("p"), &[2, 3, 4, 5]);
+        assert_eq!(rec, None);
     }
 }

@@ -60,7 +60,7 @@ pub struct Reconciler {
     connection: ConnectionProbe,
     last_health: Option<String>,
     /// `synchronous_standby_names` as last seen, and since when.
-    sync_seen: Option<(String, i64)>,
+    sync_seen: Option<(String, i64, Option<ha::Lsn>)>,
     /// When this standby last looked for a timeline it cannot follow.
     divergence_checked: Option<Instant>,
     /// When a rejoin helper was last started for this standby while it runs.
@@ -137,7 +137,7 @@ impl Reconciler {
         let mut server = server_view(&facts, &view.ha, status.id);
         server.promoting = facts.in_recovery && self.promoted_in_term.is_some();
         server.stood_down = self.stood_down(facts.in_recovery);
-        server.sync_in_use = self.sync_in_use(now_ms);
+        server.sync_in_use = self.sync_in_use(now_ms, server.replayed);
         let max_lag = gucs::MAXIMUM_LAG_ON_FAILOVER.get().max(0) as u64 * 1024;
         let seen = shared.standbys.written_ms;
         if let Some(sw) = view.ha.switchover.as_ref().filter(|sw| sw.from == status.id && seen < sw.time_ms) {
@@ -146,6 +146,7 @@ impl Reconciler {
         let streaming = (seen > 0 && now_ms - seen < SLOTS_SEEN_FRESH_MS).then(|| {
             shared.standbys.rows().iter().filter(|r| r.state() == "streaming").map(|r| r.member).collect()
         });
+        let flushed = shared.standbys.rows().iter().map(|r| (r.member, r.flushed)).collect();
         let o = Observation {
             ha: &view.ha,
             failover,
@@ -157,6 +158,7 @@ impl Reconciler {
             max_lag,
             streaming,
             streaming_ms: seen,
+            flushed,
         };
         let mut plan = ha::plan(&o);
         if let Some(publish) = self.keep_slots(&o, &shared) {
@@ -403,16 +405,24 @@ impl Reconciler {
         plan.and_then(|p| p.publish)
     }
 
-    /// The configuration of `synchronous_standby_names` as this process last loaded it, and
-    /// since when it has been that (`None`: a list not of the form the worker writes).
-    fn sync_in_use(&mut self, now_ms: i64) -> Option<(ha::SyncConfig, i64)> {
+    /// The configuration of `synchronous_standby_names` as this process last loaded it,
+    /// since when it has been that, and the server's flushed position (`flushed`, on a
+    /// primary) once it had been that for [`ha::RAISE_AFTER_MS`] (`None`: a list not of
+    /// the form the worker writes).
+    fn sync_in_use(&mut self, now_ms: i64, flushed: ha::Lsn) -> Option<ha::InUse> {
         // SAFETY: a GUC string of this process, read on its main thread.
         let text = unsafe { gucs::c_string(pgrx::pg_sys::SyncRepStandbyNames) };
         let cfg = ha::SyncConfig::parse(&text);
-        if self.sync_seen.as_ref().is_none_or(|(t, _)| *t != text) {
-            self.sync_seen = Some((text, now_ms));
+        match self.sync_seen.as_mut() {
+            Some((t, since, settled)) if *t == text => {
+                if settled.is_none() && now_ms - *since >= ha::RAISE_AFTER_MS {
+                    *settled = Some(flushed);
+                }
+            }
+            _ => self.sync_seen = Some((text, now_ms, None)),
         }
-        cfg.zip(self.sync_seen.as_ref().map(|(_, since)| *since))
+        let (_, since_ms, settled_at) = self.sync_seen.as_ref()?;
+        cfg.map(|cfg| ha::InUse { cfg, since_ms: *since_ms, settled_at: *settled_at })
     }
 
     /// The rejoin helper's record that it started this server as a standby after a clean

@@ -119,7 +119,7 @@ pub struct InUse {
     /// Since when this process has used it, ms since the Unix epoch.
     pub since_ms: i64,
     /// The server's flushed position once every process had used it for
-    /// [`sync_set::RAISE_AFTER_MS`] (`None`: not yet): a commit acknowledged under the
+    /// `RAISE_AFTER_MS` (`None`: not yet): a commit acknowledged under the
     /// configuration before lies below it.
     pub settled_at: Option<Lsn>,
 }

@@ -107,7 +107,7 @@ impl SyncConfig {
 }
 
 /// The configuration a decision about `rec` assumes: the record of `rec`'s own, else what
-/// a primary uses from its promotion when none was recorded ([`unrecorded`]), or nothing
+/// a primary uses from its promotion when none was recorded (`unrecorded`), or nothing
 /// where this member runs asynchronously.
 pub fn recorded(o: &Observation<'_>, rec: &PrimaryRecord) -> SyncConfig {
     match on_record(o, rec) {

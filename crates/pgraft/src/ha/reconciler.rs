@@ -28,6 +28,13 @@ const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(5);
 const TRANSFER_PAUSE: Duration = Duration::from_secs(2);
 /// What the slot keeper last saw counts only this long (it looks every second).
 const SLOTS_SEEN_FRESH_MS: i64 = 10_000;
+
+/// How long no standby must have streamed, since one last did or since this server was a
+/// standby itself, before `synchronous_mode = on` counts them gone. Right after a
+/// promotion the standbys are still reconnecting (a WAL receiver retries every
+/// `wal_retrieve_retry_interval`, 5 s): counted gone at once, `on` recorded `k = 0`, and a
+/// primary lost in those seconds could not be replaced by anyone (t18 caught it).
+const NO_STANDBY_GRACE_MS: i64 = 6_000;
 /// The least time between two writes of the same settings (a reload takes a moment to
 /// reach every process).
 const REWRITE_PAUSE: Duration = Duration::from_millis(500);
@@ -61,6 +68,9 @@ pub struct Reconciler {
     last_health: Option<String>,
     /// `synchronous_standby_names` as last seen, and since when.
     sync_seen: Option<(String, i64, Option<ha::Lsn>)>,
+    /// When a standby was last seen streaming from this server, or this server was last
+    /// not a primary (ms since the Unix epoch).
+    standby_seen_ms: i64,
     /// When this standby last looked for a timeline it cannot follow.
     divergence_checked: Option<Instant>,
     /// When a rejoin helper was last started for this standby while it runs.
@@ -95,6 +105,7 @@ impl Reconciler {
             connection: ConnectionProbe::default(),
             last_health: None,
             sync_seen: None,
+            standby_seen_ms: crate::worker::now_ms(),
             divergence_checked: None,
             standby_rejoin: None,
             wal_gone_since: None,
@@ -143,9 +154,15 @@ impl Reconciler {
         if let Some(sw) = view.ha.switchover.as_ref().filter(|sw| sw.from == status.id && seen < sw.time_ms) {
             self.wake_keeper(sw.time_ms, shared.keeper_pid);
         }
-        let streaming = (seen > 0 && now_ms - seen < SLOTS_SEEN_FRESH_MS).then(|| {
+        let streaming: Option<Vec<u64>> = (seen > 0 && now_ms - seen < SLOTS_SEEN_FRESH_MS).then(|| {
             shared.standbys.rows().iter().filter(|r| r.state() == "streaming").map(|r| r.member).collect()
         });
+        if facts.in_recovery || streaming.as_ref().is_some_and(|s| !s.is_empty()) {
+            self.standby_seen_ms = now_ms;
+        }
+        // None streaming, but not for long: not known yet rather than gone.
+        let streaming =
+            streaming.filter(|s| !s.is_empty() || now_ms - self.standby_seen_ms >= NO_STANDBY_GRACE_MS);
         let flushed = shared.standbys.rows().iter().map(|r| (r.member, r.flushed)).collect();
         let o = Observation {
             ha: &view.ha,

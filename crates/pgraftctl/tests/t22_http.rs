@@ -115,6 +115,17 @@ fn endpoints_answer_by_role_lag_partition_pause_and_failover() {
         s3.query_one("SELECT worker_pid FROM pgraft_worker_status", &[]).expect("worker pid").get(0);
     // SAFETY: kill(2) on a process of the test's own cluster.
     assert_eq!(unsafe { libc::kill(worker, libc::SIGSTOP) }, 0);
+    // A stop reaches every thread soon, not at once: wait until each is stopped.
+    wait("the worker's threads to stop", Duration::from_secs(10), || {
+        let tasks = std::fs::read_dir(format!("/proc/{worker}/task")).ok()?;
+        let stopped = tasks.flatten().all(|t| {
+            std::fs::read_to_string(t.path().join("stat"))
+                .ok()
+                .and_then(|st| st.rsplit(')').next().map(|r| r.trim_start().starts_with('T')))
+                .unwrap_or(true)
+        });
+        stopped.then_some(())
+    });
     let silent = request(ports[2], "GET", "/replica");
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(worker, libc::SIGCONT) }, 0);

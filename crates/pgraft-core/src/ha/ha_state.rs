@@ -331,18 +331,8 @@ impl HaState {
                 self.slots.insert(*node, slots.clone());
                 self.positions.insert(*node, *position);
             }
-            HaCommand::Sync(rec) => {
-                if rec.term != entry_term {
-                    return Err(HaRefusal::StaleDecision { decided: rec.term, entry: entry_term });
-                }
-                self.sync = Some(rec.clone().into());
-            }
-            HaCommand::SyncSet(rec) => {
-                if rec.term != entry_term {
-                    return Err(HaRefusal::StaleDecision { decided: rec.term, entry: entry_term });
-                }
-                self.sync = Some(rec.clone());
-            }
+            HaCommand::Sync(old) => self.record_sync(old.clone().into(), entry_term)?,
+            HaCommand::SyncSet(rec) => self.record_sync(rec.clone(), entry_term)?,
             HaCommand::Health { node, problem } => match problem {
                 Some(why) => {
                     self.unhealthy.insert(*node, why.clone());
@@ -371,6 +361,15 @@ impl HaState {
                 self.promotions += 1;
             }
         }
+        Ok(())
+    }
+
+    /// A synchronous record, applied only in the term it was decided in.
+    fn record_sync(&mut self, rec: SyncRecord, entry_term: u64) -> Result<(), HaRefusal> {
+        if rec.term != entry_term {
+            return Err(HaRefusal::StaleDecision { decided: rec.term, entry: entry_term });
+        }
+        self.sync = Some(rec);
         Ok(())
     }
 

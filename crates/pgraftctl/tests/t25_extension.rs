@@ -1,7 +1,7 @@
 //! The extension on real three-member clusters, beyond the basics of t20: large values,
 //! many keys, a member that catches up from a snapshot after the log was compacted, every
 //! member killed at once, a worker that is down, and members that refuse a foreign
-//! identity.
+//! identity or a snapshot they cannot read.
 
 mod common;
 
@@ -281,7 +281,7 @@ fn a_stopped_worker_answers_with_a_clear_error() {
 }
 
 #[test]
-fn members_refuse_a_foreign_identity_and_say_why() {
+fn members_refuse_a_foreign_identity_or_an_unreadable_snapshot_and_say_why() {
     let pg_config = pg_configs().remove(0);
     let c = Cluster::up("identity", &pg_config);
     c.leader();
@@ -355,6 +355,29 @@ fn members_refuse_a_foreign_identity_and_say_why() {
     c.ctl(&["start", "3"]);
     wait("member 3 to catch up", Duration::from_secs(30), || {
         (c.try_one::<String>(3, "SELECT pgraft_kv_get('id')")? == "two").then_some(())
+    });
+
+    // Its own data, but the snapshot image damaged: it refuses to start rather than run on
+    // an empty state machine with the later entries applied on top of nothing.
+    c.ctl(&["stop", "3"]);
+    let images: Vec<PathBuf> = std::fs::read_dir(raft3.join("snap"))
+        .expect("member 3's snapshot images")
+        .map(|e| e.expect("an image").path())
+        .collect();
+    assert_eq!(images.len(), 1, "{images:?}");
+    let intact = std::fs::read(&images[0]).expect("read the image");
+    let mut damaged = intact.clone();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 0x5a;
+    std::fs::write(&images[0], &damaged).expect("damage the image");
+    c.ctl(&["start", "3"]);
+    refusal("refusing to start on an empty state");
+    assert!(c.one::<bool>(1, "SELECT pgraft_kv_put('id', 'three')"), "the others keep serving");
+    c.ctl(&["stop", "3"]);
+    std::fs::write(&images[0], &intact).expect("repair the image");
+    c.ctl(&["start", "3"]);
+    wait("member 3 to catch up after the repair", Duration::from_secs(30), || {
+        (c.try_one::<String>(3, "SELECT pgraft_kv_get('id')")? == "three").then_some(())
     });
     c.ctl(&["down"]);
 }

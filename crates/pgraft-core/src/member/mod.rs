@@ -214,9 +214,24 @@ impl<S: LogStore> Member<S> {
     /// snapshot are applied again by the first `process_ready` calls.
     pub fn new(cfg: MemberConfig, mut store: S, logger: &slog::Logger) -> Result<Self> {
         store.ensure_identity(&Identity { cluster_id: cfg.cluster_id.clone(), node_id: cfg.id })?;
+        // Only "no snapshot yet" starts from an empty state machine: any other failure to
+        // read or decode the snapshot refuses to start, since the entries after it would
+        // apply on top of nothing and this member would serve a state nobody else has.
         let sm = match store.snapshot(0, 0) {
-            Ok(snap) => StateMachine::decode(&snap.data).map_err(|e| Error::Storage(e.to_string()))?,
-            Err(_) => StateMachine::default(),
+            Ok(snap) => StateMachine::decode(&snap.data).map_err(|e| {
+                Error::Storage(format!(
+                    "the snapshot at index {} cannot be decoded ({e}); refusing to start on an empty state",
+                    snap.get_metadata().index
+                ))
+            })?,
+            Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable)) => {
+                StateMachine::default()
+            }
+            Err(e) => {
+                return Err(Error::Storage(format!(
+                    "the snapshot cannot be read ({e}); refusing to start on an empty state"
+                )))
+            }
         };
         let mut rc = raft::Config {
             id: cfg.id,

@@ -107,3 +107,40 @@ fn reads_wait_for_the_new_leaders_first_commit_not_for_a_timeout() {
     let (on_leader, on_follower) = (net.answered(1, 1), net.answered(2, 2));
     assert!(on_leader && on_follower, "leader's read answered: {on_leader}, follower's: {on_follower}");
 }
+
+/// A member whose snapshot cannot be read refuses to start and says why; it does not start
+/// on an empty state machine with the entries after the snapshot applied on top of nothing.
+/// Only a store with no snapshot yet starts empty.
+#[test]
+fn a_member_whose_snapshot_cannot_be_read_refuses_to_start() {
+    use crate::storage::RedbStore;
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let dir = std::env::temp_dir().join(format!("pgraft-member-snapshot-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = MemberConfig::new(1, "t", 1);
+    {
+        let empty = RedbStore::open(&dir).expect("open");
+        Member::new(cfg.clone(), empty, &logger).expect("a store with no snapshot yet starts empty");
+    }
+    {
+        let mut store = RedbStore::open(&dir).expect("open");
+        Member::bootstrap(&mut store, &[(1, "t:1".into())]).expect("bootstrap");
+        let m = Member::new(cfg.clone(), store, &logger).expect("a readable snapshot");
+        assert_eq!(m.state().members.len(), 1);
+    }
+    let images: Vec<_> = std::fs::read_dir(dir.join("snap"))
+        .expect("list the images")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(images.len(), 1, "{images:?}");
+    let mut bytes = std::fs::read(&images[0]).expect("read the image");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&images[0], bytes).expect("corrupt the image");
+    let store = RedbStore::open(&dir).expect("the database itself opens");
+    let err =
+        Member::new(cfg, store, &logger).err().expect("a member on an unreadable snapshot must not start");
+    let text = err.to_string();
+    assert!(text.contains("refusing to start") && text.contains("checksum"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::checks::Anomaly;
 use super::db_history::{ServerId, Txn, TxnCall, TxnOutcome};
+use super::timelines::Timelines;
 
 /// The bank as it ended: every balance and every ledger row `(id, from, to, amount)`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -103,43 +104,103 @@ pub fn one_writer_at_a_time(txns: &[Txn]) -> Vec<Anomaly> {
     found
 }
 
-/// How long before its successor's first acknowledged write a replaced primary's
-/// acknowledged transaction may be lost in asynchronous mode: a generous time bound on
-/// what `pgraft.maximum_lag_on_failover` (1 MB of WAL by default) lets a failover lose.
-pub const ASYNC_LOSS_WINDOW_US: u64 = 10_000_000;
+/// What asynchronous mode may lose in a failover (docs/failover.md, "Asynchronous
+/// mode"): the promoted standby was at most `pgraft.maximum_lag_on_failover` behind the old
+/// primary's last published position, which the primary publishes again once it moved half
+/// the limit, at most once a second, and never after it lost the Raft majority; it stops
+/// acknowledging at most the fencing bound after that.
+#[derive(Debug, Clone, Copy)]
+pub struct LossBound {
+    /// One and a half times the limit: lost commits this close to the point where the
+    /// survivor's WAL diverged are within it whenever they were written.
+    pub bytes: u64,
+    /// How long the commits further out may span: they were all written after the
+    /// primary's position passed the last published one by half the limit, which it would
+    /// have published within a second had it kept the majority, and before it fenced itself.
+    /// A second, the fencing bound and a margin for the answers' way back.
+    pub span_us: u64,
+}
 
-/// Checks that asynchronous mode lost only what it may: every lost transaction was
-/// acknowledged by a primary that was later replaced, at most [`ASYNC_LOSS_WINDOW_US`]
-/// before the first write its successor acknowledged.
-pub fn loss_window(txns: &[Txn], lost: &BTreeSet<usize>) -> Vec<Anomaly> {
-    let mut first_ack: BTreeMap<ServerId, u64> = BTreeMap::new();
-    for t in txns.iter().filter(|t| t.is_ok() && t.call.writes()) {
-        let e = first_ack.entry(t.server).or_insert(u64::MAX);
-        *e = (*e).min(t.complete_us);
+impl LossBound {
+    /// The bound for `maximum_lag_on_failover` bytes and the fencing bound in ms.
+    pub fn new(maximum_lag_bytes: u64, fencing_bound_ms: u64) -> Self {
+        Self { bytes: maximum_lag_bytes * 3 / 2, span_us: (1_000 + fencing_bound_ms + 1_000) * 1_000 }
     }
+}
+
+/// Checks that asynchronous mode lost only what it may: every lost commit was written on a
+/// timeline the final one diverged from, and those past [`LossBound::bytes`] from the
+/// divergence were acknowledged by their server within [`LossBound::span_us`] of each other.
+/// Returns the anomalies and the furthest a lost commit lay past its divergence, in bytes.
+pub fn loss_bound(
+    txns: &[Txn],
+    lost: &BTreeSet<usize>,
+    timelines: &Timelines,
+    final_timeline: u32,
+    bound: LossBound,
+) -> (Vec<Anomaly>, u64) {
+    let check = "lost only within the asynchronous bound";
     let mut found = Vec::new();
+    let mut furthest = 0;
+    let mut beyond: BTreeMap<ServerId, Vec<(usize, u64)>> = BTreeMap::new();
     for i in lost {
         let t = &txns[*i];
-        let mine = first_ack.get(&t.server).copied().unwrap_or(0);
-        let successor =
-            first_ack.iter().filter(|(s, at)| **s != t.server && **at > mine).map(|(_, at)| *at).min();
-        let within = successor.is_some_and(|s| s.saturating_sub(t.complete_us) <= ASYNC_LOSS_WINDOW_US);
-        if !within {
-            found.push(Anomaly {
-                check: "lost only in the failover window".into(),
-                detail: format!(
-                    "transaction {i} ({}, {}-{} µs, node {} timeline {}) is lost; the next primary's first write: {}",
-                    t.call.name(),
-                    t.invoke_us,
-                    t.complete_us,
-                    t.server.node,
-                    t.server.timeline,
-                    successor.map_or("none".to_string(), |s| format!("{s} µs"))
-                ),
-            });
+        let what = format!(
+            "transaction {i} ({}, {}-{} µs, node {} timeline {})",
+            t.call.name(),
+            t.invoke_us,
+            t.complete_us,
+            t.server.node,
+            t.server.timeline
+        );
+        let diverged = timelines.divergence(t.server.timeline, final_timeline);
+        let (lsn, at) = match (t.lsn, diverged) {
+            (Some(lsn), Ok(Some(at))) => (lsn, at),
+            (None, _) => {
+                found.push(Anomaly {
+                    check: check.into(),
+                    detail: format!("{what} is lost; its WAL position is unknown"),
+                });
+                continue;
+            }
+            (_, Ok(None)) => {
+                found.push(Anomaly {
+                    check: check.into(),
+                    detail: format!("{what} is lost although its timeline is the final one"),
+                });
+                continue;
+            }
+            (_, Err(e)) => {
+                found.push(Anomaly { check: check.into(), detail: format!("{what} is lost: {e:#}") });
+                continue;
+            }
+        };
+        let past = lsn.saturating_sub(at);
+        furthest = furthest.max(past);
+        if past > bound.bytes {
+            beyond.entry(t.server).or_default().push((*i, t.complete_us));
         }
     }
-    found
+    for (server, acks) in beyond {
+        let (first, last) = (acks.iter().map(|a| a.1).min(), acks.iter().map(|a| a.1).max());
+        if let (Some(first), Some(last)) = (first, last) {
+            if last - first > bound.span_us {
+                found.push(Anomaly {
+                    check: check.into(),
+                    detail: format!(
+                        "node {} (timeline {}) acknowledged {} lost commits more than {} bytes past the \
+                         divergence, from {first} to {last} µs: longer than {} µs",
+                        server.node,
+                        server.timeline,
+                        acks.len(),
+                        bound.bytes,
+                        bound.span_us
+                    ),
+                });
+            }
+        }
+    }
+    (found, furthest)
 }
 
 /// What one server holds at the end: its timeline and a checksum per table.
@@ -184,6 +245,7 @@ mod tests {
             server: ServerId { node, system_id: 7, timeline },
             invoke_us,
             complete_us,
+            lsn: None,
         }
     }
 
@@ -199,13 +261,29 @@ mod tests {
     }
 
     #[test]
-    fn an_asynchronous_loss_must_come_just_before_a_failover() {
-        let txns = vec![write(1, 1, 0, 10), write(1, 1, 20, 30), write(2, 2, 5_000_000, 5_000_010)];
-        assert!(loss_window(&txns, &BTreeSet::from([1])).is_empty());
-        // Lost on the last primary, which nobody replaced: not a failover's loss.
-        assert_eq!(loss_window(&txns, &BTreeSet::from([2])).len(), 1);
-        let late = vec![write(1, 1, 0, 10), write(2, 2, 60_000_000, 60_000_010)];
-        assert_eq!(loss_window(&late, &BTreeSet::from([0])).len(), 1);
+    fn an_asynchronous_loss_is_judged_in_bytes_past_the_divergence() {
+        let mut timelines = Timelines::default();
+        timelines.add(1, None).unwrap();
+        timelines.add(2, Some("1\t0/1000000\tx\n")).unwrap();
+        let bound = LossBound::new(1 << 20, 2_500);
+        let at =
+            |lsn: u64, complete_us: u64| Txn { lsn: Some(0x100_0000 + lsn), ..write(1, 1, 0, complete_us) };
+        // Within one and a half limits of the fork, however long it took.
+        let txns = vec![at(100, 0), at(1 << 20, 60_000_000), at(3 << 19, 90_000_000)];
+        let (found, furthest) = loss_bound(&txns, &BTreeSet::from([0, 1, 2]), &timelines, 2, bound);
+        assert!(found.is_empty(), "{found:?}");
+        assert_eq!(furthest, 3 << 19);
+        // Further out, within the span of a second and the fencing bound.
+        let txns = vec![at(2 << 20, 1_000_000), at(8 << 20, 4_000_000)];
+        assert!(loss_bound(&txns, &BTreeSet::from([0, 1]), &timelines, 2, bound).0.is_empty());
+        // Further out, over a longer span: more than the promise.
+        let txns = vec![at(2 << 20, 1_000_000), at(8 << 20, 9_000_000)];
+        assert_eq!(loss_bound(&txns, &BTreeSet::from([0, 1]), &timelines, 2, bound).0.len(), 1);
+        // Lost on the timeline that survived, or with no position: never allowed.
+        let on_final = Txn { server: ServerId { timeline: 2, ..at(0, 0).server }, ..at(0, 0) };
+        let unknown = Txn { lsn: None, ..at(0, 0) };
+        let (found, _) = loss_bound(&[on_final, unknown], &BTreeSet::from([0, 1]), &timelines, 2, bound);
+        assert_eq!(found.len(), 2, "{found:?}");
     }
 
     #[test]

@@ -125,6 +125,11 @@ pub struct Txn {
     pub invoke_us: u64,
     /// When the outcome was known.
     pub complete_us: u64,
+    /// A writing transaction's WAL insert position after its last write, read before
+    /// COMMIT (its commit record lies just past it): where asynchronous mode's loss is
+    /// measured. `None` for reads and for transactions that failed before.
+    #[serde(default)]
+    pub lsn: Option<u64>,
 }
 
 impl Txn {

@@ -15,14 +15,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
 use super::checks::{self, Anomaly};
 use super::client::Workload;
-use super::db_checks::{self, FinalBank, ServerEnd};
+use super::db_checks::{self, FinalBank, LossBound, ServerEnd};
 use super::db_history::{DbHistory, Txn};
 use super::db_workload::{DbWorkload, SCHEMA};
 use super::fault_schedule::FaultSchedule;
@@ -31,9 +31,11 @@ use super::list_append::{self, FinalLists};
 use super::nemesis::Nemesis;
 use super::report::{self, CheckResult, OpCounts, Report};
 use super::session::connect_blocking;
+use super::timelines::Timelines;
 use super::torture_run::{heal_and_probe, progress, run_workload, slow_heals, TortureOptions};
 use crate::local_cluster::LocalCluster;
 use crate::wait::wait_until;
+use pgraft_core::ha::fencing_bound_ms;
 
 /// Runs the workload and the faults on `cluster` (an HA cluster), then checks.
 pub(super) fn drive(opts: &TortureOptions, cluster: &LocalCluster) -> Result<Report> {
@@ -50,7 +52,9 @@ pub(super) fn drive(opts: &TortureOptions, cluster: &LocalCluster) -> Result<Rep
         accounts: 8,
         op_timeout: Duration::from_secs(8),
         start: Instant::now(),
+        histories: Arc::default(),
     });
+    let bound = loss_bound_of(&mut c)?;
     c.batch_execute(SCHEMA).context("create the tables")?;
     c.batch_execute(&workload.seed_sql()).context("open the accounts")?;
     drop(c);
@@ -87,11 +91,11 @@ pub(super) fn drive(opts: &TortureOptions, cluster: &LocalCluster) -> Result<Rep
             BTreeMap::new()
         }
     };
-    let (lists, bank) = match read_finals(&rw) {
+    let (lists, bank, last_timeline) = match read_finals(&rw, &workload.histories) {
         Ok(x) => x,
         Err(e) => {
             anomalies.push(Anomaly { check: "final reads".into(), detail: format!("{e:#}") });
-            (FinalLists::new(), FinalBank::default())
+            (FinalLists::new(), FinalBank::default(), 0)
         }
     };
     progress("state collected; taking the cluster down and checking");
@@ -154,10 +158,29 @@ pub(super) fn drive(opts: &TortureOptions, cluster: &LocalCluster) -> Result<Rep
     if synchronous {
         check("no acknowledged commit lost", format!("{acknowledged} acknowledged writes"), lost);
     } else {
+        let mut timelines = Timelines::default();
+        let mut found = Vec::new();
+        for (tli, history) in workload.histories.lock().map(|h| h.clone()).unwrap_or_default() {
+            if let Err(e) = timelines.add(tli, history.as_deref()) {
+                found.push(Anomaly {
+                    check: "lost only within the asynchronous bound".into(),
+                    detail: format!("{e:#}"),
+                });
+            }
+        }
+        let (bound_found, furthest) =
+            db_checks::loss_bound(&txns, &lost_txns, &timelines, last_timeline, bound);
+        found.extend(bound_found);
         check(
-            "lost only in the failover window",
-            format!("{} of {acknowledged} acknowledged writes lost", lost_txns.len()),
-            db_checks::loss_window(&txns, &lost_txns),
+            "lost only within the asynchronous bound",
+            format!(
+                "{} of {acknowledged} acknowledged writes lost, the furthest {furthest} bytes past its \
+                 timeline's divergence (bound {} bytes, then {} ms)",
+                lost_txns.len(),
+                bound.bytes,
+                bound.span_us / 1_000
+            ),
+            found,
         );
     }
     check(
@@ -335,9 +358,60 @@ fn converge(cluster: &LocalCluster) -> Result<BTreeMap<u64, ServerEnd>> {
     Ok(ends)
 }
 
-/// The final lists and bank, read on the primary.
-fn read_finals(rw: &str) -> Result<(FinalLists, FinalBank)> {
+/// What asynchronous mode may lose with the cluster's settings (read on the primary).
+fn loss_bound_of(c: &mut postgres::Client) -> Result<LossBound> {
+    let row = c
+        .query_one(
+            "SELECT current_setting('pgraft.maximum_lag_on_failover')::text, \
+                    current_setting('pgraft.election_timeout')::text",
+            &[],
+        )
+        .context("read maximum_lag_on_failover and election_timeout")?;
+    let (lag, election): (String, String) = (row.get(0), row.get(1));
+    let lag = memory_bytes(&lag).with_context(|| format!("maximum_lag_on_failover {lag:?}"))?;
+    let election = election
+        .strip_suffix("ms")
+        .and_then(|v| v.parse().ok())
+        .or_else(|| election.strip_suffix('s').and_then(|v| v.parse::<u64>().ok()).map(|s| s * 1_000))
+        .with_context(|| format!("election_timeout {election:?}"))?;
+    Ok(LossBound::new(lag, fencing_bound_ms(election)))
+}
+
+/// A memory setting as `SHOW` prints it (`1MB`, `512kB`, `0`) in bytes.
+fn memory_bytes(v: &str) -> Option<u64> {
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (n, unit) = v.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let scale = match unit {
+        "" | "B" => 1,
+        "kB" => 1 << 10,
+        "MB" => 1 << 20,
+        "GB" => 1 << 30,
+        "TB" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(scale)
+}
+
+/// The final lists and bank, read on the primary, and its timeline (whose history joins
+/// `histories`).
+fn read_finals(
+    rw: &str,
+    histories: &Mutex<BTreeMap<u32, Option<String>>>,
+) -> Result<(FinalLists, FinalBank, u32)> {
     let mut c = connect(rw)?;
+    let row = c
+        .query_one(
+            "SELECT substr(w, 1, 8), pg_read_file('pg_wal/' || substr(w, 1, 8) || '.history', 0, 1048576, true) \
+             FROM pg_walfile_name(pg_current_wal_lsn()) w",
+            &[],
+        )
+        .context("read the final primary's timeline history")?;
+    let (hex, history): (String, Option<String>) = (row.get(0), row.get(1));
+    let timeline = u32::from_str_radix(&hex, 16).with_context(|| format!("timeline {hex:?}"))?;
+    if let Ok(mut h) = histories.lock() {
+        h.insert(timeline, history);
+    }
     let lists = c
         .query("SELECT k, v FROM torture_lists", &[])
         .context("read the final lists")?
@@ -356,5 +430,5 @@ fn read_finals(rw: &str) -> Result<(FinalLists, FinalBank)> {
         .iter()
         .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
         .collect();
-    Ok((lists, FinalBank { balances, ledger }))
+    Ok((lists, FinalBank { balances, ledger }, timeline))
 }

@@ -15,8 +15,9 @@
 //! invocation and completion times, and its outcome. Keys change every `key_period` so
 //! lists stay short.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
@@ -24,6 +25,7 @@ use anyhow::{anyhow, Context, Result};
 use super::db_history::{DbHistory, Micro, ServerId, Txn, TxnCall, TxnOutcome};
 use super::seeded_rng::SeededRng;
 use super::session::{QueryError, Session};
+use pgraft_core::ha::parse_lsn;
 
 /// The tables, created once on the primary before the clients start.
 pub const SCHEMA: &str = "\
@@ -54,6 +56,9 @@ pub struct DbWorkload {
     pub op_timeout: Duration,
     /// When the run started (the zero of every time in the history).
     pub start: Instant,
+    /// The history file of every timeline a session wrote on (`None` for timeline 1),
+    /// read when it connected: where each timeline forked, for the asynchronous loss check.
+    pub histories: Arc<Mutex<BTreeMap<u32, Option<String>>>>,
 }
 
 /// A session and the server it is on.
@@ -117,7 +122,8 @@ impl DbWorkload {
             let server = s.server;
             let mut call = self.choose(&mut rng, id, seq);
             let invoke_us = self.now_us();
-            let result = self.execute(s, &mut call).await;
+            let mut lsn = None;
+            let result = self.execute(s, &mut call, &mut lsn).await;
             let complete_us = self.now_us();
             let outcome = match result {
                 Ok(()) => TxnOutcome::Ok,
@@ -133,7 +139,7 @@ impl DbWorkload {
                 }
             };
             let failed = !matches!(outcome, TxnOutcome::Ok);
-            history.push(Txn { client: id, call, outcome, server, invoke_us, complete_us });
+            history.push(Txn { client: id, call, outcome, server, invoke_us, complete_us, lsn });
             if failed {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -152,7 +158,8 @@ impl DbWorkload {
         let client = &session.client;
         let set = "SET default_transaction_isolation = 'serializable'";
         let who = "SELECT inet_server_port(), (SELECT system_identifier FROM pg_control_system())::bigint, \
-                   pg_walfile_name(pg_current_wal_lsn())";
+                   w, pg_read_file('pg_wal/' || substr(w, 1, 8) || '.history', 0, 1048576, true) \
+                   FROM pg_walfile_name(pg_current_wal_lsn()) w";
         let row = tokio::time::timeout(self.op_timeout, async {
             client.batch_execute(set).await?;
             client.query_one(who, &[]).await
@@ -164,6 +171,10 @@ impl DbWorkload {
         let walfile: String = row.get(2);
         let timeline = u32::from_str_radix(walfile.get(..8).unwrap_or(""), 16)
             .with_context(|| format!("timeline of WAL file {walfile:?}"))?;
+        let history: Option<String> = row.get(3);
+        if let Ok(mut seen) = self.histories.lock() {
+            seen.entry(timeline).or_insert(history);
+        }
         let node = self
             .ports
             .iter()
@@ -203,7 +214,9 @@ impl DbWorkload {
         }
     }
 
-    async fn execute(&self, s: &DbSession, call: &mut TxnCall) -> Result<(), Abort> {
+    /// Runs `call` in one transaction; `lsn` gets the WAL insert position after its last
+    /// write.
+    async fn execute(&self, s: &DbSession, call: &mut TxnCall, lsn: &mut Option<u64>) -> Result<(), Abort> {
         let c = &s.session.client;
         let t = self.op_timeout;
         let step = |e: QueryError| Abort { error: e, at_commit: false };
@@ -220,15 +233,17 @@ impl DbWorkload {
                                 *value = Some(rows.first().map(|r| r.get(0)).unwrap_or_default());
                             }
                             Micro::Append { key, value } => {
-                                bounded(
+                                let row = bounded(
                                     t,
-                                    c.execute(
+                                    c.query_one(
                                         "INSERT INTO torture_lists VALUES ($1, ARRAY[$2::bigint]) \
-                                         ON CONFLICT (k) DO UPDATE SET v = torture_lists.v || $2::bigint",
+                                         ON CONFLICT (k) DO UPDATE SET v = torture_lists.v || $2::bigint \
+                                         RETURNING pg_current_wal_insert_lsn()::text",
                                         &[&*key, &*value],
                                     ),
                                 )
                                 .await?;
+                                *lsn = parse_lsn(row.get(0));
                             }
                         }
                     }
@@ -243,14 +258,16 @@ impl DbWorkload {
                         ),
                     )
                     .await?;
-                    bounded(
+                    let row = bounded(
                         t,
-                        c.execute(
-                            "INSERT INTO torture_transfers VALUES ($1, $2, $3, $4)",
+                        c.query_one(
+                            "INSERT INTO torture_transfers VALUES ($1, $2, $3, $4) \
+                             RETURNING pg_current_wal_insert_lsn()::text",
                             &[&*id, &*from, &*to, &*amount],
                         ),
                     )
                     .await?;
+                    *lsn = parse_lsn(row.get(0));
                 }
                 TxnCall::Balances { read } => {
                     let rows =

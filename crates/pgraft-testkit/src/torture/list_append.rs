@@ -466,6 +466,7 @@ mod tests {
             server: ServerId { node: 1, system_id: 1, timeline: 1 },
             invoke_us,
             complete_us,
+            lsn: None,
         }
     }
     fn r(key: i32, v: &[i64]) -> Micro {

@@ -33,6 +33,7 @@ mod nemesis;
 mod report;
 mod seeded_rng;
 mod session;
+mod timelines;
 mod torture_run;
 
 pub use checks::{
@@ -49,4 +50,5 @@ pub use nemesis::{FaultRecord, Nemesis};
 pub use report::{CheckResult, Gap, OpCounts, Report};
 pub use seeded_rng::SeededRng;
 pub use session::{QueryError, Session};
+pub use timelines::Timelines;
 pub use torture_run::{run, TortureOptions};

@@ -61,8 +61,11 @@ pub struct StatusReport {
     pub addresses: std::collections::BTreeMap<u64, String>,
     /// Peer connections refused.
     pub refused_connections: u64,
-    /// Bytes of the storage file.
+    /// Bytes of the member's data directory on disk: the log's database, snapshot
+    /// images and the worker's own files.
     pub disk_bytes: u64,
+    /// Bytes of the log's database file on disk.
+    pub log_disk_bytes: u64,
     /// Cluster-wide settings changed through the log.
     pub cluster_config: std::collections::BTreeMap<String, String>,
     /// The replicated HA state (failover).

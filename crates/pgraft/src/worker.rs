@@ -497,12 +497,15 @@ async fn answer(req: IpcRequest, ctx: &Ctx) -> IpcResponse {
                 return IpcResponse::Failed("the Raft member has not reported yet".into());
             };
             let cluster_config = node.inspect(|m| m.state().config.clone()).await.unwrap_or_default();
-            let disk_bytes = dir_size(&ctx.data_dir, 0);
+            let disk_bytes = dir_size(&ctx.data_dir, 1);
+            let log_disk_bytes =
+                std::fs::metadata(ctx.data_dir.join(pgraft_core::storage::FILE_NAME)).map_or(0, |m| m.len());
             IpcResponse::Status(Box::new(StatusReport {
                 member,
                 addresses: node.addresses(),
                 refused_connections: node.refused_connections(),
                 disk_bytes,
+                log_disk_bytes,
                 cluster_config,
                 ha: node.ha_view().map(|v| v.ha).unwrap_or_default(),
                 now_ms: now_ms(),

@@ -176,6 +176,35 @@ fn big_values_many_keys_and_a_member_that_catches_up_from_a_snapshot() {
     }
 }
 
+/// `replication_lag_bytes` is the bytes of log a member is missing, as the leader knows it;
+/// `log_size` the bytes of the log's entries.
+#[test]
+fn a_stopped_members_lag_and_the_log_are_measured_in_bytes() {
+    let pg_config = pg_configs().remove(0);
+    let c = Cluster::up("lagbytes", &pg_config);
+    assert_eq!(c.leader(), 1);
+    let lag = |of: u64| -> Option<i64> {
+        c.one(1, &format!("SELECT replication_lag_bytes FROM pgraft_get_nodes() WHERE node_id = {of}"))
+    };
+    let log_before: i64 = c.one(1, "SELECT log_size FROM pgraft_log_get_stats()");
+    c.ctl(&["stop", "3"]);
+    // Four values of 256 KiB.
+    for i in 0..4 {
+        assert!(c.one::<bool>(1, &format!("SELECT pgraft_kv_put('lag/{i}', repeat(md5('{i}'), 8192))")));
+    }
+    let missing = lag(3).expect("the leader knows what member 3 is missing");
+    assert!((1 << 20..2 << 20).contains(&missing), "member 3 misses {missing} bytes");
+    wait("member 2 to miss nothing", Duration::from_secs(10), || (lag(2) == Some(0)).then_some(()));
+    let log_after: i64 = c.one(1, "SELECT log_size FROM pgraft_log_get_stats()");
+    assert!(log_after - log_before >= 1 << 20, "log_size {log_before} then {log_after}");
+    assert!(c.one::<bool>(1, "SELECT disk_usage_mb >= 1 FROM pgraft_log_get_stats()"));
+    // A follower does not know the others' lag.
+    assert_eq!(c.one::<i64>(2, "SELECT count(replication_lag_bytes) FROM pgraft_get_nodes()"), 0);
+    c.ctl(&["start", "3"]);
+    wait("member 3 to catch up", Duration::from_secs(30), || (lag(3) == Some(0)).then_some(()));
+    c.ctl(&["down"]);
+}
+
 #[test]
 fn every_member_killed_at_once_keeps_every_acknowledged_key() {
     for pg_config in pg_configs() {

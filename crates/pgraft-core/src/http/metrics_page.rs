@@ -432,6 +432,7 @@ mod tests {
             applied: 10,
             first_index: 1,
             last_index: 10,
+            log_bytes: 400,
             voters: vec![1, 2, 3],
             learners: vec![],
             progress: vec![PeerProgress {
@@ -441,6 +442,7 @@ mod tests {
                 state: "replicate".into(),
                 recent_active: true,
                 learner: false,
+                lag_bytes: Some(40),
             }],
             counters,
             pending: 0,

@@ -56,6 +56,10 @@ pub struct PeerProgress {
     pub recent_active: bool,
     /// A learner.
     pub learner: bool,
+    /// The bytes of log it is missing (the encoded entries after `matched`), `None` when
+    /// some of them were compacted away (it needs a snapshot).
+    #[serde(default)]
+    pub lag_bytes: Option<u64>,
 }
 
 /// Counters of what the member has done since it started.
@@ -143,6 +147,9 @@ pub struct MemberStatus {
     pub first_index: u64,
     /// Last index in the log.
     pub last_index: u64,
+    /// The encoded bytes of the entries in the log (`first_index..=last_index`).
+    #[serde(default)]
+    pub log_bytes: u64,
     /// Voters.
     pub voters: Vec<u64>,
     /// Learners.
@@ -173,6 +180,9 @@ impl<S: LogStore> Member<S> {
         voters.sort_unstable();
         let mut learners: Vec<u64> = conf.learners().iter().copied().collect();
         learners.sort_unstable();
+        // Sizes are known for what the store holds (raft-rs may hold newer entries that are
+        // not written yet).
+        let stored_last = self.raw.store().last_index().unwrap_or(0);
         let progress = if r.state == StateRole::Leader {
             let mut p: Vec<PeerProgress> = r
                 .prs()
@@ -184,6 +194,7 @@ impl<S: LogStore> Member<S> {
                     state: format!("{:?}", pr.state).to_lowercase(),
                     recent_active: pr.recent_active || *id == self.cfg.id,
                     learner: conf.learners().contains(id),
+                    lag_bytes: self.raw.store().entry_bytes(pr.matched.min(stored_last), stored_last),
                 })
                 .collect();
             p.sort_by_key(|x| x.id);
@@ -201,6 +212,10 @@ impl<S: LogStore> Member<S> {
             applied: self.sm.applied_index,
             first_index: self.raw.store().first_index().unwrap_or(0),
             last_index: r.raft_log.last_index(),
+            log_bytes: {
+                let first = self.raw.store().first_index().unwrap_or(1);
+                self.raw.store().entry_bytes(first.saturating_sub(1), stored_last).unwrap_or(0)
+            },
             voters,
             learners,
             progress,

@@ -36,6 +36,7 @@ pub fn run_all<S: LogStore>(mut open: impl FnMut(Option<S>) -> S) {
     applying_a_snapshot_replaces_the_log(&mut open);
     identity_is_recorded_and_enforced(&mut open);
     size_limited_reads_return_at_least_one(open(None));
+    entry_bytes_follow_appends_overwrites_and_compaction(&mut open);
 }
 
 /// A new store: first index 1, last index 0, term(0) = 0, no snapshot.
@@ -183,4 +184,35 @@ fn size_limited_reads_return_at_least_one<S: LogStore>(mut s: S) {
     assert_eq!(got.len(), 1);
     let all = s.entries(1, 6, Some(u64::MAX), GetEntriesContext::empty(false)).expect("read");
     assert_eq!(all.len(), 5);
+}
+
+/// The bytes of a range of entries are their encoded sizes, through overwrites, reopen,
+/// compaction and an installed snapshot; a range reaching outside the log has none.
+fn entry_bytes_follow_appends_overwrites_and_compaction<S: LogStore>(open: &mut impl FnMut(Option<S>) -> S) {
+    use prost::Message as _;
+    let size = |es: &[Entry]| es.iter().map(|e| e.encoded_len() as u64).sum::<u64>();
+    let mut s = open(None);
+    assert_eq!(s.entry_bytes(0, 0), Some(0));
+    assert_eq!(s.entry_bytes(0, 1), None);
+    s.append(&ents(1..=10, 1)).expect("append");
+    s.append(&ents(8..=12, 2)).expect("overwrite from 8");
+    let s2 = open(Some(s));
+    let all: Vec<Entry> = ents(1..=7, 1).into_iter().chain(ents(8..=12, 2)).collect();
+    assert_eq!(s2.entry_bytes(0, 12), Some(size(&all)));
+    assert_eq!(s2.entry_bytes(3, 9), Some(size(&all[3..9])));
+    assert_eq!(s2.entry_bytes(12, 12), Some(0));
+    assert_eq!(s2.entry_bytes(11, 13), None, "13 is not in the log");
+    let mut s = s2;
+    create_snapshot_now(&mut s, 9, &ConfState::from((vec![1], vec![])), b"sm".to_vec(), 2).expect("snapshot");
+    let s = open(Some(s));
+    assert_eq!(s.first_index().expect("first"), 8);
+    assert_eq!(s.entry_bytes(7, 12), Some(size(&all[7..12])), "entries 8 and on are kept");
+    assert_eq!(s.entry_bytes(6, 12), None, "7 is compacted");
+    let mut s = s;
+    s.apply_snapshot(&super::snapshot_of(30, 3, &ConfState::from((vec![1], vec![])), b"x".to_vec()))
+        .expect("apply");
+    s.append(&ents(31..=32, 3)).expect("append after the snapshot");
+    let s = open(Some(s));
+    assert_eq!(s.entry_bytes(30, 32), Some(size(&ents(31..=32, 3))));
+    assert_eq!(s.entry_bytes(12, 32), None);
 }

@@ -1,5 +1,6 @@
 //! An in-memory store for unit tests and the deterministic simulation.
 
+use prost::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState};
 
@@ -162,6 +163,17 @@ impl LogStore for MemStore {
 
     fn disk_usage(&self) -> u64 {
         0
+    }
+
+    fn entry_bytes(&self, after: u64, upto: u64) -> Option<u64> {
+        if upto <= after {
+            return Some(0);
+        }
+        if after < self.trunc.0 || upto > self.last() {
+            return None;
+        }
+        let range = self.entries.get(self.pos(after + 1)..=self.pos(upto))?;
+        Some(range.iter().map(|e| e.encoded_len() as u64).sum())
     }
 }
 

@@ -8,6 +8,7 @@
 //! Every write method is **durable before it returns**: the member sends messages that
 //! depend on a write, and acknowledges clients, only afterwards.
 
+mod entry_sizes;
 mod identity;
 mod mem_store;
 pub(crate) mod redb_store;
@@ -18,7 +19,7 @@ pub mod conformance;
 
 pub use identity::Identity;
 pub use mem_store::MemStore;
-pub use redb_store::RedbStore;
+pub use redb_store::{RedbStore, FILE_NAME};
 pub use snapshot_file::{SnapshotImage, SnapshotWriter};
 
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -99,6 +100,10 @@ pub trait LogStore: raft::Storage {
 
     /// Bytes used on disk (0 for memory).
     fn disk_usage(&self) -> u64;
+
+    /// The encoded bytes of the log entries in `(after, upto]` (0 for an empty range),
+    /// without reading them; `None` if part of the range is not in the log.
+    fn entry_bytes(&self, after: u64, upto: u64) -> Option<u64>;
 }
 
 /// Writes `data` as the image of the snapshot at `index`/`term` with membership `cs` and

@@ -26,6 +26,7 @@ use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState};
 use redb::{Database, ReadableTable, TableDefinition};
 
+use super::entry_sizes::EntrySizes;
 use super::mem_store::check_append;
 use super::snapshot_file::{file_name, read_image, sync_dir, ImageData};
 use super::term_runs::TermRuns;
@@ -77,6 +78,8 @@ pub struct RedbStore {
     syncs: Arc<Mutex<Histogram>>,
     /// The term of every entry in the log, so `term` reads nothing.
     terms: TermRuns,
+    /// The size of every entry after the compacted index, in memory.
+    sizes: EntrySizes,
 }
 
 /// Log reads since the last [`RedbStore::take_read_stats`].
@@ -178,6 +181,7 @@ impl RedbStore {
             reads: ReadStats::default(),
             syncs: Arc::default(),
             terms: TermRuns::default(),
+            sizes: EntrySizes::default(),
             identity: None,
         };
         s.load()?;
@@ -256,13 +260,18 @@ impl RedbStore {
             )));
         }
         let mut terms = Vec::new();
+        let mut sizes = Vec::new();
         for item in redb_try!(log.range(self.trunc.0 + 1..), "read the log") {
             let (k, v) = redb_try!(item, "read the log");
             let e: Entry = decode(&format!("entry {}", k.value()), v.value())?;
             terms.push((k.value(), e.term));
+            sizes.push((k.value(), e.encoded_len() as u64));
         }
         self.terms.clear();
         self.terms.append(terms);
+        self.sizes.clear();
+        self.sizes.compact_to(self.trunc.0);
+        self.sizes.append(sizes);
         Ok(())
     }
 
@@ -468,6 +477,7 @@ impl LogStore for RedbStore {
         })?;
         self.last = new_last;
         self.terms.append(entries.iter().map(|e| (e.index, e.term)));
+        self.sizes.append(entries.iter().map(|e| (e.index, e.encoded_len() as u64)));
         Ok(())
     }
 
@@ -513,6 +523,8 @@ impl LogStore for RedbStore {
         self.trunc = (meta.index, meta.term);
         self.last = meta.index;
         self.terms.clear();
+        self.sizes.clear();
+        self.sizes.compact_to(meta.index);
         self.hard_state = hs;
         self.conf_state = cs;
         Ok(())
@@ -553,6 +565,7 @@ impl LogStore for RedbStore {
         if let Some(t) = new_trunc {
             self.trunc = t;
             self.terms.compact_to(t.0);
+            self.sizes.compact_to(t.0);
         }
         Ok(())
     }
@@ -589,6 +602,10 @@ impl LogStore for RedbStore {
             _ => 0,
         };
         std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0) + image
+    }
+
+    fn entry_bytes(&self, after: u64, upto: u64) -> Option<u64> {
+        self.sizes.bytes(after, upto)
     }
 }
 

@@ -248,7 +248,23 @@ fn members(st: &StatusReport) -> Vec<MemberView<'_>> {
         .collect()
 }
 
-/// One row per member.
+/// Where clients reach member `id`'s PostgreSQL server: as the member registered it for
+/// failover, or for this member its own port at its Raft host. `None` for another member
+/// that registered nothing (failover off): nobody here knows its port.
+fn client_url(st: &StatusReport, id: u64, raft_host: &str) -> Option<String> {
+    if let Some(s) = st.ha.servers.get(&id) {
+        return Some(format!("postgresql://{}:{}", s.host, s.port));
+    }
+    // SAFETY: PostPortNumber is set by the postmaster before any backend runs and never
+    // changes afterwards.
+    let port = unsafe { pgrx::pg_sys::PostPortNumber };
+    (id == st.member.id).then(|| format!("postgresql://{raft_host}:{port}"))
+}
+
+/// One row per member. `replication_lag_bytes` is the bytes of log the member is missing,
+/// as the leader knows it (NULL on a follower, and for a member whose missing entries were
+/// compacted: it is sent a snapshot); `lag_entries` of `pgraft_log_get_replication_status()`
+/// counts the entries.
 #[pg_extern]
 #[allow(clippy::type_complexity)]
 fn pgraft_get_nodes() -> TableIterator<
@@ -264,6 +280,7 @@ fn pgraft_get_nodes() -> TableIterator<
         name!(last_heartbeat_ms, Option<i64>),
         name!(replication_lag_bytes, Option<i64>),
         name!(is_learner, bool),
+        name!(client_url, Option<String>),
     ),
 > {
     let st = status();
@@ -277,10 +294,13 @@ fn pgraft_get_nodes() -> TableIterator<
             } else {
                 v.progress.map(|p| m.commit.min(p.matched) as i64)
             };
-            let lag = v.progress.map(|p| m.last_index.saturating_sub(p.matched) as i64);
+            // Bytes of log the member is missing, as the leader knows it (None elsewhere,
+            // and for a member whose missing entries were compacted: it needs a snapshot).
+            let lag = v.progress.and_then(|p| p.lag_bytes).map(|b| b as i64);
             let is_leader = v.id == m.leader_id;
             // From the configuration: `state` says "Unreachable" of a learner that is.
             let learner = m.learners.contains(&v.id);
+            let client_url = client_url(&st, v.id, &v.host);
             (
                 v.id as i32,
                 v.host,
@@ -292,6 +312,7 @@ fn pgraft_get_nodes() -> TableIterator<
                 v.heard_ms,
                 lag,
                 learner,
+                client_url,
             )
         })
         .collect();
@@ -316,7 +337,13 @@ pub fn state_of(id: u64, m: &pgraft_core::MemberStatus) -> String {
     }
 }
 
-/// One row per member with the cluster's status, as every document shows it.
+/// One row per member with the cluster's status, as every document shows it. `term`,
+/// `commit_index`, `last_log_index`, `messages_processed` and `elections_triggered` are each
+/// member's own: this member's figures on its row; on a leader, a follower's term (if it
+/// answered within the election timeout), the commit index it was told and the last index
+/// it holds as far as the leader knows; on a follower, the leader's term. NULL where this
+/// member does not know (nobody tells another member its counters). `current_term`,
+/// `leader_id` and `num_nodes` are the cluster's as this member sees it.
 #[pg_extern]
 #[allow(clippy::type_complexity)]
 fn pgraft_get_cluster_status() -> TableIterator<
@@ -327,15 +354,15 @@ fn pgraft_get_cluster_status() -> TableIterator<
         name!(port, i32),
         name!(is_leader, bool),
         name!(state, String),
-        name!(term, i64),
-        name!(commit_index, i64),
-        name!(last_log_index, i64),
+        name!(term, Option<i64>),
+        name!(commit_index, Option<i64>),
+        name!(last_log_index, Option<i64>),
         name!(last_heartbeat, Option<String>),
         name!(current_term, i64),
         name!(leader_id, i32),
         name!(num_nodes, i32),
-        name!(messages_processed, i64),
-        name!(elections_triggered, i64),
+        name!(messages_processed, Option<i64>),
+        name!(elections_triggered, Option<i64>),
     ),
 > {
     let st = status();
@@ -344,22 +371,29 @@ fn pgraft_get_cluster_status() -> TableIterator<
     let rows: Vec<_> = members(&st)
         .into_iter()
         .map(|v| {
-            let last = if v.is_me { m.last_index } else { v.progress.map_or(m.last_index, |p| p.matched) };
+            let own = |x: u64| v.is_me.then_some(x as i64);
+            let term = if v.is_me || v.id == m.leader_id || v.progress.is_some_and(|p| p.recent_active) {
+                Some(m.term as i64)
+            } else {
+                None
+            };
+            let commit = own(m.commit).or(v.progress.map(|p| m.commit.min(p.matched) as i64));
+            let last = own(m.last_index).or(v.progress.map(|p| p.matched as i64));
             (
                 v.id as i32,
                 v.host,
                 v.port,
                 v.id == m.leader_id,
                 state_of(v.id, m),
-                m.term as i64,
-                m.commit as i64,
-                last as i64,
+                term,
+                commit,
+                last,
                 v.heard_ms.map(seconds),
                 m.term as i64,
                 m.leader_id as i32,
                 n,
-                (m.counters.messages_received + m.counters.messages_sent) as i64,
-                m.counters.elections as i64,
+                own(m.counters.messages_received + m.counters.messages_sent),
+                own(m.counters.elections),
             )
         })
         .collect();
@@ -390,6 +424,10 @@ mod tests {
             ),
             "1 127.0.0.1 45901 t Leader 0"
         );
+        // Clients reach this member's server at its own port.
+        assert!(yes("SELECT bool_and(client_url LIKE 'postgresql://%:' || current_setting('port') \
+                     AND client_urls = client_url) \
+               FROM pgraft_get_nodes() JOIN pgraft.member_list ON id = node_id"));
         assert_eq!(
             one::<String>(
                 "SELECT format('%s %s %s %s %s %s %s', node_id, state, term = current_term, leader_id, num_nodes, \

@@ -70,7 +70,9 @@ fn pgraft_log_sync_with_leader() -> bool {
     matches!(bridge::raft(Request::Read(Read::Barrier, Consistency::Linearizable)), Response::Reached(_))
 }
 
-/// Statistics of this member's log.
+/// Statistics of this member's log: `log_size` is the bytes of the entries in it (as
+/// encoded), `disk_usage_mb` the size of the log's database file (which also holds the hard
+/// state and does not shrink when the log is compacted; snapshot images are apart).
 #[pg_extern]
 #[allow(clippy::type_complexity)]
 fn pgraft_log_get_stats() -> TableIterator<
@@ -89,13 +91,13 @@ fn pgraft_log_get_stats() -> TableIterator<
     let m = &st.member;
     let total = (m.last_index + 1).saturating_sub(m.first_index);
     TableIterator::once((
-        st.disk_bytes as i64,
+        m.log_bytes as i64,
         m.last_index as i64,
         m.commit as i64,
         m.applied as i64,
         m.first_index as i64,
         total as i64,
-        (st.disk_bytes as f64 / (1024.0 * 1024.0) * 1000.0).round() / 1000.0,
+        (st.log_disk_bytes as f64 / (1024.0 * 1024.0) * 1000.0).round() / 1000.0,
     ))
 }
 
@@ -253,5 +255,11 @@ mod tests {
         assert!(yes(
             "SELECT first_index = (SELECT first_index FROM pgraft_log_get_stats()) FROM pgraft_log_status"
         ));
+        // log_size is the log's entries in bytes; disk_usage_mb its database file on disk.
+        let before = one::<i64>("SELECT log_size FROM pgraft_log_get_stats()");
+        assert!(yes("SELECT pgraft_kv_put('log/big', repeat('x', 100000))"));
+        let after = one::<i64>("SELECT log_size FROM pgraft_log_get_stats()");
+        assert!((100_000..200_000).contains(&(after - before)), "log_size {before} then {after}");
+        assert!(yes("SELECT disk_usage_mb > 0.09 FROM pgraft_log_get_stats()"));
     }
 }

@@ -124,7 +124,7 @@ CREATE VIEW pgraft.member_list AS
          CASE WHEN n.state = 'Unreachable' THEN 'unreachable' ELSE 'started' END AS status,
          'node' || n.node_id AS name,
          'tcp://' || n.address || ':' || n.port AS peer_urls,
-         'postgresql://' || n.address AS client_urls,
+         n.client_url AS client_urls,
          n.is_leader,
          n.is_learner
     FROM pgraft_get_nodes() n;

@@ -146,6 +146,12 @@ fn raft(e: &mut Exposition, s: &MetricsSources<'_>) {
         "Vote requests left unanswered because this member's log was empty.",
         c.votes_withheld,
     );
+    counter(
+        e,
+        "pgraft_raft_messages_dropped_total",
+        "Peer messages dropped before raft-rs because it could not have taken them (malformed).",
+        c.messages_dropped,
+    );
     e.family("pgraft_raft_messages_sent_total", Kind::Counter, "Raft messages produced for peers, by type.");
     for t in 0..MESSAGE_TYPES {
         if c.sent_by_type[t] > 0 {

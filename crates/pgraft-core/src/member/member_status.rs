@@ -86,6 +86,10 @@ pub struct Counters {
     /// Vote requests left unanswered because this member's log is empty (see
     /// `Member::step`).
     pub votes_withheld: u64,
+    /// Peer messages dropped because raft-rs could not have taken them (see
+    /// `member/peer_check.rs`).
+    #[serde(default)]
+    pub messages_dropped: u64,
     /// Times the leader known here changed to another member (not to "none").
     pub leader_changes: u64,
     /// The time all snapshots here took to encode and write, in ms.

@@ -5,7 +5,7 @@ use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, Entry
 use raft::StateRole;
 use raft_proto::ConfChangeI as _;
 
-use super::{raft_err, ConfProposal, Member, Token, Waiting, NO_CLIENT};
+use super::{ConfProposal, Member, Token, Waiting, NO_CLIENT};
 use crate::command::ConfContext;
 use crate::error::{Error, Result};
 use crate::request::Response;
@@ -259,7 +259,19 @@ impl<S: LogStore> Member<S> {
                 .map_err(|err| Error::Storage(format!("conf change {}: {err}", e.index)))?
         };
         let ctx = if e.context.is_empty() { None } else { ConfContext::decode(&e.context).ok() };
-        let cs = self.raw.apply_conf_change(&cc).map_err(raft_err)?;
+        let cs = match self.raw.apply_conf_change(&cc) {
+            Ok(cs) => cs,
+            Err(err) => {
+                // raft-rs checked nothing and changed nothing: every member applies the
+                // same entry to the same configuration and refuses it alike, so the
+                // configuration stays as it was everywhere and the log goes on.
+                log::error!(
+                    "the configuration change at index {} cannot be applied ({err}); it changes nothing",
+                    e.index
+                );
+                return Ok(());
+            }
+        };
         self.raw.mut_store().set_conf_state(&cs)?;
         if self.raw.raft.state == StateRole::Leader && !cs.voters.contains(&self.cfg.id) {
             // A leader that removed itself must stop leading at once. raft-rs does not step

@@ -24,8 +24,10 @@ use crate::snapshot_job::SnapshotJob;
 use crate::state_machine::StateMachine;
 use crate::storage::{snapshot_of, Identity, LogStore};
 
+pub mod hand_net;
 mod member_status;
 mod membership;
+mod peer_check;
 mod read_rounds;
 mod snapshots;
 #[cfg(test)]
@@ -149,6 +151,10 @@ pub struct Member<S: LogStore> {
     reads: read_rounds::ReadRounds,
     /// Where the last `process_ready` calls spent their time.
     ready_times: ReadyTimes,
+    /// When a dropped peer message was last logged (at most one line a second).
+    last_drop_logged_ms: i64,
+    /// What the last dropped peer message was and why.
+    last_drop: String,
 }
 
 /// Where `process_ready` spent its time since the last [`Member::ready_times`] call, for
@@ -277,7 +283,15 @@ impl<S: LogStore> Member<S> {
             election_timeout_ms: 1000,
             reads: read_rounds::ReadRounds::default(),
             ready_times: ReadyTimes::default(),
+            last_drop_logged_ms: i64::MIN / 2,
+            last_drop: String::new(),
         })
+    }
+
+    /// Peer messages dropped as malformed since this member started (see `peer_check.rs`),
+    /// and why the last one was.
+    pub fn messages_dropped(&self) -> (u64, &str) {
+        (self.counters.messages_dropped, &self.last_drop)
     }
 
     /// This member's id.
@@ -469,6 +483,16 @@ impl<S: LogStore> Member<S> {
         self.counters.messages_received += 1;
         if let Some(n) = self.counters.received_by_type.get_mut(m.get_msg_type() as usize) {
             *n += 1;
+        }
+        if let Err(why) = self.check_peer_message(&mut m) {
+            self.counters.messages_dropped += 1;
+            let kind = message_type_name(m.get_msg_type() as usize);
+            self.last_drop = format!("a {kind} from node {} (term {}): {why}", m.from, m.term);
+            if self.now_ms - self.last_drop_logged_ms >= 1_000 {
+                self.last_drop_logged_ms = self.now_ms;
+                log::warn!("dropped {} ({} dropped so far)", self.last_drop, self.counters.messages_dropped);
+            }
+            return Ok(());
         }
         self.last_heard.insert(m.from, self.now_ms);
         if self.withholds_vote(&m) {

@@ -1,75 +1,14 @@
 //! Members on a hand-driven network: every message is delivered (or held back) by the
 //! test, and time moves only when it ticks.
 
-use std::collections::BTreeMap;
-
 use raft::prelude::{Message, MessageType};
 
 use super::{Member, MemberConfig, Token};
 use crate::request::{Consistency, Read, Request, Response};
-use crate::storage::MemStore;
 
-struct Net {
-    members: BTreeMap<u64, Member<MemStore>>,
-    /// Messages not delivered yet.
-    queue: Vec<Message>,
-}
+type Net = super::hand_net::HandNet;
 
 impl Net {
-    /// Three members; node 1's election timeout is the shortest, so it campaigns first.
-    fn three() -> Self {
-        let logger = slog::Logger::root(slog::Discard, slog::o!());
-        let addresses: Vec<(u64, String)> = (1..=3).map(|id| (id, format!("t:{id}"))).collect();
-        let members = (1..=3)
-            .map(|id| {
-                let mut store = MemStore::new();
-                Member::bootstrap(&mut store, &addresses).expect("bootstrap");
-                let mut cfg = MemberConfig::new(id, "t", 1);
-                cfg.election_tick = 10;
-                let timeout = if id == 1 { 10 } else { 30 };
-                cfg.election_range = Some((timeout, timeout + 1));
-                let mut m = Member::new(cfg, store, &logger).expect("member");
-                m.set_election_timeout_ms(1_000);
-                m.set_time(1_700_000_000_000);
-                (id, m)
-            })
-            .collect();
-        Net { members, queue: Vec::new() }
-    }
-
-    fn member(&mut self, id: u64) -> &mut Member<MemStore> {
-        self.members.get_mut(&id).expect("a member")
-    }
-
-    /// Processes every member's Ready and delivers messages until none is left, except
-    /// those `hold` keeps back (returned).
-    fn pump(&mut self, hold: impl Fn(&Message) -> bool) -> Vec<Message> {
-        let mut held = Vec::new();
-        loop {
-            for m in self.members.values_mut() {
-                while m.has_ready() {
-                    self.queue.extend(m.process_ready().expect("ready"));
-                }
-            }
-            if self.queue.is_empty() {
-                return held;
-            }
-            for msg in std::mem::take(&mut self.queue) {
-                if hold(&msg) {
-                    held.push(msg);
-                } else {
-                    self.member(msg.to).step(msg).expect("step");
-                }
-            }
-        }
-    }
-
-    fn tick_all(&mut self) {
-        for m in self.members.values_mut() {
-            m.tick();
-        }
-    }
-
     fn answered(&mut self, id: u64, token: Token) -> bool {
         self.member(id).take_answers().iter().any(|(t, r)| *t == token && matches!(r, Ok(Response::Kvs(_))))
     }

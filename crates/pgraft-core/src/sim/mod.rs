@@ -8,7 +8,8 @@
 //! - an applied entry never changes (section 5.4, State Machine Safety);
 //! - the client history is linearizable, which also means no acknowledged write is lost;
 //! - after the faults heal, a leader is elected and a write succeeds within a bound;
-//! - in the end every member holds the same KV state (same hash).
+//! - in the end every member holds the same KV state (same hash);
+//! - no member drops a message as malformed (honest peers send none).
 //!
 //! The seed derives everything; a failure names the seed and the command that replays it.
 
@@ -750,6 +751,14 @@ impl Sim {
     fn check_invariants(&mut self) -> Result<(), String> {
         for node in &mut self.nodes {
             let Some(m) = node.member.as_ref() else { continue };
+            if let (n @ 1.., last) = m.messages_dropped() {
+                // Reordered, duplicated and stale messages are the network's, not forgeries:
+                // the checks on peer messages must let every one of them through.
+                return Err(format!(
+                    "node {} dropped {n} messages of honest peers, the last {last}",
+                    node.id
+                ));
+            }
             if m.role() == Role::Leader {
                 let term = m.term();
                 match self.leaders.get(&term) {

@@ -260,6 +260,8 @@ fn pgraft_health_check() -> TableIterator<
         "OK".into(),
         if st.refused_connections > 0 { "info" } else { "ok" }.into(),
     ));
+    let dropped = m.counters.messages_dropped;
+    rows.push(row("dropped_peer_messages", dropped.to_string(), dropped == 0, "warning"));
     rows.push(("disk_usage_bytes".into(), st.disk_bytes.to_string(), "OK".into(), "ok".into()));
     TableIterator::new(rows)
 }

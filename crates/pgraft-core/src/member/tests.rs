@@ -83,3 +83,65 @@ fn a_member_whose_snapshot_cannot_be_read_refuses_to_start() {
     assert!(text.contains("refusing to start") && text.contains("checksum"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Messages raft-rs would panic on (each one did, found by the `peer_messages` fuzz target)
+/// are dropped and counted, and the cluster goes on committing.
+#[test]
+fn messages_raft_rs_would_panic_on_are_dropped_and_counted() {
+    use raft::prelude::Entry;
+    let mut net = Net::three();
+    net.elect_one();
+    let (term, last) = (net.member(1).term(), net.member(1).status().last_index);
+    let msg = |t: MessageType, from: u64, to: u64, term: u64| Message {
+        msg_type: t as i32,
+        from,
+        to,
+        term,
+        ..Default::default()
+    };
+    let forged = [
+        // To the leader: a read index without its context; an acknowledgement past its log.
+        (1, msg(MessageType::MsgReadIndex, 2, 1, 0)),
+        (1, Message { index: last + 10, ..msg(MessageType::MsgAppendResponse, 2, 1, term) }),
+        // To a follower: a vote request without a term; a proposal without entries; a
+        // transfer with a term set (raft-rs forwards it and refuses to send it).
+        (2, msg(MessageType::MsgRequestVote, 3, 2, 0)),
+        (2, msg(MessageType::MsgPropose, 3, 2, term)),
+        (2, msg(MessageType::MsgTransferLeader, 3, 2, term)),
+        // An append whose entry rewrites a committed one, and one that says an index past
+        // the log has term 0.
+        (
+            2,
+            Message {
+                index: 1,
+                log_term: 1,
+                entries: vec![Entry { index: 2, term: term + 1, ..Default::default() }].into(),
+                ..msg(MessageType::MsgAppend, 1, 2, term + 1)
+            },
+        ),
+        (
+            2,
+            Message {
+                index: last + 5,
+                log_term: 0,
+                commit: last + 5,
+                ..msg(MessageType::MsgAppend, 1, 2, term)
+            },
+        ),
+        // A read index answer with no term commits nowhere.
+        (2, Message { index: last + 5, ..msg(MessageType::MsgReadIndexResp, 1, 2, 0) }),
+    ];
+    let n = forged.len() as u64;
+    let transfer = forged.iter().filter(|(to, _)| *to == 2).count() as u64;
+    for (to, m) in forged {
+        net.member(to).step(m).expect("a dropped message is not an error");
+    }
+    assert_eq!(net.member(1).messages_dropped().0, n - transfer);
+    // The transfer is not dropped: its term is cleared and the follower forwards it.
+    assert_eq!(net.member(2).messages_dropped().0, transfer - 1, "{}", net.member(2).messages_dropped().1);
+    net.pump(|_| false);
+    net.member(1).submit(7, Request::Propose(crate::command::Body::Raw(b"after".to_vec())));
+    net.pump(|_| false);
+    let answers = net.member(1).take_answers();
+    assert!(answers.iter().any(|(t, r)| *t == 7 && r.is_ok()), "{answers:?}");
+}

@@ -70,9 +70,16 @@ fn too_far_behind(o: &Observation<'_>, rec: &PrimaryRecord, mine: DetachReport) 
     if o.sync != SyncMode::Off || o.max_lag == 0 || rec.node == o.raft.me {
         return None;
     }
-    let published = *o.ha.positions.get(&rec.node)?;
-    // A report on a later timeline than the primary's was promoted since; no lag to speak of.
-    if mine.timeline > rec.timeline {
+    // What the primary last published, and at least where it was promoted: a primary that
+    // has published nothing since (or only in an earlier term as primary) is not unbounded.
+    let published = o.ha.positions.get(&rec.node).copied().unwrap_or(0).max(rec.lsn);
+    // The primary writes on the timeline its promotion started (`rec.timeline + 1`; a
+    // bootstrap primary stays on `rec.timeline`), and so do the standbys that follow it: a
+    // report on that timeline is behind it like any other. Only a later one was promoted
+    // since, with no lag to speak of. (Comparing with `rec.timeline` alone let every
+    // standby that had followed a promoted primary through: the 30-minute asynchronous
+    // database torture lost 13 MB written by a primary whose replication links were cut.)
+    if mine.timeline > rec.timeline + 1 {
         return None;
     }
     let (_, have) = mine.position();
@@ -399,5 +406,51 @@ mod tests {
         o.max_lag = 1 << 20;
         o.sync = SyncMode::On;
         assert_eq!(decisions(&plan(&o)).len(), 1);
+    }
+
+    /// Standbys that followed the primary onto the timeline its promotion started are held
+    /// to the limit like any other; a primary that published nothing yet is bounded by
+    /// where it was promoted.
+    #[test]
+    fn the_lag_limit_holds_on_the_timeline_the_primary_started() {
+        let on_timeline = |ha: HaState, timeline: u32| {
+            let mut ha = ha;
+            for n in [2, 3] {
+                let report = DetachReport { term: 3, from: 1, timeline, received: 100, replayed: 100 };
+                ha.apply(&HaCommand::Detached { node: n, report }, 3).expect("report");
+            }
+            ha
+        };
+        let mut published = ha_with_primary(1, 2);
+        published
+            .apply(&HaCommand::Slots { node: 1, slots: Default::default(), position: 2_000_000 }, 2)
+            .expect("slots");
+        let ha = on_timeline(published.clone(), 2);
+        let mut view = server(true, 100, Receiving::Nothing);
+        view.timeline = 2;
+        let mut o = obs(&ha, RaftView { led_ms: 60_000, ..raft(3, 3, 3) }, view.clone());
+        o.sync = SyncMode::Off;
+        o.max_lag = 1 << 20;
+        let p = plan(&o);
+        assert!(decisions(&p).is_empty(), "{p:?}");
+        assert!(p.waiting.as_deref().is_some_and(|w| w.contains("maximum_lag_on_failover")), "{p:?}");
+        // A timeline after that one was promoted since: no limit to apply.
+        let later = on_timeline(published, 3);
+        let mut view3 = view.clone();
+        view3.timeline = 3;
+        let mut o3 = obs(&later, RaftView { led_ms: 60_000, ..raft(3, 3, 3) }, view3);
+        o3.sync = SyncMode::Off;
+        o3.max_lag = 1 << 20;
+        assert_eq!(decisions(&plan(&o3)).len(), 1);
+        // Nothing published: the promotion's position bounds it.
+        let mut promoted = ha_with_primary(1, 2);
+        let mut rec = promoted.primary.clone().expect("a primary");
+        rec.lsn = 3_000_000;
+        promoted.apply(&HaCommand::Primary(rec), 2).expect("primary");
+        let ha = on_timeline(promoted, 2);
+        let mut o = obs(&ha, RaftView { led_ms: 60_000, ..raft(3, 3, 3) }, view);
+        o.sync = SyncMode::Off;
+        o.max_lag = 1 << 20;
+        assert!(decisions(&plan(&o)).is_empty(), "{:?}", plan(&o));
     }
 }

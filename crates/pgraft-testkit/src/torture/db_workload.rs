@@ -130,6 +130,16 @@ impl DbWorkload {
                 Err(Abort { error, at_commit }) => {
                     if error.session_lost() {
                         session = None;
+                    } else if !at_commit {
+                        // The transaction is aborted but open: without a ROLLBACK every
+                        // later statement of the session fails ("current transaction is
+                        // aborted"), and the client would do nothing until a fault closed
+                        // its connection (the 30-minute runs lost half their clients so).
+                        let rollback =
+                            bounded(self.op_timeout, s.session.client.batch_execute("ROLLBACK")).await;
+                        if rollback.is_err() {
+                            session = None;
+                        }
                     }
                     if at_commit && !rolled_back(&error) {
                         TxnOutcome::Unknown { error: error.to_string() }

@@ -115,7 +115,7 @@ fn messages_raft_rs_would_panic_on_are_dropped_and_counted() {
             Message {
                 index: 1,
                 log_term: 1,
-                entries: vec![Entry { index: 2, term: term + 1, ..Default::default() }].into(),
+                entries: vec![Entry { index: 2, term: term + 1, ..Default::default() }],
                 ..msg(MessageType::MsgAppend, 1, 2, term + 1)
             },
         ),

@@ -70,6 +70,7 @@ ex 1 "Bad values are refused" "SELECT pgraft_set_config('heartbeat_interval', 'b
 ex 1 "Save the cluster-wide settings" "SELECT pgraft_save_config();"
 ex 2 "Settings" "SELECT * FROM pgraft_get_config();"
 ex 1 "Health" "SELECT * FROM pgraft_health_check();"
+ex 1 "How peers prove who they are to this member (tls: certificates naming node ids; cluster secret; none)" "SELECT pgraft_peer_authentication();"
 ex 1 "Queues" "SELECT * FROM pgraft_get_queue_status();"
 ex 1 "Debug logging" "SELECT pgraft_set_debug(true), pgraft_set_debug(false);"
 section "Tables"

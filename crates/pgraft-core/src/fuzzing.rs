@@ -15,10 +15,12 @@ pub fn frame(data: &[u8]) {
     let _ = Frame::decode(data);
 }
 
-/// A handshake: hello and answer.
+/// A handshake: hello, challenge, proof and answer.
 pub fn handshake(data: &[u8]) {
     let _ = Hello::decode(data);
     let _ = Ack::decode(data);
+    let _ = crate::transport::Challenge::decode(data);
+    let _ = crate::transport::Proof::decode(data);
 }
 
 /// A stream of length-prefixed frames fed to snapshot reassembly, as a connection would

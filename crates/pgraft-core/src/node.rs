@@ -31,7 +31,7 @@ use crate::metrics::Histogram;
 use crate::request::{Request, Response};
 use crate::snapshot_job::{SnapshotDone, SnapshotJob};
 use crate::storage::RedbStore;
-use crate::transport::{Inbound, Tls, TlsFiles, Transport, TransportConfig};
+use crate::transport::{ClusterSecret, Inbound, Tls, TlsFiles, Transport, TransportConfig};
 
 /// How a new member's storage is initialised on its first start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +64,9 @@ pub struct NodeConfig {
     pub source_ip: Option<IpAddr>,
     /// Mutual TLS files, when TLS is on.
     pub tls: Option<TlsFiles>,
+    /// The cluster secret every connection proves both ways (see
+    /// `transport/peer_auth.rs`), when set.
+    pub secret: Option<ClusterSecret>,
     /// Election timeout and heartbeat interval.
     pub timing: Timing,
     /// First-start initialisation.
@@ -209,6 +212,7 @@ impl Node {
             tcfg.source_ip = cfg.source_ip;
             tcfg.advertise = cfg.advertise.clone();
             tcfg.tls = tls;
+            tcfg.secret = cfg.secret.clone();
             let transport = Transport::start(tcfg, sink, runtime.handle().clone())
                 .map_err(|e| Error::InvalidArgument(format!("listen on {}: {e}", cfg.listen)))?;
             let local_addr = transport.local_addr;

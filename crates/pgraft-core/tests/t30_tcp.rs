@@ -1,5 +1,6 @@
 //! Real members on 127.0.0.1 over TCP: elections, forwarding, leader loss, partitions,
-//! restarts, and refused peers (untrusted certificate, wrong cluster id).
+//! restarts, and refused peers (untrusted certificate, a certificate of another node id,
+//! wrong cluster id, a wrong or missing cluster secret).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 use pgraft_core::command::Body;
 use pgraft_core::config::Timing;
 use pgraft_core::kv::KvOp;
-use pgraft_core::transport::TlsFiles;
+use pgraft_core::transport::{ClusterSecret, TlsFiles};
 use pgraft_core::{Bootstrap, Consistency, MemberConfig, Node, NodeConfig, Read, Request, Response, Role};
 use pgraft_testkit::{free_port, wait_until, PartitionProxy, ProxyClient};
 
@@ -28,6 +29,7 @@ struct Cluster {
     proxy: PathBuf,
     cluster_id: String,
     tls: Option<PathBuf>,
+    secret: Option<ClusterSecret>,
     timing: Timing,
 }
 
@@ -47,6 +49,7 @@ fn node_config(c: &Cluster, m: &Member, incarnation: u64) -> NodeConfig {
         advertise: m.spec.advertised_socket().to_string(),
         source_ip: Some(listen.ip()),
         tls: c.tls.as_ref().map(|d| tls_files(d, m.id)),
+        secret: c.secret.clone(),
         timing: c.timing,
         bootstrap: Bootstrap::Static(c.list.clone()),
     }
@@ -66,6 +69,10 @@ impl Cluster {
     }
 
     fn start_with(name: &str, n: u64, tls: bool, timing: Timing) -> Cluster {
+        Cluster::start_opts(name, n, tls, None, timing)
+    }
+
+    fn start_opts(name: &str, n: u64, tls: bool, secret: Option<ClusterSecret>, timing: Timing) -> Cluster {
         let dir = scratch(name);
         let members: Vec<Member> = (1..=n)
             .map(|id| Member {
@@ -103,7 +110,7 @@ impl Cluster {
             make_certs(&d, n, "pgraft test CA");
             d
         });
-        let mut c = Cluster { members, list, proxy, cluster_id: format!("t30-{name}"), tls, timing };
+        let mut c = Cluster { members, list, proxy, cluster_id: format!("t30-{name}"), tls, secret, timing };
         for i in 0..c.members.len() {
             c.boot(i, 1);
         }
@@ -284,6 +291,7 @@ fn tls_peers_with_untrusted_certificates_or_other_clusters_are_refused() {
         advertise: "127.0.1.44:1".into(),
         source_ip: Some(IpAddr::from([127, 0, 1, 44])),
         tls: Some(tls_files(&rogue_dir.join("tls"), 4)),
+        secret: None,
         timing: TIMING,
         bootstrap: Bootstrap::Static(
             c.list.iter().cloned().chain([(4, "127.0.0.1:1".to_string())]).collect(),
@@ -298,6 +306,36 @@ fn tls_peers_with_untrusted_certificates_or_other_clusters_are_refused() {
     assert_eq!(c.leader(Duration::from_secs(5)), leader, "the rogue disturbed the cluster");
     drop(rogue);
 
+    // An impostor with a valid certificate of this cluster's CA, node 3's, speaking as
+    // node 4: the certificate does not name pgraft-node-4.
+    let before: u64 = (1..=3).map(|id| c.handle(id).refused_connections()).sum();
+    let impostor = Node::start(NodeConfig {
+        member: MemberConfig::new(4, c.cluster_id.clone(), 1),
+        data_dir: rogue_dir.join("impostor"),
+        listen: SocketAddr::from(([127, 0, 1, 46], free_port().expect("port"))),
+        advertise: "127.0.1.46:1".into(),
+        source_ip: Some(IpAddr::from([127, 0, 1, 46])),
+        tls: Some(tls_files(c.tls.as_ref().expect("tls dir"), 3)),
+        secret: None,
+        timing: TIMING,
+        bootstrap: Bootstrap::Static(
+            c.list.iter().cloned().chain([(4, "127.0.0.1:1".to_string())]).collect(),
+        ),
+    })
+    .expect("the impostor starts");
+    wait_until(
+        "the members to refuse the impostor",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || {
+            let now: u64 = (1..=3).map(|id| c.handle(id).refused_connections()).sum();
+            Ok((now > before).then_some(()))
+        },
+    )
+    .expect("refused");
+    assert_eq!(c.leader(Duration::from_secs(5)), leader, "the impostor disturbed the cluster");
+    drop(impostor);
+
     // A member of another cluster with a trusted certificate is refused at the handshake.
     let before: u64 = (1..=3).map(|id| c.handle(id).refused_connections()).sum();
     let tls_dir = c.tls.clone().expect("tls dir");
@@ -308,6 +346,7 @@ fn tls_peers_with_untrusted_certificates_or_other_clusters_are_refused() {
         advertise: "127.0.1.45:1".into(),
         source_ip: Some(IpAddr::from([127, 0, 1, 45])),
         tls: Some(tls_files(&tls_dir, 1)),
+        secret: None,
         timing: TIMING,
         bootstrap: Bootstrap::Static(vec![
             (1, "127.0.0.1:1".into()),
@@ -345,6 +384,7 @@ fn a_learner_is_added_promoted_and_a_removed_member_added_back() {
         advertise: listen.to_string(),
         source_ip: Some(listen.ip()),
         tls: None,
+        secret: None,
         timing: TIMING,
         bootstrap: Bootstrap::Join,
     })
@@ -542,4 +582,53 @@ fn held_campaigns_let_the_other_members_win() {
         "held members waited at least two more election timeouts ({:?})",
         lost.elapsed()
     );
+}
+
+/// With a cluster secret, members prove it to each other by challenge and response; a
+/// member with another secret, or none, is refused in both directions, and the cluster goes
+/// on. The secret never crosses the wire (`transport/peer_auth.rs`).
+#[test]
+fn a_cluster_secret_is_proved_both_ways_and_strangers_are_refused() {
+    let secret = ClusterSecret::new(b"t30 cluster secret, 32 bytes long").expect("a secret");
+    let c = Cluster::start_opts("secret", 3, false, Some(secret), TIMING);
+    let leader = c.leader(Duration::from_secs(10));
+    assert!(matches!(c.put(leader, "guarded", "yes"), Ok(Response::Applied { .. })));
+    let dir = c.members[0].dir.parent().expect("cluster dir").join("strangers");
+    for (n, secret) in [
+        (47u8, Some(ClusterSecret::new(b"a different secret of some length").expect("a secret"))),
+        (48, None),
+    ] {
+        let before: u64 = (1..=3).map(|id| c.handle(id).refused_connections()).sum();
+        let ip = IpAddr::from([127, 0, 1, n]);
+        let stranger = Node::start(NodeConfig {
+            member: MemberConfig::new(4, c.cluster_id.clone(), 1),
+            data_dir: dir.join(format!("s{n}")),
+            listen: SocketAddr::new(ip, free_port().expect("port")),
+            advertise: format!("{ip}:1"),
+            source_ip: Some(ip),
+            tls: None,
+            secret,
+            timing: TIMING,
+            bootstrap: Bootstrap::Static(
+                c.list.iter().cloned().chain([(4, "127.0.0.1:1".to_string())]).collect(),
+            ),
+        })
+        .expect("the stranger starts");
+        let h = stranger.handle();
+        wait_until(
+            "the members to refuse the stranger",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || {
+                let now: u64 = (1..=3).map(|id| c.handle(id).refused_connections()).sum();
+                Ok((now > before).then_some(()))
+            },
+        )
+        .expect("refused");
+        assert_eq!(c.leader(Duration::from_secs(5)), leader, "a stranger disturbed the cluster");
+        // Nothing got through to the stranger either: it never learned a leader.
+        assert_eq!(h.status().map(|s| s.leader_id), Some(0), "the stranger heard a member");
+        drop(stranger);
+    }
+    assert_eq!(c.get(leader, "guarded", Consistency::Linearizable).as_deref(), Some("yes"));
 }

@@ -8,7 +8,7 @@ use pgraft_core::command::{Body, Origin, Proposal};
 use pgraft_core::fuzzing::TARGETS;
 use pgraft_core::kv::KvOp;
 use pgraft_core::sim::Rng;
-use pgraft_core::transport::{Ack, AckStatus, Frame, Hello, PROTOCOL_VERSION};
+use pgraft_core::transport::{Ack, AckStatus, Challenge, Frame, Hello, Proof, PROTOCOL_VERSION};
 use raft::prelude::{Message, MessageType};
 
 fn corpus() -> Vec<Vec<u8>> {
@@ -36,8 +36,20 @@ fn corpus() -> Vec<Vec<u8>> {
             to: 2,
             cluster_id: "c".into(),
             address: "127.0.0.1:7001".into(),
+            nonce: None,
         }
         .encode(),
+        Hello {
+            version: PROTOCOL_VERSION,
+            from: 1,
+            to: 2,
+            cluster_id: "c".into(),
+            address: String::new(),
+            nonce: Some([9; 16]),
+        }
+        .encode(),
+        Challenge { nonce: [1; 16], mac: [2; 32] }.encode(),
+        Proof { mac: [3; 32] }.encode(),
         Ack { version: PROTOCOL_VERSION, status: AckStatus::Accepted, node: 2 }.encode(),
         Proposal {
             origin: Origin { node: 1, incarnation: 2, seq: 3 },

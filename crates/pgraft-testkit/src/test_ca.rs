@@ -62,15 +62,16 @@ impl TestCa {
         Ok(IssuedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 
-    /// Writes `ca.crt` and `node<id>.crt` / `node<id>.key` for members 1..=n into `dir`;
-    /// keys are readable by their owner only, as a server insists.
+    /// Writes `ca.crt` and `node<id>.crt` / `node<id>.key` for members 1..=n into `dir`,
+    /// each certificate naming its node id (`pgraft-node-<id>`, which members check); keys
+    /// are readable by their owner only, as a server insists.
     pub fn write_member_files(&self, dir: &Path, n: u64) -> Result<Vec<MemberTlsFiles>> {
         fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let ca = dir.join("ca.crt");
         fs::write(&ca, self.pem()).with_context(|| format!("write {}", ca.display()))?;
         (1..=n)
             .map(|id| {
-                let issued = self.issue(&format!("node{id}"), &[])?;
+                let issued = self.issue(&format!("node{id}"), &[&pgraft_core::transport::node_name(id)])?;
                 let files = MemberTlsFiles {
                     cert: dir.join(format!("node{id}.crt")),
                     key: dir.join(format!("node{id}.key")),

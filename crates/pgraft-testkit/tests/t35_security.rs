@@ -161,6 +161,7 @@ fn hostile_peers_are_refused_logged_and_the_cluster_keeps_serving() {
         to: 2,
         cluster_id: "some-other-cluster".into(),
         address: "127.0.0.1:1".into(),
+        nonce: None,
     };
     s.write_all(&hello.encode()).expect("send the hello");
     let answer = drain(s);
@@ -179,6 +180,7 @@ fn hostile_peers_are_refused_logged_and_the_cluster_keeps_serving() {
         to: 3,
         cluster_id: c.cluster_id(),
         address: String::new(),
+        nonce: None,
     };
     s.write_all(&hello.encode()).expect("send the hello");
     let mut ack = [0u8; ACK_LEN];
@@ -192,9 +194,14 @@ fn hostile_peers_are_refused_logged_and_the_cluster_keeps_serving() {
 }
 
 /// Completes a TLS handshake (as a client trusting the cluster's CA, presenting `client`
-/// if any) on member `id`'s Raft port and sends a hello; returns what the member answered
-/// before closing, or the TLS error.
-fn tls_attempt(c: &Cluster, id: u64, client: Option<(&std::path::Path, &std::path::Path)>) -> String {
+/// if any) on member `id`'s Raft port and sends a hello from node `from`; returns what the
+/// member answered before closing, or the TLS error.
+fn tls_attempt(
+    c: &Cluster,
+    id: u64,
+    from: u64,
+    client: Option<(&std::path::Path, &std::path::Path)>,
+) -> String {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
@@ -224,10 +231,11 @@ fn tls_attempt(c: &Cluster, id: u64, client: Option<(&std::path::Path, &std::pat
     let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
     let hello = Hello {
         version: PROTOCOL_VERSION,
-        from: 1,
+        from,
         to: id,
         cluster_id: c.cluster_id(),
         address: String::new(),
+        nonce: None,
     };
     if let Err(e) = tls.write_all(&hello.encode()).and_then(|()| tls.flush()) {
         return format!("refused: {e}");
@@ -247,7 +255,7 @@ fn with_tls_peers_without_a_certificate_or_from_another_ca_are_refused() {
 
     // No client certificate: the member requires one.
     let before = c.refused(1);
-    let r = tls_attempt(&c, 1, None);
+    let r = tls_attempt(&c, 1, 3, None);
     assert!(r.starts_with("refused") || r.starts_with("closed"), "a peer without a certificate got in: {r}");
     c.wait_refusal(1, before, "TLS handshake failed");
     c.still_serves("no-cert");
@@ -257,13 +265,21 @@ fn with_tls_peers_without_a_certificate_or_from_another_ca_are_refused() {
     let dir = c.0.dir().join("other-ca");
     let files = other.write_member_files(&dir, 1).expect("a foreign certificate");
     let before = c.refused(2);
-    let r = tls_attempt(&c, 2, Some((&files[0].cert, &files[0].key)));
+    let r = tls_attempt(&c, 2, 1, Some((&files[0].cert, &files[0].key)));
     assert!(r.starts_with("refused") || r.starts_with("closed"), "a foreign certificate got in: {r}");
     c.wait_refusal(2, before, "TLS handshake failed");
     c.still_serves("other-ca");
 
-    // The cluster's own certificate is accepted (the test's client is sound).
+    // A member's valid certificate, speaking as another node id: its certificate names
+    // pgraft-node-3, not node 1.
     let own = c.0.tls_files(3);
-    let r = tls_attempt(&c, 2, Some((&own.cert, &own.key)));
+    let before = c.refused(2);
+    let r = tls_attempt(&c, 2, 1, Some((&own.cert, &own.key)));
+    assert_eq!(r, "answered: Ok(NotAuthenticated)", "node 3's certificate speaking as node 1");
+    c.wait_refusal(2, before, "does not name pgraft-node-1");
+    c.still_serves("impostor");
+
+    // The same certificate as the node it names is accepted (the test's client is sound).
+    let r = tls_attempt(&c, 2, 3, Some((&own.cert, &own.key)));
     assert_eq!(r, "answered: Ok(Accepted)", "a member's own certificate");
 }

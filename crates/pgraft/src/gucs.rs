@@ -42,6 +42,11 @@ pub static SSL_CERT_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CStr
 pub static SSL_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 /// The CA certificates (PEM) that peers' certificates must chain to.
 pub static SSL_CA_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+/// A secret every member proves to every other by challenge and response at the handshake
+/// (at least 16 bytes); empty: none. Superusers only, and not in `SHOW ALL`.
+pub static CLUSTER_SECRET: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+/// A file holding the cluster secret (its first line); wins over pgraft.cluster_secret.
+pub static CLUSTER_SECRET_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 /// A static initial member list, etcd-style: `1=host:port,2=host:port,...`. Empty: the
 /// one-member bootstrap of pgraft_init() and pgraft_add_node().
 pub static INITIAL_CLUSTER: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
@@ -333,6 +338,22 @@ pub fn init() {
         c"user:password every HTTP request must present with basic auth; empty asks for none.",
         c"",
         &HTTP_AUTH,
+        Postmaster,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_string_guc(
+        c"pgraft.cluster_secret",
+        c"A secret members prove to each other at every connection (challenge and response; at least 16 bytes).",
+        c"Empty: none. Use it where peers talk without TLS; pgraft.cluster_secret_file keeps it out of the configuration.",
+        &CLUSTER_SECRET,
+        Postmaster,
+        GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
+    );
+    GucRegistry::define_string_guc(
+        c"pgraft.cluster_secret_file",
+        c"A file whose first line is the cluster secret; wins over pgraft.cluster_secret.",
+        c"",
+        &CLUSTER_SECRET_FILE,
         Postmaster,
         GucFlags::SUPERUSER_ONLY,
     );

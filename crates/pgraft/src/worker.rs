@@ -22,7 +22,7 @@ use pgraft_core::config::{parse_initial_cluster, Timing};
 use pgraft_core::ipc::{read_message, write_message, SOCKET_PATH};
 use pgraft_core::metrics::OpMetrics;
 use pgraft_core::request::{Request, Response};
-use pgraft_core::transport::TlsFiles;
+use pgraft_core::transport::{ClusterSecret, TlsFiles};
 use pgraft_core::{Bootstrap, MemberConfig, Node, NodeConfig, NodeHandle, Role};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
@@ -116,6 +116,13 @@ fn settings() -> Result<Settings, String> {
     } else {
         None
     };
+    let secret = cluster_secret()?;
+    if tls.is_none() && secret.is_none() && !listen.ip().is_loopback() {
+        log::warn!(
+            "peers are not authenticated: this member listens on {listen} beyond loopback with neither \
+             pgraft.ssl_enabled nor pgraft.cluster_secret; anyone who reaches the port can speak as a member"
+        );
+    }
     let initial = parse_initial_cluster(&gucs::string(&gucs::INITIAL_CLUSTER)).map_err(|e| e.0)?;
     let static_cluster = !initial.is_empty();
     let bootstrap = if static_cluster {
@@ -156,6 +163,7 @@ fn settings() -> Result<Settings, String> {
             advertise: advertised.clone(),
             source_ip,
             tls,
+            secret,
             timing,
             bootstrap,
         },
@@ -163,6 +171,49 @@ fn settings() -> Result<Settings, String> {
         bootstrap_node: gucs::BOOTSTRAP_NODE.get() as u64,
         static_cluster,
     })
+}
+
+/// The cluster secret, from `pgraft.cluster_secret_file` (its first line) or
+/// `pgraft.cluster_secret`; `None` when neither is set. Never printed.
+fn cluster_secret() -> Result<Option<ClusterSecret>, String> {
+    let file = gucs::string(&gucs::CLUSTER_SECRET_FILE);
+    let text = if file.is_empty() {
+        gucs::string(&gucs::CLUSTER_SECRET)
+    } else {
+        let all =
+            std::fs::read_to_string(&file).map_err(|e| format!("pgraft.cluster_secret_file {file}: {e}"))?;
+        let line = all.lines().next().unwrap_or("").to_string();
+        if line.is_empty() {
+            return Err(format!("pgraft.cluster_secret_file {file}: its first line is empty"));
+        }
+        line
+    };
+    if text.is_empty() {
+        return Ok(None);
+    }
+    ClusterSecret::new(text.as_bytes()).map(Some).map_err(|e| format!("pgraft.cluster_secret: {e}"))
+}
+
+/// How peers prove who they are to this member, for `pgraft_health_check()` and
+/// `pgraft.auth_status`: `tls` (certificates naming node ids), `cluster secret`, both, or
+/// `none`; and whether that is a risk (none, beyond loopback).
+pub fn peer_authentication() -> (String, bool) {
+    let tls = gucs::SSL_ENABLED.get();
+    let secret = !gucs::string(&gucs::CLUSTER_SECRET_FILE).is_empty()
+        || !gucs::string(&gucs::CLUSTER_SECRET).is_empty();
+    let method = match (tls, secret) {
+        (true, true) => "tls and cluster secret",
+        (true, false) => "tls",
+        (false, true) => "cluster secret",
+        (false, false) => "none",
+    };
+    let host = match gucs::string(&gucs::LISTEN_ADDRESS) {
+        s if s.is_empty() => gucs::string(&gucs::ADDRESS),
+        s => s,
+    };
+    let loopback =
+        (host.as_str(), 0).to_socket_addrs().map(|mut a| a.all(|a| a.ip().is_loopback())).unwrap_or(false);
+    (method.to_string(), method == "none" && !loopback)
 }
 
 fn host_port(host: &str, port: u16) -> String {

@@ -79,6 +79,7 @@ fn up_kill_start_partition_heal_down() {
                 to: 3,
                 cluster_id: "probe".into(),
                 address: String::new(),
+                nonce: None,
             };
             s.write_all(&hello.encode())?;
             let mut ack = [0u8; 15];

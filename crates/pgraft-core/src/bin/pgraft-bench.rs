@@ -82,6 +82,7 @@ fn main() {
                 advertise: addrs[(i - 1) as usize].to_string(),
                 source_ip: None,
                 tls: None,
+                secret: None,
                 timing: Timing::default(),
                 bootstrap: Bootstrap::Static(list.clone()),
             })

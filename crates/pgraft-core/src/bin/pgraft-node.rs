@@ -56,6 +56,7 @@ fn main() {
             .unwrap_or_else(|| listen.to_string()),
         source_ip: Some(listen.ip()),
         tls: None,
+        secret: None,
         timing,
         bootstrap: Bootstrap::Static(
             members.iter().map(|m| (m.node_id, format!("{}:{}", m.host, m.port))).collect(),

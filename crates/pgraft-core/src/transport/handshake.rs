@@ -4,9 +4,14 @@
 //! dialer -> listener   HELLO = "PGRF" | version: u16 BE | from: u64 BE | to: u64 BE
 //!                              | cluster_len: u8 | cluster_id (1..=63 bytes)
 //!                              | address_len: u8 | address (the dialer's host:port, 0..=255)
+//!                              | version 2 only: nonce (16 bytes)
 //! listener -> dialer   ACK   = "PGRA" | version: u16 BE | status: u8 | node: u64 BE
-//! status 0 accepted, 1 version unsupported, 2 other cluster, 3 not this node
+//! status 0 accepted, 1 version unsupported, 2 other cluster, 3 not this node,
+//!        4 not authenticated
 //! ```
+//!
+//! Version 2 is the hello of a member with a cluster secret: a challenge and a proof come
+//! between hello and ack (see `peer_auth.rs`). A member without one speaks version 1.
 //!
 //! With TLS the handshake runs inside the TLS session, after both certificates were
 //! checked. A listener answers a refusal with its reason and closes; the dialer logs it.
@@ -16,10 +21,13 @@
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use super::peer_auth::NONCE_LEN;
 use crate::config::MAX_CLUSTER_ID_LEN;
 
 /// The protocol version spoken.
 pub const PROTOCOL_VERSION: u16 = 1;
+/// The version of a hello that offers a proof of the cluster secret.
+pub const PROTOCOL_VERSION_SECRET: u16 = 2;
 const HELLO_MAGIC: &[u8; 4] = b"PGRF";
 const ACK_MAGIC: &[u8; 4] = b"PGRA";
 /// Bytes of a hello before the cluster id.
@@ -40,6 +48,8 @@ pub struct Hello {
     pub cluster_id: String,
     /// Where the dialer can be reached (`host:port`; may be empty).
     pub address: String,
+    /// The dialer's fresh nonce, when it proves the cluster secret (version 2).
+    pub nonce: Option<[u8; NONCE_LEN]>,
 }
 
 /// How a listener answered.
@@ -53,6 +63,8 @@ pub enum AckStatus {
     OtherCluster = 2,
     /// This listener is not the member the dialer wanted.
     NotThisNode = 3,
+    /// The dialer did not prove the node id it claims (certificate) or the cluster secret.
+    NotAuthenticated = 4,
 }
 
 impl AckStatus {
@@ -63,6 +75,9 @@ impl AckStatus {
             AckStatus::VersionUnsupported => "protocol version not supported",
             AckStatus::OtherCluster => "the peer belongs to another cluster",
             AckStatus::NotThisNode => "the peer is not the node that was dialed",
+            AckStatus::NotAuthenticated => {
+                "the peer did not prove who it is (a certificate naming its node id, or the cluster secret)"
+            }
         }
     }
 }
@@ -105,13 +120,17 @@ impl Hello {
         let id = &self.cluster_id.as_bytes()[..self.cluster_id.len().min(255)];
         let addr = &self.address.as_bytes()[..self.address.len().min(255)];
         let mut b = HELLO_MAGIC.to_vec();
-        b.extend(self.version.to_be_bytes());
+        let version = if self.nonce.is_some() { PROTOCOL_VERSION_SECRET } else { self.version };
+        b.extend(version.to_be_bytes());
         b.extend(self.from.to_be_bytes());
         b.extend(self.to.to_be_bytes());
         b.push(id.len() as u8);
         b.extend(id);
         b.push(addr.len() as u8);
         b.extend(addr);
+        if let Some(n) = &self.nonce {
+            b.extend(n);
+        }
         b
     }
 
@@ -130,6 +149,7 @@ impl Hello {
             to: be_u64(&head[14..22]),
             cluster_id: String::new(),
             address: String::new(),
+            nonce: None,
         };
         Ok((hello, len))
     }
@@ -154,6 +174,15 @@ impl Hello {
             .ok_or_else(|| HandshakeError::Malformed("short address".into()))?;
         hello.address = String::from_utf8(addr.to_vec())
             .map_err(|_| HandshakeError::Malformed("address is not UTF-8".into()))?;
+        if hello.version == PROTOCOL_VERSION_SECRET {
+            let at = at + 1 + alen;
+            let n = bytes
+                .get(at..at + NONCE_LEN)
+                .ok_or_else(|| HandshakeError::Malformed("short nonce".into()))?;
+            let mut nonce = [0u8; NONCE_LEN];
+            nonce.copy_from_slice(n);
+            hello.nonce = Some(nonce);
+        }
         Ok(hello)
     }
 
@@ -171,12 +200,17 @@ impl Hello {
         r.read_exact(&mut addr).await?;
         hello.address =
             String::from_utf8(addr).map_err(|_| HandshakeError::Malformed("address is not UTF-8".into()))?;
+        if hello.version == PROTOCOL_VERSION_SECRET {
+            let mut nonce = [0u8; NONCE_LEN];
+            r.read_exact(&mut nonce).await?;
+            hello.nonce = Some(nonce);
+        }
         Ok(hello)
     }
 
     /// The listener's verdict on this hello.
     pub fn judge(&self, cluster_id: &str, me: u64) -> AckStatus {
-        if self.version != PROTOCOL_VERSION {
+        if self.version != PROTOCOL_VERSION && self.version != PROTOCOL_VERSION_SECRET {
             AckStatus::VersionUnsupported
         } else if self.cluster_id != cluster_id {
             AckStatus::OtherCluster
@@ -208,6 +242,7 @@ impl Ack {
             1 => AckStatus::VersionUnsupported,
             2 => AckStatus::OtherCluster,
             3 => AckStatus::NotThisNode,
+            4 => AckStatus::NotAuthenticated,
             s => return Err(HandshakeError::Malformed(format!("unknown status {s}"))),
         };
         Ok(Ack { version: be_u16(&b[4..6]), status, node: be_u64(&b[7..15]) })
@@ -217,6 +252,14 @@ impl Ack {
     pub async fn read<R: AsyncRead + Unpin>(r: &mut R) -> Result<Ack, HandshakeError> {
         let mut b = [0u8; ACK_LEN];
         r.read_exact(&mut b).await?;
+        Self::decode(&b)
+    }
+
+    /// Reads the rest of an ack whose first four bytes were read.
+    pub async fn read_rest<R: AsyncRead + Unpin>(magic: &[u8; 4], r: &mut R) -> Result<Ack, HandshakeError> {
+        let mut b = [0u8; ACK_LEN];
+        b[..4].copy_from_slice(magic);
+        r.read_exact(&mut b[4..]).await?;
         Self::decode(&b)
     }
 }
@@ -234,8 +277,12 @@ mod tests {
             to: 2,
             cluster_id: "prod".into(),
             address: "127.0.0.1:7001".into(),
+            nonce: None,
         };
         assert_eq!(Hello::decode(&h.encode()).expect("decodes"), h);
+        let with_nonce = Hello { version: PROTOCOL_VERSION_SECRET, nonce: Some([7; NONCE_LEN]), ..h.clone() };
+        assert_eq!(Hello::decode(&with_nonce.encode()).expect("decodes"), with_nonce);
+        assert_eq!(with_nonce.judge("prod", 2), AckStatus::Accepted);
         assert_eq!(h.judge("prod", 2), AckStatus::Accepted);
         assert_eq!(h.judge("other", 2), AckStatus::OtherCluster);
         assert_eq!(h.judge("prod", 3), AckStatus::NotThisNode);
@@ -248,12 +295,30 @@ mod tests {
     #[test]
     fn garbage_is_malformed() {
         assert!(Hello::decode(b"GET / HTTP/1.1\r\n\r\n").is_err());
-        let mut long =
-            Hello { version: 1, from: 1, to: 2, cluster_id: "x".repeat(64), address: String::new() }.encode();
+        let mut long = Hello {
+            version: 1,
+            from: 1,
+            to: 2,
+            cluster_id: "x".repeat(64),
+            address: String::new(),
+            nonce: None,
+        }
+        .encode();
         assert!(Hello::decode(&long).is_err(), "a 64-byte cluster id");
         long.truncate(10);
         assert!(Hello::decode(&long).is_err());
         assert!(Ack::decode(b"PGRA\0\x01\x09\0\0\0\0\0\0\0\x01").is_err(), "unknown status");
+        let mut short = Hello {
+            version: PROTOCOL_VERSION_SECRET,
+            from: 1,
+            to: 2,
+            cluster_id: "x".into(),
+            address: String::new(),
+            nonce: Some([1; NONCE_LEN]),
+        }
+        .encode();
+        short.pop();
+        assert!(Hello::decode(&short).is_err(), "a nonce one byte short");
     }
 
     proptest! {

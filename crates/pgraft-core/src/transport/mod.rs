@@ -16,12 +16,14 @@
 mod frame;
 mod handshake;
 mod peer;
+mod peer_auth;
 mod tls;
 
 pub use frame::{
     read_frame, write_frame, Frame, FrameError, Reassembly, DEFAULT_FRAME_CAP, DEFAULT_SNAPSHOT_CAP,
 };
-pub use handshake::{Ack, AckStatus, HandshakeError, Hello, PROTOCOL_VERSION};
+pub use handshake::{Ack, AckStatus, HandshakeError, Hello, PROTOCOL_VERSION, PROTOCOL_VERSION_SECRET};
+pub use peer_auth::{certificate_names, node_name, Challenge, ClusterSecret, Proof, MIN_SECRET_LEN};
 pub use tls::{server_only as tls_server_only, Tls, TlsError, TlsFiles};
 
 use std::collections::{BTreeMap, HashMap};
@@ -77,8 +79,10 @@ pub struct TransportConfig {
     /// The source address of outgoing connections (the listen address, so peers and
     /// proxies see who is calling); `None`: chosen by the OS.
     pub source_ip: Option<IpAddr>,
-    /// Mutual TLS, when on.
+    /// Mutual TLS, when on; each certificate must name its member's node id.
     pub tls: Option<Tls>,
+    /// The cluster secret both ends of every connection must prove, when set.
+    pub secret: Option<ClusterSecret>,
     /// Largest frame.
     pub frame_cap: u32,
     /// Largest snapshot.
@@ -97,6 +101,7 @@ impl TransportConfig {
             listen,
             source_ip: None,
             tls: None,
+            secret: None,
             frame_cap: DEFAULT_FRAME_CAP,
             snapshot_cap: DEFAULT_SNAPSHOT_CAP,
             queue_len: 4096,
@@ -229,12 +234,15 @@ async fn accept_loop(
             let r = match cfg.tls.clone() {
                 Some(tls) => {
                     match tokio::time::timeout(Duration::from_secs(10), tls.acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => serve_peer(s, addr, &cfg, &sink, &stats).await,
+                        Ok(Ok(s)) => {
+                            let cert = s.get_ref().1.peer_certificates().and_then(|c| c.first()).cloned();
+                            serve_peer(s, addr, cert, &cfg, &sink, &stats).await
+                        }
                         Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
                         Err(_) => Err("TLS handshake timed out".to_string()),
                     }
                 }
-                None => serve_peer(stream, addr, &cfg, &sink, &stats).await,
+                None => serve_peer(stream, addr, None, &cfg, &sink, &stats).await,
             };
             if let Err(e) = r {
                 stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -245,10 +253,12 @@ async fn accept_loop(
 }
 
 /// Handshake, then frames until the connection ends. Returns an error only for a refusal
-/// (bad handshake, bad frame); a peer hanging up is normal.
+/// (bad handshake, bad frame); a peer hanging up is normal. `cert` is the dialer's TLS
+/// certificate.
 async fn serve_peer<S>(
     mut s: S,
     addr: SocketAddr,
+    cert: Option<rustls::pki_types::CertificateDer<'static>>,
     cfg: &TransportConfig,
     sink: &InboundSink,
     stats: &TransportStats,
@@ -261,14 +271,22 @@ where
         Ok(Err(e)) => return Err(e.to_string()),
         Err(_) => return Err("no handshake within 10 s".into()),
     };
-    let status = hello.judge(&cfg.cluster_id, cfg.node_id);
+    let mut status = hello.judge(&cfg.cluster_id, cfg.node_id);
+    let mut why = None;
+    if status == AckStatus::Accepted {
+        if let Err(e) = authenticate_dialer(&mut s, &hello, cert.as_ref(), cfg).await {
+            status = AckStatus::NotAuthenticated;
+            why = Some(e);
+        }
+    }
     let ack = Ack { version: PROTOCOL_VERSION, status, node: cfg.node_id };
     let _ = s.write_all(&ack.encode()).await;
     let _ = s.flush().await;
     if status != AckStatus::Accepted {
         return Err(format!(
-            "{} (it says it is node {} of cluster {:?}, calling node {}; this is node {} of cluster {:?})",
+            "{}{} (it says it is node {} of cluster {:?}, calling node {}; this is node {} of cluster {:?})",
             status.describe(),
+            why.map(|w| format!(": {w}")).unwrap_or_default(),
             hello.from,
             hello.cluster_id,
             hello.to,
@@ -307,6 +325,43 @@ where
             }
             Ok(None) => {}
             Err(e) => return Err(format!("from node {}: {e}", hello.from)),
+        }
+    }
+}
+
+/// Checks that the dialer is the node its hello names: its certificate names that node id
+/// (with TLS), and it proves the cluster secret (when this member has one), by challenge
+/// and response. `Err` says why not.
+async fn authenticate_dialer<S>(
+    s: &mut S,
+    hello: &Hello,
+    cert: Option<&rustls::pki_types::CertificateDer<'static>>,
+    cfg: &TransportConfig,
+) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if cfg.tls.is_some() && !cert.is_some_and(|c| certificate_names(c, hello.from)) {
+        return Err(format!("its certificate does not name {}", node_name(hello.from)));
+    }
+    match (&cfg.secret, hello.nonce) {
+        (None, None) => Ok(()),
+        (Some(_), None) => Err("it offers no proof of the cluster secret".into()),
+        (None, Some(_)) => Err("it offers a proof of a cluster secret, and this member has none".into()),
+        (Some(secret), Some(_)) => {
+            let bytes = hello.encode();
+            let challenge = secret.challenge(&bytes).map_err(|e| e.to_string())?;
+            s.write_all(&challenge.encode()).await.map_err(|e| e.to_string())?;
+            s.flush().await.map_err(|e| e.to_string())?;
+            let proof = tokio::time::timeout(Duration::from_secs(10), Proof::read(s))
+                .await
+                .map_err(|_| "no proof of the cluster secret within 10 s".to_string())?
+                .map_err(|e| e.to_string())?;
+            if secret.dialer_proved(&bytes, &challenge, &proof) {
+                Ok(())
+            } else {
+                Err("its proof of the cluster secret is wrong".into())
+            }
         }
     }
 }

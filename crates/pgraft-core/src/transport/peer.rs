@@ -3,12 +3,12 @@
 use std::time::Duration;
 
 use raft::prelude::{Message, MessageType};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc::Receiver;
 
 use super::{
-    dial, write_frame, Ack, AckStatus, Frame, Hello, Inbound, InboundSink, Tls, TransportConfig,
-    PROTOCOL_VERSION,
+    certificate_names, dial, node_name, write_frame, Ack, AckStatus, Challenge, ClusterSecret, Frame,
+    HandshakeError, Hello, Inbound, InboundSink, Tls, TransportConfig, PROTOCOL_VERSION,
 };
 
 type Conn = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
@@ -103,12 +103,17 @@ fn report_failure(sink: &InboundSink, m: &Message) {
 
 async fn connect(cfg: &TransportConfig, to: u64, address: &str) -> Result<Conn, String> {
     let tcp = dial(address, cfg.source_ip).await.map_err(|e| e.to_string())?;
+    let nonce = match cfg.secret {
+        Some(_) => Some(super::peer_auth::nonce().map_err(|e| e.to_string())?),
+        None => None,
+    };
     let hello = Hello {
         version: PROTOCOL_VERSION,
         from: cfg.node_id,
         to,
         cluster_id: cfg.cluster_id.clone(),
         address: cfg.advertise.clone(),
+        nonce,
     };
     match &cfg.tls {
         Some(tls) => {
@@ -119,24 +124,54 @@ async fn connect(cfg: &TransportConfig, to: u64, address: &str) -> Result<Conn, 
                 .trim_end_matches(']');
             let name = Tls::server_name(host).map_err(|e| e.to_string())?;
             let mut s = tls.connector.connect(name, tcp).await.map_err(|e| format!("TLS handshake: {e}"))?;
-            greet(&mut s, &hello).await?;
+            let names_it = s
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .is_some_and(|c| certificate_names(c, to));
+            if !names_it {
+                return Err(format!("the certificate at {address} does not name {}", node_name(to)));
+            }
+            greet(&mut s, &hello, cfg.secret.as_ref()).await?;
             Ok(Box::new(s))
         }
         None => {
             let mut s = tcp;
-            greet(&mut s, &hello).await?;
+            greet(&mut s, &hello, cfg.secret.as_ref()).await?;
             Ok(Box::new(s))
         }
     }
 }
 
+/// Sends the hello; with a cluster secret, checks the listener's challenge proves it too
+/// before answering with this member's proof; then reads the verdict.
 async fn greet<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     s: &mut S,
     hello: &Hello,
+    secret: Option<&ClusterSecret>,
 ) -> Result<(), String> {
-    s.write_all(&hello.encode()).await.map_err(|e| e.to_string())?;
+    let bytes = hello.encode();
+    s.write_all(&bytes).await.map_err(|e| e.to_string())?;
     s.flush().await.map_err(|e| e.to_string())?;
-    let ack = tokio::time::timeout(Duration::from_secs(5), Ack::read(s))
+    let answer = async {
+        let mut magic = [0u8; 4];
+        s.read_exact(&mut magic).await?;
+        if let (true, Some(secret)) = (Challenge::starts(&magic), secret) {
+            let challenge = Challenge::read_rest(s).await?;
+            if !secret.listener_proved(&bytes, &challenge) {
+                return Err(HandshakeError::Malformed(format!(
+                    "node {} did not prove the cluster secret",
+                    hello.to
+                )));
+            }
+            s.write_all(&secret.proof(&bytes, &challenge).encode()).await?;
+            s.flush().await?;
+            s.read_exact(&mut magic).await?;
+        }
+        Ack::read_rest(&magic, s).await
+    };
+    let ack = tokio::time::timeout(Duration::from_secs(5), answer)
         .await
         .map_err(|_| "no handshake answer within 5 s".to_string())?
         .map_err(|e| e.to_string())?;

@@ -191,6 +191,13 @@ fn pgraft_get_queue_status(
     ])
 }
 
+/// How peers prove who they are to this member: `tls` (certificates naming node ids),
+/// `cluster secret`, `tls and cluster secret`, or `none`.
+#[pg_extern]
+fn pgraft_peer_authentication() -> String {
+    crate::worker::peer_authentication().0
+}
+
 /// Health of this member and of the cluster as it sees it: one row per metric, with a
 /// status and a severity (`ok`, `info`, `warning`, `critical`).
 #[pg_extern]
@@ -260,6 +267,8 @@ fn pgraft_health_check() -> TableIterator<
         "OK".into(),
         if st.refused_connections > 0 { "info" } else { "ok" }.into(),
     ));
+    let (auth, unprotected) = crate::worker::peer_authentication();
+    rows.push(row("peer_authentication", auth, !unprotected, "warning"));
     let dropped = m.counters.messages_dropped;
     rows.push(row("dropped_peer_messages", dropped.to_string(), dropped == 0, "warning"));
     rows.push(("disk_usage_bytes".into(), st.disk_bytes.to_string(), "OK".into(), "ok".into()));

@@ -170,12 +170,16 @@ CREATE VIEW pgraft.endpoint_hashkv AS
 CREATE VIEW pgraft.watch_status AS
   SELECT NULL::bigint AS watcher_id, NULL::boolean AS is_active, NULL::int AS watch_count, NULL::int AS watch_pending
    WHERE false;
--- Authentication is PostgreSQL's: always on; revision counts the roles that may change the
--- cluster (they can run pgraft_add_node).
+-- What is enforced: clients are PostgreSQL's roles (only those granted the functions that
+-- change the cluster may; revision counts them), members prove who they are by TLS
+-- certificates naming their node ids or by the cluster secret. enabled: members are
+-- authenticated; peer_authentication says how ('none' when not).
 CREATE VIEW pgraft.auth_status AS
-  SELECT true AS enabled,
+  SELECT a.method <> 'none' AS enabled,
          (SELECT count(*) FROM pg_roles r
-           WHERE has_function_privilege(r.oid, 'pgraft_add_node(integer, text, integer)', 'EXECUTE'))::bigint AS revision;
+           WHERE has_function_privilege(r.oid, 'pgraft_add_node(integer, text, integer)', 'EXECUTE'))::bigint AS revision,
+         a.method AS peer_authentication
+    FROM (SELECT pgraft_peer_authentication() AS method) a;
 CREATE VIEW pgraft.alarm_list AS
   SELECT a.alarm, current_setting('pgraft.node_id')::bigint AS "memberID"
     FROM pgraft_shared_state() s,
@@ -268,7 +272,13 @@ mod tests {
             one::<i64>("SELECT hash FROM pgraft_kv_hash()")
         );
         assert_eq!(one::<i64>("SELECT count(*) FROM pgraft.watch_status"), 0, "pgraft has no watches");
-        assert!(yes("SELECT enabled AND revision >= 1 FROM pgraft.auth_status"), "superusers may change it");
+        assert!(
+            yes("SELECT NOT enabled AND peer_authentication = 'none' AND revision >= 1 FROM pgraft.auth_status"),
+            "superusers may change it; no peer authentication is configured here"
+        );
+        assert!(yes(
+            "SELECT value = 'none' AND status = 'OK' FROM pgraft_health_check() WHERE metric = 'peer_authentication'"
+        ));
         assert_eq!(
             one::<i64>("SELECT count(*) FROM pgraft.alarm_list"),
             0,

@@ -64,6 +64,9 @@ pub struct UpOptions {
     /// Mutual TLS between members: a certificate authority and one certificate per
     /// member are made under `DIR/tls`, and the `pgraft.ssl_*` settings point at them.
     pub tls: bool,
+    /// Members prove a cluster secret to each other at every connection (a random one,
+    /// written to every member's `pgraft.cluster_secret`).
+    pub cluster_secret: bool,
     /// Members dial each other's listen address directly instead of through the partition
     /// proxy: one hop less on the Raft path (for benchmarks), but `partition` has no effect.
     pub direct_peers: bool,
@@ -86,6 +89,7 @@ impl Default for UpOptions {
             pg_config: PathBuf::from(PgInstall::DEFAULT_PG_CONFIG),
             proxy_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("pgraftctl")),
             tls: false,
+            cluster_secret: false,
             direct_peers: false,
             ha: false,
             http: false,
@@ -107,6 +111,9 @@ pub struct ClusterState {
     /// Whether members talk over mutual TLS (certificates in `DIR/tls`).
     #[serde(default)]
     pub tls: bool,
+    /// The cluster secret members prove to each other, if any.
+    #[serde(default)]
+    pub cluster_secret: Option<String>,
     /// Whether members dial each other's listen address, bypassing the partition proxy.
     #[serde(default)]
     pub direct_peers: bool,
@@ -204,6 +211,7 @@ impl LocalCluster {
             proxy_exe: opts.proxy_exe.clone(),
             nodes,
             tls: opts.tls,
+            cluster_secret: if opts.cluster_secret { Some(random_secret()?) } else { None },
             direct_peers: opts.direct_peers,
             ha: opts.ha,
         };
@@ -681,6 +689,9 @@ impl LocalCluster {
                 t.ca.display()
             ));
         }
+        if let Some(secret) = &self.state.cluster_secret {
+            text.push_str(&format!("pgraft.cluster_secret = '{secret}'\n"));
+        }
         append_conf(&n.data_dir, &text)
     }
 
@@ -930,4 +941,14 @@ fn log_since(file: &Path, from: u64, max: usize) -> String {
     } else {
         lines.join(" | ")
     }
+}
+
+/// 32 random hexadecimal characters, from the kernel.
+fn random_secret() -> Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("read random bytes for the cluster secret")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -42,6 +42,10 @@ fn up(name: &str) -> Cluster {
 }
 
 fn up_with(name: &str, tls: bool) -> Cluster {
+    up_opts(name, tls, false)
+}
+
+fn up_opts(name: &str, tls: bool, cluster_secret: bool) -> Cluster {
     let dir = std::env::temp_dir().join(format!("pgraft-t-sec-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create the cluster directory");
@@ -52,6 +56,7 @@ fn up_with(name: &str, tls: bool) -> Cluster {
         pg_config: pg_config(),
         proxy_exe: PathBuf::from(env!("CARGO_BIN_EXE_pgraft-torture")),
         tls,
+        cluster_secret,
         ..UpOptions::default()
     };
     Cluster(LocalCluster::up(&opts).expect("start a three-member cluster"))
@@ -282,4 +287,33 @@ fn with_tls_peers_without_a_certificate_or_from_another_ca_are_refused() {
     // The same certificate as the node it names is accepted (the test's client is sound).
     let r = tls_attempt(&c, 2, 3, Some((&own.cert, &own.key)));
     assert_eq!(r, "answered: Ok(Accepted)", "a member's own certificate");
+}
+
+/// With a cluster secret, a peer that offers no proof of it is answered "not authenticated"
+/// and refused; the members prove it to each other and keep serving, and the views say
+/// what is enforced.
+#[test]
+fn with_a_cluster_secret_a_peer_without_it_is_refused() {
+    let c = up_opts("secret", false, true);
+    c.still_serves("before");
+    let mut s = c.0.connect(1).expect("connect");
+    let row =
+        s.query_one("SELECT enabled, peer_authentication FROM pgraft.auth_status", &[]).expect("auth_status");
+    assert_eq!((row.get::<_, bool>(0), row.get::<_, String>(1)), (true, "cluster secret".to_string()));
+    let before = c.refused(2);
+    let mut peer = c.dial(2);
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        from: 1,
+        to: 2,
+        cluster_id: c.cluster_id(),
+        address: String::new(),
+        nonce: None,
+    };
+    peer.write_all(&hello.encode()).expect("send the hello");
+    let answer = drain(peer);
+    let ack = Ack::decode(&answer).expect("an ack");
+    assert_eq!(ack.status, AckStatus::NotAuthenticated);
+    c.wait_refusal(2, before, "offers no proof of the cluster secret");
+    c.still_serves("after");
 }

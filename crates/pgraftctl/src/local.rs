@@ -40,6 +40,10 @@ enum LocalCommand {
         /// set in pgraft.ssl_enabled / ssl_cert_file / ssl_key_file / ssl_ca_file.
         #[arg(long)]
         tls: bool,
+        /// Members prove a random cluster secret to each other at every connection
+        /// (pgraft.cluster_secret), instead of or beside TLS.
+        #[arg(long)]
+        cluster_secret: bool,
         /// One PostgreSQL cluster: node 1 the primary, the others its streaming standbys
         /// (a physical slot each); each JSON line says the member's `role`, and a last line
         /// gives the `read_write_conninfo` of the whole cluster.
@@ -183,7 +187,18 @@ enum LocalCommand {
 
 pub fn run(args: LocalArgs) -> Result<()> {
     match args.command {
-        LocalCommand::Up { nodes, dir, raft_port, pg_port, no_init, pg_config, tls, ha, http } => {
+        LocalCommand::Up {
+            nodes,
+            dir,
+            raft_port,
+            pg_port,
+            no_init,
+            pg_config,
+            tls,
+            cluster_secret,
+            ha,
+            http,
+        } => {
             let opts = UpOptions {
                 nodes,
                 dir,
@@ -193,6 +208,7 @@ pub fn run(args: LocalArgs) -> Result<()> {
                 pg_config,
                 proxy_exe: std::env::current_exe().context("locate the pgraftctl binary")?,
                 tls,
+                cluster_secret,
                 direct_peers: false,
                 ha,
                 http,

@@ -128,6 +128,7 @@ pub fn run(opts: &TortureOptions) -> Result<Report> {
         pg_config: opts.pg_config.clone(),
         proxy_exe: opts.proxy_exe.clone(),
         tls: opts.tls,
+        cluster_secret: false,
         direct_peers: false,
         ha: opts.db,
         http: false,

@@ -155,8 +155,8 @@ fn make_backup(args: &BackupArgs) -> Result<Manifest> {
         )
     });
     // The slot first, so the server keeps every segment from the backup's start on.
-    let wal_cfg = WalConfig::from_conninfo(&args.conn.conninfo)
-        .context("--conninfo, for the replication connection that streams the WAL")?;
+    let wal_cfg = WalConfig::from_conninfo(&args.conn.conninfo()?)
+        .context("the connection settings, for the replication connection that streams the WAL")?;
     let data = dir.join("data");
     let mut wal = BackupWal::open(&wal_cfg, &data.join("pg_wal"), seg)
         .context("prepare streaming the backup's WAL (a replication connection and a temporary slot)")?;

@@ -1,8 +1,10 @@
 //! How the cluster commands (`member`, `endpoint`, `leader`, `kv`, `log`, `config`) reach
-//! the members: etcdctl's `--endpoints` list, or libpq's `PG*` variables, over libpq.
+//! the members: etcdctl's `--endpoints` list, or psql's ways (`-h`, `-p`, `-U`, `-d` with
+//! a name, a connection string or a URI, and the `PG*` variables; see `pg_conn.rs`).
 //!
 //! ```text
-//!   --endpoints a:5432,b:5433     (or PGRAFTCTL_ENDPOINTS, or PGHOST=a,b PGPORT=5432,5433)
+//!   --endpoints a:5432,b:5433     (or PGRAFTCTL_ENDPOINTS, or -h a,b -p 5432,5433, or
+//!                                  PGHOST=a,b PGPORT=5432,5433, or -d 'host=a,b port=...')
 //!        │
 //!        ├─ any():    the first endpoint that answers (the next on a refused connection)
 //!        ├─ leader(): any(), then the member that pgraft_get_leader() names, found among
@@ -20,30 +22,21 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use postgres::{Client, NoTls};
 
+use crate::pg_conn::{ConnSpec, PgConnArgs};
 use crate::server::Output;
 
 /// Connection settings and the output format, shared by the cluster commands.
 #[derive(Args, Debug, Clone)]
 pub struct ClusterArgs {
     /// Members' PostgreSQL addresses, `host:port` (or `host`, or a Unix socket directory),
-    /// comma separated. Default: PGHOST and PGPORT, which may list several like libpq's.
+    /// comma separated. Default: the hosts and ports of -h/-p, -d or PGHOST/PGPORT, which
+    /// may list several like libpq's.
     #[arg(long, global = true, value_delimiter = ',', env = "PGRAFTCTL_ENDPOINTS")]
     pub endpoints: Vec<String>,
-    /// Host when --endpoints is not given: a name, an IP address or a Unix socket directory
-    /// (default 127.0.0.1).
-    #[arg(long, global = true, env = "PGHOST")]
-    pub host: Option<String>,
-    /// Port when an endpoint names none; a comma-separated list pairs with the hosts
-    /// (default 5432).
-    #[arg(long, global = true, env = "PGPORT")]
-    pub port: Option<String>,
-    /// Role to connect as (default: the operating system user, as libpq). The password
-    /// comes from PGPASSWORD.
-    #[arg(long, short = 'U', global = true, env = "PGUSER")]
-    pub user: Option<String>,
-    /// Database where the pgraft extension was created (default: the role's name, as libpq).
-    #[arg(long, global = true, env = "PGDATABASE")]
-    pub dbname: Option<String>,
+    /// Host, port, role and database (the database where the pgraft extension was created),
+    /// as psql takes them.
+    #[command(flatten)]
+    pub pg: PgConnArgs,
     /// How long to wait for a connection to one endpoint (`500ms`, `2s`).
     #[arg(long, global = true, default_value = "2s", value_parser = parse_duration)]
     pub dial_timeout: Duration,
@@ -115,55 +108,22 @@ impl Session {
 impl ClusterArgs {
     /// The endpoints to use, in order.
     pub fn endpoint_list(&self) -> Result<Vec<Endpoint>> {
-        let ports: Vec<u16> = match &self.port {
-            None => vec![],
-            Some(p) => p
-                .split(',')
-                .map(|p| p.trim().parse::<u16>().with_context(|| format!("port {p:?} is not a port number")))
-                .collect::<Result<_>>()?,
-        };
-        let default_port = match ports.as_slice() {
-            [] => 5432,
-            [p] => *p,
-            _ if self.endpoints.is_empty() => 0, // paired with the hosts below
-            _ => bail!("--port lists several ports; with --endpoints give each endpoint its port"),
-        };
-        if !self.endpoints.is_empty() {
-            return self.endpoints.iter().map(|e| parse_endpoint(e, default_port)).collect();
-        }
-        let hosts: Vec<String> = match &self.host {
-            None => vec!["127.0.0.1".to_string()],
-            Some(h) => h.split(',').map(|h| h.trim().to_string()).collect(),
-        };
-        if ports.len() > 1 && ports.len() != hosts.len() {
-            bail!("{} hosts but {} ports: give one port, or one per host", hosts.len(), ports.len());
-        }
-        Ok(hosts
-            .into_iter()
-            .enumerate()
-            .map(|(i, host)| Endpoint { host, port: if ports.len() > 1 { ports[i] } else { default_port } })
-            .collect())
+        endpoints_of(&self.endpoints, &self.pg.resolve()?)
     }
 
     /// Opens a connection to one endpoint.
     pub fn connect(&self, ep: &Endpoint) -> Result<Session> {
-        let user = self
-            .user
-            .clone()
-            .or_else(|| std::env::var("USER").ok())
-            .or_else(|| std::env::var("LOGNAME").ok())
-            .unwrap_or_else(|| "postgres".to_string());
-        let dbname = self.dbname.clone().unwrap_or_else(|| user.clone());
+        let spec = self.pg.resolve()?;
         let mut cfg = postgres::Config::new();
         cfg.host(&ep.host)
             .port(ep.port)
-            .user(&user)
-            .dbname(&dbname)
-            .application_name("pgraftctl")
+            .user(&spec.user)
+            .dbname(&spec.dbname)
+            .application_name(spec.application_name.as_deref().unwrap_or("pgraftctl"))
             .connect_timeout(self.dial_timeout)
             .options(&format!("-c statement_timeout={}", self.command_timeout.as_millis()));
-        if let Ok(pw) = std::env::var("PGPASSWORD") {
-            cfg.password(&pw);
+        if let Some(pw) = &spec.password {
+            cfg.password(pw);
         }
         let client = cfg.connect(NoTls).map_err(sql_error).with_context(|| format!("connect to {ep}"))?;
         Ok(Session { endpoint: ep.clone(), client })
@@ -273,6 +233,27 @@ pub fn sql_error(e: postgres::Error) -> anyhow::Error {
     anyhow!(text)
 }
 
+/// The endpoints: `--endpoints` (each with its port, or the one port of `spec`), else the
+/// hosts of `spec` paired with its ports.
+fn endpoints_of(endpoints: &[String], spec: &ConnSpec) -> Result<Vec<Endpoint>> {
+    if !endpoints.is_empty() {
+        let default_port = match spec.ports.as_slice() {
+            [p] => *p,
+            _ => bail!("--port lists several ports; with --endpoints give each endpoint its port"),
+        };
+        return endpoints.iter().map(|e| parse_endpoint(e, default_port)).collect();
+    }
+    Ok(spec
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(i, host)| Endpoint {
+            host: host.clone(),
+            port: spec.ports.get(i).or(spec.ports.first()).copied().unwrap_or(5432),
+        })
+        .collect())
+}
+
 /// `host:port`, `[v6]:port`, `host` or `/socket/dir` (port from `default_port`).
 fn parse_endpoint(s: &str, default_port: u16) -> Result<Endpoint> {
     let s = s.trim();
@@ -336,25 +317,23 @@ mod tests {
     }
 
     #[test]
-    fn pghost_and_pgport_lists_pair_up() {
-        let args = |host: Option<&str>, port: Option<&str>, eps: &[&str]| ClusterArgs {
-            endpoints: eps.iter().map(|s| s.to_string()).collect(),
-            host: host.map(str::to_string),
-            port: port.map(str::to_string),
-            user: None,
-            dbname: None,
-            dial_timeout: Duration::from_secs(1),
-            command_timeout: Duration::from_secs(1),
-            output: Output::Table,
+    fn host_and_port_lists_pair_up() {
+        let list = |host: Option<&str>, port: Option<&str>, eps: &[&str]| {
+            let pg = PgConnArgs {
+                host: host.map(str::to_string),
+                port: port.map(str::to_string),
+                ..Default::default()
+            };
+            let spec = pg.resolve_with(&|_| None)?;
+            let eps: Vec<String> = eps.iter().map(|s| s.to_string()).collect();
+            endpoints_of(&eps, &spec).map(|v| v.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(","))
         };
-        let list = |a: ClusterArgs| {
-            a.endpoint_list().map(|v| v.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(","))
-        };
-        assert_eq!(list(args(None, None, &[])).unwrap(), "127.0.0.1:5432");
-        assert_eq!(list(args(Some("a,b"), Some("1,2"), &[])).unwrap(), "a:1,b:2");
-        assert_eq!(list(args(Some("a,b"), Some("7"), &[])).unwrap(), "a:7,b:7");
-        assert!(list(args(Some("a,b,c"), Some("1,2"), &[])).is_err());
-        assert_eq!(list(args(Some("ignored"), Some("9"), &["x", "y:3"])).unwrap(), "x:9,y:3");
+        assert_eq!(list(Some("127.0.0.1"), None, &[]).unwrap(), "127.0.0.1:5432");
+        assert_eq!(list(Some("a,b"), Some("1,2"), &[]).unwrap(), "a:1,b:2");
+        assert_eq!(list(Some("a,b"), Some("7"), &[]).unwrap(), "a:7,b:7");
+        assert!(list(Some("a,b,c"), Some("1,2"), &[]).is_err());
+        assert_eq!(list(Some("ignored"), Some("9"), &["x", "y:3"]).unwrap(), "x:9,y:3");
+        assert!(list(Some("a,b"), Some("1,2"), &["x"]).is_err(), "several ports with --endpoints");
     }
 
     #[test]

@@ -20,12 +20,13 @@ mod log;
 mod lsn;
 mod manifest;
 mod member;
+mod pg_conn;
 mod server;
 mod switchover;
 mod table;
 mod wal;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// pgraft: Raft consensus inside PostgreSQL.
 #[derive(Parser)]
@@ -65,8 +66,22 @@ enum Command {
     Config(config::ConfigArgs),
 }
 
+/// Frees `-h` for the host, as psql and pg_basebackup have it: help is `--help` (or `-?`)
+/// on every command.
+fn psql_style_help(cmd: clap::Command) -> clap::Command {
+    let cmd = cmd
+        .disable_help_flag(true)
+        .arg(clap::Arg::new("help").long("help").short('?').action(clap::ArgAction::Help).help("Print help"));
+    let names: Vec<String> = cmd.get_subcommands().map(|c| c.get_name().to_string()).collect();
+    names.iter().fold(cmd, |cmd, name| cmd.mut_subcommand(name, psql_style_help))
+}
+
 fn main() {
-    let cli = Cli::parse();
+    let matches = psql_style_help(Cli::command()).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
         Command::Local(args) => local::run(args),
         Command::Lsn(args) => lsn::run(args),

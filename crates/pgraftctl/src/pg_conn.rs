@@ -94,7 +94,12 @@ fn list(s: &str) -> Vec<String> {
 fn ports(s: &str, what: &str) -> Result<Vec<u16>> {
     list(s)
         .iter()
-        .map(|p| p.parse::<u16>().ok().filter(|p| *p > 0).with_context(|| format!("{what}: {p:?} is not a port number")))
+        .map(|p| {
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .with_context(|| format!("{what}: {p:?} is not a port number"))
+        })
         .collect()
 }
 
@@ -118,7 +123,11 @@ impl PgConnArgs {
             sslmode: var("PGSSLMODE").map(|m| sslmode(&m, "PGSSLMODE")).transpose()?,
             application_name: var("PGAPPNAME"),
             connect_timeout: var("PGCONNECT_TIMEOUT")
-                .map(|t| t.parse::<u64>().map(Duration::from_secs).context("PGCONNECT_TIMEOUT: not a number of seconds"))
+                .map(|t| {
+                    t.parse::<u64>()
+                        .map(Duration::from_secs)
+                        .context("PGCONNECT_TIMEOUT: not a number of seconds")
+                })
                 .transpose()?,
         };
         let from_flags = Values {
@@ -162,6 +171,54 @@ impl PgConnArgs {
     pub fn resolve(&self) -> Result<ConnSpec> {
         self.resolve_with(&|k| std::env::var(k).ok())
     }
+
+    /// A connection string for the WAL streaming client, which applies the PG* variables
+    /// itself and knows keys tokio-postgres does not (`sslrootcert`): the flags, then `-d`
+    /// as written (a connection string), converted (a URI) or as `dbname` (a name), so that
+    /// later values win in the same order as [`PgConnArgs::resolve`].
+    pub fn walstream_conninfo(&self) -> Result<String> {
+        let mut parts = Vec::new();
+        if let Some(h) = &self.host {
+            parts.push(format!("host={}", quote(h)));
+        }
+        if let Some(p) = &self.port {
+            ports(p, "--port")?;
+            parts.push(format!("port={}", quote(p)));
+        }
+        if let Some(u) = &self.username {
+            parts.push(format!("user={}", quote(u)));
+        }
+        match self.dbname.as_deref() {
+            None => {}
+            Some(d) if d.starts_with("postgresql://") || d.starts_with("postgres://") => {
+                let v = parse_conninfo(d)?;
+                if let Some(h) = v.hosts {
+                    parts.push(format!("host={}", quote(&h.join(","))));
+                }
+                if let Some(p) = v.ports {
+                    let p: Vec<String> = p.iter().map(u16::to_string).collect();
+                    parts.push(format!("port={}", quote(&p.join(","))));
+                }
+                for (k, val) in [
+                    ("user", v.user),
+                    ("password", v.password),
+                    ("dbname", v.dbname),
+                    ("sslmode", v.sslmode),
+                    ("application_name", v.application_name),
+                ] {
+                    if let Some(val) = val {
+                        parts.push(format!("{k}={}", quote(&val)));
+                    }
+                }
+                if let Some(t) = v.connect_timeout {
+                    parts.push(format!("connect_timeout={}", t.as_secs().max(1)));
+                }
+            }
+            Some(d) if d.contains('=') => parts.push(d.to_string()),
+            Some(d) => parts.push(format!("dbname={}", quote(d))),
+        }
+        Ok(parts.join(" "))
+    }
 }
 
 /// Whether psql would take `-d`'s value as a connection string rather than a name.
@@ -171,7 +228,8 @@ fn looks_like_conninfo(d: &str) -> bool {
 
 /// A connection string or URI's values (the parsing is tokio-postgres's, libpq's syntax).
 fn parse_conninfo(d: &str) -> Result<Values> {
-    let cfg: postgres::Config = d.parse().with_context(|| "-d/--dbname: not a valid connection string or URI")?;
+    let cfg: postgres::Config =
+        d.parse().with_context(|| "-d/--dbname: not a valid connection string or URI")?;
     let hosts: Vec<String> = cfg
         .get_hosts()
         .iter()
@@ -229,102 +287,5 @@ impl ConnSpec {
             parts.push(format!("connect_timeout={}", t.as_secs().max(1)));
         }
         parts.join(" ")
-    }
-
-    /// `host:port` of each host, for messages (never the password).
-    pub fn target(&self) -> String {
-        self.hosts
-            .iter()
-            .enumerate()
-            .map(|(i, h)| format!("{h}:{}", self.ports.get(i).or(self.ports.first()).copied().unwrap_or(5432)))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashMap;
-
-    fn resolve(args: PgConnArgs, env: &[(&str, &str)]) -> Result<ConnSpec> {
-        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        args.resolve_with(&|k| env.get(k).cloned())
-    }
-
-    #[test]
-    fn variables_then_flags_then_the_connection_string() {
-        let env = [
-            ("PGHOST", "envhost"),
-            ("PGPORT", "6000"),
-            ("PGUSER", "envuser"),
-            ("PGPASSWORD", "pw"),
-            ("PGDATABASE", "envdb"),
-            ("PGSSLMODE", "disable"),
-            ("USER", "login"),
-        ];
-        let s = resolve(PgConnArgs::default(), &env).expect("from the variables");
-        assert_eq!(
-            (s.hosts.clone(), s.ports.clone(), s.user.as_str(), s.dbname.as_str()),
-            (vec!["envhost".to_string()], vec![6000], "envuser", "envdb")
-        );
-        assert_eq!((s.password.as_deref(), s.sslmode.as_deref()), (Some("pw"), Some("disable")));
-        let flags = PgConnArgs {
-            host: Some("a,b".into()),
-            port: Some("7001,7002".into()),
-            username: Some("flaguser".into()),
-            dbname: Some("flagdb".into()),
-        };
-        let s = resolve(flags.clone(), &env).expect("flags");
-        assert_eq!(s.hosts, vec!["a", "b"]);
-        assert_eq!(s.ports, vec![7001, 7002]);
-        assert_eq!((s.user.as_str(), s.dbname.as_str()), ("flaguser", "flagdb"));
-        // A connection string's values win over the flags; what it leaves out stays.
-        let cs = PgConnArgs { dbname: Some("host=c port=7003 dbname=csdb".into()), ..flags.clone() };
-        let s = resolve(cs, &env).expect("a connection string");
-        assert_eq!((s.hosts.clone(), s.ports.clone()), (vec!["c".to_string()], vec![7003]));
-        assert_eq!((s.user.as_str(), s.dbname.as_str(), s.password.as_deref()), ("flaguser", "csdb", Some("pw")));
-        // A URI.
-        let uri = PgConnArgs { dbname: Some("postgresql://u:secret@h:7004/db?sslmode=require".into()), ..Default::default() };
-        let s = resolve(uri, &[]).expect("a URI");
-        assert_eq!((s.hosts.clone(), s.ports.clone()), (vec!["h".to_string()], vec![7004]));
-        assert_eq!((s.user.as_str(), s.dbname.as_str()), ("u", "db"));
-        assert_eq!((s.password.as_deref(), s.sslmode.as_deref()), (Some("secret"), Some("require")));
-        assert!(!s.target().contains("secret"));
-        // Nothing at all: libpq's defaults.
-        let s = resolve(PgConnArgs::default(), &[("USER", "login")]).expect("defaults");
-        assert_eq!((s.user.as_str(), s.dbname.as_str(), s.ports.clone()), ("login", "login", vec![5432]));
-    }
-
-    #[test]
-    fn bad_values_are_errors_that_say_which() {
-        let e = |args: PgConnArgs, env: &[(&str, &str)]| format!("{:#}", resolve(args, env).expect_err("refused"));
-        assert!(e(PgConnArgs::default(), &[("PGPORT", "x")]).contains("PGPORT"));
-        assert!(e(PgConnArgs { port: Some("0".into()), ..Default::default() }, &[]).contains("--port"));
-        assert!(e(PgConnArgs::default(), &[("PGSSLMODE", "maybe")]).contains("sslmode"));
-        assert!(e(PgConnArgs { dbname: Some("host='unterminated".into()), ..Default::default() }, &[]).contains("-d"));
-        assert!(e(PgConnArgs { host: Some("a,b,c".into()), port: Some("1,2".into()), ..Default::default() }, &[])
-            .contains("3 hosts but 2 ports"));
-    }
-
-    #[test]
-    fn the_connection_string_round_trips_through_both_parsers() {
-        let spec = ConnSpec {
-            hosts: vec!["h1".into(), "h2".into()],
-            ports: vec![5432, 5433],
-            user: "o'brien".into(),
-            password: Some("p w\\x".into()),
-            dbname: "db".into(),
-            sslmode: Some("disable".into()),
-            application_name: None,
-            connect_timeout: Some(Duration::from_secs(3)),
-        };
-        let text = spec.conninfo();
-        let cfg: postgres::Config = text.parse().expect("tokio-postgres parses it");
-        assert_eq!(cfg.get_user(), Some("o'brien"));
-        assert_eq!(cfg.get_password(), Some(&b"p w\\x"[..]));
-        assert_eq!(cfg.get_ports(), &[5432, 5433]);
-        let again = PgConnArgs { dbname: Some(text), ..Default::default() }.resolve_with(&|_| None).expect("again");
-        assert_eq!(again, spec);
     }
 }

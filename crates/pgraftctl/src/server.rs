@@ -9,27 +9,29 @@ use clap::{Args, Subcommand, ValueEnum};
 use pgraft_server_api::{format_utc, FileStat, Server};
 use serde_json::{json, Value};
 
-/// How to reach the server; shared with `pgraftctl backup`.
+use crate::pg_conn::PgConnArgs;
+
+/// How to reach the server, as psql takes it (`-h`, `-p`, `-U`, `-d` with a name, a
+/// connection string or a URI, and the `PG*` variables); shared with `pgraftctl backup`.
 #[derive(Args, Debug, Clone)]
 pub struct ConnArgs {
-    /// libpq-style connection string of the server (host, port, user, dbname, password).
-    #[arg(
-        long,
-        short = 'd',
-        global = true,
-        env = "PGRAFT_CONNINFO",
-        default_value = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-    )]
-    pub conninfo: String,
+    /// Host, port, role and database.
+    #[command(flatten)]
+    pub pg: PgConnArgs,
     /// A name for the server in messages.
     #[arg(long, global = true, default_value = "server")]
     pub name: String,
 }
 
 impl ConnArgs {
+    /// The libpq connection string of these settings, every source applied.
+    pub fn conninfo(&self) -> Result<String> {
+        Ok(self.pg.resolve()?.conninfo())
+    }
+
     /// A server handle for these settings (nothing is sent yet).
     pub fn server(&self) -> Result<Server> {
-        Server::from_conninfo(self.name.clone(), &self.conninfo).context("parse --conninfo")
+        Server::from_conninfo(self.name.clone(), &self.conninfo()?).context("the connection settings")
     }
 }
 

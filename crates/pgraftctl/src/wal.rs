@@ -10,6 +10,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::pg_conn::PgConnArgs;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use pgraft_walstream::{
@@ -39,10 +40,10 @@ enum WalCommand {
 
 #[derive(Args)]
 struct ReceiveArgs {
-    /// libpq connection string (`host=... port=... user=... password=... sslmode=...`);
-    /// PGHOST, PGPORT, PGUSER, PGPASSWORD, PGSSLMODE... fill in what it leaves out.
-    #[arg(short = 'd', long, default_value = "")]
-    conninfo: String,
+    /// Host, port, role, and -d: a connection string (`host=... sslmode=... sslrootcert=...`)
+    /// or URI; the PG* variables fill in what they leave out, as psql.
+    #[command(flatten)]
+    conn: PgConnArgs,
     /// The directory to write WAL segments into (created if missing).
     #[arg(long)]
     dir: PathBuf,
@@ -66,9 +67,10 @@ struct ReceiveArgs {
 
 #[derive(Args)]
 struct DecodeArgs {
-    /// libpq connection string, including dbname (the database the slot belongs to).
-    #[arg(short = 'd', long, default_value = "")]
-    conninfo: String,
+    /// Host, port, role, and -d: the database the slot belongs to, or a connection string
+    /// or URI naming it.
+    #[command(flatten)]
+    conn: PgConnArgs,
     /// The logical replication slot.
     #[arg(long)]
     slot: String,
@@ -157,7 +159,7 @@ fn is_fatal(e: &Error) -> bool {
 }
 
 async fn receive(a: ReceiveArgs) -> Result<()> {
-    let cfg = Config::from_conninfo(&a.conninfo).context("connection string")?;
+    let cfg = Config::from_conninfo(&a.conn.walstream_conninfo()?).context("connection string")?;
     let opts = ReceiverOptions {
         slot: a.slot.clone(),
         create_slot: a.create_slot,
@@ -212,7 +214,7 @@ fn parse_option(o: &str) -> (String, Option<String>) {
 }
 
 async fn decode(a: DecodeArgs) -> Result<()> {
-    let cfg = Config::from_conninfo(&a.conninfo)
+    let cfg = Config::from_conninfo(&a.conn.walstream_conninfo()?)
         .context("connection string")?
         .with_replication(ReplicationMode::Logical);
     let start: Lsn = match &a.start {

@@ -49,6 +49,34 @@ fn server_subcommands_answer_with_real_values() {
         assert_eq!(info["segment_size"], 1u64 << 30);
         assert_eq!(info["checksums"], true);
         assert_eq!(info["primary"], true);
+        // One way to connect, as psql: the PG* variables, the flags, a URI; each reaches
+        // the server (a wrong user in the variables loses to the flag, the flag to the URI).
+        let port = srv.port.to_string();
+        let via = |env: &[(&str, &str)], args: &[&str]| -> serde_json::Value {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pgraftctl"));
+            for v in ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD", "PGSSLMODE"] {
+                cmd.env_remove(v);
+            }
+            let out =
+                cmd.envs(env.iter().copied()).args(["server", "check", "-o", "json"]).args(args).output();
+            let out = out.expect("run pgraftctl");
+            assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            one_json(&String::from_utf8_lossy(&out.stdout))
+        };
+        let env = [
+            ("PGHOST", "127.0.0.1"),
+            ("PGPORT", port.as_str()),
+            ("PGUSER", "postgres"),
+            ("PGDATABASE", "postgres"),
+        ];
+        assert_eq!(via(&env, &[])["connection"], "ok", "from the PG* variables");
+        let wrong = [("PGHOST", "127.0.0.1"), ("PGPORT", "1"), ("PGUSER", "nobody")];
+        assert_eq!(
+            via(&wrong, &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", "postgres"])["connection"],
+            "ok"
+        );
+        let uri = format!("postgresql://postgres@127.0.0.1:{port}/postgres");
+        assert_eq!(via(&wrong, &["-U", "nobody", "-d", &uri])["connection"], "ok", "the URI wins");
         let table = pgraftctl(&["server", "info", "--conninfo", &ci]);
         assert!(
             table.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["block_size", "8192"]),

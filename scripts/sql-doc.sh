@@ -39,7 +39,7 @@ ex 3 "Leadership" "SELECT pgraft_is_leader(), pgraft_get_leader(), pgraft_get_te
 ex 1 "Whether the leader keeps a majority without a member (the rejoin helper asks before it stops a standby; false on a follower)" "SELECT pgraft_can_spare(2), pgraft_can_spare(3);"
 ex 1 "Hand leadership to another voter" "SELECT pgraft_transfer_leadership(2);"
 ex 3 "Leader now" "SELECT pgraft_get_leader();"
-ex 1 "Worker and version" "SELECT pgraft_get_worker_state(), pgraft_get_version();"
+ex 1 "Worker and version: the state is one of \`stopped\`, \`initializing\`, \`running\`, \`error\`, lowercase, as the reference compares it (\`pgraft_get_worker_state() = 'running'\`)" "SELECT pgraft_get_worker_state(), pgraft_get_version();"
 ex 1 "A round trip through the log" "SELECT pgraft_test();"
 leader() { psql "$(conn 1)" -XAtc 'SELECT pgraft_get_leader()'; }
 ex "$(leader)" "Unknown members are errors (on the leader)" "SELECT pgraft_remove_node(42);"

@@ -81,7 +81,8 @@ fn pgraft_get_term() -> i64 {
     shmem::read().term as i64
 }
 
-/// The background worker's state: initializing, running, stopped or error.
+/// The background worker's state: `initializing`, `running`, `stopped` or `error`, in lowercase,
+/// as the reference compares it (`pgraft_get_worker_state() = 'running'`).
 #[pg_extern]
 fn pgraft_get_worker_state() -> &'static str {
     shmem::read().state.as_str()

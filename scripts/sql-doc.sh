@@ -55,6 +55,8 @@ ex 1 "Keys with a prefix and etcd's bookkeeping" "SELECT * FROM pgraft_kv_range(
 ex 1 "Statistics" "SELECT * FROM pgraft_kv_get_stats();"
 ex 1 "Delete" "SELECT pgraft_kv_delete('foo');"
 ex 1 "Delete every key under a prefix, in one revision" "SELECT pgraft_kv_put('app/a', '1'), pgraft_kv_put('app/b', '2'), pgraft_kv_delete_prefix('app/');"
+ex 1 "Watch (etcd's): every change under a prefix after a revision, in revision order; waits up to the timeout (default 10 s) for the first one. A compacted revision is an error" "SELECT * FROM pgraft_kv_watch('app/', (SELECT revision - 3 FROM pgraft_kv_get_stats()), '1 second');"
+ex 1 "The watches running on this server (what pgraft.watch_status shows)" "SELECT * FROM pgraft_watches();"
 ex 1 "Compact old revisions and the log (live keys stay)" "SELECT pgraft_kv_compact();"
 section "The log"
 ex 1 "Replicate an entry" "SELECT pgraft_replicate_entry('{\"action\": \"update\", \"table\": \"users\", \"id\": 123}');"

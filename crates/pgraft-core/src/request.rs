@@ -44,6 +44,15 @@ pub enum Read {
     /// Nothing: wait until this member has applied everything committed when the read
     /// began (`pgraft_log_sync_with_leader`).
     Barrier,
+    /// Changes to keys with a prefix after a revision (a watch's poll).
+    Changes {
+        /// The prefix ("" for all keys).
+        prefix: String,
+        /// Changes with a later revision.
+        after: u64,
+        /// About this many at most (whole revisions).
+        limit: usize,
+    },
 }
 
 /// What a client asks for.
@@ -110,6 +119,7 @@ impl Request {
                     Read::Hash { .. } => "kv_hash",
                     Read::Stats => "kv_stats",
                     Read::Barrier => "read_barrier",
+                    Read::Changes { .. } => "kv_watch",
                 }
             }
             Request::AddMember { .. } => "add_member",
@@ -156,6 +166,13 @@ pub enum Response {
     },
     /// Keys read.
     Kvs(Vec<KeyValue>),
+    /// Changes read, and the store's revision when read.
+    Changes {
+        /// The changes, in revision order.
+        changes: Vec<crate::kv::Change>,
+        /// The store's revision.
+        revision: u64,
+    },
     /// A KV hash, with the revision it was taken at.
     Hash {
         /// The hash.

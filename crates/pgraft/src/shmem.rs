@@ -271,12 +271,78 @@ pub fn gets() -> u64 {
     GETS.get().load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// How many `pgraft_kv_watch()` calls may wait at once on one server.
+pub const WATCH_SLOTS: usize = 64;
+/// Bytes of a watch's prefix kept for `pgraft.watch_status`.
+pub const WATCH_PREFIX_BYTES: usize = 64;
+
+/// One backend waiting in `pgraft_kv_watch()`.
+#[derive(Debug, Clone, Copy)]
+pub struct WatchSlot {
+    /// The backend's pid; 0 for a free slot.
+    pub pid: i32,
+    /// Waiting for a change (false while it reads and returns them).
+    pub waiting: bool,
+    /// The revision it watches after.
+    pub since: u64,
+    /// When it started, ms since the Unix epoch.
+    pub started_ms: i64,
+    /// How many times it has asked this member for changes.
+    pub polls: u64,
+    /// The prefix watched (the first bytes of it).
+    pub prefix: [u8; WATCH_PREFIX_BYTES],
+    /// Its length in `prefix`.
+    pub prefix_len: u8,
+}
+
+impl Default for WatchSlot {
+    fn default() -> Self {
+        Self {
+            pid: 0,
+            waiting: false,
+            since: 0,
+            started_ms: 0,
+            polls: 0,
+            prefix: [0; WATCH_PREFIX_BYTES],
+            prefix_len: 0,
+        }
+    }
+}
+
+impl WatchSlot {
+    /// The prefix watched (cut at [`WATCH_PREFIX_BYTES`], on a character boundary).
+    pub fn prefix(&self) -> String {
+        String::from_utf8_lossy(&self.prefix[..usize::from(self.prefix_len)]).into_owned()
+    }
+}
+
+/// The live watches of this server.
+#[derive(Debug, Clone, Copy)]
+pub struct WatchTable {
+    /// The slots.
+    pub slots: [WatchSlot; WATCH_SLOTS],
+}
+
+impl Default for WatchTable {
+    fn default() -> Self {
+        Self { slots: [WatchSlot::default(); WATCH_SLOTS] }
+    }
+}
+
+// SAFETY: plain data, no pointers; the lock serialises access.
+unsafe impl PGRXSharedMemory for WatchTable {}
+
+/// The live watches, behind their own lock.
+// SAFETY: the name is unique to this extension.
+pub static WATCHES: PgLwLock<WatchTable> = unsafe { PgLwLock::new(c"pgraft_watches") };
+
 /// Requests the shared memory; called from `_PG_init`.
 // pgrx's macro tests features for PostgreSQL 13 and 14, which this crate does not have.
 #[allow(unexpected_cfgs)]
 pub fn init() {
     pgrx::pg_shmem_init!(SHARED);
     pgrx::pg_shmem_init!(GETS);
+    pgrx::pg_shmem_init!(WATCHES);
 }
 
 /// A copy of the shared facts.

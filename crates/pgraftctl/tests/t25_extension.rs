@@ -205,6 +205,50 @@ fn a_stopped_members_lag_and_the_log_are_measured_in_bytes() {
     c.ctl(&["down"]);
 }
 
+/// A watch on a follower waits for the first change, shows in `pgraft.watch_status` while
+/// it waits, and returns a write made on the leader as soon as it is applied there.
+#[test]
+fn a_watch_on_a_follower_returns_a_write_made_on_the_leader() {
+    let pg_config = pg_configs().remove(0);
+    let c = Cluster::up("watch", &pg_config);
+    let leader = c.leader();
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let revision: i64 = c.one(follower, "SELECT revision FROM pgraft_kv_get_stats()");
+    let conninfo = c.conninfo(follower);
+    let watcher = std::thread::spawn(move || {
+        let mut s = connect(&conninfo).expect("connect the watcher");
+        let started = Instant::now();
+        let rows = s
+            .query(
+                "SELECT kind, key, value, mod_revision FROM pgraft_kv_watch('live/', $1, '30 seconds')",
+                &[&revision],
+            )
+            .expect("watch");
+        let seen: Vec<(String, String, Option<String>)> =
+            rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+        (seen, started.elapsed())
+    });
+    wait("the watch to wait on the follower", Duration::from_secs(10), || {
+        let n = c.try_one::<i64>(
+            follower,
+            "SELECT count(*) FROM pgraft.watch_status WHERE is_active AND prefix = 'live/'",
+        )?;
+        (n == 1).then_some(())
+    });
+    let pending: i32 = c.one(follower, "SELECT watch_pending FROM pgraft.watch_status");
+    assert_eq!(pending, 0, "nothing was written after the watched revision yet");
+    let put_at = Instant::now();
+    assert!(c.one::<bool>(leader, "SELECT pgraft_kv_put('elsewhere', 'x') AND pgraft_kv_put('live/a', 'v')"));
+    let (seen, took) = watcher.join().expect("the watcher");
+    assert_eq!(seen, vec![("put".to_string(), "live/a".to_string(), Some("v".to_string()))]);
+    assert!(
+        took < Duration::from_secs(25) && put_at.elapsed() < Duration::from_secs(5),
+        "returned after {took:?}"
+    );
+    assert_eq!(c.one::<i64>(follower, "SELECT count(*) FROM pgraft.watch_status"), 0, "the watch ended");
+    c.ctl(&["down"]);
+}
+
 #[test]
 fn every_member_killed_at_once_keeps_every_acknowledged_key() {
     for pg_config in pg_configs() {

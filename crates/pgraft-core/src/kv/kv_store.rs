@@ -31,6 +31,22 @@ pub struct KeyValue {
     pub updated_ms: i64,
 }
 
+/// One change of one key, as a watch reports it (etcd's event).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// The key.
+    pub key: String,
+    /// The value put; `None` for a deletion.
+    #[serde(with = "serde_bytes")]
+    pub value: Option<Vec<u8>>,
+    /// The revision that created the key (0 for a deletion).
+    pub create_revision: u64,
+    /// The revision of this change.
+    pub mod_revision: u64,
+    /// The key's version after it (0 for a deletion).
+    pub version: u64,
+}
+
 /// One revision of one key; `value: None` is a deletion (tombstone).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Rev {
@@ -178,6 +194,38 @@ impl KvStore {
             Some(n) => iter.take(n).collect(),
             None => iter.collect(),
         })
+    }
+
+    /// Every change to a key starting with `prefix` after revision `after`, in revision
+    /// order (then key order within a revision), at most about `limit`: a revision is never
+    /// cut in two, so a caller that goes on after the last revision returned misses
+    /// nothing. A revision that compaction removed is an error (etcd's watch does the same).
+    pub fn changes(&self, prefix: &str, after: u64, limit: usize) -> Result<Vec<Change>, Compacted> {
+        if after < self.compact_revision {
+            return Err(Compacted { requested: after, compacted: self.compact_revision });
+        }
+        let mut out: Vec<Change> = self
+            .keys
+            .range::<_, str>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .flat_map(|(k, h)| {
+                let from = h.partition_point(|r| r.mod_revision <= after);
+                h[from..].iter().map(move |r| Change {
+                    key: k.clone(),
+                    value: r.value.as_ref().map(|v| v.to_vec()),
+                    create_revision: r.create_revision,
+                    mod_revision: r.mod_revision,
+                    version: r.version,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (a.mod_revision, &a.key).cmp(&(b.mod_revision, &b.key)));
+        if out.len() > limit {
+            let last = out[limit.saturating_sub(1)].mod_revision;
+            let keep = out.partition_point(|c| c.mod_revision <= last);
+            out.truncate(keep.max(1));
+        }
+        Ok(out)
     }
 
     /// A 64-bit FNV-1a hash of the live state at revision `at` (default: now), over every
@@ -355,6 +403,41 @@ mod tests {
     }
     fn del(k: &str) -> KvOp {
         KvOp::Delete { key: k.into(), time_ms: 2000 }
+    }
+
+    #[test]
+    fn changes_after_a_revision_come_in_revision_order_whole_revisions_at_a_time() {
+        let mut s = KvStore::new();
+        s.apply(&put("w/a", "1")); // 1
+        s.apply(&put("other", "x")); // 2
+        s.apply(&put("w/b", "1")); // 3
+        s.apply(&put("w/a", "2")); // 4
+        s.apply(&KvOp::DeletePrefix { prefix: "w/".into(), time_ms: 3000 }); // 5: both
+        let all = s.changes("w/", 0, 100).expect("readable");
+        let seen: Vec<(u64, &str, Option<&[u8]>)> =
+            all.iter().map(|c| (c.mod_revision, c.key.as_str(), c.value.as_deref())).collect();
+        assert_eq!(
+            seen,
+            vec![
+                (1, "w/a", Some(&b"1"[..])),
+                (3, "w/b", Some(&b"1"[..])),
+                (4, "w/a", Some(&b"2"[..])),
+                (5, "w/a", None),
+                (5, "w/b", None)
+            ]
+        );
+        assert_eq!((all[2].version, all[2].create_revision), (2, 1));
+        assert_eq!(s.changes("w/", 4, 100).expect("readable").len(), 2);
+        assert!(s.changes("w/", 5, 100).expect("readable").is_empty(), "nothing after the last");
+        // A limit never cuts a revision in two.
+        let first = s.changes("w/", 3, 1).expect("readable");
+        assert_eq!(first.len(), 1);
+        let cut = s.changes("w/", 3, 2).expect("readable");
+        assert_eq!(cut.len(), 3, "revision 5 comes whole: {cut:?}");
+        // Compacted revisions are an error.
+        s.apply(&KvOp::Compact { revision: 4 });
+        assert_eq!(s.changes("w/", 3, 100), Err(Compacted { requested: 3, compacted: 4 }));
+        assert_eq!(s.changes("w/", 4, 100).expect("readable").len(), 2);
     }
 
     #[test]

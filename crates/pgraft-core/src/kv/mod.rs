@@ -7,5 +7,5 @@
 mod kv_store;
 mod op;
 
-pub use kv_store::{Compacted, KeyValue, KvStats, KvStore};
+pub use kv_store::{Change, Compacted, KeyValue, KvStats, KvStore};
 pub use op::{Compare, KvOp, KvResult, TxnAction};

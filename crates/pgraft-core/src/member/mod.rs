@@ -833,6 +833,10 @@ impl<S: LogStore> Member<S> {
                 applied_index: self.sm.applied_index,
             })),
             Read::Barrier => Ok(Response::Reached(read_index)),
+            Read::Changes { prefix, after, limit } => kv
+                .changes(prefix, *after, *limit)
+                .map(|changes| Response::Changes { changes, revision: kv.revision() })
+                .map_err(compacted),
         }
     }
 

@@ -6,3 +6,4 @@ mod ha;
 mod kv;
 mod log;
 mod views;
+mod watch;

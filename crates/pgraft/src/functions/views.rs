@@ -166,10 +166,14 @@ CREATE VIEW pgraft.kv_status AS
 CREATE VIEW pgraft.endpoint_hashkv AS
   SELECT current_setting('pgraft.address') || ':' || current_setting('pgraft.port') AS endpoint, h.hash, h.hash_revision
     FROM pgraft_kv_hash() h;
--- pgraft has no watches; the view lists the live ones, which is none.
+-- The calls of pgraft_kv_watch() running on this server: watch_count is how many times each
+-- has asked this member for changes, watch_pending how many revisions the store has moved
+-- past the one it watches after (changes under other prefixes included).
 CREATE VIEW pgraft.watch_status AS
-  SELECT NULL::bigint AS watcher_id, NULL::boolean AS is_active, NULL::int AS watch_count, NULL::int AS watch_pending
-   WHERE false;
+  SELECT w.watcher_id, w.is_active, w.polls::int AS watch_count,
+         GREATEST(s.revision - w.since_revision, 0)::int AS watch_pending,
+         w.prefix, w.since_revision, w.started_at
+    FROM pgraft_watches() w, pgraft_kv_get_stats() s;
 -- What is enforced: clients are PostgreSQL's roles (only those granted the functions that
 -- change the cluster may; revision counts them), members prove who they are by TLS
 -- certificates naming their node ids or by the cluster secret. enabled: members are
@@ -271,7 +275,7 @@ mod tests {
             one::<i64>("SELECT hash FROM pgraft.endpoint_hashkv"),
             one::<i64>("SELECT hash FROM pgraft_kv_hash()")
         );
-        assert_eq!(one::<i64>("SELECT count(*) FROM pgraft.watch_status"), 0, "pgraft has no watches");
+        assert_eq!(one::<i64>("SELECT count(*) FROM pgraft.watch_status"), 0, "no watch runs now");
         assert!(
             yes("SELECT NOT enabled AND peer_authentication = 'none' AND revision >= 1 FROM pgraft.auth_status"),
             "superusers may change it; no peer authentication is configured here"

@@ -114,6 +114,12 @@ impl ClusterArgs {
     /// Opens a connection to one endpoint.
     pub fn connect(&self, ep: &Endpoint) -> Result<Session> {
         let spec = self.pg.resolve()?;
+        if spec.sslmode.as_deref() == Some("require") {
+            bail!(
+                "sslmode=require: the cluster commands connect to PostgreSQL without TLS; \
+                 use sslmode=disable or prefer (or reach the members over a trusted network)"
+            );
+        }
         let mut cfg = postgres::Config::new();
         cfg.host(&ep.host)
             .port(ep.port)

@@ -105,9 +105,46 @@ fn ports(s: &str, what: &str) -> Result<Vec<u16>> {
 
 fn sslmode(v: &str, what: &str) -> Result<String> {
     match v {
-        "disable" | "allow" | "prefer" | "require" | "verify-ca" | "verify-full" => Ok(v.to_string()),
-        other => bail!("{what}: sslmode {other:?} (disable, allow, prefer, require, verify-ca, verify-full)"),
+        "disable" | "prefer" | "require" => Ok(v.to_string()),
+        "allow" | "verify-ca" | "verify-full" => {
+            bail!("{what}: sslmode {v:?} is not supported here (disable, prefer or require)")
+        }
+        other => bail!("{what}: sslmode {other:?} (disable, prefer or require)"),
     }
+}
+
+/// Whether the connection string or URI `d` sets `key` itself (not merely contains the
+/// word, in a password or a database name).
+fn sets_key(d: &str, key: &str) -> bool {
+    if d.starts_with("postgresql://") || d.starts_with("postgres://") {
+        let query = d.split_once('?').map_or("", |(_, q)| q);
+        return query.split('&').any(|kv| kv.split_once('=').is_some_and(|(k, _)| k == key));
+    }
+    // key=value pairs: a key starts the string or follows whitespace outside quotes.
+    let (mut quoted, mut escaped, mut at_start) = (false, false, true);
+    for (i, c) in d.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted => escaped = true,
+            '\'' => quoted = !quoted,
+            c if c.is_whitespace() && !quoted => {
+                at_start = true;
+                continue;
+            }
+            _ if !quoted && at_start => {
+                let k = d[i..].split(|c: char| c == '=' || c.is_whitespace()).next().unwrap_or("");
+                if k == key {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+        at_start = false;
+    }
+    false
 }
 
 impl PgConnArgs {
@@ -239,7 +276,7 @@ fn parse_conninfo(d: &str) -> Result<Values> {
         })
         .collect();
     // sslmode has a default in the parsed form: set only if written.
-    let mode = d.contains("sslmode").then(|| {
+    let mode = sets_key(d, "sslmode").then(|| {
         match cfg.get_ssl_mode() {
             postgres::config::SslMode::Disable => "disable",
             postgres::config::SslMode::Require => "require",
@@ -287,5 +324,115 @@ impl ConnSpec {
             parts.push(format!("connect_timeout={}", t.as_secs().max(1)));
         }
         parts.join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn resolve(args: PgConnArgs, env: &[(&str, &str)]) -> Result<ConnSpec> {
+        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        args.resolve_with(&|k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn variables_then_flags_then_the_connection_string() {
+        let env = [
+            ("PGHOST", "envhost"),
+            ("PGPORT", "6000"),
+            ("PGUSER", "envuser"),
+            ("PGPASSWORD", "pw"),
+            ("PGDATABASE", "envdb"),
+            ("PGSSLMODE", "disable"),
+            ("USER", "login"),
+        ];
+        let s = resolve(PgConnArgs::default(), &env).expect("from the variables");
+        assert_eq!(
+            (s.hosts.clone(), s.ports.clone(), s.user.as_str(), s.dbname.as_str()),
+            (vec!["envhost".to_string()], vec![6000], "envuser", "envdb")
+        );
+        assert_eq!((s.password.as_deref(), s.sslmode.as_deref()), (Some("pw"), Some("disable")));
+        let flags = PgConnArgs {
+            host: Some("a,b".into()),
+            port: Some("7001,7002".into()),
+            username: Some("flaguser".into()),
+            dbname: Some("flagdb".into()),
+        };
+        let s = resolve(flags.clone(), &env).expect("flags");
+        assert_eq!(s.hosts, vec!["a", "b"]);
+        assert_eq!(s.ports, vec![7001, 7002]);
+        assert_eq!((s.user.as_str(), s.dbname.as_str()), ("flaguser", "flagdb"));
+        // A connection string's values win over the flags; what it leaves out stays.
+        let cs = PgConnArgs { dbname: Some("host=c port=7003 dbname=csdb".into()), ..flags.clone() };
+        let s = resolve(cs, &env).expect("a connection string");
+        assert_eq!((s.hosts.clone(), s.ports.clone()), (vec!["c".to_string()], vec![7003]));
+        assert_eq!(
+            (s.user.as_str(), s.dbname.as_str(), s.password.as_deref()),
+            ("flaguser", "csdb", Some("pw"))
+        );
+        // A URI.
+        let uri = PgConnArgs {
+            dbname: Some("postgresql://u:secret@h:7004/db?sslmode=require".into()),
+            ..Default::default()
+        };
+        let s = resolve(uri, &[]).expect("a URI");
+        assert_eq!((s.hosts.clone(), s.ports.clone()), (vec!["h".to_string()], vec![7004]));
+        assert_eq!((s.user.as_str(), s.dbname.as_str()), ("u", "db"));
+        assert_eq!((s.password.as_deref(), s.sslmode.as_deref()), (Some("secret"), Some("require")));
+        assert!(!format!("{:?}", s.hosts).contains("secret"));
+        // A password that merely contains the word does not set sslmode.
+        let pw =
+            PgConnArgs { dbname: Some("host=h password='my sslmode=x pw'".into()), ..Default::default() };
+        let s = resolve(pw, &[("PGSSLMODE", "require")]).expect("a password with the word");
+        assert_eq!(s.sslmode.as_deref(), Some("require"), "PGSSLMODE stays");
+        assert!(sets_key("host=h sslmode=disable", "sslmode") && sets_key("sslmode=disable", "sslmode"));
+        assert!(!sets_key("host=h password='sslmode=disable'", "sslmode"));
+        assert!(sets_key("postgresql://h/db?sslmode=require", "sslmode"));
+        assert!(!sets_key("postgresql://u:sslmode@h/db", "sslmode"));
+        // Nothing at all: libpq's defaults.
+        let s = resolve(PgConnArgs::default(), &[("USER", "login")]).expect("defaults");
+        assert_eq!((s.user.as_str(), s.dbname.as_str(), s.ports.clone()), ("login", "login", vec![5432]));
+    }
+
+    #[test]
+    fn bad_values_are_errors_that_say_which() {
+        let e = |args: PgConnArgs, env: &[(&str, &str)]| {
+            format!("{:#}", resolve(args, env).expect_err("refused"))
+        };
+        assert!(e(PgConnArgs::default(), &[("PGPORT", "x")]).contains("PGPORT"));
+        assert!(e(PgConnArgs { port: Some("0".into()), ..Default::default() }, &[]).contains("--port"));
+        assert!(e(PgConnArgs::default(), &[("PGSSLMODE", "maybe")]).contains("sslmode"));
+        assert!(e(PgConnArgs::default(), &[("PGSSLMODE", "verify-full")]).contains("not supported"));
+        assert!(e(PgConnArgs { dbname: Some("host='unterminated".into()), ..Default::default() }, &[])
+            .contains("-d"));
+        assert!(e(
+            PgConnArgs { host: Some("a,b,c".into()), port: Some("1,2".into()), ..Default::default() },
+            &[]
+        )
+        .contains("3 hosts but 2 ports"));
+    }
+
+    #[test]
+    fn the_connection_string_round_trips_through_both_parsers() {
+        let spec = ConnSpec {
+            hosts: vec!["h1".into(), "h2".into()],
+            ports: vec![5432, 5433],
+            user: "o'brien".into(),
+            password: Some("p w\\x".into()),
+            dbname: "db".into(),
+            sslmode: Some("disable".into()),
+            application_name: None,
+            connect_timeout: Some(Duration::from_secs(3)),
+        };
+        let text = spec.conninfo();
+        let cfg: postgres::Config = text.parse().expect("tokio-postgres parses it");
+        assert_eq!(cfg.get_user(), Some("o'brien"));
+        assert_eq!(cfg.get_password(), Some(&b"p w\\x"[..]));
+        assert_eq!(cfg.get_ports(), &[5432, 5433]);
+        let again =
+            PgConnArgs { dbname: Some(text), ..Default::default() }.resolve_with(&|_| None).expect("again");
+        assert_eq!(again, spec);
     }
 }

@@ -157,6 +157,7 @@ async fn greet<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     let answer = async {
         let mut magic = [0u8; 4];
         s.read_exact(&mut magic).await?;
+        let mut proved = false;
         if let (true, Some(secret)) = (Challenge::starts(&magic), secret) {
             let challenge = Challenge::read_rest(s).await?;
             if !secret.listener_proved(&bytes, &challenge) {
@@ -168,8 +169,18 @@ async fn greet<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             s.write_all(&secret.proof(&bytes, &challenge).encode()).await?;
             s.flush().await?;
             s.read_exact(&mut magic).await?;
+            proved = true;
         }
-        Ack::read_rest(&magic, s).await
+        let ack = Ack::read_rest(&magic, s).await?;
+        // A listener that accepts without having proved the secret is not a member: it
+        // would receive every message (entries included) and could drop them.
+        if secret.is_some() && !proved && ack.status == AckStatus::Accepted {
+            return Err(HandshakeError::Malformed(format!(
+                "node {} accepted the connection without proving the cluster secret",
+                hello.to
+            )));
+        }
+        Ok(ack)
     };
     let ack = tokio::time::timeout(Duration::from_secs(5), answer)
         .await
@@ -179,4 +190,70 @@ async fn greet<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         return Err(format!("node {} refused the connection: {}", ack.node, ack.status.describe()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::transport::{ClusterSecret, PROTOCOL_VERSION};
+
+    /// A listener that answers "accepted" without a challenge does not fool a dialer that
+    /// holds a cluster secret; one that proves the secret does not either when it then lies.
+    #[tokio::test]
+    async fn a_dialer_with_a_secret_refuses_a_listener_that_skips_the_challenge() {
+        let secret = ClusterSecret::new(b"sixteen or more bytes of secret").expect("a secret");
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            from: 1,
+            to: 2,
+            cluster_id: "c".into(),
+            address: String::new(),
+            nonce: Some([5; 16]),
+        };
+        let (mut dialer, mut fake) = tokio::io::duplex(4096);
+        let listener = tokio::spawn(async move {
+            let mut buf = vec![0u8; hello_len()];
+            fake.read_exact(&mut buf).await.expect("the hello");
+            let ack = Ack { version: PROTOCOL_VERSION, status: AckStatus::Accepted, node: 2 };
+            fake.write_all(&ack.encode()).await.expect("a bare ack");
+            fake
+        });
+        let r = greet(&mut dialer, &hello, Some(&secret)).await;
+        assert!(r.as_ref().is_err_and(|e| e.contains("without proving the cluster secret")), "{r:?}");
+        drop(listener.await);
+
+        // The honest exchange, by hand: the listener proves the secret, checks the proof.
+        let (mut dialer, mut honest) = tokio::io::duplex(4096);
+        let key = secret.clone();
+        let listener = tokio::spawn(async move {
+            let mut buf = vec![0u8; hello_len()];
+            honest.read_exact(&mut buf).await.expect("the hello");
+            let c = key.challenge(&buf).expect("a challenge");
+            honest.write_all(&c.encode()).await.expect("the challenge");
+            let p = crate::transport::Proof::read(&mut honest).await.expect("the proof");
+            let ok = key.dialer_proved(&buf, &c, &p);
+            let status = if ok { AckStatus::Accepted } else { AckStatus::NotAuthenticated };
+            honest
+                .write_all(&Ack { version: PROTOCOL_VERSION, status, node: 2 }.encode())
+                .await
+                .expect("ack");
+            ok
+        });
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            from: 1,
+            to: 2,
+            cluster_id: "c".into(),
+            address: String::new(),
+            nonce: Some([5; 16]),
+        };
+        greet(&mut dialer, &hello, Some(&secret)).await.expect("an honest listener");
+        assert!(listener.await.expect("the listener"), "the dialer's proof was wrong");
+    }
+
+    fn hello_len() -> usize {
+        crate::transport::handshake::HELLO_HEAD + 1 + 1 + 16
+    }
 }

@@ -122,9 +122,11 @@ pub struct LossBound {
 }
 
 impl LossBound {
-    /// The bound for `maximum_lag_on_failover` bytes and the fencing bound in ms.
+    /// The bound for `maximum_lag_on_failover` bytes (0: no limit, so no byte bound) and
+    /// the fencing bound in ms.
     pub fn new(maximum_lag_bytes: u64, fencing_bound_ms: u64) -> Self {
-        Self { bytes: maximum_lag_bytes * 3 / 2, span_us: (1_000 + fencing_bound_ms + 1_000) * 1_000 }
+        let bytes = if maximum_lag_bytes == 0 { u64::MAX } else { maximum_lag_bytes.saturating_mul(3) / 2 };
+        Self { bytes, span_us: (1_000 + fencing_bound_ms + 1_000) * 1_000 }
     }
 }
 

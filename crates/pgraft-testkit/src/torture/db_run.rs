@@ -31,7 +31,7 @@ use super::list_append::{self, FinalLists};
 use super::nemesis::Nemesis;
 use super::report::{self, CheckResult, OpCounts, Report};
 use super::session::connect_blocking;
-use super::timelines::Timelines;
+use super::timelines::{HistoryFiles, Timelines};
 use super::torture_run::{heal_and_probe, progress, run_workload, slow_heals, TortureOptions};
 use crate::local_cluster::LocalCluster;
 use crate::wait::wait_until;
@@ -91,7 +91,7 @@ pub(super) fn drive(opts: &TortureOptions, cluster: &LocalCluster) -> Result<Rep
             BTreeMap::new()
         }
     };
-    let (lists, bank, last_timeline) = match read_finals(&rw, &workload.histories) {
+    let (lists, bank, last_timeline) = match read_finals(&rw, &workload.ports, &workload.histories) {
         Ok(x) => x,
         Err(e) => {
             anomalies.push(Anomaly { check: "final reads".into(), detail: format!("{e:#}") });
@@ -158,16 +158,12 @@ pub(super) fn drive(opts: &TortureOptions, cluster: &LocalCluster) -> Result<Rep
     if synchronous {
         check("no acknowledged commit lost", format!("{acknowledged} acknowledged writes"), lost);
     } else {
-        let mut timelines = Timelines::default();
-        let mut found = Vec::new();
-        for (tli, history) in workload.histories.lock().map(|h| h.clone()).unwrap_or_default() {
-            if let Err(e) = timelines.add(tli, history.as_deref()) {
-                found.push(Anomaly {
-                    check: "lost only within the asynchronous bound".into(),
-                    detail: format!("{e:#}"),
-                });
-            }
-        }
+        let histories = workload.histories.lock().map(|h| h.clone()).unwrap_or_default();
+        let (timelines, problems) = Timelines::from_histories(&histories);
+        let mut found: Vec<Anomaly> = problems
+            .into_iter()
+            .map(|detail| Anomaly { check: "lost only within the asynchronous bound".into(), detail })
+            .collect();
         let (bound_found, furthest) =
             db_checks::loss_bound(&txns, &lost_txns, &timelines, last_timeline, bound);
         found.extend(bound_found);
@@ -358,59 +354,42 @@ fn converge(cluster: &LocalCluster) -> Result<BTreeMap<u64, ServerEnd>> {
     Ok(ends)
 }
 
-/// What asynchronous mode may lose with the cluster's settings (read on the primary).
+/// What asynchronous mode may lose with the cluster's settings (read on the primary, in
+/// their base units: kB and ms).
 fn loss_bound_of(c: &mut postgres::Client) -> Result<LossBound> {
     let row = c
         .query_one(
-            "SELECT current_setting('pgraft.maximum_lag_on_failover')::text, \
-                    current_setting('pgraft.election_timeout')::text",
+            "SELECT (SELECT setting::bigint FROM pg_settings WHERE name = 'pgraft.maximum_lag_on_failover'), \
+                    (SELECT setting::bigint FROM pg_settings WHERE name = 'pgraft.election_timeout')",
             &[],
         )
         .context("read maximum_lag_on_failover and election_timeout")?;
-    let (lag, election): (String, String) = (row.get(0), row.get(1));
-    let lag = memory_bytes(&lag).with_context(|| format!("maximum_lag_on_failover {lag:?}"))?;
-    let election = election
-        .strip_suffix("ms")
-        .and_then(|v| v.parse().ok())
-        .or_else(|| election.strip_suffix('s').and_then(|v| v.parse::<u64>().ok()).map(|s| s * 1_000))
-        .with_context(|| format!("election_timeout {election:?}"))?;
-    Ok(LossBound::new(lag, fencing_bound_ms(election)))
-}
-
-/// A memory setting as `SHOW` prints it (`1MB`, `512kB`, `0`) in bytes.
-fn memory_bytes(v: &str) -> Option<u64> {
-    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-    let (n, unit) = v.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    let scale = match unit {
-        "" | "B" => 1,
-        "kB" => 1 << 10,
-        "MB" => 1 << 20,
-        "GB" => 1 << 30,
-        "TB" => 1 << 40,
-        _ => return None,
-    };
-    n.checked_mul(scale)
+    let (lag_kb, election_ms): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
+    let lag_kb = lag_kb.context("pgraft.maximum_lag_on_failover is not set")?;
+    let election_ms = election_ms.context("pgraft.election_timeout is not set")?;
+    Ok(LossBound::new(lag_kb.max(0) as u64 * 1024, fencing_bound_ms(election_ms.max(0) as u64)))
 }
 
 /// The final lists and bank, read on the primary, and its timeline (whose history joins
 /// `histories`).
 fn read_finals(
     rw: &str,
-    histories: &Mutex<BTreeMap<u32, Option<String>>>,
+    ports: &[(u16, u64)],
+    histories: &Mutex<HistoryFiles>,
 ) -> Result<(FinalLists, FinalBank, u32)> {
     let mut c = connect(rw)?;
     let row = c
         .query_one(
-            "SELECT substr(w, 1, 8), pg_read_file('pg_wal/' || substr(w, 1, 8) || '.history', 0, 1048576, true) \
+            "SELECT substr(w, 1, 8), pg_read_file('pg_wal/' || substr(w, 1, 8) || '.history', 0, 1048576, true), inet_server_port() \
              FROM pg_walfile_name(pg_current_wal_lsn()) w",
             &[],
         )
         .context("read the final primary's timeline history")?;
-    let (hex, history): (String, Option<String>) = (row.get(0), row.get(1));
+    let (hex, history, port): (String, Option<String>, i32) = (row.get(0), row.get(1), row.get(2));
     let timeline = u32::from_str_radix(&hex, 16).with_context(|| format!("timeline {hex:?}"))?;
+    let node = ports.iter().find(|(p, _)| i32::from(*p) == port).map_or(0, |(_, n)| *n);
     if let Ok(mut h) = histories.lock() {
-        h.insert(timeline, history);
+        h.insert((timeline, node), history);
     }
     let lists = c
         .query("SELECT k, v FROM torture_lists", &[])

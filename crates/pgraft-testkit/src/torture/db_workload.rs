@@ -15,7 +15,6 @@
 //! invocation and completion times, and its outcome. Keys change every `key_period` so
 //! lists stay short.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,8 +23,10 @@ use anyhow::{anyhow, Context, Result};
 
 use super::db_history::{DbHistory, Micro, ServerId, Txn, TxnCall, TxnOutcome};
 use super::seeded_rng::SeededRng;
-use super::session::{QueryError, Session};
 use pgraft_core::ha::parse_lsn;
+
+use super::session::{QueryError, Session};
+use super::timelines::HistoryFiles;
 
 /// The tables, created once on the primary before the clients start.
 pub const SCHEMA: &str = "\
@@ -56,9 +57,11 @@ pub struct DbWorkload {
     pub op_timeout: Duration,
     /// When the run started (the zero of every time in the history).
     pub start: Instant,
-    /// The history file of every timeline a session wrote on (`None` for timeline 1),
-    /// read when it connected: where each timeline forked, for the asynchronous loss check.
-    pub histories: Arc<Mutex<BTreeMap<u32, Option<String>>>>,
+    /// The history file of every timeline a session wrote on, by timeline and member
+    /// (`None` for timeline 1, or where it could not be read), read when it connected:
+    /// where each timeline forked, for the asynchronous loss check. Two servers promoted
+    /// apart onto the same timeline number would show two histories for it.
+    pub histories: Arc<Mutex<HistoryFiles>>,
 }
 
 /// A session and the server it is on.
@@ -181,16 +184,16 @@ impl DbWorkload {
         let walfile: String = row.get(2);
         let timeline = u32::from_str_radix(walfile.get(..8).unwrap_or(""), 16)
             .with_context(|| format!("timeline of WAL file {walfile:?}"))?;
-        let history: Option<String> = row.get(3);
-        if let Ok(mut seen) = self.histories.lock() {
-            seen.entry(timeline).or_insert(history);
-        }
         let node = self
             .ports
             .iter()
             .find(|(p, _)| i32::from(*p) == port)
             .map(|(_, n)| *n)
             .with_context(|| format!("port {port} is no member's"))?;
+        let history: Option<String> = row.get(3);
+        if let Ok(mut seen) = self.histories.lock() {
+            seen.entry((timeline, node)).or_insert(history);
+        }
         Ok(DbSession { session, server: ServerId { node, system_id: row.get(1), timeline } })
     }
 

@@ -20,6 +20,10 @@ use std::collections::BTreeMap;
 use anyhow::{anyhow, bail, Context, Result};
 use pgraft_core::ha::parse_history;
 
+/// The history files read from the servers: (timeline, member) to the file's text (`None`
+/// for timeline 1, or where it could not be read).
+pub type HistoryFiles = BTreeMap<(u32, u64), Option<String>>;
+
 /// One timeline's ancestry: `(timeline, end)` from timeline 1 on, each ending where the
 /// next one forked off; the last is the timeline itself, with no end.
 type Chain = Vec<(u32, Option<u64>)>;
@@ -34,6 +38,9 @@ impl Timelines {
     /// Records timeline `tli` with the text of its history file (`None` for timeline 1,
     /// which has none). Comment and blank lines are skipped, as PostgreSQL does.
     pub fn add(&mut self, tli: u32, history: Option<&str>) -> Result<()> {
+        if tli > 1 && history.is_none() {
+            bail!("timeline {tli}: its history file could not be read");
+        }
         let switches =
             parse_history(history.unwrap_or("")).map_err(|e| anyhow!("history of timeline {tli}: {e}"))?;
         if switches.windows(2).any(|w| w[0].at > w[1].at) {
@@ -46,6 +53,31 @@ impl Timelines {
         chain.push((tli, None));
         self.chains.insert(tli, chain);
         Ok(())
+    }
+
+    /// The timelines of the history files read from each member's server, by (timeline,
+    /// member), and what is wrong with them: a file that does not parse or could not be
+    /// read, or one timeline number started from two histories (two servers promoted
+    /// apart onto the same number).
+    pub fn from_histories(seen: &HistoryFiles) -> (Timelines, Vec<String>) {
+        let mut t = Timelines::default();
+        let mut problems = Vec::new();
+        let mut by_timeline: BTreeMap<u32, Vec<(u64, Option<&str>)>> = BTreeMap::new();
+        for ((tli, node), text) in seen {
+            by_timeline.entry(*tli).or_default().push((*node, text.as_deref()));
+        }
+        for (tli, files) in by_timeline {
+            let texts: std::collections::BTreeSet<Option<&str>> = files.iter().map(|f| f.1).collect();
+            if texts.len() > 1 {
+                let nodes: Vec<u64> = files.iter().map(|f| f.0).collect();
+                problems
+                    .push(format!("timeline {tli} was started from different histories on nodes {nodes:?}"));
+            }
+            if let Err(e) = t.add(tli, files[0].1) {
+                problems.push(format!("{e:#}"));
+            }
+        }
+        (t, problems)
     }
 
     /// Whether timeline `tli`'s history has been seen.
@@ -103,6 +135,20 @@ mod tests {
     }
 
     #[test]
+    fn one_timeline_number_from_two_histories_is_a_problem() {
+        let seen = BTreeMap::from([
+            ((1, 1), None),
+            ((2, 1), Some("1\t0/3000000\tx\n".to_string())),
+            ((2, 3), Some("1\t0/4000000\tx\n".to_string())),
+            ((3, 2), None),
+        ]);
+        let (t, problems) = Timelines::from_histories(&seen);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("timeline 2") && problems[1].contains("timeline 3"), "{problems:?}");
+        assert!(t.knows(1) && t.knows(2) && !t.knows(3));
+    }
+
+    #[test]
     fn malformed_histories_are_refused() {
         let mut t = Timelines::default();
         assert!(t.add(3, Some("2\t0/1\n1\t0/2\n")).is_err());
@@ -111,5 +157,6 @@ mod tests {
         assert!(t.add(2, Some("1\n")).is_err());
         assert!(t.add(2, Some("one\t0/1\n")).is_err());
         assert!(t.add(2, Some("1\t0/123456789\n")).is_err());
+        assert!(t.add(2, None).is_err(), "a timeline after 1 has a history file");
     }
 }

@@ -155,6 +155,22 @@ impl Cluster {
         }
     }
 
+    /// Connections the three members refused so far.
+    fn refused(&self) -> u64 {
+        (1..=3).map(|id| self.handle(id).refused_connections()).sum()
+    }
+
+    /// Waits until the members refused more connections than `before`.
+    fn wait_refused(&self, before: u64, who: &str) {
+        wait_until(
+            &format!("the members to refuse {who}"),
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || Ok((self.refused() > before).then_some(())),
+        )
+        .expect("refused");
+    }
+
     fn partition(&self, id: u64) {
         ProxyClient::new(self.proxy.clone()).request(&format!("partition {id}")).expect("partition");
     }
@@ -283,7 +299,7 @@ fn tls_peers_with_untrusted_certificates_or_other_clusters_are_refused() {
     // cluster, dials every member: TLS refuses it before any pgraft byte is read.
     let rogue_dir = c.members[0].dir.parent().expect("cluster dir").join("rogue");
     make_certs(&rogue_dir.join("tls"), 4, "some other CA");
-    let before: u64 = (1..=3).map(|id| c.handle(id).refused_connections()).sum();
+    let before = c.refused();
     let rogue = Node::start(NodeConfig {
         member: MemberConfig::new(4, c.cluster_id.clone(), 1),
         data_dir: rogue_dir.join("data"),
@@ -298,17 +314,13 @@ fn tls_peers_with_untrusted_certificates_or_other_clusters_are_refused() {
         ),
     })
     .expect("the rogue node starts");
-    wait_until("the members to refuse the rogue", Duration::from_secs(10), Duration::from_millis(20), || {
-        let now: u64 = (1..=3).map(|id| c.handle(id).refused_connections()).sum();
-        Ok((now > before).then_some(()))
-    })
-    .expect("refused");
+    c.wait_refused(before, "the rogue");
     assert_eq!(c.leader(Duration::from_secs(5)), leader, "the rogue disturbed the cluster");
     drop(rogue);
 
     // An impostor with a valid certificate of this cluster's CA, node 3's, speaking as
     // node 4: the certificate does not name pgraft-node-4.
-    let before: u64 = (1..=3).map(|id| c.handle(id).refused_connections()).sum();
+    let before = c.refused();
     let impostor = Node::start(NodeConfig {
         member: MemberConfig::new(4, c.cluster_id.clone(), 1),
         data_dir: rogue_dir.join("impostor"),
@@ -323,21 +335,12 @@ fn tls_peers_with_untrusted_certificates_or_other_clusters_are_refused() {
         ),
     })
     .expect("the impostor starts");
-    wait_until(
-        "the members to refuse the impostor",
-        Duration::from_secs(10),
-        Duration::from_millis(20),
-        || {
-            let now: u64 = (1..=3).map(|id| c.handle(id).refused_connections()).sum();
-            Ok((now > before).then_some(()))
-        },
-    )
-    .expect("refused");
+    c.wait_refused(before, "the impostor");
     assert_eq!(c.leader(Duration::from_secs(5)), leader, "the impostor disturbed the cluster");
     drop(impostor);
 
     // A member of another cluster with a trusted certificate is refused at the handshake.
-    let before: u64 = (1..=3).map(|id| c.handle(id).refused_connections()).sum();
+    let before = c.refused();
     let tls_dir = c.tls.clone().expect("tls dir");
     let stranger = Node::start(NodeConfig {
         member: MemberConfig::new(1, "another-cluster", 1),
@@ -355,16 +358,7 @@ fn tls_peers_with_untrusted_certificates_or_other_clusters_are_refused() {
         ]),
     })
     .expect("the stranger starts");
-    wait_until(
-        "the members to refuse the stranger",
-        Duration::from_secs(10),
-        Duration::from_millis(20),
-        || {
-            let now: u64 = (1..=3).map(|id| c.handle(id).refused_connections()).sum();
-            Ok((now > before).then_some(()))
-        },
-    )
-    .expect("refused");
+    c.wait_refused(before, "the stranger");
     drop(stranger);
     assert_eq!(c.get(leader, "secure", Consistency::Linearizable).as_deref(), Some("yes"));
 }
@@ -598,7 +592,7 @@ fn a_cluster_secret_is_proved_both_ways_and_strangers_are_refused() {
         (47u8, Some(ClusterSecret::new(b"a different secret of some length").expect("a secret"))),
         (48, None),
     ] {
-        let before: u64 = (1..=3).map(|id| c.handle(id).refused_connections()).sum();
+        let before = c.refused();
         let ip = IpAddr::from([127, 0, 1, n]);
         let stranger = Node::start(NodeConfig {
             member: MemberConfig::new(4, c.cluster_id.clone(), 1),
@@ -615,16 +609,7 @@ fn a_cluster_secret_is_proved_both_ways_and_strangers_are_refused() {
         })
         .expect("the stranger starts");
         let h = stranger.handle();
-        wait_until(
-            "the members to refuse the stranger",
-            Duration::from_secs(10),
-            Duration::from_millis(20),
-            || {
-                let now: u64 = (1..=3).map(|id| c.handle(id).refused_connections()).sum();
-                Ok((now > before).then_some(()))
-            },
-        )
-        .expect("refused");
+        c.wait_refused(before, "the stranger");
         assert_eq!(c.leader(Duration::from_secs(5)), leader, "a stranger disturbed the cluster");
         // Nothing got through to the stranger either: it never learned a leader.
         assert_eq!(h.status().map(|s| s.leader_id), Some(0), "the stranger heard a member");

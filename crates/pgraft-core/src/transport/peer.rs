@@ -220,7 +220,7 @@ mod tests {
             fake.write_all(&ack.encode()).await.expect("a bare ack");
             fake
         });
-        let r = greet(&mut dialer, &hello, Some(&secret)).await;
+        let r = greet(&mut dialer, &hello.clone(), Some(&secret)).await;
         assert!(r.as_ref().is_err_and(|e| e.contains("without proving the cluster secret")), "{r:?}");
         drop(listener.await);
 
@@ -241,14 +241,6 @@ mod tests {
                 .expect("ack");
             ok
         });
-        let hello = Hello {
-            version: PROTOCOL_VERSION,
-            from: 1,
-            to: 2,
-            cluster_id: "c".into(),
-            address: String::new(),
-            nonce: Some([5; 16]),
-        };
         greet(&mut dialer, &hello, Some(&secret)).await.expect("an honest listener");
         assert!(listener.await.expect("the listener"), "the dialer's proof was wrong");
     }

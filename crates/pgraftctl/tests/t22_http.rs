@@ -144,7 +144,10 @@ fn endpoints_answer_by_role_lag_partition_pause_and_failover() {
     });
     println!("{pgc}: Raft partition of the primary to /primary 200 on node {}: {:?}", new + 1, cut.elapsed());
     assert_ne!(status(ports[0], "/primary"), 200, "the cut-off primary is not advertised");
-    assert_eq!(get(ports[0], "/leader").status, 503);
+    // 503, or no answer at all while its fenced server restarts as a standby (the
+    // endpoints live in its worker): never 200. make test met the restart once.
+    let leader_status = status(ports[0], "/leader");
+    assert!(leader_status == 503 || leader_status == 0, "the cut-off member answers /leader {leader_status}");
     assert_eq!(get(ports[new], "/leader").status, 200, "the new primary's member leads");
     let a = get(ports[new], "/cluster").json();
     assert_eq!(a["ha"]["primary"].as_u64(), Some(new as u64 + 1), "{a}");

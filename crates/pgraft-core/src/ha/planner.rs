@@ -86,6 +86,8 @@ pub struct ServerView {
     pub received: Lsn,
     /// A standby's last replayed position; a primary's flushed position.
     pub replayed: Lsn,
+    /// How long `replayed` has stood still, in ms (0 while it moves or is not known).
+    pub replay_still_ms: u64,
     /// What its WAL receiver is connected to.
     pub receiving: Receiving,
     /// Clients may hold sessions from an earlier open gate (since the server last started).
@@ -527,6 +529,7 @@ pub(in crate::ha) mod tests {
             timeline: 1,
             received: lsn,
             replayed: lsn,
+            replay_still_ms: 0,
             receiving,
             opened: true,
             promoting: false,

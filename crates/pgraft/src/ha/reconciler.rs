@@ -59,6 +59,8 @@ pub struct Reconciler {
     last_transfer: Option<Instant>,
     last_write: Option<(Vec<(String, String)>, Instant)>,
     promoted_in_term: Option<u64>,
+    /// The replayed position last seen and since when (ms) it has stood there.
+    replay_seen: Option<(ha::Lsn, i64)>,
     fenced: bool,
     last_waiting: Option<String>,
     /// When this member last proposed its slots.
@@ -99,6 +101,7 @@ impl Reconciler {
             last_transfer: None,
             last_write: None,
             promoted_in_term: None,
+            replay_seen: None,
             fenced: false,
             last_waiting: None,
             slots_published: None,
@@ -149,6 +152,12 @@ impl Reconciler {
         server.promoting = facts.in_recovery && self.promoted_in_term.is_some();
         server.stood_down = self.stood_down(facts.in_recovery);
         server.sync_in_use = self.sync_in_use(now_ms, server.replayed);
+        match self.replay_seen {
+            Some((lsn, since)) if lsn == server.replayed => {
+                server.replay_still_ms = u64::try_from(now_ms - since).unwrap_or(0);
+            }
+            _ => self.replay_seen = Some((server.replayed, now_ms)),
+        }
         let max_lag = gucs::MAXIMUM_LAG_ON_FAILOVER.get().max(0) as u64 * 1024;
         let seen = shared.standbys.written_ms;
         if let Some(sw) = view.ha.switchover.as_ref().filter(|sw| sw.from == status.id && seen < sw.time_ms) {
@@ -722,6 +731,7 @@ fn server_view(f: &ServerFacts, ha: &HaState, me: u64) -> ServerView {
         timeline: f.timeline,
         received: f.received,
         replayed: f.replayed,
+        replay_still_ms: 0,
         receiving,
         opened: shmem::read().was_open,
         promoting: false,

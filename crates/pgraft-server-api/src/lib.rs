@@ -50,5 +50,5 @@ pub use file_stat::{check_path, format_utc, DirEntry, FileStat};
 pub use info::ServerInfo;
 pub use pgraft_walstream::{Lsn, SegmentSize, TimeLineId};
 pub use privilege::{Access, Api, Requirement};
-pub use server::Server;
+pub use server::{host_names, Server};
 pub use version::PgVersion;

@@ -29,6 +29,19 @@ pub struct Server {
     pub(crate) backup_start_lsn: Option<Lsn>,
 }
 
+/// The hosts of a connection configuration as libpq writes them: names and addresses, or
+/// Unix socket directories.
+pub fn host_names(config: &postgres::Config) -> Vec<String> {
+    config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            postgres::config::Host::Tcp(h) => h.clone(),
+            postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .collect()
+}
+
 impl Server {
     /// The default size of one `pg_read_binary_file` call: large enough that a round trip
     /// is cheap next to the bytes, small enough that the server's buffer for it (the
@@ -74,15 +87,7 @@ impl Server {
 
     /// Where the handle connects: hosts, ports, user and database, never the password.
     pub fn target(&self) -> String {
-        let hosts: Vec<String> = self
-            .config
-            .get_hosts()
-            .iter()
-            .map(|h| match h {
-                postgres::config::Host::Tcp(h) => h.clone(),
-                postgres::config::Host::Unix(p) => p.display().to_string(),
-            })
-            .collect();
+        let hosts = host_names(&self.config);
         let ports: Vec<String> = self.config.get_ports().iter().map(u16::to_string).collect();
         format!(
             "host={} port={} user={} dbname={}",

@@ -93,10 +93,7 @@ fn settings() -> Result<Settings, String> {
         u64::try_from(gucs::NODE_ID.get()).map_err(|_| "pgraft.node_id must be positive".to_string())?;
     let address = gucs::string(&gucs::ADDRESS);
     let port = u16::try_from(gucs::PORT.get()).map_err(|_| "pgraft.port is out of range".to_string())?;
-    let listen_host = match gucs::string(&gucs::LISTEN_ADDRESS) {
-        s if s.is_empty() => address.clone(),
-        s => s,
-    };
+    let listen_host = listen_host();
     let listen: SocketAddr = (listen_host.as_str(), port)
         .to_socket_addrs()
         .map_err(|e| format!("pgraft.listen_address/pgraft.address {listen_host:?}: {e}"))?
@@ -117,7 +114,7 @@ fn settings() -> Result<Settings, String> {
         None
     };
     let secret = cluster_secret()?;
-    if tls.is_none() && secret.is_none() && !listen.ip().is_loopback() {
+    if peer_authentication().1 {
         log::warn!(
             "peers are not authenticated: this member listens on {listen} beyond loopback with neither \
              pgraft.ssl_enabled nor pgraft.cluster_secret; anyone who reaches the port can speak as a member"
@@ -207,13 +204,19 @@ pub fn peer_authentication() -> (String, bool) {
         (false, true) => "cluster secret",
         (false, false) => "none",
     };
-    let host = match gucs::string(&gucs::LISTEN_ADDRESS) {
+    let loopback = (listen_host().as_str(), 0)
+        .to_socket_addrs()
+        .map(|mut a| a.all(|a| a.ip().is_loopback()))
+        .unwrap_or(false);
+    (method.to_string(), method == "none" && !loopback)
+}
+
+/// Where this member listens for peers: `pgraft.listen_address`, else `pgraft.address`.
+fn listen_host() -> String {
+    match gucs::string(&gucs::LISTEN_ADDRESS) {
         s if s.is_empty() => gucs::string(&gucs::ADDRESS),
         s => s,
-    };
-    let loopback =
-        (host.as_str(), 0).to_socket_addrs().map(|mut a| a.all(|a| a.ip().is_loopback())).unwrap_or(false);
-    (method.to_string(), method == "none" && !loopback)
+    }
 }
 
 fn host_port(host: &str, port: u16) -> String {

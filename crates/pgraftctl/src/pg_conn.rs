@@ -116,7 +116,7 @@ fn sslmode(v: &str, what: &str) -> Result<String> {
 /// Whether the connection string or URI `d` sets `key` itself (not merely contains the
 /// word, in a password or a database name).
 fn sets_key(d: &str, key: &str) -> bool {
-    if d.starts_with("postgresql://") || d.starts_with("postgres://") {
+    if is_uri(d) {
         let query = d.split_once('?').map_or("", |(_, q)| q);
         return query.split('&').any(|kv| kv.split_once('=').is_some_and(|(k, _)| k == key));
     }
@@ -227,30 +227,7 @@ impl PgConnArgs {
         }
         match self.dbname.as_deref() {
             None => {}
-            Some(d) if d.starts_with("postgresql://") || d.starts_with("postgres://") => {
-                let v = parse_conninfo(d)?;
-                if let Some(h) = v.hosts {
-                    parts.push(format!("host={}", quote(&h.join(","))));
-                }
-                if let Some(p) = v.ports {
-                    let p: Vec<String> = p.iter().map(u16::to_string).collect();
-                    parts.push(format!("port={}", quote(&p.join(","))));
-                }
-                for (k, val) in [
-                    ("user", v.user),
-                    ("password", v.password),
-                    ("dbname", v.dbname),
-                    ("sslmode", v.sslmode),
-                    ("application_name", v.application_name),
-                ] {
-                    if let Some(val) = val {
-                        parts.push(format!("{k}={}", quote(&val)));
-                    }
-                }
-                if let Some(t) = v.connect_timeout {
-                    parts.push(format!("connect_timeout={}", t.as_secs().max(1)));
-                }
-            }
+            Some(d) if is_uri(d) => parts.extend(parse_conninfo(d)?.pairs()),
             Some(d) if d.contains('=') => parts.push(d.to_string()),
             Some(d) => parts.push(format!("dbname={}", quote(d))),
         }
@@ -260,21 +237,19 @@ impl PgConnArgs {
 
 /// Whether psql would take `-d`'s value as a connection string rather than a name.
 fn looks_like_conninfo(d: &str) -> bool {
-    d.contains('=') || d.starts_with("postgresql://") || d.starts_with("postgres://")
+    d.contains('=') || is_uri(d)
+}
+
+/// Whether `d` is a connection URI rather than a `key=value` string.
+fn is_uri(d: &str) -> bool {
+    d.starts_with("postgresql://") || d.starts_with("postgres://")
 }
 
 /// A connection string or URI's values (the parsing is tokio-postgres's, libpq's syntax).
 fn parse_conninfo(d: &str) -> Result<Values> {
     let cfg: postgres::Config =
         d.parse().with_context(|| "-d/--dbname: not a valid connection string or URI")?;
-    let hosts: Vec<String> = cfg
-        .get_hosts()
-        .iter()
-        .map(|h| match h {
-            postgres::config::Host::Tcp(h) => h.clone(),
-            postgres::config::Host::Unix(p) => p.display().to_string(),
-        })
-        .collect();
+    let hosts = pgraft_server_api::host_names(&cfg);
     // sslmode has a default in the parsed form: set only if written.
     let mode = sets_key(d, "sslmode").then(|| {
         match cfg.get_ssl_mode() {
@@ -301,29 +276,49 @@ fn quote(v: &str) -> String {
     format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
-impl ConnSpec {
-    /// The libpq `key=value` connection string of these values.
-    pub fn conninfo(&self) -> String {
-        let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
-        let mut parts = vec![
-            format!("host={}", quote(&self.hosts.join(","))),
-            format!("port={}", quote(&ports.join(","))),
-            format!("user={}", quote(&self.user)),
-            format!("dbname={}", quote(&self.dbname)),
-        ];
-        if let Some(p) = &self.password {
-            parts.push(format!("password={}", quote(p)));
+impl Values {
+    /// The `key=value` pairs of the values set, quoted.
+    fn pairs(&self) -> Vec<String> {
+        let mut parts = Vec::new();
+        if let Some(h) = &self.hosts {
+            parts.push(format!("host={}", quote(&h.join(","))));
         }
-        if let Some(m) = &self.sslmode {
-            parts.push(format!("sslmode={m}"));
+        if let Some(p) = &self.ports {
+            let p: Vec<String> = p.iter().map(u16::to_string).collect();
+            parts.push(format!("port={}", quote(&p.join(","))));
         }
-        if let Some(a) = &self.application_name {
-            parts.push(format!("application_name={}", quote(a)));
+        for (k, v) in [
+            ("user", &self.user),
+            ("dbname", &self.dbname),
+            ("password", &self.password),
+            ("sslmode", &self.sslmode),
+            ("application_name", &self.application_name),
+        ] {
+            if let Some(v) = v {
+                parts.push(format!("{k}={}", quote(v)));
+            }
         }
         if let Some(t) = self.connect_timeout {
             parts.push(format!("connect_timeout={}", t.as_secs().max(1)));
         }
-        parts.join(" ")
+        parts
+    }
+}
+
+impl ConnSpec {
+    /// The libpq `key=value` connection string of these values.
+    pub fn conninfo(&self) -> String {
+        let v = Values {
+            hosts: Some(self.hosts.clone()),
+            ports: Some(self.ports.clone()),
+            user: Some(self.user.clone()),
+            password: self.password.clone(),
+            dbname: Some(self.dbname.clone()),
+            sslmode: self.sslmode.clone(),
+            application_name: self.application_name.clone(),
+            connect_timeout: self.connect_timeout,
+        };
+        v.pairs().join(" ")
     }
 }
 

@@ -187,6 +187,7 @@ impl<S: LogStore> Member<S> {
         // Sizes are known for what the store holds (raft-rs may hold newer entries that are
         // not written yet).
         let stored_last = self.raw.store().last_index().unwrap_or(0);
+        let first_index = self.raw.store().first_index().unwrap_or(0);
         let progress = if r.state == StateRole::Leader {
             let mut p: Vec<PeerProgress> = r
                 .prs()
@@ -214,12 +215,9 @@ impl<S: LogStore> Member<S> {
             leader_id: r.leader_id,
             commit: r.raft_log.committed,
             applied: self.sm.applied_index,
-            first_index: self.raw.store().first_index().unwrap_or(0),
+            first_index,
             last_index: r.raft_log.last_index(),
-            log_bytes: {
-                let first = self.raw.store().first_index().unwrap_or(1);
-                self.raw.store().entry_bytes(first.saturating_sub(1), stored_last).unwrap_or(0)
-            },
+            log_bytes: self.raw.store().entry_bytes(first_index.saturating_sub(1), stored_last).unwrap_or(0),
             voters,
             learners,
             progress,

@@ -248,13 +248,6 @@ impl Ack {
         Ok(Ack { version: be_u16(&b[4..6]), status, node: be_u64(&b[7..15]) })
     }
 
-    /// Reads an ack.
-    pub async fn read<R: AsyncRead + Unpin>(r: &mut R) -> Result<Ack, HandshakeError> {
-        let mut b = [0u8; ACK_LEN];
-        r.read_exact(&mut b).await?;
-        Self::decode(&b)
-    }
-
     /// Reads the rest of an ack whose first four bytes were read.
     pub async fn read_rest<R: AsyncRead + Unpin>(magic: &[u8; 4], r: &mut R) -> Result<Ack, HandshakeError> {
         let mut b = [0u8; ACK_LEN];

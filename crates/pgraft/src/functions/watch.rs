@@ -120,16 +120,23 @@ fn pgraft_kv_watch(
     let wait = Duration::from_micros(u64::try_from(micros).unwrap_or(u64::MAX));
     let since = since_revision as u64;
     let reg = Registration::new(prefix, since);
+    // Shown as waiting between polls, not while one asks the member.
+    let poll = |c: Consistency| {
+        reg.update(|s| s.waiting = false);
+        let found = changes(prefix, since, c);
+        reg.update(|s| {
+            s.polls += 1;
+            s.waiting = true;
+        });
+        found
+    };
     let started = Instant::now();
-    let mut found = changes(prefix, since, Consistency::Linearizable);
-    reg.update(|s| s.polls += 1);
+    let mut found = poll(Consistency::Linearizable);
     while found.is_empty() && started.elapsed() < wait {
         std::thread::sleep(POLL.min(wait.saturating_sub(started.elapsed())));
         pgrx::check_for_interrupts!();
-        found = changes(prefix, since, Consistency::Serializable);
-        reg.update(|s| s.polls += 1);
+        found = poll(Consistency::Serializable);
     }
-    reg.update(|s| s.waiting = false);
     drop(reg);
     TableIterator::new(found.into_iter().map(|c| {
         let kind = if c.value.is_some() { "put" } else { "delete" };

@@ -60,6 +60,17 @@ pub fn stored_records(data: &[u8]) {
     let sealed = crate::storage::redb_store::seal(data);
     let _ = crate::storage::redb_store::decode::<Entry>("fuzz", &sealed);
     let _ = crate::storage::redb_store::decode::<Snapshot>("fuzz", &sealed);
+    // The log's segments: raw bytes behind a valid header, and a record of the kind the
+    // first byte names around the rest, its checksums right.
+    use crate::storage::log_segment::{header, raw_record, scan};
+    let mut segment = header(1);
+    segment.extend_from_slice(data);
+    let _ = scan("fuzz", 1, &segment);
+    if let Some((kind, payload)) = data.split_first() {
+        let mut segment = header(1);
+        segment.extend_from_slice(&raw_record(kind % 4, payload));
+        let _ = scan("fuzz", 1, &segment);
+    }
 }
 
 /// Raft messages from an authenticated peer, forged from `data`, stepped into the members

@@ -2,8 +2,9 @@
 //!
 //! The extension's background worker listens on `pgraft.sock` in the data directory
 //! (PostgreSQL processes run there, so the path is relative and never too long). A session
-//! connects, sends one request, and waits for the answer while checking for query cancel
-//! and statement_timeout every 100 ms. There is no fixed-size slot anywhere: a request or
+//! connects once and keeps the connection ([`Connection`]); each call sends one request
+//! and waits for the answer while checking for query cancel and statement_timeout every
+//! 100 ms. There is no fixed-size slot anywhere: a request or
 //! answer is as large as it needs to be, up to [`MAX_MESSAGE`], and a larger one is refused
 //! with an error that says so.
 //!
@@ -69,45 +70,116 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, IpcError> {
     postcard::from_bytes(body).map_err(|e| IpcError::Protocol(format!("undecodable message: {e}")))
 }
 
-/// Sends `req` over the socket at `path` and waits for the answer until `deadline`,
-/// calling `check` every 100 ms (the extension raises query cancel and statement_timeout
-/// from there).
+/// A session's connection to the worker, kept between calls: a call costs one write and
+/// one read, not a connect and an accept as well.
+///
+/// The connection is taken out for the length of a call and put back only after a whole
+/// answer arrived, so a call that ends any other way (a timeout, an error, a query cancel
+/// raised from the check) leaves no half-read answer behind: the next call connects
+/// afresh.
+#[derive(Debug, Default)]
+pub struct Connection {
+    stream: Option<UnixStream>,
+}
+
+impl Connection {
+    /// No connection yet: the first call connects.
+    pub const fn new() -> Self {
+        Self { stream: None }
+    }
+
+    /// Sends `req` over the socket at `path` and waits for the answer until `deadline`,
+    /// calling `check` every 100 ms (the extension raises query cancel and
+    /// statement_timeout from there).
+    ///
+    /// A kept connection that the worker closed since (it restarted) fails on the write,
+    /// before the worker could read anything, so the request is sent again on a new
+    /// connection; once written, it is never sent twice.
+    pub fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &mut self,
+        path: &Path,
+        req: &Req,
+        deadline: Instant,
+        check: impl FnMut(),
+    ) -> Result<Resp, IpcError> {
+        let bytes = encode(req)?;
+        let mut s = match self.stream.take() {
+            Some(mut kept) => match kept.write_all(&bytes) {
+                Ok(()) => kept,
+                Err(_) => send_on_new(path, &bytes)?,
+            },
+            None => send_on_new(path, &bytes)?,
+        };
+        let answer = receive(&mut s, deadline, check)?;
+        self.stream = Some(s);
+        Ok(answer)
+    }
+}
+
+/// Sends `req` over a new connection to the socket at `path` and waits for the answer
+/// until `deadline`, calling `check` every 100 ms (see [`Connection::call`]).
 pub fn call<Req: Serialize, Resp: DeserializeOwned>(
     path: &Path,
     req: &Req,
     deadline: Instant,
-    mut check: impl FnMut(),
+    check: impl FnMut(),
 ) -> Result<Resp, IpcError> {
-    let bytes = encode(req)?;
+    Connection::new().call(path, req, deadline, check)
+}
+
+fn send_on_new(path: &Path, bytes: &[u8]) -> Result<UnixStream, IpcError> {
     let mut s = UnixStream::connect(path)
         .map_err(|source| IpcError::NotRunning { path: path.display().to_string(), source })?;
     s.set_write_timeout(Some(Duration::from_secs(30))).map_err(|e| IpcError::Protocol(e.to_string()))?;
-    s.write_all(&bytes).map_err(|e| IpcError::Protocol(format!("send: {e}")))?;
     s.set_read_timeout(Some(Duration::from_millis(100))).map_err(|e| IpcError::Protocol(e.to_string()))?;
-    let mut buf: Vec<u8> = Vec::new();
+    s.write_all(bytes).map_err(|e| IpcError::Protocol(format!("send: {e}")))?;
+    Ok(s)
+}
+
+/// Reads one answer, checking every 100 ms (the socket's read timeout).
+fn receive<Resp: DeserializeOwned>(
+    s: &mut UnixStream,
+    deadline: Instant,
+    mut check: impl FnMut(),
+) -> Result<Resp, IpcError> {
+    let mut head = [0u8; 4];
+    let mut got = 0;
+    let mut body: Vec<u8> = Vec::new();
     let mut want: Option<usize> = None;
-    let mut chunk = vec![0u8; 64 * 1024];
     let started = Instant::now();
     loop {
         check();
         if let Some(n) = want {
-            if buf.len() >= 4 + n {
-                return decode(&buf[4..4 + n]);
+            if body.len() == n {
+                return decode(&body);
             }
         }
         if Instant::now() >= deadline {
             return Err(IpcError::Timeout(started.elapsed()));
         }
-        match s.read(&mut chunk) {
+        // Read exactly one message: the length, then its body, nothing after it.
+        let r = match want {
+            None => s.read(&mut head[got..]),
+            Some(n) => {
+                let from = body.len();
+                body.resize(n.min(from + 64 * 1024), 0);
+                let r = s.read(&mut body[from..]);
+                body.truncate(from + r.as_ref().map_or(0, |k| *k));
+                r
+            }
+        };
+        match r {
             Ok(0) => return Err(IpcError::Protocol("the worker closed the connection".into())),
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                if want.is_none() && buf.len() >= 4 {
-                    let n = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-                    if n > MAX_MESSAGE {
-                        return Err(IpcError::TooLarge(n));
+            Ok(k) => {
+                if want.is_none() {
+                    got += k;
+                    if got == 4 {
+                        let n = u32::from_be_bytes(head) as usize;
+                        if n > MAX_MESSAGE {
+                            return Err(IpcError::TooLarge(n));
+                        }
+                        want = Some(n);
                     }
-                    want = Some(n);
                 }
             }
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
@@ -191,6 +263,71 @@ mod tests {
         let none: Result<Echo, _> =
             call(&dir.join("missing.sock"), &Echo(vec![]), Instant::now() + Duration::from_secs(1), || {});
         assert!(matches!(none, Err(IpcError::NotRunning { .. })));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A kept connection carries many calls; one the worker closed (a restart) is replaced
+    /// on the next call, which still gets its answer; a timed-out call's late answer is
+    /// never read as the next call's.
+    #[test]
+    fn a_kept_connection_serves_many_calls_and_is_replaced_when_closed() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let dir = std::env::temp_dir().join(format!("pgraft-ipc-kept-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join(SOCKET_NAME);
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+        let count = Arc::clone(&accepted);
+        // Each connection answers until it gets [0] (then it closes, as a dying worker's
+        // would) or [9] (answered late, after the caller's deadline).
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(mut s) = s else { return };
+                count.fetch_add(1, Ordering::SeqCst);
+                let closed_tx = closed_tx.clone();
+                std::thread::spawn(move || loop {
+                    let mut len = [0u8; 4];
+                    if s.read_exact(&mut len).is_err() {
+                        return;
+                    }
+                    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+                    s.read_exact(&mut body).expect("a body");
+                    let Echo(v) = decode(&body).expect("an echo");
+                    if v == [9] {
+                        std::thread::sleep(Duration::from_millis(300));
+                    }
+                    s.write_all(&encode(&Echo(v.clone())).expect("encode")).expect("answer");
+                    if v == [0] {
+                        drop(s);
+                        closed_tx.send(()).expect("tell");
+                        return;
+                    }
+                });
+            }
+        });
+        let deadline = || Instant::now() + Duration::from_secs(10);
+        let mut conn = Connection::new();
+        for i in 1..=5u8 {
+            let back: Echo = conn.call(&path, &Echo(vec![i]), deadline(), || {}).expect("an answer");
+            assert_eq!(back, Echo(vec![i]));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "five calls on one connection");
+        let back: Echo = conn.call(&path, &Echo(vec![0]), deadline(), || {}).expect("an answer");
+        assert_eq!(back, Echo(vec![0]));
+        closed_rx.recv_timeout(Duration::from_secs(10)).expect("the worker side closed");
+        let back: Echo =
+            conn.call(&path, &Echo(vec![7]), deadline(), || {}).expect("an answer after the close");
+        assert_eq!(back, Echo(vec![7]));
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "a new connection after the close");
+        let late: Result<Echo, _> =
+            conn.call(&path, &Echo(vec![9]), Instant::now() + Duration::from_millis(50), || {});
+        assert!(matches!(late, Err(IpcError::Timeout(_))), "{late:?}");
+        let back: Echo = conn.call(&path, &Echo(vec![8]), deadline(), || {}).expect("an answer");
+        assert_eq!(back, Echo(vec![8]), "the late answer was not taken for this one");
+        assert_eq!(accepted.load(Ordering::SeqCst), 3, "the timed-out connection was not reused");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

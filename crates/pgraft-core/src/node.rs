@@ -24,13 +24,15 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use raft::prelude::Message;
+
 use crate::config::Timing;
 use crate::error::{Error, Result};
 use crate::member::{Member, MemberConfig, MemberStatus, Role, Token};
 use crate::metrics::Histogram;
 use crate::request::{Request, Response};
 use crate::snapshot_job::{SnapshotDone, SnapshotJob};
-use crate::storage::RedbStore;
+use crate::storage::SegmentStore;
 use crate::transport::{ClusterSecret, Inbound, Tls, TlsFiles, Transport, TransportConfig};
 
 /// How a new member's storage is initialised on its first start.
@@ -74,7 +76,7 @@ pub struct NodeConfig {
 }
 
 type Reply = tokio::sync::oneshot::Sender<Result<Response>>;
-type Inspector = Box<dyn FnOnce(&mut Member<RedbStore>) + Send>;
+type Inspector = Box<dyn FnOnce(&mut Member<SegmentStore>) + Send>;
 
 enum Input {
     Net(Inbound),
@@ -171,7 +173,7 @@ impl Node {
     /// member thread.
     pub fn start(cfg: NodeConfig) -> Result<Node> {
         cfg.timing.validate().map_err(|e| Error::InvalidArgument(e.0))?;
-        let mut store = RedbStore::open(&cfg.data_dir)?;
+        let mut store = SegmentStore::open(&cfg.data_dir)?;
         let syncs = store.sync_latency();
         match &cfg.bootstrap {
             Bootstrap::Join => {}
@@ -375,7 +377,7 @@ impl NodeHandle {
     /// Queues `f` for the member thread; the receiver gets its result.
     fn send_inspect<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Member<RedbStore>) -> T + Send + 'static,
+        f: impl FnOnce(&mut Member<SegmentStore>) -> T + Send + 'static,
     ) -> Result<tokio::sync::oneshot::Receiver<T>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Inspector = Box::new(move |m| {
@@ -388,7 +390,7 @@ impl NodeHandle {
     /// Runs `f` on the member thread with the member, and returns its result.
     pub async fn inspect<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Member<RedbStore>) -> T + Send + 'static,
+        f: impl FnOnce(&mut Member<SegmentStore>) -> T + Send + 'static,
     ) -> Result<T> {
         self.send_inspect(f)?.await.map_err(|_| self.stopped())
     }
@@ -396,7 +398,7 @@ impl NodeHandle {
     /// [`NodeHandle::inspect`] for threads outside any async runtime.
     pub fn inspect_blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Member<RedbStore>) -> T + Send + 'static,
+        f: impl FnOnce(&mut Member<SegmentStore>) -> T + Send + 'static,
     ) -> Result<T> {
         self.send_inspect(f)?.blocking_recv().map_err(|_| self.stopped())
     }
@@ -444,6 +446,8 @@ struct PassTimes {
     tick: Duration,
     ready: Duration,
     sent: usize,
+    /// Of them, a leader's sent before its own sync.
+    sent_early: usize,
     send: Duration,
     ready_detail: crate::member::ReadyTimes,
     /// Peer messages by (type, sender, reject).
@@ -459,7 +463,7 @@ impl std::fmt::Display for PassTimes {
         write!(
             f,
             "{} inputs (peer messages {} ms, calls {} ms, inspections {} ms, snapshots done {} ms, other {} ms), \
-             tick {} ms, ready {} ms, {} messages sent in {} ms",
+             tick {} ms, ready {} ms, {} messages sent ({} before the sync) in {} ms",
             self.inputs,
             ms(k[0]),
             ms(k[1]),
@@ -469,6 +473,7 @@ impl std::fmt::Display for PassTimes {
             ms(self.tick),
             ms(self.ready),
             self.sent,
+            self.sent_early,
             ms(self.send)
         )?;
         write!(
@@ -476,6 +481,15 @@ impl std::fmt::Display for PassTimes {
             "; received (type, from, reject): {:?}; sent (type, to): (messages, entries): {:?}; {}",
             self.received, self.sent_by, self.ready_detail
         )
+    }
+}
+
+impl PassTimes {
+    fn count_sent(&mut self, m: &Message) {
+        self.sent += 1;
+        let e = self.sent_by.entry((m.get_msg_type() as i32, m.to)).or_default();
+        e.0 += 1;
+        e.1 += m.entries.len();
     }
 }
 
@@ -487,7 +501,7 @@ fn tick_interval(role: Role, t: &Timing, election_tick: usize) -> Duration {
 }
 
 fn run_loop(
-    mut member: Member<RedbStore>,
+    mut member: Member<SegmentStore>,
     transport: Transport,
     rx: Receiver<Input>,
     mut timing: Timing,
@@ -570,22 +584,25 @@ fn run_loop(
         }
         pass.tick = now.elapsed();
         let started = Instant::now();
-        let mut out = member.process_ready()?;
+        // A leader's appends leave before its own sync (see `process_ready_sending`).
+        let mut send_now = |m: Message| {
+            pass.sent_early += 1;
+            pass.count_sent(&m);
+            transport.send(m);
+        };
+        let mut out = member.process_ready_sending(&mut send_now)?;
         // A read round a one-member cluster answered at once is ready again right away.
         for _ in 0..2 {
             if !member.has_ready() {
                 break;
             }
-            out.extend(member.process_ready()?);
+            out.extend(member.process_ready_sending(&mut send_now)?);
         }
         pass.ready = started.elapsed();
         pass.ready_detail = member.ready_times();
-        pass.sent = out.len();
         let started = Instant::now();
         for m in out {
-            let e = pass.sent_by.entry((m.get_msg_type() as i32, m.to)).or_default();
-            e.0 += 1;
-            e.1 += m.entries.len();
+            pass.count_sent(&m);
             transport.send(m);
         }
         pass.send = started.elapsed();
@@ -663,7 +680,7 @@ fn run_loop(
 /// Copies the member's status and addresses to the shared state, and points the transport
 /// at the current peers.
 fn publish(
-    member: &Member<RedbStore>,
+    member: &Member<SegmentStore>,
     learned: &BTreeMap<u64, String>,
     addresses: &mut BTreeMap<u64, String>,
     transport: &Transport,

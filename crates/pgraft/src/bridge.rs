@@ -56,13 +56,22 @@ pub fn budget() -> Duration {
     }
 }
 
+thread_local! {
+    /// This session's connection to the worker, kept between calls.
+    static CONNECTION: std::cell::Cell<ipc::Connection> = const { std::cell::Cell::new(ipc::Connection::new()) };
+}
+
 /// Sends a request to the worker and waits, honouring query cancel and statement_timeout.
 pub fn call(req: IpcRequest) -> IpcResponse {
     let deadline = Instant::now() + budget() + Duration::from_secs(2);
-    // Sessions run in the data directory, where the worker's socket lives.
-    let r = ipc::call(Path::new(SOCKET_PATH), &req, deadline, || {
+    // Sessions run in the data directory, where the worker's socket lives. The connection
+    // is taken out of the session's slot for the call: an ERROR raised from the interrupt
+    // check leaves the slot empty, so the next call connects afresh.
+    let mut conn = CONNECTION.take();
+    let r = conn.call(Path::new(SOCKET_PATH), &req, deadline, || {
         pgrx::check_for_interrupts!();
     });
+    CONNECTION.set(conn);
     match r {
         Ok(r) => r,
         Err(IpcError::NotRunning { .. }) => {

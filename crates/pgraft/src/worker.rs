@@ -552,8 +552,7 @@ async fn answer(req: IpcRequest, ctx: &Ctx) -> IpcResponse {
             };
             let cluster_config = node.inspect(|m| m.state().config.clone()).await.unwrap_or_default();
             let disk_bytes = dir_size(&ctx.data_dir, 1);
-            let log_disk_bytes =
-                std::fs::metadata(ctx.data_dir.join(pgraft_core::storage::FILE_NAME)).map_or(0, |m| m.len());
+            let log_disk_bytes = dir_size(&ctx.data_dir.join(pgraft_core::storage::LOG_DIR), 0);
             IpcResponse::Status(Box::new(StatusReport {
                 member,
                 addresses: node.addresses(),

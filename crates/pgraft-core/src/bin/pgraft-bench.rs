@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! pgraft-bench [--members 3] [--clients 16] [--seconds 5] [--value-bytes 100] [--keys 1000]
+//!              [--warnings]
 //! ```
 //!
 //! Starts the members in this process (each with its own redb file and TCP listener on
@@ -58,8 +59,26 @@ fn kind_name(k: Kind) -> &'static str {
     }
 }
 
+/// Prints the members' warnings (a slow Raft-thread pass, a lost peer) to stderr.
+struct Stderr;
+
+impl log::Log for Stderr {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::Level::Warn
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            eprintln!("{}: {}", r.level(), r.args());
+        }
+    }
+    fn flush(&self) {}
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--warnings") {
+        let _ = log::set_logger(&Stderr).map(|()| log::set_max_level(log::LevelFilter::Warn));
+    }
     let members = arg(&args, "--members", 3);
     let clients = arg(&args, "--clients", 16);
     let seconds = arg(&args, "--seconds", 5);

@@ -52,17 +52,17 @@ fn reads_wait_for_the_new_leaders_first_commit_not_for_a_timeout() {
 /// Only a store with no snapshot yet starts empty.
 #[test]
 fn a_member_whose_snapshot_cannot_be_read_refuses_to_start() {
-    use crate::storage::RedbStore;
+    use crate::storage::SegmentStore;
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let dir = std::env::temp_dir().join(format!("pgraft-member-snapshot-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let cfg = MemberConfig::new(1, "t", 1);
     {
-        let empty = RedbStore::open(&dir).expect("open");
+        let empty = SegmentStore::open(&dir).expect("open");
         Member::new(cfg.clone(), empty, &logger).expect("a store with no snapshot yet starts empty");
     }
     {
-        let mut store = RedbStore::open(&dir).expect("open");
+        let mut store = SegmentStore::open(&dir).expect("open");
         Member::bootstrap(&mut store, &[(1, "t:1".into())]).expect("bootstrap");
         let m = Member::new(cfg.clone(), store, &logger).expect("a readable snapshot");
         assert_eq!(m.state().members.len(), 1);
@@ -76,7 +76,7 @@ fn a_member_whose_snapshot_cannot_be_read_refuses_to_start() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     std::fs::write(&images[0], bytes).expect("corrupt the image");
-    let store = RedbStore::open(&dir).expect("the database itself opens");
+    let store = SegmentStore::open(&dir).expect("the log itself opens");
     let err =
         Member::new(cfg, store, &logger).err().expect("a member on an unreadable snapshot must not start");
     let text = err.to_string();

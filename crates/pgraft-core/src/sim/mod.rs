@@ -250,7 +250,7 @@ impl Sim {
     fn crash(&mut self, i: usize, restart_at: u64) {
         let id = self.nodes[i].id;
         if let Some(m) = self.nodes[i].member.take() {
-            self.nodes[i].saved = Some(m.store().clone());
+            self.nodes[i].saved = Some(m.store().crashed());
         }
         self.nodes[i].restart_at = Some(restart_at);
         self.net.forget(id);

@@ -1,7 +1,8 @@
 //! The conformance suite every [`LogStore`] must pass.
 //!
 //! `open(None)` must return a fresh, empty store; `open(Some(store))` must close `store`
-//! and reopen it from wherever it keeps its state (for a memory store: return it as is).
+//! and reopen it from wherever it keeps its state, as a crash would (for a memory store:
+//! [`super::MemStore::crashed`]).
 //! Each check below states the guarantee it holds the store to.
 
 use raft::prelude::{ConfState, Entry, HardState};
@@ -37,6 +38,51 @@ pub fn run_all<S: LogStore>(mut open: impl FnMut(Option<S>) -> S) {
     identity_is_recorded_and_enforced(&mut open);
     size_limited_reads_return_at_least_one(open(None));
     entry_bytes_follow_appends_overwrites_and_compaction(&mut open);
+    one_write_per_ready_and_unsynced_commits(&mut open);
+}
+
+/// `persist` writes a `Ready`'s entries and hard state together; a commit index written
+/// without a sync is seen at once, lost by a restart before the next synced write, and
+/// made durable by it. Entries, a term or a vote are never written without a sync.
+fn one_write_per_ready_and_unsynced_commits<S: LogStore>(open: &mut impl FnMut(Option<S>) -> S) {
+    let mut s = open(None);
+    let hs = HardState { term: 2, vote: 1, commit: 3 };
+    s.persist(&ents(1..=5, 2), Some(&hs), true).expect("entries and hard state");
+    let moved = HardState { commit: 5, ..hs.clone() };
+    s.persist(&[], Some(&moved), false).expect("a commit without a sync");
+    assert_eq!(s.hard_state(), moved, "an unsynced commit is seen at once");
+    assert_eq!(s.initial_state().expect("state").hard_state, moved);
+    let refused = [
+        s.persist(&ents(6..=6, 2), None, false),
+        s.persist(&[], Some(&HardState { term: 3, ..moved.clone() }), false),
+        s.persist(&[], Some(&HardState { vote: 2, ..moved.clone() }), false),
+    ];
+    for r in refused {
+        assert!(matches!(r, Err(StorageError::Invalid(_))), "{r:?}");
+    }
+    let mut s = open(Some(s));
+    assert_eq!(s.hard_state(), hs, "a restart forgets the unsynced commit, keeps the rest");
+    assert_eq!(s.last_index().expect("last"), 5);
+    s.persist(&[], Some(&moved), false).expect("a commit without a sync");
+    s.persist(&ents(6..=7, 2), None, true).expect("entries with a sync");
+    let s = open(Some(s));
+    assert_eq!(s.hard_state(), moved, "the next synced write made the commit durable");
+    assert_eq!(read(&s, 5, 8), vec![(5, 2), (6, 2), (7, 2)]);
+    // A snapshot at an index committed without a sync records that commit with it.
+    let mut s = s;
+    let at_7 = HardState { commit: 7, ..hs };
+    s.persist(&[], Some(&at_7), false).expect("a commit without a sync");
+    create_snapshot_now(
+        &mut s,
+        7,
+        &ConfState { voters: vec![1], ..Default::default() },
+        b"image".to_vec(),
+        2,
+    )
+    .expect("snapshot at 7");
+    let s = open(Some(s));
+    assert_eq!(s.hard_state(), at_7, "the snapshot's commit survives a restart");
+    assert_eq!(s.snapshot_metadata().index, 7);
 }
 
 /// A new store: first index 1, last index 0, term(0) = 0, no snapshot.

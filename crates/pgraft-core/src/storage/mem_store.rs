@@ -10,12 +10,15 @@ use super::{
     SnapshotWriter, StorageError,
 };
 
-/// A store that keeps everything in memory: "durable" means "in this value". The
-/// simulation models a crash by dropping the unsynced part of a member's state, which it
-/// holds outside the store.
+/// A store that keeps everything in memory: "durable" means "in this value", but for a
+/// hard state written without a sync, which [`MemStore::crashed`] forgets. The
+/// simulation models a crash with it, and drops the rest of a member's unsynced state,
+/// which it holds outside the store.
 #[derive(Debug, Clone, Default)]
 pub struct MemStore {
     hard_state: HardState,
+    /// The hard state as of the last synced write.
+    synced_hard_state: HardState,
     conf_state: ConfState,
     /// Index and term of the last entry discarded by compaction or a snapshot.
     trunc: (u64, u64),
@@ -28,6 +31,11 @@ impl MemStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The store as a crash leaves it: what was written without a sync is gone.
+    pub fn crashed(&self) -> MemStore {
+        MemStore { hard_state: self.synced_hard_state.clone(), ..self.clone() }
     }
 
     fn last(&self) -> u64 {
@@ -82,16 +90,19 @@ impl raft::Storage for MemStore {
 }
 
 impl LogStore for MemStore {
-    fn append(&mut self, entries: &[Entry]) -> Result<()> {
-        let Some(first) = entries.first() else { return Ok(()) };
-        check_append(first.index, self.trunc.0, self.last())?;
-        self.entries.truncate(self.pos(first.index));
-        self.entries.extend_from_slice(entries);
-        Ok(())
-    }
-
-    fn set_hard_state(&mut self, hs: &HardState) -> Result<()> {
-        self.hard_state = hs.clone();
+    fn persist(&mut self, entries: &[Entry], hs: Option<&HardState>, sync: bool) -> Result<()> {
+        check_unsynced(entries, hs, &self.hard_state, sync)?;
+        if let Some(first) = entries.first() {
+            check_append(first.index, self.trunc.0, self.last())?;
+            self.entries.truncate(self.pos(first.index));
+            self.entries.extend_from_slice(entries);
+        }
+        if let Some(hs) = hs {
+            self.hard_state = hs.clone();
+        }
+        if sync {
+            self.synced_hard_state = self.hard_state.clone();
+        }
         Ok(())
     }
 
@@ -109,6 +120,7 @@ impl LogStore for MemStore {
         self.trunc = (meta.index, meta.term);
         self.hard_state.term = self.hard_state.term.max(meta.term);
         self.hard_state.commit = self.hard_state.commit.max(meta.index);
+        self.synced_hard_state = self.hard_state.clone();
         self.conf_state = meta.get_conf_state().clone();
         self.snapshot = snap.clone();
         Ok(())
@@ -128,6 +140,8 @@ impl LogStore for MemStore {
             ImageData::File(p) => read_image(&p)?,
         };
         self.snapshot = Snapshot { data, metadata: Some(image.metadata) };
+        // Its index is committed, perhaps by an unsynced commit: on record with it.
+        self.synced_hard_state = self.hard_state.clone();
         let compact_to = index.saturating_sub(keep);
         if compact_to > self.trunc.0 {
             let t =
@@ -178,6 +192,27 @@ impl LogStore for MemStore {
 }
 
 /// The append rules shared by every store: no write below the compacted prefix, no hole.
+/// A write without a sync may only move the commit index: entries, a term and a vote must
+/// be durable before anything that depends on them leaves the member.
+pub(crate) fn check_unsynced(
+    entries: &[Entry],
+    hs: Option<&HardState>,
+    was: &HardState,
+    sync: bool,
+) -> Result<()> {
+    if sync {
+        return Ok(());
+    }
+    let moves_more = hs.is_some_and(|hs| hs.term != was.term || hs.vote != was.vote);
+    if !entries.is_empty() || moves_more {
+        return Err(StorageError::Invalid(
+            "entries, a term or a vote written without a sync: they must be durable before they are used"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn check_append(first: u64, trunc: u64, last: u64) -> Result<()> {
     if first <= trunc {
         return Err(StorageError::Invalid(format!(
@@ -198,6 +233,8 @@ mod tests {
 
     #[test]
     fn conformance() {
-        super::super::conformance::run_all(|prev: Option<MemStore>| prev.unwrap_or_default());
+        super::super::conformance::run_all(|prev: Option<MemStore>| {
+            prev.map(|s| s.crashed()).unwrap_or_default()
+        });
     }
 }

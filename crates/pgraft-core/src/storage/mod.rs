@@ -2,16 +2,23 @@
 //!
 //! raft-rs reads through its [`raft::Storage`] trait; [`LogStore`] adds the writes the
 //! member makes from each `Ready`. Two implementations pass one conformance suite
-//! ([`conformance`]): [`MemStore`] for unit tests and the simulation, and [`RedbStore`],
-//! the durable one, on redb (the bbolt of Rust; etcd itself is a WAL plus bbolt).
+//! ([`conformance`]): [`MemStore`] for unit tests and the simulation, and [`SegmentStore`],
+//! the durable one, an append-only segmented log like etcd's WAL. [`RedbStore`], the
+//! durable store of pgraft 1.0 (on redb), is still read: a member that finds one carries
+//! it over to the log at start.
 //!
-//! Every write method is **durable before it returns**: the member sends messages that
-//! depend on a write, and acknowledges clients, only afterwards.
+//! Every write method is **durable before it returns** (but a [`LogStore::persist`] its
+//! caller says needs no sync): the member sends messages that depend on a write, and
+//! acknowledges clients, only afterwards.
 
 mod entry_sizes;
 mod identity;
+mod log_index;
+pub(crate) mod log_segment;
 mod mem_store;
+mod read_stats;
 pub(crate) mod redb_store;
+mod segment_store;
 mod snapshot_file;
 mod term_runs;
 
@@ -19,7 +26,9 @@ pub mod conformance;
 
 pub use identity::Identity;
 pub use mem_store::MemStore;
+pub use read_stats::ReadStats;
 pub use redb_store::{RedbStore, FILE_NAME};
+pub use segment_store::{SegmentStore, LOG_DIR, SEGMENT_BYTES};
 pub use snapshot_file::{SnapshotImage, SnapshotWriter};
 
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -54,16 +63,29 @@ pub type Result<T> = std::result::Result<T, StorageError>;
 /// Invariants every implementation keeps (checked by [`conformance`]):
 /// - the log has no holes: entries are `first_index()..=last_index()`;
 /// - `term(first_index() - 1)` answers the term of the last compacted entry (or snapshot);
-/// - every method is durable before it returns, and a restart from the same place sees
-///   exactly what was written.
+/// - every method is durable before it returns (an unsynced `persist` with the next synced
+///   write), and a restart from the same place sees exactly what was made durable.
 pub trait LogStore: raft::Storage {
-    /// Appends `entries`; an entry at an index that exists already replaces it and every
-    /// later one (a new leader overwrote an uncommitted suffix). Durable before return.
-    /// The first entry's index must be at most `last_index() + 1`.
-    fn append(&mut self, entries: &[Entry]) -> Result<()>;
+    /// Appends `entries` and records the hard state `hs` (term, vote, commit) in one
+    /// write: one sync for everything a `Ready` persists (group commit). An entry at an
+    /// index that exists already replaces it and every later one (a new leader overwrote
+    /// an uncommitted suffix); the first entry's index must be at most `last_index() + 1`.
+    ///
+    /// With `sync` the write is durable before return. Without it (raft-rs's
+    /// `Ready::must_sync()` is false: only the commit index moved, which Raft may forget
+    /// and learn again), it becomes durable with the next synced write, and a crash
+    /// before that loses it; readers of this store see it at once either way.
+    fn persist(&mut self, entries: &[Entry], hs: Option<&HardState>, sync: bool) -> Result<()>;
 
-    /// Records term, vote and commit. Durable before return.
-    fn set_hard_state(&mut self, hs: &HardState) -> Result<()>;
+    /// Appends `entries`, durable before return (see [`LogStore::persist`]).
+    fn append(&mut self, entries: &[Entry]) -> Result<()> {
+        self.persist(entries, None, true)
+    }
+
+    /// Records term, vote and commit, durable before return.
+    fn set_hard_state(&mut self, hs: &HardState) -> Result<()> {
+        self.persist(&[], Some(hs), true)
+    }
 
     /// Records the membership after a configuration change was applied. Durable before
     /// return.
@@ -83,7 +105,8 @@ pub trait LogStore: raft::Storage {
     /// catch up from the log. An image below the current snapshot's index (a newer one
     /// arrived from the leader while it was being written) or at or below the compacted
     /// index is discarded; one at the current snapshot's index replaces it (a compaction
-    /// that keeps fewer entries).
+    /// that keeps fewer entries). A commit index written without a sync is made durable
+    /// with it (the snapshot's index is committed).
     fn create_snapshot(&mut self, image: SnapshotImage, keep: u64) -> Result<()>;
 
     /// Index, term and membership of the current snapshot (index 0: none).

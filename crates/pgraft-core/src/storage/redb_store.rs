@@ -15,7 +15,9 @@
 //! ```
 //!
 //! Every write is one redb transaction committed with `Durability::Immediate` (fsync)
-//! before the method returns. Every record carries its own CRC32, checked on each read, so
+//! before the method returns; a `Ready`'s entries and hard state go in one. A hard state
+//! that only moves the commit index (raft-rs: no sync needed) stays in memory until the
+//! next such write records it. Every record carries its own CRC32, checked on each read, so
 //! a flipped bit is reported as corruption instead of being used.
 
 use std::path::{Path, PathBuf};
@@ -27,7 +29,8 @@ use raft::{GetEntriesContext, RaftState};
 use redb::{Database, ReadableTable, TableDefinition};
 
 use super::entry_sizes::EntrySizes;
-use super::mem_store::check_append;
+use super::mem_store::{check_append, check_unsynced};
+use super::read_stats::ReadStats;
 use super::snapshot_file::{file_name, read_image, sync_dir, ImageData};
 use super::term_runs::TermRuns;
 use super::{
@@ -63,6 +66,9 @@ pub struct RedbStore {
     path: PathBuf,
     snap_dir: PathBuf,
     hard_state: HardState,
+    /// The hard state holds a commit index written without a sync (see
+    /// [`LogStore::persist`]): the next synced write records it.
+    hard_state_unsynced: bool,
     conf_state: ConfState,
     trunc: (u64, u64),
     last: u64,
@@ -80,33 +86,6 @@ pub struct RedbStore {
     terms: TermRuns,
     /// The size of every entry after the compacted index, in memory.
     sizes: EntrySizes,
-}
-
-/// Log reads since the last [`RedbStore::take_read_stats`].
-#[derive(Debug, Default)]
-pub struct ReadStats {
-    /// `entries` calls.
-    pub calls: std::sync::atomic::AtomicU64,
-    /// Entries decoded by them.
-    pub entries: std::sync::atomic::AtomicU64,
-    /// `term` lookups that read an entry.
-    pub terms: std::sync::atomic::AtomicU64,
-    /// Time spent in both, in microseconds.
-    pub micros: std::sync::atomic::AtomicU64,
-}
-
-impl std::fmt::Display for ReadStats {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use std::sync::atomic::Ordering::Relaxed;
-        write!(
-            f,
-            "log reads: {} calls for {} entries and {} term lookups in {} ms",
-            self.calls.load(Relaxed),
-            self.entries.load(Relaxed),
-            self.terms.load(Relaxed),
-            self.micros.load(Relaxed) / 1000
-        )
-    }
 }
 
 macro_rules! redb_try {
@@ -172,6 +151,7 @@ impl RedbStore {
             path,
             snap_dir,
             hard_state: HardState::default(),
+            hard_state_unsynced: false,
             conf_state: ConfState::default(),
             trunc: (0, 0),
             last: 0,
@@ -277,15 +257,7 @@ impl RedbStore {
 
     /// The log reads since the last call (then counts again).
     pub fn take_read_stats(&self) -> ReadStats {
-        use std::sync::atomic::Ordering::Relaxed;
-        let r = &self.reads;
-        let take = |a: &std::sync::atomic::AtomicU64| std::sync::atomic::AtomicU64::new(a.swap(0, Relaxed));
-        ReadStats {
-            calls: take(&r.calls),
-            entries: take(&r.entries),
-            terms: take(&r.terms),
-            micros: take(&r.micros),
-        }
+        self.reads.take()
     }
 
     /// The latencies of its durable commits, shared with whoever reports them.
@@ -417,10 +389,7 @@ impl raft::Storage for RedbStore {
             Ok(out)
         };
         let r = read();
-        use std::sync::atomic::Ordering::Relaxed;
-        self.reads.calls.fetch_add(1, Relaxed);
-        self.reads.entries.fetch_add(r.as_ref().map_or(0, |v| v.len() as u64), Relaxed);
-        self.reads.micros.fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+        self.reads.count(r.as_ref().map_or(0, |v| v.len() as u64), 0, started.elapsed());
         r.map_err(to_raft)
     }
 
@@ -433,9 +402,7 @@ impl raft::Storage for RedbStore {
         }
         let started = std::time::Instant::now();
         let r = self.read_entry(idx).map(|e| e.term).map_err(to_raft);
-        use std::sync::atomic::Ordering::Relaxed;
-        self.reads.terms.fetch_add(1, Relaxed);
-        self.reads.micros.fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+        self.reads.count(0, 1, started.elapsed());
         r
     }
 
@@ -457,37 +424,57 @@ impl raft::Storage for RedbStore {
 }
 
 impl LogStore for RedbStore {
-    fn append(&mut self, entries: &[Entry]) -> Result<()> {
-        let Some(first) = entries.first() else { return Ok(()) };
-        check_append(first.index, self.trunc.0, self.last)?;
-        let new_last = entries.last().map_or(self.last, |e| e.index);
-        let old_last = self.last;
-        self.write("append", |tx| {
-            let mut log = redb_try!(tx.open_table(LOG), "open log");
-            if first.index <= old_last {
-                redb_try!(log.retain_in(first.index.., |_, _| false), "truncate the log suffix");
+    fn persist(&mut self, entries: &[Entry], hs: Option<&HardState>, sync: bool) -> Result<()> {
+        check_unsynced(entries, hs, &self.hard_state, sync)?;
+        if !sync {
+            // Only the commit index moved: kept in memory, written with the next synced
+            // write (a crash forgets it; raft learns it again).
+            if let Some(hs) = hs {
+                self.hard_state = hs.clone();
+                self.hard_state_unsynced = true;
             }
-            for e in entries {
+            return Ok(());
+        }
+        let first = entries.first().map(|e| e.index);
+        if let Some(first) = first {
+            check_append(first, self.trunc.0, self.last)?;
+        }
+        let hs = hs.cloned().or_else(|| self.hard_state_unsynced.then(|| self.hard_state.clone()));
+        if first.is_none() && hs.is_none() {
+            return Ok(());
+        }
+        let old_last = self.last;
+        self.write("persist", |tx| {
+            if let Some(first) = first {
+                let mut log = redb_try!(tx.open_table(LOG), "open log");
+                if first <= old_last {
+                    redb_try!(log.retain_in(first.., |_, _| false), "truncate the log suffix");
+                }
+                for e in entries {
+                    redb_try!(
+                        log.insert(e.index, seal(&e.encode_to_vec()).as_slice()),
+                        format!("write entry {}", e.index)
+                    );
+                }
+            }
+            if let Some(hs) = &hs {
+                let mut meta = redb_try!(tx.open_table(META), "open meta");
                 redb_try!(
-                    log.insert(e.index, seal(&e.encode_to_vec()).as_slice()),
-                    format!("write entry {}", e.index)
+                    meta.insert("hard_state", seal(&hs.encode_to_vec()).as_slice()),
+                    "write hard state"
                 );
             }
             Ok(())
         })?;
-        self.last = new_last;
-        self.terms.append(entries.iter().map(|e| (e.index, e.term)));
-        self.sizes.append(entries.iter().map(|e| (e.index, e.encoded_len() as u64)));
-        Ok(())
-    }
-
-    fn set_hard_state(&mut self, hs: &HardState) -> Result<()> {
-        self.write("hard state", |tx| {
-            let mut meta = redb_try!(tx.open_table(META), "open meta");
-            redb_try!(meta.insert("hard_state", seal(&hs.encode_to_vec()).as_slice()), "write hard state");
-            Ok(())
-        })?;
-        self.hard_state = hs.clone();
+        if let Some(last) = entries.last() {
+            self.last = last.index;
+            self.terms.append(entries.iter().map(|e| (e.index, e.term)));
+            self.sizes.append(entries.iter().map(|e| (e.index, e.encoded_len() as u64)));
+        }
+        if let Some(hs) = hs {
+            self.hard_state = hs;
+            self.hard_state_unsynced = false;
+        }
         Ok(())
     }
 
@@ -526,6 +513,7 @@ impl LogStore for RedbStore {
         self.sizes.clear();
         self.sizes.compact_to(meta.index);
         self.hard_state = hs;
+        self.hard_state_unsynced = false;
         self.conf_state = cs;
         Ok(())
     }
@@ -553,15 +541,23 @@ impl LogStore for RedbStore {
         } else {
             None
         };
+        // A snapshot's index was applied, so committed, but perhaps only by a commit index
+        // kept without a sync: it goes on record with the snapshot, or a restart would
+        // find a snapshot beyond its commit (raft-rs refuses to start on that).
+        let hs = self.hard_state_unsynced.then(|| self.hard_state.clone());
         self.record_snapshot(image, |tx| {
+            let mut m = redb_try!(tx.open_table(META), "open meta");
+            if let Some(hs) = &hs {
+                redb_try!(m.insert("hard_state", seal(&hs.encode_to_vec()).as_slice()), "write hard state");
+            }
             if let Some((i, t)) = new_trunc {
-                let mut m = redb_try!(tx.open_table(META), "open meta");
                 redb_try!(m.insert("trunc", seal(&trunc_bytes(i, t)).as_slice()), "write trunc");
                 let mut log = redb_try!(tx.open_table(LOG), "open log");
                 redb_try!(log.retain_in(..=i, |_, _| false), "compact the log");
             }
             Ok(())
         })?;
+        self.hard_state_unsynced = false;
         if let Some(t) = new_trunc {
             self.trunc = t;
             self.terms.compact_to(t.0);

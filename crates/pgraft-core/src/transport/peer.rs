@@ -13,6 +13,12 @@ use super::{
 
 type Conn = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
 
+/// The most queued messages written to a peer before one flush.
+const MAX_BATCH: usize = 256;
+
+/// Bytes buffered before a write to the socket (larger frames go straight through).
+const WRITE_BUFFER: usize = 64 * 1024;
+
 /// Dials, handshakes, and writes queued messages; reconnects with backoff (50 ms doubling
 /// to 2 s) when anything fails.
 pub(super) async fn run(
@@ -27,7 +33,7 @@ pub(super) async fn run(
     // Whether a connection failed or broke since the task started.
     let mut reconnecting = false;
     loop {
-        let mut conn = match connect(&cfg, to, &address).await {
+        let conn = match connect(&cfg, to, &address).await {
             Ok(c) => {
                 if logged_failure {
                     log::info!("connected to node {to} at {address}");
@@ -59,26 +65,48 @@ pub(super) async fn run(
                 continue;
             }
         };
+        let mut conn = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, conn);
         while let Some(m) = rx.recv().await {
-            let snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+            // Everything queued goes out in one batch with one flush: under load a
+            // leader's appends, heartbeats and read rounds to a peer share a write.
+            let mut batch = vec![m];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            let mut sent = Vec::with_capacity(batch.len());
             let mut failed = false;
-            for f in Frame::split(m.clone(), cfg.frame_cap) {
-                if write_frame(&mut conn, &f).await.is_err() {
-                    failed = true;
+            let mut batch = batch.into_iter();
+            for m in batch.by_ref() {
+                let what = (m.get_msg_type(), m.to);
+                for f in Frame::split(m, cfg.frame_cap) {
+                    if write_frame(&mut conn, &f).await.is_err() {
+                        failed = true;
+                        break;
+                    }
+                }
+                sent.push(what);
+                if failed {
                     break;
                 }
             }
             if !failed {
-                // Flush per message: a message sitting in a buffer helps nobody.
                 failed = conn.flush().await.is_err();
             }
             if failed {
-                report_failure(&sink, &m);
+                // Nothing of the batch is known to have arrived.
+                for (kind, to) in sent.into_iter().chain(batch.map(|m| (m.get_msg_type(), m.to))) {
+                    report_failure(&sink, kind, to);
+                }
                 reconnecting = true;
                 break;
             }
-            if snapshot {
-                sink(Inbound::SnapshotSent { to, ok: true });
+            for (kind, to) in sent {
+                if kind == MessageType::MsgSnapshot {
+                    sink(Inbound::SnapshotSent { to, ok: true });
+                }
             }
         }
         if rx.is_closed() {
@@ -90,15 +118,15 @@ pub(super) async fn run(
 /// Drops every queued message, each reported as not sent.
 fn drop_queued(rx: &mut Receiver<Message>, sink: &InboundSink) {
     while let Ok(m) = rx.try_recv() {
-        report_failure(sink, &m);
+        report_failure(sink, m.get_msg_type(), m.to);
     }
 }
 
-fn report_failure(sink: &InboundSink, m: &Message) {
-    if m.get_msg_type() == MessageType::MsgSnapshot {
-        sink(Inbound::SnapshotSent { to: m.to, ok: false });
+fn report_failure(sink: &InboundSink, kind: MessageType, to: u64) {
+    if kind == MessageType::MsgSnapshot {
+        sink(Inbound::SnapshotSent { to, ok: false });
     }
-    sink(Inbound::Unreachable(m.to));
+    sink(Inbound::Unreachable(to));
 }
 
 async fn connect(cfg: &TransportConfig, to: u64, address: &str) -> Result<Conn, String> {

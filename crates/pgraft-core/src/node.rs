@@ -624,6 +624,7 @@ fn run_loop(
         // With failover on, a member thread held past the election timeout is a failover:
         // say so whenever one pass takes long.
         let busy = busy_since.elapsed();
+        member.record_pass(busy);
         if busy >= SLOW_PASS {
             log::warn!(
                 "the Raft thread was busy for {} ms in one pass (election timeout {} ms): {}; {}",

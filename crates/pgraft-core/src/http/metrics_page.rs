@@ -237,6 +237,12 @@ fn storage(e: &mut Exposition, s: &MetricsSources<'_>) {
     if let Some((st, _)) = s.status {
         let c = &st.counters;
         e.single(
+            "pgraft_raft_thread_longest_pass_seconds",
+            Kind::Gauge,
+            "The longest pass of the Raft thread since start (a stall longer than the election timeout is an election).",
+            c.longest_pass_ms as f64 / 1000.0,
+        );
+        e.single(
             "pgraft_snapshots_taken_total",
             Kind::Counter,
             "Snapshots taken here.",

@@ -94,6 +94,10 @@ pub struct Counters {
     pub leader_changes: u64,
     /// The time all snapshots here took to encode and write, in ms.
     pub snapshot_total_ms: u64,
+    /// The longest pass of the Raft thread since start, in ms: with failover on, one
+    /// longer than the election timeout is a failover.
+    #[serde(default)]
+    pub longest_pass_ms: u64,
     /// Peer messages stepped, by raft message type (`MessageType as usize`).
     pub received_by_type: [u64; MESSAGE_TYPES],
     /// Peer messages produced for sending, by raft message type.

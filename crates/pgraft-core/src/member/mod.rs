@@ -472,6 +472,12 @@ impl<S: LogStore> Member<S> {
         self.raw.has_ready()
     }
 
+    /// Notes how long one pass of the driver's loop kept the Raft thread (see
+    /// [`Counters::longest_pass_ms`]).
+    pub fn record_pass(&mut self, took: std::time::Duration) {
+        self.counters.longest_pass_ms = self.counters.longest_pass_ms.max(took.as_millis() as u64);
+    }
+
     /// Where `process_ready` spent its time since the last call (then starts counting
     /// again).
     pub fn ready_times(&mut self) -> ReadyTimes {

@@ -271,6 +271,15 @@ fn pgraft_health_check() -> TableIterator<
     rows.push(row("peer_authentication", auth, !unprotected, "warning"));
     let dropped = m.counters.messages_dropped;
     rows.push(row("dropped_peer_messages", dropped.to_string(), dropped == 0, "warning"));
+    // Since start: informational, a stall long past is no present problem (its log line
+    // says where the time went).
+    let longest = m.counters.longest_pass_ms;
+    rows.push((
+        "raft_thread_longest_pass_ms".into(),
+        longest.to_string(),
+        "OK".into(),
+        if longest >= 100 { "info" } else { "ok" }.into(),
+    ));
     rows.push(("disk_usage_bytes".into(), st.disk_bytes.to_string(), "OK".into(), "ok".into()));
     TableIterator::new(rows)
 }
@@ -385,5 +394,10 @@ mod tests {
         assert!(yes(
             "SELECT bool_and(severity IN ('ok', 'info', 'warning', 'critical')) FROM pgraft_health_check()"
         ));
+        // The Raft thread's longest pass since start, in ms, from the member's counters.
+        let longest = one::<String>(
+            "SELECT value FROM pgraft_health_check() WHERE metric = 'raft_thread_longest_pass_ms'",
+        );
+        assert!(longest.parse::<u64>().is_ok_and(|ms| ms < 60_000), "{longest}");
     }
 }

@@ -529,10 +529,30 @@ fn growth_case(ctx: &Ctx, rep: &mut Report, pgraft: &LocalCluster, etcd: &etcd::
     }
     eprintln!("growth: pgraft to {to} keys");
     rep.growth_pgraft = grow(pgraft_clients(&conninfos(pgraft), n)?, to, budget, &ctx.value)?;
+    rep.growth_longest_pass_ms = Some(longest_pass_ms(pgraft)?);
     eprintln!("growth: etcd to {to} keys");
     rep.growth_etcd = grow(etcd_clients(&etcd.client_urls, n)?, to, budget, &ctx.value)?;
     rep.growth_target = to;
     Ok(())
+}
+
+/// The longest pass of any member's Raft thread since the members started
+/// (`pgraft_health_check()`'s `raft_thread_longest_pass_ms`).
+fn longest_pass_ms(pgraft: &LocalCluster) -> Result<u64> {
+    let mut longest = 0;
+    for conninfo in conninfos(pgraft) {
+        let mut c =
+            postgres::Client::connect(&conninfo, postgres::NoTls).context("connect for the health check")?;
+        let row = c
+            .query_one(
+                "SELECT value FROM pgraft_health_check() WHERE metric = 'raft_thread_longest_pass_ms'",
+                &[],
+            )
+            .context("pgraft_health_check()")?;
+        let v: String = row.get(0);
+        longest = longest.max(v.parse::<u64>().context("raft_thread_longest_pass_ms")?);
+    }
+    Ok(longest)
 }
 
 fn members_case(ctx: &Ctx, rep: &mut Report) -> Result<()> {

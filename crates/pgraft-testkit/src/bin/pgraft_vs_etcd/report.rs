@@ -46,6 +46,8 @@ pub struct Report {
     pub growth_etcd: Vec<(u64, f64, u64)>,
     pub growth_target: u64,
     pub growth_note: Option<String>,
+    /// The longest Raft-thread pass of any pgraft member by the end of the growth case.
+    pub growth_longest_pass_ms: Option<u64>,
     pub members: Vec<(usize, Figures, Figures)>,
     pub health: Vec<crate::health::HealthRow>,
     pub ha: Vec<crate::ha_cases::HaRun>,
@@ -99,6 +101,7 @@ impl Report {
             growth_etcd: Vec::new(),
             growth_target: plan.grow_to,
             growth_note: None,
+            growth_longest_pass_ms: None,
             members: Vec::new(),
             health: Vec::new(),
             ha: Vec::new(),
@@ -355,6 +358,15 @@ impl Report {
                 let _ = writeln!(s, "| {k} | {} | {} |", g(&self.growth_pgraft), g(&self.growth_etcd));
             }
             s.push('\n');
+            if let Some(ms) = self.growth_longest_pass_ms {
+                let _ = writeln!(
+                    s,
+                    "The longest pass of a pgraft member's Raft thread from the members' start to the end of the \
+                     growth (`raft_thread_longest_pass_ms` of `pgraft_health_check()`, the most of any member): \
+                     {ms} ms. With failover on, a pass longer than the election timeout (1000 ms here) is a \
+                     failover.\n"
+                );
+            }
         }
         if !self.pgbench.is_empty() {
             let _ = writeln!(

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # pgraft next to etcd on this machine (issue 8's benchmarks): installs what is missing
-# (etcd-server, Patroni, a font for the plots, the usual set-up), installs a release build of the
+# (etcd-server, Patroni, perf, a font for the plots, the usual set-up), installs a release build of the
 # extension into a private copy of PostgreSQL 15, builds the benchmark and runs it.
 #
 #   scripts/bench.sh            the full run (about 20 minutes on 2 cores); writes
@@ -17,7 +17,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # The usual set-up for PostgreSQL 15, plus etcd and Patroni (with its etcd client) from
 # Debian, and a TrueType font that the plots' text is drawn with.
-scripts/setup.sh --versions "15" --packages "etcd-server fonts-dejavu-core patroni python3-etcd"
+scripts/setup.sh --versions "15" --packages "etcd-server fonts-dejavu-core patroni python3-etcd linux-perf"
 
 # Debian's package starts a single-member etcd on 127.0.0.1:2379 as a service; the
 # benchmark runs its own members on free ports, so that one only costs CPU: stop it.

@@ -29,7 +29,7 @@ impl ReadStats {
     }
 
     /// The figures so far; counting starts again from zero.
-    pub(crate) fn take(&self) -> ReadStats {
+    pub fn take(&self) -> ReadStats {
         let take = |a: &AtomicU64| AtomicU64::new(a.swap(0, Relaxed));
         ReadStats {
             calls: take(&self.calls),

@@ -32,6 +32,7 @@ mod machine;
 mod patroni;
 mod plot;
 mod procstat;
+mod profile;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -85,7 +86,7 @@ pub struct Args {
     /// Length of the idle CPU window, in seconds [default: 10, quick 3].
     #[arg(long)]
     idle_seconds: Option<u64>,
-    /// pgbench rounds per server and script [default: 3, quick 1].
+    /// pgbench rounds per server and script [default: 10, quick 1].
     #[arg(long)]
     pgbench_rounds: Option<usize>,
     /// Length of one pgbench run, in seconds [default: 10, quick 3].
@@ -105,6 +106,10 @@ pub struct Args {
     /// The Patroni program (Debian's `patroni`), for the failover comparison.
     #[arg(long, default_value = "/usr/bin/patroni")]
     patroni: PathBuf,
+    /// perf (Debian's `linux-perf`): the leader is profiled during the put case at
+    /// `--load-clients` clients; without it the report says so.
+    #[arg(long, default_value = "/usr/bin/perf")]
+    perf: PathBuf,
     /// The etcd binary (Debian's `etcd-server`).
     #[arg(long, default_value = "/usr/bin/etcd")]
     etcd: PathBuf,
@@ -156,7 +161,7 @@ impl Plan {
             grow_budget: a.grow_budget.unwrap_or(if q { 30 } else { 240 }),
             disk_writes: a.disk_writes.unwrap_or(if q { 10_000 } else { 200_000 }),
             idle_seconds: a.idle_seconds.unwrap_or(if q { 3 } else { 10 }),
-            pgbench_rounds: a.pgbench_rounds.unwrap_or(if q { 1 } else { 3 }),
+            pgbench_rounds: a.pgbench_rounds.unwrap_or(if q { 1 } else { 10 }),
             pgbench_seconds: a.pgbench_seconds.unwrap_or(if q { 3 } else { 10 }),
             ha_trials: a.ha_trials.unwrap_or(if q { 2 } else { 10 }),
         }
@@ -389,7 +394,21 @@ fn kv_cases(ctx: &Ctx, rep: &mut Report, pgraft: &LocalCluster, etcd: &etcd::Etc
         for op in [Op::Put, Op::Get] {
             for &n in &args.clients {
                 eprintln!("{} with {n} clients: pgraft", op.name());
-                let p = load::run(&mut pgraft_clients(&pg, n)?, op, duration, args.keys, &ctx.value)?;
+                let mut clients = pgraft_clients(&pg, n)?;
+                let profiled = matches!(op, Op::Put) && n == args.load_clients && args.perf.exists();
+                let recording = if profiled {
+                    let pid = profile::leader_worker_pid(&pg)?;
+                    Some(profile::start(&args.perf, pid, &args.dir)?)
+                } else {
+                    None
+                };
+                let p = load::run(&mut clients, op, duration, args.keys, &ctx.value)?;
+                if let Some(r) = recording {
+                    match r.finish(&args.perf, &format!("{} with {n} clients", op.name()), 25) {
+                        Ok(profile) => rep.profiles.push(profile),
+                        Err(e) => rep.errors.push(format!("profile: {e:#}")),
+                    }
+                }
                 eprintln!("{} with {n} clients: etcd", op.name());
                 let e =
                     load::run(&mut etcd_clients(&etcd.client_urls, n)?, op, duration, args.keys, &ctx.value)?;

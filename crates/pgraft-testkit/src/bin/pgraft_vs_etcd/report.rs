@@ -48,6 +48,8 @@ pub struct Report {
     pub growth_note: Option<String>,
     /// The longest Raft-thread pass of any pgraft member by the end of the growth case.
     pub growth_longest_pass_ms: Option<u64>,
+    /// CPU profiles of pgraft's leader.
+    pub profiles: Vec<crate::profile::Profile>,
     pub members: Vec<(usize, Figures, Figures)>,
     pub health: Vec<crate::health::HealthRow>,
     pub ha: Vec<crate::ha_cases::HaRun>,
@@ -102,6 +104,7 @@ impl Report {
             growth_target: plan.grow_to,
             growth_note: None,
             growth_longest_pass_ms: None,
+            profiles: Vec::new(),
             members: Vec::new(),
             health: Vec::new(),
             ha: Vec::new(),
@@ -368,21 +371,53 @@ impl Report {
                 );
             }
         }
+        for p in &self.profiles {
+            let _ = writeln!(
+                s,
+                "### Where the leader's worker spends its time\n\n`perf record -F 999 -g` on the leading member's pgraft \
+                 worker during the pgraft {} case ({} samples); the functions the samples fell in (their own time, \
+                 not their callees'), over 0.5%:\n\n| share | function |\n|--:|---|",
+                p.case, p.samples
+            );
+            for (pct, sym) in &p.top {
+                let _ = writeln!(s, "| {pct:.1}% | `{}` |", sym.replace('|', "\\|"));
+            }
+            s.push('\n');
+        }
         if !self.pgbench.is_empty() {
             let _ = writeln!(
                 s,
                 "## Overhead on PostgreSQL\n\npgbench (scale 10, {} clients, 2 threads, prepared, {} s per run, {} \
                  run(s) per server alternating which goes first) on member 1 of the idle three-member pgraft cluster \
                  (the leader; the extension loaded, the worker running) and on a server of the same installation \
-                 and settings without the extension. Median TPS.\n",
+                 and settings without the extension. Median TPS, and the spread of the ratio: with/without of \
+                 each round (its two runs back to back), lowest, median and highest. The machine's own noise is \
+                 in that spread.\n",
                 self.pgbench[0].clients, p.pgbench_seconds, p.pgbench_rounds
             );
-            s.push_str("| script | with pgraft | without | with/without | runs with | runs without |\n|---|--:|--:|--:|---|---|\n");
+            s.push_str(
+                "| script | with pgraft | without | with/without | ratio per round: lowest, median, highest | runs with | runs without |\n\
+                 |---|--:|--:|--:|--:|---|---|\n",
+            );
             for b in &self.pgbench {
                 let f = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
+                let per_round: Vec<f64> = b
+                    .with_pgraft
+                    .iter()
+                    .zip(&b.without)
+                    .filter(|(_, w)| **w > 0.0)
+                    .map(|(p, w)| p / w)
+                    .collect();
+                let lowest = per_round.iter().copied().fold(f64::INFINITY, f64::min);
+                let highest = per_round.iter().copied().fold(0.0, f64::max);
+                let spread = if per_round.is_empty() {
+                    "-".to_string()
+                } else {
+                    format!("{lowest:.2}, {:.2}, {highest:.2}", median(&per_round))
+                };
                 let _ = writeln!(
                     s,
-                    "| {} | {:.0} | {:.0} | {} | {} | {} |",
+                    "| {} | {:.0} | {:.0} | {} | {spread} | {} | {} |",
                     b.mode,
                     median(&b.with_pgraft),
                     median(&b.without),

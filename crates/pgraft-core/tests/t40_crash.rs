@@ -2,81 +2,17 @@
 //! while it takes writes, 50 times. After each restart its term and vote never went back,
 //! every write acknowledged so far is still there, and it rejoins the cluster.
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
-use std::time::{Duration, Instant};
+mod node_proc;
 
+use std::path::PathBuf;
+use std::time::Duration;
+
+use node_proc::{wait_for, Proc};
 use pgraft_core::sim::Rng;
 use pgraft_testkit::free_port;
 
-struct Proc {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Receiver<String>,
-}
-
-fn spawn(id: u64, dir: &Path, members: &str, port: u16) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgraft-node"))
-        .args(["--id", &id.to_string(), "--cluster", "t40", "--members", members])
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--election-ms", "300", "--heartbeat-ms", "30"])
-        .arg("--dir")
-        .arg(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn pgraft-node");
-    let stdin = child.stdin.take().expect("stdin");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, lines) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    Proc { child, stdin, lines }
-}
-
-impl Proc {
-    /// One request, one answer; `None` when the process died or did not answer in time.
-    fn ask(&mut self, line: &str) -> Option<String> {
-        writeln!(self.stdin, "{line}").ok()?;
-        self.stdin.flush().ok()?;
-        self.lines.recv_timeout(Duration::from_secs(8)).ok()
-    }
-
-    /// (term, vote) from a status answer.
-    fn term_vote(&mut self) -> Option<(u64, u64)> {
-        let s = self.ask("status")?;
-        let json: serde_json::Value = serde_json::from_str(s.strip_prefix("status ")?).ok()?;
-        Some((json["term"].as_u64()?, json["vote"].as_u64()?))
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn spawn(id: u64, dir: &std::path::Path, members: &str, port: u16) -> Proc {
+    Proc::spawn(std::path::Path::new(env!("CARGO_BIN_EXE_pgraft-node")), "t40", id, dir, members, port)
 }
 
 #[test]

@@ -71,8 +71,8 @@ fn pgraft_log_sync_with_leader() -> bool {
 }
 
 /// Statistics of this member's log: `log_size` is the bytes of the entries in it (as
-/// encoded), `disk_usage_mb` the size of the log's database file (which also holds the hard
-/// state and does not shrink when the log is compacted; snapshot images are apart).
+/// encoded), `disk_usage_mb` the size of its segment files (`raftlog/`, which also hold the
+/// hard state; compaction deletes the segments it empties; snapshot images are apart).
 #[pg_extern]
 #[allow(clippy::type_complexity)]
 fn pgraft_log_get_stats() -> TableIterator<
@@ -255,7 +255,7 @@ mod tests {
         assert!(yes(
             "SELECT first_index = (SELECT first_index FROM pgraft_log_get_stats()) FROM pgraft_log_status"
         ));
-        // log_size is the log's entries in bytes; disk_usage_mb its database file on disk.
+        // log_size is the log's entries in bytes; disk_usage_mb its segment files on disk.
         let before = one::<i64>("SELECT log_size FROM pgraft_log_get_stats()");
         assert!(yes("SELECT pgraft_kv_put('log/big', repeat('x', 100000))"));
         let after = one::<i64>("SELECT log_size FROM pgraft_log_get_stats()");

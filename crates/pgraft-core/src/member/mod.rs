@@ -124,6 +124,8 @@ pub struct Member<S: LogStore> {
     answers: Vec<(Token, Result<Response>)>,
     counters: Counters,
     last_snapshot: u64,
+    /// Bytes of the image of the last snapshot taken here (0: none yet).
+    last_image_bytes: u64,
     /// A snapshot to take, for the driver ([`Member::take_snapshot_job`]).
     snapshot_job: Option<SnapshotJob>,
     /// The index of the snapshot being written, until [`Member::snapshot_done`].
@@ -268,6 +270,7 @@ impl<S: LogStore> Member<S> {
             answers: Vec::new(),
             counters: Counters::default(),
             last_snapshot,
+            last_image_bytes: 0,
             snapshot_job: None,
             snapshot_in_flight: None,
             compact_requested: false,

@@ -4,6 +4,7 @@ use prost::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState};
 
+use super::pending_hard_state::check_unsynced;
 use super::snapshot_file::{read_image, ImageData};
 use super::{
     check_entries_range, snapshot_usable_for, term_without_entry, Identity, LogStore, Result, SnapshotImage,
@@ -192,27 +193,6 @@ impl LogStore for MemStore {
 }
 
 /// The append rules shared by every store: no write below the compacted prefix, no hole.
-/// A write without a sync may only move the commit index: entries, a term and a vote must
-/// be durable before anything that depends on them leaves the member.
-pub(crate) fn check_unsynced(
-    entries: &[Entry],
-    hs: Option<&HardState>,
-    was: &HardState,
-    sync: bool,
-) -> Result<()> {
-    if sync {
-        return Ok(());
-    }
-    let moves_more = hs.is_some_and(|hs| hs.term != was.term || hs.vote != was.vote);
-    if !entries.is_empty() || moves_more {
-        return Err(StorageError::Invalid(
-            "entries, a term or a vote written without a sync: they must be durable before they are used"
-                .into(),
-        ));
-    }
-    Ok(())
-}
-
 pub(crate) fn check_append(first: u64, trunc: u64, last: u64) -> Result<()> {
     if first <= trunc {
         return Err(StorageError::Invalid(format!(

@@ -16,6 +16,7 @@ mod identity;
 mod log_index;
 pub(crate) mod log_segment;
 mod mem_store;
+mod pending_hard_state;
 mod read_stats;
 pub(crate) mod redb_store;
 mod segment_store;

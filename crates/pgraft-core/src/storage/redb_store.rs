@@ -29,13 +29,14 @@ use raft::{GetEntriesContext, RaftState};
 use redb::{Database, ReadableTable, TableDefinition};
 
 use super::entry_sizes::EntrySizes;
-use super::mem_store::{check_append, check_unsynced};
+use super::mem_store::check_append;
+use super::pending_hard_state::PendingHardState;
 use super::read_stats::ReadStats;
-use super::snapshot_file::{file_name, read_image, sync_dir, ImageData};
+use super::snapshot_file::{file_name, read_image, serve_snapshot, sync_dir, ImageCache, ImageData};
 use super::term_runs::TermRuns;
 use super::{
-    check_entries_range, snapshot_usable_for, term_without_entry, to_raft, Identity, LogStore, Result,
-    SnapshotImage, SnapshotWriter, StorageError,
+    check_entries_range, term_without_entry, to_raft, Identity, LogStore, Result, SnapshotImage,
+    SnapshotWriter, StorageError,
 };
 use crate::metrics::Histogram;
 
@@ -65,10 +66,9 @@ pub struct RedbStore {
     db: Database,
     path: PathBuf,
     snap_dir: PathBuf,
-    hard_state: HardState,
-    /// The hard state holds a commit index written without a sync (see
-    /// [`LogStore::persist`]): the next synced write records it.
-    hard_state_unsynced: bool,
+    /// The hard state; a commit index written without a sync (see
+    /// [`LogStore::persist`]) goes with the next synced write.
+    hard_state: PendingHardState,
     conf_state: ConfState,
     trunc: (u64, u64),
     last: u64,
@@ -76,7 +76,7 @@ pub struct RedbStore {
     snapshot_source: SnapSource,
     /// The image last read, by snapshot index: a leader sends it to every follower that
     /// needs it without reading the file again.
-    image_cache: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
+    image_cache: ImageCache,
     identity: Option<Identity>,
     /// Reads raft made, for the member thread's slow-pass warning.
     reads: ReadStats,
@@ -150,14 +150,13 @@ impl RedbStore {
             db,
             path,
             snap_dir,
-            hard_state: HardState::default(),
-            hard_state_unsynced: false,
+            hard_state: PendingHardState::default(),
             conf_state: ConfState::default(),
             trunc: (0, 0),
             last: 0,
             snapshot_meta: SnapshotMetadata::default(),
             snapshot_source: SnapSource::None,
-            image_cache: Mutex::new(None),
+            image_cache: ImageCache::default(),
             reads: ReadStats::default(),
             syncs: Arc::default(),
             terms: TermRuns::default(),
@@ -193,7 +192,7 @@ impl RedbStore {
             Ok(redb_try!(meta.get(k), format!("read {k}")).map(|g| g.value().to_vec()))
         };
         if let Some(r) = get("hard_state")? {
-            self.hard_state = decode("hard_state", &r)?;
+            self.hard_state = PendingHardState::loaded(decode("hard_state", &r)?);
         }
         if let Some(r) = get("conf_state")? {
             self.conf_state = decode("conf_state", &r)?;
@@ -282,28 +281,18 @@ impl RedbStore {
 
     /// The current snapshot's image.
     fn image(&self) -> Result<Arc<Vec<u8>>> {
-        let index = self.snapshot_meta.index;
-        let mut cache = self.image_cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((i, data)) = cache.as_ref() {
-            if *i == index {
-                return Ok(Arc::clone(data));
-            }
-        }
-        let data = match &self.snapshot_source {
-            SnapSource::None => return Err(StorageError::Invalid("there is no snapshot".into())),
-            SnapSource::File(p) => read_image(p)?,
+        self.image_cache.get(self.snapshot_meta.index, || match &self.snapshot_source {
+            SnapSource::None => Err(StorageError::Invalid("there is no snapshot".into())),
+            SnapSource::File(p) => read_image(p),
             SnapSource::Inline => {
                 let rtx = redb_try!(self.db.begin_read(), "begin read");
                 let meta = redb_try!(rtx.open_table(META), "open meta");
                 let rec = redb_try!(meta.get("snapshot"), "read snapshot")
                     .ok_or_else(|| StorageError::Corrupt("the snapshot record is missing".into()))?;
                 let snap: Snapshot = decode("snapshot", rec.value())?;
-                snap.data
+                Ok(snap.data)
             }
-        };
-        let data = Arc::new(data);
-        *cache = Some((index, Arc::clone(&data)));
-        Ok(data)
+        })
     }
 
     /// Makes `image` the current snapshot in the database, with the other meta records
@@ -348,7 +337,7 @@ impl RedbStore {
 
 impl raft::Storage for RedbStore {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        Ok(RaftState::new(self.hard_state.clone(), self.conf_state.clone()))
+        Ok(RaftState::new(self.hard_state.get().clone(), self.conf_state.clone()))
     }
 
     fn entries(
@@ -415,31 +404,20 @@ impl raft::Storage for RedbStore {
     }
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        if self.snapshot_meta.index < request_index || !snapshot_usable_for(&self.snapshot_meta, to) {
-            return Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable));
-        }
-        let data = self.image().map_err(to_raft)?;
-        Ok(Snapshot { data: data.as_ref().clone(), metadata: Some(self.snapshot_meta.clone()) })
+        serve_snapshot(&self.snapshot_meta, request_index, to, || self.image())
     }
 }
 
 impl LogStore for RedbStore {
     fn persist(&mut self, entries: &[Entry], hs: Option<&HardState>, sync: bool) -> Result<()> {
-        check_unsynced(entries, hs, &self.hard_state, sync)?;
-        if !sync {
-            // Only the commit index moved: kept in memory, written with the next synced
-            // write (a crash forgets it; raft learns it again).
-            if let Some(hs) = hs {
-                self.hard_state = hs.clone();
-                self.hard_state_unsynced = true;
-            }
+        if self.hard_state.keep_unsynced(entries, hs, sync)? {
             return Ok(());
         }
         let first = entries.first().map(|e| e.index);
         if let Some(first) = first {
             check_append(first, self.trunc.0, self.last)?;
         }
-        let hs = hs.cloned().or_else(|| self.hard_state_unsynced.then(|| self.hard_state.clone()));
+        let hs = self.hard_state.to_record(hs);
         if first.is_none() && hs.is_none() {
             return Ok(());
         }
@@ -472,8 +450,7 @@ impl LogStore for RedbStore {
             self.sizes.append(entries.iter().map(|e| (e.index, e.encoded_len() as u64)));
         }
         if let Some(hs) = hs {
-            self.hard_state = hs;
-            self.hard_state_unsynced = false;
+            self.hard_state.recorded(hs);
         }
         Ok(())
     }
@@ -493,7 +470,7 @@ impl LogStore for RedbStore {
         if meta.index <= self.trunc.0 {
             return Ok(());
         }
-        let mut hs = self.hard_state.clone();
+        let mut hs = self.hard_state.get().clone();
         hs.term = hs.term.max(meta.term);
         hs.commit = hs.commit.max(meta.index);
         let cs = meta.get_conf_state().clone();
@@ -512,8 +489,7 @@ impl LogStore for RedbStore {
         self.terms.clear();
         self.sizes.clear();
         self.sizes.compact_to(meta.index);
-        self.hard_state = hs;
-        self.hard_state_unsynced = false;
+        self.hard_state.recorded(hs);
         self.conf_state = cs;
         Ok(())
     }
@@ -544,7 +520,7 @@ impl LogStore for RedbStore {
         // A snapshot's index was applied, so committed, but perhaps only by a commit index
         // kept without a sync: it goes on record with the snapshot, or a restart would
         // find a snapshot beyond its commit (raft-rs refuses to start on that).
-        let hs = self.hard_state_unsynced.then(|| self.hard_state.clone());
+        let hs = self.hard_state.to_record(None);
         self.record_snapshot(image, |tx| {
             let mut m = redb_try!(tx.open_table(META), "open meta");
             if let Some(hs) = &hs {
@@ -557,7 +533,7 @@ impl LogStore for RedbStore {
             }
             Ok(())
         })?;
-        self.hard_state_unsynced = false;
+        self.hard_state.all_recorded();
         if let Some(t) = new_trunc {
             self.trunc = t;
             self.terms.compact_to(t.0);
@@ -571,7 +547,7 @@ impl LogStore for RedbStore {
     }
 
     fn hard_state(&self) -> HardState {
-        self.hard_state.clone()
+        self.hard_state.get().clone()
     }
 
     fn identity(&self) -> Option<Identity> {

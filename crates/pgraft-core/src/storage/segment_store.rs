@@ -29,12 +29,13 @@ use raft::{GetEntriesContext, RaftState};
 
 use super::log_index::{Loc, LogIndex, CACHE_BYTES};
 use super::log_segment::{header, scan, Record, State, HEADER};
-use super::mem_store::{check_append, check_unsynced};
+use super::mem_store::check_append;
+use super::pending_hard_state::PendingHardState;
 use super::read_stats::ReadStats;
-use super::snapshot_file::{file_name, read_image, sync_dir, ImageData};
+use super::snapshot_file::{file_name, read_image, serve_snapshot, sync_dir, ImageCache, ImageData};
 use super::{
-    check_entries_range, snapshot_usable_for, term_without_entry, to_raft, Identity, LogStore, RedbStore,
-    Result, SnapshotImage, SnapshotWriter, StorageError,
+    check_entries_range, term_without_entry, to_raft, Identity, LogStore, RedbStore, Result, SnapshotImage,
+    SnapshotWriter, StorageError,
 };
 use crate::metrics::Histogram;
 
@@ -67,10 +68,9 @@ pub struct SegmentStore {
     /// Where the next record goes in the newest segment.
     write_pos: u64,
     segment_bytes: u64,
-    hard_state: HardState,
-    /// The hard state holds a commit index written without a sync (see
-    /// [`LogStore::persist`]): the next synced write records it.
-    hard_state_unsynced: bool,
+    /// The hard state; a commit index written without a sync (see
+    /// [`LogStore::persist`]) goes with the next synced write.
+    hard_state: PendingHardState,
     conf_state: ConfState,
     /// Index and term of the last compacted entry.
     trunc: (u64, u64),
@@ -78,7 +78,7 @@ pub struct SegmentStore {
     snapshot_meta: SnapshotMetadata,
     /// The image last read, by snapshot index: a leader sends it to every follower that
     /// needs it without reading the file again.
-    image_cache: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
+    image_cache: ImageCache,
     identity: Option<Identity>,
     reads: ReadStats,
     syncs: Arc<Mutex<Histogram>>,
@@ -229,13 +229,12 @@ impl SegmentStore {
             segments,
             write_pos,
             segment_bytes,
-            hard_state: replay.hard_state,
-            hard_state_unsynced: false,
+            hard_state: PendingHardState::loaded(replay.hard_state),
             conf_state: replay.conf_state,
             trunc: replay.trunc,
             log: replay.log,
             snapshot_meta: replay.snapshot_meta,
-            image_cache: Mutex::new(None),
+            image_cache: ImageCache::default(),
             identity: replay.identity,
             reads: ReadStats::default(),
             syncs: Arc::default(),
@@ -280,7 +279,7 @@ impl SegmentStore {
     /// The durable state but the entries, as a state record records it.
     fn state(&self) -> State {
         State {
-            hard_state: self.hard_state.clone(),
+            hard_state: self.hard_state.get().clone(),
             conf_state: self.conf_state.clone(),
             trunc: self.trunc,
             clear: false,
@@ -308,7 +307,7 @@ impl SegmentStore {
         self.segments.push(Segment { seq, path, file });
         self.write_pos = bytes.len() as u64;
         // The hard state went with the checkpoint.
-        self.hard_state_unsynced = false;
+        self.hard_state.all_recorded();
         Ok(())
     }
 
@@ -360,19 +359,11 @@ impl SegmentStore {
 
     /// The current snapshot's image.
     fn image(&self) -> Result<Arc<Vec<u8>>> {
-        let index = self.snapshot_meta.index;
-        let mut cache = self.image_cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((i, data)) = cache.as_ref() {
-            if *i == index {
-                return Ok(Arc::clone(data));
-            }
-        }
-        if index == 0 {
-            return Err(StorageError::Invalid("there is no snapshot".into()));
-        }
-        let data = Arc::new(read_image(&self.image_path(&self.snapshot_meta))?);
-        *cache = Some((index, Arc::clone(&data)));
-        Ok(data)
+        let meta = &self.snapshot_meta;
+        self.image_cache.get(meta.index, || match meta.index {
+            0 => Err(StorageError::Invalid("there is no snapshot".into())),
+            _ => read_image(&self.image_path(meta)),
+        })
     }
 
     fn image_path(&self, meta: &SnapshotMetadata) -> PathBuf {
@@ -384,8 +375,7 @@ impl SegmentStore {
     fn record_snapshot(&mut self, state: State) -> Result<()> {
         self.write(&Record::State(Box::new(state.clone())))?;
         let old = std::mem::replace(&mut self.snapshot_meta, state.snapshot);
-        self.hard_state = state.hard_state;
-        self.hard_state_unsynced = false;
+        self.hard_state.recorded(state.hard_state);
         self.conf_state = state.conf_state;
         self.trunc = state.trunc;
         if old.index > 0 {
@@ -510,7 +500,7 @@ fn migrate_from_redb(dir: &Path, log_dir: &Path, snap_dir: &Path) -> Result<()> 
 
 impl raft::Storage for SegmentStore {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        Ok(RaftState::new(self.hard_state.clone(), self.conf_state.clone()))
+        Ok(RaftState::new(self.hard_state.get().clone(), self.conf_state.clone()))
     }
 
     fn entries(
@@ -560,38 +550,26 @@ impl raft::Storage for SegmentStore {
     }
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        if self.snapshot_meta.index < request_index || !snapshot_usable_for(&self.snapshot_meta, to) {
-            return Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable));
-        }
-        let data = self.image().map_err(to_raft)?;
-        Ok(Snapshot { data: data.as_ref().clone(), metadata: Some(self.snapshot_meta.clone()) })
+        serve_snapshot(&self.snapshot_meta, request_index, to, || self.image())
     }
 }
 
 impl LogStore for SegmentStore {
     fn persist(&mut self, entries: &[Entry], hs: Option<&HardState>, sync: bool) -> Result<()> {
-        check_unsynced(entries, hs, &self.hard_state, sync)?;
-        if !sync {
-            // Only the commit index moved: kept in memory, written with the next synced
-            // write (a crash forgets it; raft learns it again).
-            if let Some(hs) = hs {
-                self.hard_state = hs.clone();
-                self.hard_state_unsynced = true;
-            }
+        if self.hard_state.keep_unsynced(entries, hs, sync)? {
             return Ok(());
         }
         if let Some(first) = entries.first() {
             check_append(first.index, self.trunc.0, self.log.last())?;
         }
-        let hs = hs.cloned().or_else(|| self.hard_state_unsynced.then(|| self.hard_state.clone()));
+        let hs = self.hard_state.to_record(hs);
         if entries.is_empty() && hs.is_none() {
             return Ok(());
         }
         // One record: a crash keeps both or neither.
         let locs = self.write(&Record::Entries { hard_state: hs.clone(), entries: entries.to_vec() })?;
         if let Some(hs) = hs {
-            self.hard_state = hs;
-            self.hard_state_unsynced = false;
+            self.hard_state.recorded(hs);
         }
         self.log.append(entries.to_vec(), locs);
         Ok(())
@@ -600,7 +578,7 @@ impl LogStore for SegmentStore {
     fn set_conf_state(&mut self, cs: &ConfState) -> Result<()> {
         self.write(&Record::State(Box::new(State { conf_state: cs.clone(), ..self.state() })))?;
         self.conf_state = cs.clone();
-        self.hard_state_unsynced = false;
+        self.hard_state.all_recorded();
         Ok(())
     }
 
@@ -609,7 +587,7 @@ impl LogStore for SegmentStore {
         if meta.index <= self.trunc.0 {
             return Ok(());
         }
-        let mut hs = self.hard_state.clone();
+        let mut hs = self.hard_state.get().clone();
         hs.term = hs.term.max(meta.term);
         hs.commit = hs.commit.max(meta.index);
         let cs = meta.get_conf_state().clone();
@@ -673,7 +651,7 @@ impl LogStore for SegmentStore {
     }
 
     fn hard_state(&self) -> HardState {
-        self.hard_state.clone()
+        self.hard_state.get().clone()
     }
 
     fn identity(&self) -> Option<Identity> {
@@ -686,7 +664,7 @@ impl LogStore for SegmentStore {
         }
         let json = serde_json::to_vec(id).map_err(|e| StorageError::Io(format!("encode identity: {e}")))?;
         self.write(&Record::State(Box::new(State { identity: json, ..self.state() })))?;
-        self.hard_state_unsynced = false;
+        self.hard_state.all_recorded();
         self.identity = Some(id.clone());
         Ok(())
     }

@@ -27,6 +27,41 @@ const MAGIC: &[u8; 8] = b"PGRAFTSN";
 const VERSION: u8 = 1;
 const HEADER: usize = 8 + 1 + 4 + 8;
 
+/// The current snapshot's image, read once and kept while it is the current one: a
+/// leader sends it to every follower that needs it without reading the file again.
+#[derive(Debug, Default)]
+pub(crate) struct ImageCache(std::sync::Mutex<Option<(u64, std::sync::Arc<Vec<u8>>)>>);
+
+impl ImageCache {
+    /// The image of the snapshot at `index`, from `load` unless it is kept already.
+    pub fn get(&self, index: u64, load: impl FnOnce() -> Result<Vec<u8>>) -> Result<std::sync::Arc<Vec<u8>>> {
+        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((i, data)) = cache.as_ref() {
+            if *i == index {
+                return Ok(std::sync::Arc::clone(data));
+            }
+        }
+        let data = std::sync::Arc::new(load()?);
+        *cache = Some((index, std::sync::Arc::clone(&data)));
+        Ok(data)
+    }
+}
+
+/// [`raft::Storage::snapshot`] of a durable store whose current snapshot is `meta`, its
+/// image from `image` (see [`super::LogStore`] for when it is unavailable).
+pub(crate) fn serve_snapshot(
+    meta: &SnapshotMetadata,
+    request_index: u64,
+    to: u64,
+    image: impl FnOnce() -> Result<std::sync::Arc<Vec<u8>>>,
+) -> raft::Result<raft::prelude::Snapshot> {
+    if meta.index < request_index || !super::snapshot_usable_for(meta, to) {
+        return Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable));
+    }
+    let data = image().map_err(super::to_raft)?;
+    Ok(raft::prelude::Snapshot { data: data.as_ref().clone(), metadata: Some(meta.clone()) })
+}
+
 /// Where an image lives.
 #[derive(Debug)]
 pub(crate) enum ImageData {

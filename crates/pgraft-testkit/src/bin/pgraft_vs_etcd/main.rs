@@ -397,8 +397,16 @@ fn kv_cases(ctx: &Ctx, rep: &mut Report, pgraft: &LocalCluster, etcd: &etcd::Etc
                 let mut clients = pgraft_clients(&pg, n)?;
                 let profiled = matches!(op, Op::Put) && n == args.load_clients && args.perf.exists();
                 let recording = if profiled {
-                    let pid = profile::leader_worker_pid(&pg)?;
-                    Some(profile::start(&args.perf, pid, &args.dir)?)
+                    // A profile that cannot be taken costs the report its section, not the case.
+                    match profile::leader_worker_pid(&pg)
+                        .and_then(|pid| profile::start(&args.perf, pid, &args.dir))
+                    {
+                        Ok(r) => Some(r),
+                        Err(e) => {
+                            rep.errors.push(format!("profile: {e:#}"));
+                            None
+                        }
+                    }
                 } else {
                     None
                 };

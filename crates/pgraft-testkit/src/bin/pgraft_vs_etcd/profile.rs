@@ -24,18 +24,35 @@ pub struct Recording {
     data: std::path::PathBuf,
 }
 
-/// The pid of the pgraft worker on the member that leads, asked through SQL.
+/// The pid of the pgraft worker on the member that leads: the postmaster's child whose
+/// title is `pgraft worker` (a worker without a database connection is not in
+/// `pg_stat_activity`).
 pub fn leader_worker_pid(conninfos: &[String]) -> Result<u32> {
     for c in conninfos {
         let mut conn = postgres::Client::connect(c, postgres::NoTls).context("connect to find the leader")?;
         let leads: bool = conn.query_one("SELECT pgraft_is_leader()", &[])?.get(0);
-        if leads {
-            let pid: i32 = conn
-                .query_one("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pgraft' LIMIT 1", &[])
-                .context("the pgraft worker in pg_stat_activity")?
-                .get(0);
-            return Ok(pid as u32);
+        if !leads {
+            continue;
         }
+        let dir: String = conn.query_one("SHOW data_directory", &[])?.get(0);
+        let pidfile = Path::new(&dir).join("postmaster.pid");
+        let text =
+            std::fs::read_to_string(&pidfile).with_context(|| format!("read {}", pidfile.display()))?;
+        let postmaster: u32 =
+            text.lines().next().and_then(|l| l.trim().parse().ok()).context("postmaster.pid")?;
+        for entry in std::fs::read_dir("/proc").context("list /proc")?.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // pid (comm) state ppid ...: comm may hold spaces, so read after its ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if ppid == Some(postmaster) && String::from_utf8_lossy(&cmdline).contains("pgraft worker") {
+                return Ok(pid);
+            }
+        }
+        bail!("no pgraft worker among the children of postmaster {postmaster}");
     }
     bail!("no member leads")
 }

@@ -126,6 +126,8 @@ fn parse(case: &str, text: &str, n: usize) -> Profile {
             let (pct, rest) = l.split_once('%')?;
             let pct: f64 = pct.trim().parse().ok()?;
             let sym = rest.trim().trim_start_matches("[.]").trim_start_matches("[k]").trim();
+            // perf pads the symbol into a column and may print more columns after it.
+            let sym = sym.split("  ").next().unwrap_or(sym).trim();
             Some((pct, sym.to_string()))
         })
         .take(n)
@@ -139,12 +141,15 @@ mod tests {
 
     #[test]
     fn reads_perf_reports_top_entries() {
-        let text = "# Samples: 12K of event 'cpu-clock'\n#\n    20.50%  [k] finish_task_switch\n     3.10%  [.] pgraft_core::member::Member::step\n";
+        let text = "# Samples: 12K of event 'cpu-clock'\n#\n    20.50%  [k] finish_task_switch.isra.0                  -      -\n     3.10%  [.] pgraft_core::member::Member::step\n";
         let p = parse("put, 64 clients", text, 10);
         assert_eq!(p.samples, 12_000);
         assert_eq!(
             p.top,
-            vec![(20.5, "finish_task_switch".into()), (3.1, "pgraft_core::member::Member::step".into())]
+            vec![
+                (20.5, "finish_task_switch.isra.0".into()),
+                (3.1, "pgraft_core::member::Member::step".into())
+            ]
         );
     }
 }

@@ -504,7 +504,7 @@ impl Report {
              make bench-quick  # a smoke run of a few minutes; its report goes under /tmp/pgraft-bench-quick\n\
              ```\n\n\
              `scripts/bench.sh` installs what is missing (the usual set-up, Debian's etcd-server, patroni, \
-             python3-etcd and fonts-dejavu-core), installs a release build of the extension into a private copy of PostgreSQL 15 \
+             python3-etcd, linux-perf and fonts-dejavu-core), installs a release build of the extension into a private copy of PostgreSQL 15 \
              (`scripts/bench-pg.sh`, so the debug build the tests use stays in place), builds `pgraftctl` and \
              `pgraft-vs-etcd` in release mode and runs the benchmark; extra arguments go to the benchmark \
              (`--only kv,failover`, `--only ha --ha-trials 20`, `--clients 1,64`, `--seconds 30`, ...; see \

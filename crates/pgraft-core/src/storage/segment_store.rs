@@ -52,6 +52,67 @@ fn io(what: impl std::fmt::Display, e: std::io::Error) -> StorageError {
     StorageError::Io(format!("{what}: {e}"))
 }
 
+/// Removes the files the store no longer names on a thread of its own, in the order asked:
+/// unlinking a snapshot image of tens of MB and the segments a compaction emptied, then
+/// syncing their directories, held the Raft thread about 100 ms at every snapshot. A crash
+/// before a removal leaves a file that start-up removes (an image) or that replay skips and
+/// the next compaction removes (a segment).
+struct Reaper {
+    tx: Option<std::sync::mpsc::Sender<(Vec<PathBuf>, PathBuf)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Reaper {
+    fn start() -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<(Vec<PathBuf>, PathBuf)>();
+        let thread = crate::node::with_signals_blocked(|| {
+            std::thread::Builder::new().name("pgraft-reaper".into()).spawn(move || {
+                for (files, dir) in rx {
+                    for f in files {
+                        if let Err(e) = std::fs::remove_file(&f) {
+                            if e.kind() != std::io::ErrorKind::NotFound {
+                                log::warn!("cannot remove {}: {e}", f.display());
+                            }
+                        }
+                    }
+                    if let Err(e) = sync_dir(&dir) {
+                        log::warn!("{e}");
+                    }
+                }
+            })
+        });
+        match thread {
+            Ok(t) => Self { tx: Some(tx), thread: Some(t) },
+            Err(e) => {
+                log::warn!("files are removed on the Raft thread: no thread for it ({e})");
+                Self { tx: None, thread: None }
+            }
+        }
+    }
+
+    /// Removes `files`, then syncs `dir`.
+    fn remove(&self, files: Vec<PathBuf>, dir: &Path) {
+        let job = (files, dir.to_path_buf());
+        let Some(job) = self.tx.as_ref().map_or(Some(job.clone()), |tx| tx.send(job).err().map(|e| e.0))
+        else {
+            return;
+        };
+        for f in &job.0 {
+            let _ = std::fs::remove_file(f);
+        }
+        let _ = sync_dir(&job.1);
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// One segment file.
 struct Segment {
     seq: u64,
@@ -82,6 +143,7 @@ pub struct SegmentStore {
     identity: Option<Identity>,
     reads: ReadStats,
     syncs: Arc<Mutex<Histogram>>,
+    reaper: Reaper,
 }
 
 /// The state replay rebuilds from the records, in order.
@@ -238,6 +300,7 @@ impl SegmentStore {
             identity: replay.identity,
             reads: ReadStats::default(),
             syncs: Arc::default(),
+            reaper: Reaper::start(),
         };
         if s.segments.is_empty() {
             s.start_segment(seqs.last().copied().unwrap_or(1))?;
@@ -340,19 +403,16 @@ impl SegmentStore {
 
     /// Deletes the oldest segments while none of their entries is live; the newest stays.
     fn drop_compacted_segments(&mut self) -> Result<()> {
-        let mut dropped = false;
+        let mut dropped = Vec::new();
         while self.segments.len() > 1 {
             let seq = self.segments[0].seq;
             if self.log.newest_in(seq) > 0 {
                 break;
             }
-            let seg = self.segments.remove(0);
-            drop(seg.file);
-            std::fs::remove_file(&seg.path).map_err(|e| io(format!("remove {}", seg.path.display()), e))?;
-            dropped = true;
+            dropped.push(self.segments.remove(0).path);
         }
-        if dropped {
-            sync_dir(&self.log_dir)?;
+        if !dropped.is_empty() {
+            self.reaper.remove(dropped, &self.log_dir);
         }
         Ok(())
     }
@@ -381,8 +441,7 @@ impl SegmentStore {
         if old.index > 0 {
             let (old_path, new_path) = (self.image_path(&old), self.image_path(&self.snapshot_meta));
             if old_path != new_path {
-                let _ = std::fs::remove_file(old_path);
-                sync_dir(&self.snap_dir)?;
+                self.reaper.remove(vec![old_path], &self.snap_dir);
             }
         }
         Ok(())

@@ -93,9 +93,13 @@ impl Reaper {
     /// Removes `files`, then syncs `dir`.
     fn remove(&self, files: Vec<PathBuf>, dir: &Path) {
         let job = (files, dir.to_path_buf());
-        let Some(job) = self.tx.as_ref().map_or(Some(job.clone()), |tx| tx.send(job).err().map(|e| e.0))
-        else {
-            return;
+        // Without the thread (it could not start, or it is gone), here and now.
+        let job = match &self.tx {
+            Some(tx) => match tx.send(job) {
+                Ok(()) => return,
+                Err(unsent) => unsent.0,
+            },
+            None => job,
         };
         for f in &job.0 {
             let _ = std::fs::remove_file(f);

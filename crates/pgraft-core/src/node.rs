@@ -32,7 +32,7 @@ use crate::member::{Member, MemberConfig, MemberStatus, Role, Token};
 use crate::metrics::Histogram;
 use crate::request::{Request, Response};
 use crate::snapshot_job::{SnapshotDone, SnapshotJob};
-use crate::storage::SegmentStore;
+use crate::storage::{LogStore, SegmentStore};
 use crate::transport::{ClusterSecret, Inbound, Tls, TlsFiles, Transport, TransportConfig};
 
 /// How a new member's storage is initialised on its first start.
@@ -80,10 +80,16 @@ type Inspector = Box<dyn FnOnce(&mut Member<SegmentStore>) + Send>;
 
 enum Input {
     Net(Inbound),
-    Call { req: Request, deadline: Instant, reply: Reply },
+    Call {
+        req: Request,
+        deadline: Instant,
+        reply: Reply,
+    },
     Timing(Timing),
     Inspect(Inspector),
     SnapshotDone(SnapshotDone),
+    /// The log's I/O thread made a write durable.
+    Persisted,
     Stop,
 }
 
@@ -194,8 +200,13 @@ impl Node {
             Some(files) => Some(Tls::load(files).map_err(|e| Error::InvalidArgument(e.to_string()))?),
             None => None,
         };
-        let member = Member::new(cfg.member.clone(), store, &crate::logger::raft_logger())?;
         let (tx, rx) = channel::<Input>();
+        // The log's I/O thread wakes the Raft thread when a write became durable.
+        let waker_tx = Mutex::new(tx.clone());
+        store.set_waker(Arc::new(move || {
+            let _ = lock(&waker_tx).send(Input::Persisted);
+        }));
+        let member = Member::new(cfg.member.clone(), store, &crate::logger::raft_logger())?;
         let shared = Arc::new(Shared::default());
         *lock(&shared.syncs) = Some(syncs);
         let handle = NodeHandle { tx: tx.clone(), shared: Arc::clone(&shared) };
@@ -521,7 +532,11 @@ fn run_loop(
     // fill in until it arrives (a member just added answers its leader this way).
     let mut learned: BTreeMap<u64, String> = BTreeMap::new();
     loop {
-        let wait = next_tick.saturating_duration_since(Instant::now());
+        // More ready (a write that became durable let raft commit): no waiting.
+        let wait = match member.has_ready() {
+            true => Duration::ZERO,
+            false => next_tick.saturating_duration_since(Instant::now()),
+        };
         let first = match rx.recv_timeout(wait) {
             Ok(i) => Some(i),
             Err(RecvTimeoutError::Timeout) => None,
@@ -572,6 +587,8 @@ fn run_loop(
                 }
                 Input::Inspect(f) => f(&mut member),
                 Input::SnapshotDone(done) => member.snapshot_done(done)?,
+                // `process_ready` below takes what the store made durable.
+                Input::Persisted => {}
                 Input::Stop => return Ok(()),
             }
             pass.by_kind[kind] += started.elapsed();
@@ -591,8 +608,9 @@ fn run_loop(
             transport.send(m);
         };
         let mut out = member.process_ready_sending(&mut send_now)?;
-        // A read round a one-member cluster answered at once is ready again right away.
-        for _ in 0..2 {
+        // A read round a one-member cluster answered at once is ready again right away, and
+        // a write a store made durable at once lets raft commit.
+        for _ in 0..4 {
             if !member.has_ready() {
                 break;
             }

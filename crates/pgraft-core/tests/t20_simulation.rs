@@ -32,11 +32,12 @@ fn five_members_survive_faults() {
 #[test]
 fn lost_proposals_are_sent_again_and_applied_once() {
     let opts = SimOptions::default();
-    let (mut resent, mut duplicates, mut wipes) = (0, 0, 0);
+    let (mut resent, mut duplicates, mut wipes, mut lost_writes) = (0, 0, 0, 0);
     for seed in 10_000..10_100 {
         let r = run(seed, &opts).unwrap_or_else(|f| panic!("{f}"));
         resent += r.resent;
         duplicates += r.duplicates;
+        lost_writes += r.lost_writes;
         wipes += r.faults.iter().filter(|f| f.contains("wipe node")).count();
     }
     assert!(resent > 0, "100 faulty runs and no proposal was sent again");
@@ -44,6 +45,19 @@ fn lost_proposals_are_sent_again_and_applied_once() {
     // A removed member whose Raft data is wiped before it is added back must not vote
     // while empty (members that have not applied its removal still count it).
     assert!(wipes > 0, "100 faulty runs and no member was wiped: empty members' votes went untested");
+    // The log's writes are durable later than they are made (as on the I/O thread): some
+    // crash must find one not yet durable, or the checks never saw a write lost.
+    assert!(lost_writes > 0, "100 faulty runs and no crash lost a write not yet durable");
+}
+
+/// The checks are not vacuous for durability either: with a log that says its writes are
+/// durable before they are, members promise entries and votes a crash loses, and the
+/// checks find a lost or diverging commit.
+#[test]
+fn a_log_that_acknowledges_early_is_caught() {
+    let opts = SimOptions { broken_early_durability: true, ..SimOptions::default() };
+    let caught = (0..300).filter_map(|seed| run(seed, &opts).err()).count();
+    assert!(caught > 0, "300 seeds with writes acknowledged before they were durable, and no failure");
 }
 
 /// The checks are not vacuous: with reads served locally (no ReadIndex), stale reads

@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use raft::prelude::{ConfChangeV2, ConfState, Entry, EntryType, Message};
+use raft::prelude::{ConfChangeV2, ConfState, Entry, Message};
 use raft::{RawNode, StateRole};
 
 use crate::command::{Body, Origin, Proposal};
@@ -29,6 +29,7 @@ mod member_status;
 mod membership;
 mod peer_check;
 mod read_rounds;
+mod ready;
 mod snapshots;
 #[cfg(test)]
 mod tests;
@@ -157,6 +158,8 @@ pub struct Member<S: LogStore> {
     last_drop_logged_ms: i64,
     /// What the last dropped peer message was and why.
     last_drop: String,
+    /// Messages that promise a `Ready` is durable, by its number, until the store says so.
+    held: std::collections::VecDeque<(u64, Vec<Message>)>,
 }
 
 /// Where `process_ready` spent its time since the last [`Member::ready_times`] call, for
@@ -165,9 +168,10 @@ pub struct Member<S: LogStore> {
 pub struct ReadyTimes {
     /// Installing a leader's snapshot.
     pub snapshot: std::time::Duration,
-    /// Writing entries and hard state (with fsync).
+    /// Handing entries and hard state to the store (its I/O thread writes and syncs them;
+    /// a store that writes synchronously, or a snapshot from the leader, waits here).
     pub persist: std::time::Duration,
-    /// Entries written.
+    /// Entries handed over.
     pub persisted: usize,
     /// Applying committed entries.
     pub apply: std::time::Duration,
@@ -181,7 +185,7 @@ impl std::fmt::Display for ReadyTimes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "ready: snapshot {} ms, {} entries persisted in {} ms, {} applied in {} ms, then {} ms",
+            "ready: snapshot {} ms, {} entries to the log in {} ms, {} applied in {} ms, then {} ms",
             self.snapshot.as_millis(),
             self.persisted,
             self.persist.as_millis(),
@@ -288,6 +292,7 @@ impl<S: LogStore> Member<S> {
             ready_times: ReadyTimes::default(),
             last_drop_logged_ms: i64::MIN / 2,
             last_drop: String::new(),
+            held: std::collections::VecDeque::new(),
         })
     }
 
@@ -467,6 +472,12 @@ impl<S: LogStore> Member<S> {
             let ctx = self.read_ctx(round);
             self.raw.read_index(ctx);
         }
+    }
+
+    /// The store, to drive it where a test models its I/O (the simulation finishes a
+    /// [`crate::storage::MemStore`]'s writes at random).
+    pub(crate) fn store_mut(&mut self) -> &mut S {
+        self.raw.mut_store()
     }
 
     /// Whether raft has more for [`Member::process_ready`] (a read round answered at once
@@ -847,151 +858,6 @@ impl<S: LogStore> Member<S> {
                 .map(|changes| Response::Changes { changes, revision: kv.revision() })
                 .map_err(compacted),
         }
-    }
-
-    /// Persists and applies what raft has ready, in the order that keeps every promise:
-    /// returns the messages to send now (see [`Member::process_ready_sending`]).
-    pub fn process_ready(&mut self) -> Result<Vec<Message>> {
-        let mut early = Vec::new();
-        let out = self.process_ready_sending(&mut |m| early.push(m))?;
-        early.extend(out);
-        Ok(early)
-    }
-
-    /// [`Member::process_ready`], handing a leader's messages that do not depend on its own
-    /// disk write to `send_now` before that write (Raft thesis 10.2.1): its followers
-    /// write and answer while it syncs, so a commit costs one sync's time, not two in
-    /// series. Returns the messages that may leave only now.
-    pub fn process_ready_sending(&mut self, send_now: &mut dyn FnMut(Message)) -> Result<Vec<Message>> {
-        let mut out = Vec::new();
-        if !self.raw.has_ready() {
-            self.resolve_waiters();
-            return Ok(out);
-        }
-        let mut rd = self.raw.ready();
-        if let Some(ss) = rd.ss() {
-            if ss.leader_id != 0 && ss.leader_id != self.last_leader {
-                self.counters.leader_changes += 1;
-            }
-            if ss.leader_id != 0 {
-                self.last_leader = ss.leader_id;
-            }
-            // An election this member started: it became a candidate, or went straight to
-            // leader (a lone voter wins its election within one step, never seen as candidate).
-            let now = ss.raft_state;
-            let started = match now {
-                StateRole::Candidate => self.last_role != StateRole::Candidate,
-                StateRole::Leader => matches!(self.last_role, StateRole::Follower | StateRole::PreCandidate),
-                _ => false,
-            };
-            if started {
-                self.counters.elections += 1;
-            }
-            self.last_role = now;
-        }
-        // 1. A leader's own messages leave before its disk write: it counts itself in the
-        //    quorum only after persisting (Raft thesis 10.2.1). raft-rs hands them out
-        //    here only as a leader; a follower's all wait for the write (step 5).
-        for m in rd.take_messages() {
-            self.count_sent(&m);
-            send_now(m);
-        }
-        // 2. A snapshot from the leader replaces the state before anything after it.
-        let started = std::time::Instant::now();
-        if !rd.snapshot().is_empty() {
-            let snap = rd.snapshot().clone();
-            self.raw.mut_store().apply_snapshot(&snap)?;
-            self.sm = StateMachine::decode(&snap.data).map_err(|e| Error::Storage(e.to_string()))?;
-            self.last_snapshot = self.sm.applied_index;
-            self.counters.snapshots_installed += 1;
-        }
-        // 3. New entries, then term/vote/commit: fsynced before anything that depends on
-        //    them is sent (votes, append responses) or applied.
-        self.ready_times.snapshot += started.elapsed();
-        let started = std::time::Instant::now();
-        //    One write, and no sync when only the commit index moved.
-        self.raw.mut_store().persist(rd.entries(), rd.hs(), rd.must_sync())?;
-        self.ready_times.persisted += rd.entries().len();
-        self.ready_times.persist += started.elapsed();
-        // 4. Committed entries are durable on a quorum; they are applied after `advance`
-        //    below. Applied here, a committed removal of this leader would drop its own
-        //    progress before raft records that the leader persisted this Ready's new
-        //    entries, and raft-rs unwraps that progress (found by the simulation).
-        let committed = rd.take_committed_entries();
-        // 5. Messages that promise what was just persisted.
-        out.extend(rd.take_persisted_messages());
-        for rs in rd.take_read_states() {
-            let Some(round) = self.round_of_read(&rs.request_ctx) else { continue };
-            // A re-asked round can get two read states; only the first counts (`finish`
-            // answers a round once), and a read whose client gave up is gone.
-            for token in self.reads.finish(round) {
-                if let Some(Waiting::ReadIndex(read)) = self.waiting.remove(&token) {
-                    self.waiting.insert(token, Waiting::ReadAt(rs.index, read));
-                }
-            }
-        }
-        let mut light = self.raw.advance(rd);
-        let started = std::time::Instant::now();
-        self.ready_times.applied += committed.len();
-        self.apply_entries(committed)?;
-        if let Some(commit) = light.commit_index() {
-            // The commit index alone needs no sync (raft learns it again after a crash).
-            let mut hs = self.raw.store().hard_state();
-            hs.commit = commit;
-            self.raw.mut_store().persist(&[], Some(&hs), false)?;
-        }
-        out.extend(light.take_messages());
-        let committed = light.take_committed_entries();
-        self.ready_times.applied += committed.len();
-        self.apply_entries(committed)?;
-        self.ready_times.apply += started.elapsed();
-        let started = std::time::Instant::now();
-        self.raw.advance_apply();
-        self.maybe_snapshot();
-        self.snapshot_for_readded_peers();
-        self.resolve_waiters();
-        self.release_held_reads();
-        // The next round, for reads that arrived while one was out. Its messages leave with
-        // the next Ready (raft-rs wants a follower's messages empty at `advance`); the
-        // driver asks again while `has_ready`.
-        self.start_read_round();
-        self.ready_times.after += started.elapsed();
-        for m in &out {
-            self.count_sent(m);
-        }
-        Ok(out)
-    }
-
-    fn count_sent(&mut self, m: &Message) {
-        self.counters.messages_sent += 1;
-        if let Some(n) = self.counters.sent_by_type.get_mut(m.get_msg_type() as usize) {
-            *n += 1;
-        }
-    }
-
-    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<()> {
-        for e in entries {
-            if e.index <= self.sm.applied_index {
-                continue; // already in the state machine (restored from a snapshot)
-            }
-            self.counters.applied_entries += 1;
-            match e.get_entry_type() {
-                EntryType::EntryNormal if e.data.is_empty() => {
-                    self.sm.apply_empty(e.index, e.term, self.now_ms)
-                }
-                EntryType::EntryNormal => {
-                    let p = Proposal::decode(&e.data).map_err(|err| {
-                        Error::Storage(format!("entry {} cannot be applied: {err}", e.index))
-                    })?;
-                    // `None`: a copy of a proposal already applied, answered then.
-                    if let Some(outcome) = self.sm.apply(e.index, e.term, &p, self.now_ms) {
-                        self.complete(p.origin, Ok(Response::Applied { index: e.index, outcome }));
-                    }
-                }
-                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => self.apply_conf_change(&e)?,
-            }
-        }
-        Ok(())
     }
 
     fn complete(&mut self, origin: Origin, r: Result<Response>) {

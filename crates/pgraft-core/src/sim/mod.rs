@@ -31,6 +31,15 @@ use crate::storage::MemStore;
 pub use network::{Network, NetworkFaults};
 pub use rng::Rng;
 
+/// An empty store whose writes are durable only when the simulation says (see
+/// [`MemStore::deferred`]).
+fn new_store(opts: &SimOptions) -> MemStore {
+    match opts.broken_early_durability {
+        true => MemStore::acking_early(),
+        false => MemStore::deferred(),
+    }
+}
+
 /// What a run does.
 #[derive(Debug, Clone)]
 pub struct SimOptions {
@@ -51,6 +60,10 @@ pub struct SimOptions {
     /// A deliberate bug for testing the checks: client reads are served from the local
     /// state without ReadIndex. Runs with it must fail for some seeds.
     pub broken_local_reads: bool,
+    /// A deliberate bug for testing the checks: the log reports writes durable as soon as
+    /// they are started, so members acknowledge entries and votes that a crash then
+    /// loses. Runs with it must fail for some seeds.
+    pub broken_early_durability: bool,
     /// Print snapshot and probe events to stderr.
     pub trace: bool,
 }
@@ -66,6 +79,7 @@ impl Default for SimOptions {
             network: NetworkFaults { drop: 0.02, duplicate: 0.01, max_delay: 3 },
             snapshot_count: 40,
             broken_local_reads: false,
+            broken_early_durability: false,
             trace: false,
         }
     }
@@ -91,6 +105,8 @@ pub struct SimReport {
     /// Copies of proposals the state machine skipped (applied entries marked duplicate,
     /// among those the members still remember).
     pub duplicates: u64,
+    /// Crashes that lost log writes not yet durable.
+    pub lost_writes: u64,
 }
 
 /// A failed run: which invariant broke, and how to replay it.
@@ -125,6 +141,11 @@ struct Node {
     checked_index: u64,
     election: usize,
     restart_at: Option<u64>,
+    /// What its messages promised the others: the last vote granted (term, candidate)
+    /// and the last log position acknowledged (term, index). Its store after a crash must
+    /// still hold both (see [`Sim::crash`]).
+    vote_given: (u64, u64),
+    log_acked: (u64, u64),
 }
 
 struct Pending {
@@ -166,6 +187,8 @@ struct Sim {
     /// finish a few ticks after they start, as on the snapshot thread, so members go on
     /// applying meanwhile; a crash loses them.
     snapshot_jobs: Vec<(u64, usize, u64, SnapshotJob)>,
+    /// A crashed member's store lost what its messages had promised.
+    broken_promise: Option<String>,
 }
 
 /// Runs one seed.
@@ -189,7 +212,8 @@ impl Sim {
         let members: Vec<(u64, String)> = (1..=n).map(|id| (id, format!("sim:{id}"))).collect();
         let nodes = (1..=n)
             .map(|id| {
-                let mut store = MemStore::new();
+                // Writes durable later, as on the log's I/O thread (see `step`).
+                let mut store = new_store(&opts);
                 Member::bootstrap(&mut store, &members).expect("bootstrap of an empty memory store");
                 Node {
                     id,
@@ -199,6 +223,8 @@ impl Sim {
                     checked_index: 0,
                     election: 10 + 2 * slots[(id - 1) as usize] as usize,
                     restart_at: None,
+                    vote_given: (0, 0),
+                    log_acked: (0, 0),
                 }
             })
             .collect();
@@ -223,6 +249,7 @@ impl Sim {
             report: SimReport { seed, ..Default::default() },
             logger: slog::Logger::root(slog::Discard, slog::o!()),
             snapshot_jobs: Vec::new(),
+            broken_promise: None,
         };
         for i in 0..sim.nodes.len() {
             sim.start(i);
@@ -250,7 +277,12 @@ impl Sim {
     fn crash(&mut self, i: usize, restart_at: u64) {
         let id = self.nodes[i].id;
         if let Some(m) = self.nodes[i].member.take() {
-            self.nodes[i].saved = Some(m.store().crashed());
+            if m.store().writes_out() {
+                self.report.lost_writes += 1;
+            }
+            let after = m.store().crashed();
+            self.check_promises(i, &after);
+            self.nodes[i].saved = Some(after);
         }
         self.nodes[i].restart_at = Some(restart_at);
         self.net.forget(id);
@@ -505,7 +537,10 @@ impl Sim {
                 if let Some(i) = self.nodes.iter().position(|n| n.id == id) {
                     self.report.faults.push(format!("t{}: wipe node {id}", self.now));
                     self.crash(i, self.now);
-                    self.nodes[i].saved = Some(MemStore::new());
+                    self.nodes[i].saved = Some(new_store(&self.opts));
+                    // A wiped member starts over: it promised nothing yet.
+                    self.nodes[i].vote_given = (0, 0);
+                    self.nodes[i].log_acked = (0, 0);
                     self.start(i);
                 }
             }
@@ -698,15 +733,30 @@ impl Sim {
                 m.snapshot_done(job.run()).map_err(|e| format!("node {} failed: {e}", node.id))?;
             }
         }
-        // Process until quiet: a ready can produce another (e.g. after advance).
-        for _ in 0..4 {
+        // The log's writes finish at random, about one step after they were made (a sync
+        // takes about as long as a message): a crash before loses them, and the messages
+        // that promised them have not left.
+        for node in self.nodes.iter_mut() {
+            if let Some(m) = node.member.as_mut() {
+                if self.rng.below(2) == 0 {
+                    m.store_mut().finish_writes();
+                }
+            }
+        }
+        // Process until quiet: a ready can produce another (e.g. after a write is durable).
+        for _ in 0..6 {
             let mut any = false;
             for i in 0..self.nodes.len() {
                 let (id, incarnation) = (self.nodes[i].id, self.nodes[i].incarnation);
                 let Some(m) = self.nodes[i].member.as_mut() else { continue };
                 let out = m.process_ready().map_err(|e| format!("node {id} failed: {e}"))?;
-                any |= !out.is_empty();
+                any |= !out.is_empty() || m.has_ready();
+                if let Some(job) = m.take_snapshot_job() {
+                    let due = self.now + self.rng.range(1, 6);
+                    self.snapshot_jobs.push((due, i, incarnation, job));
+                }
                 for msg in out {
+                    self.note_promise(i, &msg);
                     if self.opts.trace && msg.get_msg_type() == raft::prelude::MessageType::MsgSnapshot {
                         eprintln!(
                             "t{} snapshot {} -> {} idx {}",
@@ -717,10 +767,6 @@ impl Sim {
                         );
                     }
                     self.net.send(&mut self.rng, self.now, msg);
-                }
-                if let Some(job) = m.take_snapshot_job() {
-                    let due = self.now + self.rng.range(1, 6);
-                    self.snapshot_jobs.push((due, i, incarnation, job));
                 }
                 self.collect(i);
             }
@@ -748,7 +794,48 @@ impl Sim {
         self.check_invariants()
     }
 
+    /// Notes what a message `i` sends promises: a vote, or that its log holds an index.
+    fn note_promise(&mut self, i: usize, msg: &raft::prelude::Message) {
+        use raft::prelude::MessageType::{MsgAppendResponse, MsgRequestVoteResponse};
+        let node = &mut self.nodes[i];
+        match msg.get_msg_type() {
+            MsgRequestVoteResponse if !msg.reject => {
+                node.vote_given = node.vote_given.max((msg.term, msg.to))
+            }
+            MsgAppendResponse if !msg.reject => node.log_acked = node.log_acked.max((msg.term, msg.index)),
+            _ => {}
+        }
+    }
+
+    /// A crashed member's store still holds what its messages promised: the vote it gave
+    /// (unless it has since moved to a later term) and the log position it acknowledged
+    /// (unless a later term's leader may have replaced it).
+    fn check_promises(&mut self, i: usize, after: &MemStore) {
+        use crate::storage::LogStore as _;
+        use raft::Storage as _;
+        let node = &self.nodes[i];
+        let hs = after.hard_state();
+        let (term, vote) = node.vote_given;
+        if term > 0 && (hs.term < term || (hs.term == term && hs.vote != vote)) {
+            self.broken_promise.get_or_insert(format!(
+                "node {} voted for {vote} in term {term}, and after a crash its store holds term {} vote {}",
+                node.id, hs.term, hs.vote
+            ));
+        }
+        let (term, index) = node.log_acked;
+        let last = after.last_index().unwrap_or(0);
+        if term > 0 && hs.term <= term && last < index {
+            self.broken_promise.get_or_insert(format!(
+                "node {} acknowledged its log up to {index} in term {term}, and after a crash its store ends at {last} (term {})",
+                node.id, hs.term
+            ));
+        }
+    }
+
     fn check_invariants(&mut self) -> Result<(), String> {
+        if let Some(why) = self.broken_promise.take() {
+            return Err(why);
+        }
         for node in &mut self.nodes {
             let Some(m) = node.member.as_ref() else { continue };
             if let (n @ 1.., last) = m.messages_dropped() {

@@ -39,6 +39,40 @@ pub fn run_all<S: LogStore>(mut open: impl FnMut(Option<S>) -> S) {
     size_limited_reads_return_at_least_one(open(None));
     entry_bytes_follow_appends_overwrites_and_compaction(&mut open);
     one_write_per_ready_and_unsynced_commits(&mut open);
+    async_writes_are_read_at_once_and_durable_in_order(&mut open);
+}
+
+/// `persist_async` writes are read back at once (raft-rs reads them before they are
+/// durable), overwrite each other as `persist` does, are reported durable in order, and
+/// after `flush` survive a restart.
+fn async_writes_are_read_at_once_and_durable_in_order<S: LogStore>(open: &mut impl FnMut(Option<S>) -> S) {
+    let mut s = open(None);
+    let mut durable = 0;
+    let note = |durable: &mut u64, r: Option<u64>| {
+        if let Some(n) = r {
+            assert!(n >= *durable, "durable numbers go forward: {n} after {durable}");
+            *durable = n;
+        }
+    };
+    let hs1 = HardState { term: 1, vote: 1, commit: 0 };
+    note(&mut durable, s.persist_async(1, &ents(1..=3, 1), Some(&hs1), true).expect("first write"));
+    assert_eq!(read(&s, 1, 4), vec![(1, 1), (2, 1), (3, 1)], "read back before durable");
+    assert_eq!(s.hard_state(), hs1);
+    let hs2 = HardState { term: 2, vote: 2, commit: 2 };
+    note(&mut durable, s.persist_async(2, &ents(3..=5, 2), Some(&hs2), true).expect("an overwrite"));
+    let hs3 = HardState { commit: 4, ..hs2.clone() };
+    note(&mut durable, s.persist_async(3, &[], Some(&hs3), false).expect("a commit alone"));
+    note(&mut durable, s.persist_async(4, &ents(6..=6, 2), None, true).expect("one more entry"));
+    assert_eq!(read(&s, 1, 7), vec![(1, 1), (2, 1), (3, 2), (4, 2), (5, 2), (6, 2)]);
+    assert_eq!(s.hard_state(), hs3);
+    // Reported as the I/O finishes (see the durable store's own test), or all at once by
+    // `flush`.
+    note(&mut durable, s.poll_durable().expect("poll"));
+    note(&mut durable, s.flush().expect("flush"));
+    assert_eq!(durable, 4, "every write reported durable");
+    let s = open(Some(s));
+    assert_eq!(read(&s, 1, 7), vec![(1, 1), (2, 1), (3, 2), (4, 2), (5, 2), (6, 2)]);
+    assert_eq!(s.hard_state(), hs3, "the commit went with the last synced write");
 }
 
 /// `persist` writes a `Ready`'s entries and hard state together; a commit index written

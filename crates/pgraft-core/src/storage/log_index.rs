@@ -4,6 +4,7 @@
 //!   base = compacted index          last
 //!   │ locs:  (segment, offset, length) per entry, base+1 ..= last      (16 bytes each)
 //!   │ cache: decoded entries, cache_from ..= last, at most CACHE_BYTES of them
+//!   │        but never one at or after `pinned_from` (not yet durable on disk)
 //! ```
 //!
 //! Followers mostly need the newest entries, which the cache answers without a read; one
@@ -25,6 +26,11 @@ pub(crate) struct Loc {
     pub len: u32,
 }
 
+impl Loc {
+    /// The place of an entry staged but not yet given one (segments are numbered from 1).
+    pub const UNWRITTEN: Loc = Loc { segment: 0, offset: 0, len: 0 };
+}
+
 /// Bytes of decoded entries kept in memory.
 pub(crate) const CACHE_BYTES: u64 = 32 << 20;
 
@@ -38,6 +44,8 @@ pub(crate) struct LogIndex {
     cache: VecDeque<Entry>,
     cache_bytes: u64,
     cache_cap: u64,
+    /// Entries from this index on stay cached whatever the cap (0: none pinned).
+    pinned_from: u64,
     pub terms: TermRuns,
     pub sizes: EntrySizes,
 }
@@ -47,7 +55,7 @@ impl LogIndex {
     pub fn new(base: u64, cache_cap: u64) -> Self {
         let mut sizes = EntrySizes::default();
         sizes.compact_to(base);
-        Self { base, cache_cap, sizes, ..Self::default() }
+        Self { base, cache_cap, sizes, pinned_from: u64::MAX, ..Self::default() }
     }
 
     /// The compacted index.
@@ -76,10 +84,34 @@ impl LogIndex {
             self.cache_bytes += e.encoded_len() as u64;
             self.cache.push_back(e);
         }
-        while self.cache_bytes > self.cache_cap && self.cache.len() > 1 {
+        self.evict();
+    }
+
+    /// Drops the oldest cached entries while over the cap, but none that is pinned.
+    fn evict(&mut self) {
+        while self.cache_bytes > self.cache_cap
+            && self.cache.len() > 1
+            && self.cache.front().is_some_and(|e| e.index < self.pinned_from)
+        {
             if let Some(e) = self.cache.pop_front() {
                 self.cache_bytes -= e.encoded_len() as u64;
             }
+        }
+    }
+
+    /// Keeps the entries from `index` on cached (`u64::MAX`: none): their places on disk
+    /// are not readable yet.
+    pub fn pin_from(&mut self, index: u64) {
+        self.pinned_from = index;
+        self.evict();
+    }
+
+    /// Records where the entries from `first` on were written (they were appended with
+    /// [`Loc::UNWRITTEN`]); places past the last entry are ignored.
+    pub fn set_locs(&mut self, first: u64, locs: impl IntoIterator<Item = Loc>) {
+        let Some(start) = first.checked_sub(self.base + 1) else { return };
+        for (slot, loc) in self.locs.iter_mut().skip(start as usize).zip(locs) {
+            *slot = loc;
         }
     }
 
@@ -117,7 +149,9 @@ impl LogIndex {
 
     /// Empties the log, which starts again after `index`.
     pub fn clear_to(&mut self, index: u64) {
+        let pinned_from = self.pinned_from;
         *self = Self::new(index, self.cache_cap);
+        self.pinned_from = pinned_from;
     }
 
     /// Where the entry at `index` (in the log) lies.
@@ -180,5 +214,18 @@ mod tests {
         assert_eq!(ix.loc(21), Some(at(21)));
         assert_eq!(ix.newest_in(2), 21);
         assert_eq!(ix.newest_in(0), 0);
+    }
+
+    #[test]
+    fn pinned_entries_stay_cached_until_written() {
+        let one = e(1, 1).encoded_len() as u64;
+        let mut ix = LogIndex::new(0, one * 2);
+        ix.pin_from(1);
+        ix.append((1..=5).map(|i| e(i, 1)).collect(), vec![Loc::UNWRITTEN; 5]);
+        assert!((1..=5).all(|i| ix.cached(i).is_some()), "nothing pinned is dropped, whatever the cap");
+        ix.set_locs(1, (1..=5).map(at));
+        assert_eq!(ix.loc(4), Some(at(4)));
+        ix.pin_from(u64::MAX);
+        assert!(ix.cached(3).is_none() && ix.cached(5).is_some(), "back under the cap once written");
     }
 }

@@ -15,6 +15,11 @@ use super::{
 /// hard state written without a sync, which [`MemStore::crashed`] forgets. The
 /// simulation models a crash with it, and drops the rest of a member's unsynced state,
 /// which it holds outside the store.
+///
+/// A store made [`MemStore::deferred`] models a log whose writes are durable later, like
+/// the durable store's I/O thread: [`LogStore::persist_async`] writes become durable
+/// when [`MemStore::finish_writes`] says so (the simulation calls it at random), and a
+/// crash before loses them all.
 #[derive(Debug, Clone, Default)]
 pub struct MemStore {
     hard_state: HardState,
@@ -26,6 +31,16 @@ pub struct MemStore {
     entries: Vec<Entry>,
     snapshot: Snapshot,
     identity: Option<Identity>,
+    deferred: bool,
+    /// A deliberate bug, for the simulation's checks: deferred writes are reported
+    /// durable as soon as they are started (see [`MemStore::acking_early`]).
+    acks_early: bool,
+    /// The store as it was before the first write not yet durable.
+    durable: Option<Box<MemStore>>,
+    /// The highest `Ready` number written since.
+    pending: u64,
+    /// The highest `Ready` number made durable and not yet reported.
+    reported: Option<u64>,
 }
 
 impl MemStore {
@@ -34,9 +49,55 @@ impl MemStore {
         Self::default()
     }
 
-    /// The store as a crash leaves it: what was written without a sync is gone.
+    /// A store whose [`LogStore::persist_async`] writes are durable only once
+    /// [`MemStore::finish_writes`] is called.
+    pub fn deferred() -> Self {
+        MemStore { deferred: true, ..Self::default() }
+    }
+
+    /// A deferred store with a deliberate bug: it reports a write durable as soon as it is
+    /// started, so its member promises what a crash then loses. The simulation must catch
+    /// it.
+    pub fn acking_early() -> Self {
+        MemStore { deferred: true, acks_early: true, ..Self::default() }
+    }
+
+    /// Whether a write started is not durable yet (a crash now would lose it).
+    pub fn writes_out(&self) -> bool {
+        self.durable.is_some()
+    }
+
+    /// Makes every write started durable, as a log's I/O thread finishing its write.
+    pub fn finish_writes(&mut self) {
+        if self.durable.take().is_some() {
+            self.reported = Some(self.reported.map_or(self.pending, |r| r.max(self.pending)));
+        }
+    }
+
+    /// The store as a crash leaves it: what was written without a sync is gone, and so
+    /// is every write not yet durable.
     pub fn crashed(&self) -> MemStore {
-        MemStore { hard_state: self.synced_hard_state.clone(), ..self.clone() }
+        match &self.durable {
+            Some(before) => before.crashed(),
+            None => MemStore { hard_state: self.synced_hard_state.clone(), reported: None, ..self.clone() },
+        }
+    }
+
+    /// The write of `persist`, readable at once.
+    fn write(&mut self, entries: &[Entry], hs: Option<&HardState>, sync: bool) -> Result<()> {
+        check_unsynced(entries, hs, &self.hard_state, sync)?;
+        if let Some(first) = entries.first() {
+            check_append(first.index, self.trunc.0, self.last())?;
+            self.entries.truncate(self.pos(first.index));
+            self.entries.extend_from_slice(entries);
+        }
+        if let Some(hs) = hs {
+            self.hard_state = hs.clone();
+        }
+        if sync {
+            self.synced_hard_state = self.hard_state.clone();
+        }
+        Ok(())
     }
 
     fn last(&self) -> u64 {
@@ -92,27 +153,53 @@ impl raft::Storage for MemStore {
 
 impl LogStore for MemStore {
     fn persist(&mut self, entries: &[Entry], hs: Option<&HardState>, sync: bool) -> Result<()> {
-        check_unsynced(entries, hs, &self.hard_state, sync)?;
-        if let Some(first) = entries.first() {
-            check_append(first.index, self.trunc.0, self.last())?;
-            self.entries.truncate(self.pos(first.index));
-            self.entries.extend_from_slice(entries);
-        }
-        if let Some(hs) = hs {
-            self.hard_state = hs.clone();
-        }
         if sync {
-            self.synced_hard_state = self.hard_state.clone();
+            self.finish_writes();
         }
-        Ok(())
+        self.write(entries, hs, sync)
+    }
+
+    fn persist_async(
+        &mut self,
+        number: u64,
+        entries: &[Entry],
+        hs: Option<&HardState>,
+        sync: bool,
+    ) -> Result<Option<u64>> {
+        if !self.deferred {
+            self.write(entries, hs, sync)?;
+            return Ok(Some(number));
+        }
+        if self.durable.is_none() {
+            if entries.is_empty() && !sync {
+                // Only the commit index, with nothing out: kept unsynced, as `persist`.
+                self.write(entries, hs, sync)?;
+                return Ok(Some(number));
+            }
+            self.durable = Some(Box::new(self.clone()));
+        }
+        self.write(entries, hs, sync)?;
+        self.pending = self.pending.max(number);
+        Ok(self.acks_early.then_some(number))
+    }
+
+    fn poll_durable(&mut self) -> Result<Option<u64>> {
+        Ok(self.reported.take())
+    }
+
+    fn flush(&mut self) -> Result<Option<u64>> {
+        self.finish_writes();
+        Ok(self.reported.take())
     }
 
     fn set_conf_state(&mut self, cs: &ConfState) -> Result<()> {
+        self.finish_writes();
         self.conf_state = cs.clone();
         Ok(())
     }
 
     fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<()> {
+        self.finish_writes();
         let meta = snap.get_metadata();
         if meta.index <= self.trunc.0 {
             return Ok(()); // already have it or newer: idempotent
@@ -132,6 +219,7 @@ impl LogStore for MemStore {
     }
 
     fn create_snapshot(&mut self, image: SnapshotImage, keep: u64) -> Result<()> {
+        self.finish_writes();
         let index = image.metadata.index;
         if index < self.snapshot.get_metadata().index || index <= self.trunc.0 {
             return Ok(());
@@ -167,6 +255,7 @@ impl LogStore for MemStore {
     }
 
     fn ensure_identity(&mut self, id: &Identity) -> Result<()> {
+        self.finish_writes();
         match &self.identity {
             Some(have) => have.check(id),
             None => {
@@ -216,5 +305,25 @@ mod tests {
         super::super::conformance::run_all(|prev: Option<MemStore>| {
             prev.map(|s| s.crashed()).unwrap_or_default()
         });
+        super::super::conformance::run_all(|prev: Option<MemStore>| {
+            prev.map(|s| s.crashed()).unwrap_or_else(MemStore::deferred)
+        });
+    }
+
+    #[test]
+    fn a_crash_loses_deferred_writes_not_yet_finished() {
+        use raft::Storage as _;
+        let e = |index| Entry { index, term: 1, ..Default::default() };
+        let mut s = MemStore::deferred();
+        assert_eq!(s.persist_async(1, &[e(1), e(2)], None, true).expect("write"), None);
+        assert!(s.writes_out());
+        assert_eq!(s.last_index().expect("last"), 2, "read back at once");
+        assert_eq!(s.crashed().last_index().expect("last"), 0, "not durable yet");
+        s.finish_writes();
+        assert_eq!(s.poll_durable().expect("poll"), Some(1));
+        assert_eq!(s.persist_async(2, &[e(3)], None, true).expect("write"), None);
+        let after = s.crashed();
+        assert_eq!(after.last_index().expect("last"), 2, "the finished write survives, the next is lost");
+        assert!(!after.writes_out());
     }
 }

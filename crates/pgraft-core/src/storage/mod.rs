@@ -8,13 +8,15 @@
 //! it over to the log at start.
 //!
 //! Every write method is **durable before it returns** (but a [`LogStore::persist`] its
-//! caller says needs no sync): the member sends messages that depend on a write, and
-//! acknowledges clients, only afterwards.
+//! caller says needs no sync), except [`LogStore::persist_async`], whose writes are
+//! durable once the store reports their number: the member sends messages that depend on
+//! a write, and acknowledges clients, only afterwards.
 
 mod entry_sizes;
 mod identity;
 mod log_index;
 pub(crate) mod log_segment;
+mod log_writer;
 mod mem_store;
 mod pending_hard_state;
 mod read_stats;
@@ -55,6 +57,9 @@ pub enum StorageError {
 /// Results of stores.
 pub type Result<T> = std::result::Result<T, StorageError>;
 
+/// Wakes the Raft thread when a write became durable (see [`LogStore::set_waker`]).
+pub type Waker = std::sync::Arc<dyn Fn() + Send + Sync>;
+
 /// The write side of a member's storage.
 ///
 /// Its [`raft::Storage::snapshot`] answers `SnapshotTemporarilyUnavailable` when the
@@ -65,7 +70,8 @@ pub type Result<T> = std::result::Result<T, StorageError>;
 /// - the log has no holes: entries are `first_index()..=last_index()`;
 /// - `term(first_index() - 1)` answers the term of the last compacted entry (or snapshot);
 /// - every method is durable before it returns (an unsynced `persist` with the next synced
-///   write), and a restart from the same place sees exactly what was made durable.
+///   write; a `persist_async` once its number is reported), and a restart from the same
+///   place sees exactly what was made durable.
 pub trait LogStore: raft::Storage {
     /// Appends `entries` and records the hard state `hs` (term, vote, commit) in one
     /// write: one sync for everything a `Ready` persists (group commit). An entry at an
@@ -77,6 +83,44 @@ pub trait LogStore: raft::Storage {
     /// and learn again), it becomes durable with the next synced write, and a crash
     /// before that loses it; readers of this store see it at once either way.
     fn persist(&mut self, entries: &[Entry], hs: Option<&HardState>, sync: bool) -> Result<()>;
+
+    /// [`LogStore::persist`] without waiting: the write of raft-rs's `Ready` number
+    /// `number` (increasing; 0 for a write outside a `Ready`) is started, readers of this
+    /// store see it at once, and it is durable once [`LogStore::poll_durable`] or
+    /// [`LogStore::flush`] has reported `number` or a higher one. Writes become durable in
+    /// the order they were started, so a number reported means every write before it is
+    /// durable too. Returns a number that is durable already (the default, which writes
+    /// synchronously: `number` itself).
+    ///
+    /// A durable store writes what arrives while a write is out as one write, one sync,
+    /// when that one is done (group commit), and its Raft thread goes on meanwhile.
+    fn persist_async(
+        &mut self,
+        number: u64,
+        entries: &[Entry],
+        hs: Option<&HardState>,
+        sync: bool,
+    ) -> Result<Option<u64>> {
+        self.persist(entries, hs, sync)?;
+        Ok(Some(number))
+    }
+
+    /// The highest number of a [`LogStore::persist_async`] write that became durable since
+    /// the last report, if any; an error if writing failed (fatal).
+    fn poll_durable(&mut self) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
+    /// Waits until every write started is durable; reports like
+    /// [`LogStore::poll_durable`]. Every other write method does this first, so that its
+    /// own write follows them.
+    fn flush(&mut self) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
+    /// Tells the store whom to wake (from its I/O thread) when a write became durable: the
+    /// Raft thread, which then calls [`LogStore::poll_durable`].
+    fn set_waker(&mut self, _waker: Waker) {}
 
     /// Appends `entries`, durable before return (see [`LogStore::persist`]).
     fn append(&mut self, entries: &[Entry]) -> Result<()> {

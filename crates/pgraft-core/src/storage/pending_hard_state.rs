@@ -8,52 +8,63 @@ use raft::prelude::{Entry, HardState};
 
 use super::{Result, StorageError};
 
-/// The hard state as last written, and whether what the disk holds is older.
+/// The hard state as readers see it, and as the disk holds it (older when a commit index
+/// was kept without a sync, or a write is staged or out on the log's I/O thread).
 #[derive(Debug, Default, Clone)]
 pub(crate) struct PendingHardState {
-    hs: HardState,
-    unsynced: bool,
+    visible: HardState,
+    on_disk: HardState,
 }
 
 impl PendingHardState {
     /// The hard state read at start.
     pub fn loaded(hs: HardState) -> Self {
-        Self { hs, unsynced: false }
+        Self { visible: hs.clone(), on_disk: hs }
     }
 
     /// The hard state as readers see it.
     pub fn get(&self) -> &HardState {
-        &self.hs
+        &self.visible
+    }
+
+    /// The hard state the last record written holds.
+    pub fn on_disk(&self) -> &HardState {
+        &self.on_disk
     }
 
     /// The first step of a `persist`: refuses an unsynced write of anything but the commit
     /// index, and takes an unsynced one in memory. True when nothing is left to write.
     pub fn keep_unsynced(&mut self, entries: &[Entry], hs: Option<&HardState>, sync: bool) -> Result<bool> {
-        check_unsynced(entries, hs, &self.hs, sync)?;
+        check_unsynced(entries, hs, &self.visible, sync)?;
         if sync {
             return Ok(false);
         }
         if let Some(hs) = hs {
-            self.hs = hs.clone();
-            self.unsynced = true;
+            self.visible = hs.clone();
         }
         Ok(true)
     }
 
-    /// The hard state a synced write records: `hs`, else one kept unsynced, else none.
+    /// Readers see `hs` from now on; a later record writes it (see [`Self::to_record`]).
+    pub fn show(&mut self, hs: &HardState) {
+        self.visible = hs.clone();
+    }
+
+    /// The hard state a write records: `hs`, else the one readers see if the disk's is
+    /// older, else none.
     pub fn to_record(&self, hs: Option<&HardState>) -> Option<HardState> {
-        hs.cloned().or_else(|| self.unsynced.then(|| self.hs.clone()))
+        hs.cloned().or_else(|| (self.visible != self.on_disk).then(|| self.visible.clone()))
     }
 
-    /// The hard state a synced write recorded (with everything kept before it).
+    /// A write recorded `hs` (with everything kept before it), which readers see too.
     pub fn recorded(&mut self, hs: HardState) {
-        self.hs = hs;
-        self.unsynced = false;
+        self.visible = hs.clone();
+        self.on_disk = hs;
     }
 
-    /// A synced write recorded the hard state as it stands.
+    /// A write recorded the hard state as readers see it.
     pub fn all_recorded(&mut self) {
-        self.unsynced = false;
+        self.on_disk = self.visible.clone();
     }
 }
 

@@ -7,8 +7,9 @@
 //! ```
 //!
 //! Why not a B-tree (the redb file it replaces, whose format it still reads to migrate):
-//! a Raft log is written at its end and dropped at its start. Each `Ready` here is one
-//! write at the end of the newest segment and one `fdatasync`; compaction after a
+//! a Raft log is written at its end and dropped at its start. The `Ready`s that arrive
+//! while one write is out are one write at the end of the newest segment and one
+//! `fdatasync`, on the log's I/O thread (see [`super::log_writer`]); compaction after a
 //! snapshot is the deletion of whole segments, which gives the space back at once. redb
 //! paid a B-tree's page writes per append and deleted thousands of entries one by one in
 //! the compaction transaction, which held the Raft thread for 250-370 ms at every
@@ -29,13 +30,14 @@ use raft::{GetEntriesContext, RaftState};
 
 use super::log_index::{Loc, LogIndex, CACHE_BYTES};
 use super::log_segment::{header, scan, Record, State, HEADER};
+use super::log_writer::{Job, LogWriter};
 use super::mem_store::check_append;
 use super::pending_hard_state::PendingHardState;
 use super::read_stats::ReadStats;
 use super::snapshot_file::{file_name, read_image, serve_snapshot, sync_dir, ImageCache, ImageData};
 use super::{
     check_entries_range, term_without_entry, to_raft, Identity, LogStore, RedbStore, Result, SnapshotImage,
-    SnapshotWriter, StorageError,
+    SnapshotWriter, StorageError, Waker,
 };
 use crate::metrics::Histogram;
 
@@ -121,7 +123,39 @@ impl Drop for Reaper {
 struct Segment {
     seq: u64,
     path: PathBuf,
-    file: File,
+    /// Shared with the I/O thread, which writes at the end while the Raft thread reads.
+    file: Arc<File>,
+}
+
+/// What `persist_async` took while a write was out: written as one record when it is done.
+struct Staged {
+    /// The highest `Ready` number it covers.
+    number: u64,
+    /// Consecutive entries; a later `Ready`'s that overwrite some replace them.
+    entries: Vec<Entry>,
+}
+
+impl Staged {
+    fn add(&mut self, number: u64, entries: &[Entry]) {
+        self.number = self.number.max(number);
+        if let Some(first) = entries.first() {
+            let keep = self.entries.iter().position(|e| e.index >= first.index).unwrap_or(self.entries.len());
+            self.entries.truncate(keep);
+            self.entries.extend_from_slice(entries);
+        }
+    }
+
+    fn first(&self) -> u64 {
+        self.entries.first().map_or(u64::MAX, |e| e.index)
+    }
+}
+
+/// The write out on the I/O thread.
+struct InFlight {
+    /// The highest `Ready` number durable when it is done.
+    covers: u64,
+    /// Its first entry's index (`u64::MAX`: none).
+    first: u64,
 }
 
 /// A store on disk.
@@ -148,6 +182,11 @@ pub struct SegmentStore {
     reads: ReadStats,
     syncs: Arc<Mutex<Histogram>>,
     reaper: Reaper,
+    writer: LogWriter,
+    staged: Option<Staged>,
+    in_flight: Option<InFlight>,
+    /// The highest `Ready` number made durable and not yet reported.
+    reported: Option<u64>,
 }
 
 /// The state replay rebuilds from the records, in order.
@@ -271,7 +310,7 @@ impl SegmentStore {
                 file.sync_all().map_err(|e| io(format!("sync {what}"), e))?;
             }
             write_pos = found.end;
-            segments.push(Segment { seq, path, file });
+            segments.push(Segment { seq, path, file: Arc::new(file) });
         }
         if replay.gap > replay.trunc.0 {
             return Err(StorageError::Corrupt(format!(
@@ -289,6 +328,8 @@ impl SegmentStore {
                 )));
             }
         }
+        let syncs: Arc<Mutex<Histogram>> = Arc::default();
+        let writer = LogWriter::start(Arc::clone(&syncs))?;
         let mut s = Self {
             log_dir,
             snap_dir,
@@ -303,8 +344,12 @@ impl SegmentStore {
             image_cache: ImageCache::default(),
             identity: replay.identity,
             reads: ReadStats::default(),
-            syncs: Arc::default(),
+            syncs,
             reaper: Reaper::start(),
+            writer,
+            staged: None,
+            in_flight: None,
+            reported: None,
         };
         if s.segments.is_empty() {
             s.start_segment(seqs.last().copied().unwrap_or(1))?;
@@ -356,7 +401,9 @@ impl SegmentStore {
     }
 
     /// Creates segment `seq` with its header and a state record, synced, and writes to it
-    /// from now on: older segments are needed only for their entries.
+    /// from now on: older segments are needed only for their entries. No write is out;
+    /// the state record holds the hard state on disk, not one staged (whose commit may
+    /// name entries still staged): the next record carries that.
     fn start_segment(&mut self, seq: u64) -> Result<()> {
         let path = self.log_dir.join(segment_name(seq));
         let what = path.display().to_string();
@@ -367,42 +414,128 @@ impl SegmentStore {
             .open(&path)
             .map_err(|e| io(format!("create {what}"), e))?;
         let mut bytes = header(seq);
-        Record::State(Box::new(self.state())).encode_into(&mut bytes);
+        let state = State { hard_state: self.hard_state.on_disk().clone(), ..self.state() };
+        Record::State(Box::new(state)).encode_into(&mut bytes);
         file.write_all_at(&bytes, 0).map_err(|e| io(format!("write {what}"), e))?;
         file.sync_all().map_err(|e| io(format!("sync {what}"), e))?;
         sync_dir(&self.log_dir)?;
-        self.segments.push(Segment { seq, path, file });
+        self.segments.push(Segment { seq, path, file: Arc::new(file) });
         self.write_pos = bytes.len() as u64;
-        // The hard state went with the checkpoint.
-        self.hard_state.all_recorded();
         Ok(())
     }
 
-    /// Writes `record` at the end of the log, synced: starts a new segment first when the
-    /// newest is full. Returns where the entries of an entries record went.
-    fn write(&mut self, record: &Record) -> Result<Vec<Loc>> {
+    /// Starts a new segment if the newest is full; no write is out.
+    fn rotate_if_full(&mut self) -> Result<()> {
+        if self.write_pos >= self.segment_bytes {
+            let next = self.segments.last().map_or(1, |s| s.seq + 1);
+            self.start_segment(next)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the end of the write out if it ended, and hands what was staged meanwhile to
+    /// the I/O thread as one record if it is idle.
+    fn advance_io(&mut self) -> Result<()> {
+        if let Some(r) = self.writer.try_take() {
+            self.finished(r?);
+        }
+        if !self.writer.busy() {
+            self.seal()?;
+        }
+        Ok(())
+    }
+
+    /// Waits until nothing is staged or out: every write before is durable.
+    fn drain(&mut self) -> Result<()> {
+        loop {
+            if let Some(r) = self.writer.wait() {
+                self.finished(r?);
+            }
+            if self.staged.is_none() {
+                return Ok(());
+            }
+            self.seal()?;
+        }
+    }
+
+    /// The write out is durable.
+    fn finished(&mut self, number: u64) {
+        let covers = self.in_flight.take().map_or(number, |f| f.covers.max(number));
+        self.reported = Some(self.reported.map_or(covers, |r| r.max(covers)));
+        self.pin();
+    }
+
+    /// Writes what is staged as one record (with the hard state, if the disk's is older)
+    /// on the I/O thread, which is idle.
+    fn seal(&mut self) -> Result<()> {
+        let Some(st) = self.staged.take() else { return Ok(()) };
+        self.rotate_if_full()?;
+        let hs = self.hard_state.to_record(None);
+        let first = st.entries.first().map(|e| e.index);
+        let record = Record::Entries { hard_state: hs.clone(), entries: st.entries };
+        let mut bytes = Vec::new();
+        let spans = record.encode_into(&mut bytes);
+        let Some(seg) = self.segments.last() else {
+            return Err(StorageError::Invalid("the log has no segment to write to".into()));
+        };
+        let offset = self.write_pos;
+        if let Some(first) = first {
+            let locs = spans.into_iter().map(|(o, len)| Loc { segment: seg.seq, offset: offset + o, len });
+            self.log.set_locs(first, locs);
+        }
+        if let Some(hs) = hs {
+            self.hard_state.recorded(hs);
+        }
+        self.write_pos += bytes.len() as u64;
+        let job =
+            Job { file: Arc::clone(&seg.file), path: seg.path.clone(), offset, bytes, number: st.number };
+        self.in_flight = Some(InFlight { covers: st.number, first: first.unwrap_or(u64::MAX) });
+        self.writer.submit(job)?;
+        self.pin();
+        Ok(())
+    }
+
+    /// Keeps entries not yet durable in the cache: reading them from their segment could
+    /// come before the I/O thread wrote them.
+    fn pin(&mut self) {
+        let staged = self.staged.as_ref().map_or(u64::MAX, Staged::first);
+        let out = self.in_flight.as_ref().map_or(u64::MAX, |f| f.first);
+        self.log.pin_from(staged.min(out));
+    }
+
+    /// A write that needs no record of its own is durable with the write out or staged.
+    fn attach(&mut self, number: u64) -> Option<u64> {
+        if let Some(st) = &mut self.staged {
+            st.number = st.number.max(number);
+            None
+        } else if let Some(f) = &mut self.in_flight {
+            f.covers = f.covers.max(number);
+            None
+        } else {
+            Some(number)
+        }
+    }
+
+    /// Writes `record` at the end of the log, synced, after every write started before it:
+    /// starts a new segment first when the newest is full.
+    fn write(&mut self, record: &Record) -> Result<()> {
+        self.drain()?;
         if self.write_pos >= self.segment_bytes {
             let next = self.segments.last().map_or(1, |s| s.seq + 1);
             self.start_segment(next)?;
         }
         let mut bytes = Vec::new();
-        let mut locs = Vec::new();
         let Some(seg) = self.segments.last() else {
             return Err(StorageError::Invalid("the log has no segment to write to".into()));
         };
-        let spans = record.encode_into(&mut bytes);
-        locs.extend(spans.into_iter().map(|(offset, len)| Loc {
-            segment: seg.seq,
-            offset: self.write_pos + offset,
-            len,
-        }));
+        record.encode_into(&mut bytes);
         let started = std::time::Instant::now();
         let what = || seg.path.display().to_string();
         seg.file.write_all_at(&bytes, self.write_pos).map_err(|e| io(format!("write {}", what()), e))?;
         seg.file.sync_data().map_err(|e| io(format!("sync {}", what()), e))?;
         self.syncs.lock().unwrap_or_else(|p| p.into_inner()).observe(started.elapsed());
         self.write_pos += bytes.len() as u64;
-        Ok(locs)
+        Ok(())
     }
 
     /// Deletes the oldest segments while none of their entries is live; the newest stays.
@@ -459,6 +592,9 @@ impl SegmentStore {
             .log
             .loc(index)
             .ok_or_else(|| StorageError::Invalid(format!("entry {index} is not in the log")))?;
+        if loc == Loc::UNWRITTEN {
+            return Err(StorageError::Invalid(format!("entry {index} is neither written nor cached")));
+        }
         let seg = self.segments.iter().find(|s| s.seq == loc.segment).ok_or_else(|| {
             StorageError::Corrupt(format!("entry {index} names segment {}, which is gone", loc.segment))
         })?;
@@ -619,23 +755,53 @@ impl raft::Storage for SegmentStore {
 
 impl LogStore for SegmentStore {
     fn persist(&mut self, entries: &[Entry], hs: Option<&HardState>, sync: bool) -> Result<()> {
+        self.persist_async(0, entries, hs, sync)?;
+        if sync {
+            self.drain()?;
+        }
+        Ok(())
+    }
+
+    fn persist_async(
+        &mut self,
+        number: u64,
+        entries: &[Entry],
+        hs: Option<&HardState>,
+        sync: bool,
+    ) -> Result<Option<u64>> {
         if self.hard_state.keep_unsynced(entries, hs, sync)? {
-            return Ok(());
+            return Ok(self.attach(number));
         }
         if let Some(first) = entries.first() {
             check_append(first.index, self.trunc.0, self.log.last())?;
         }
-        let hs = self.hard_state.to_record(hs);
-        if entries.is_empty() && hs.is_none() {
-            return Ok(());
-        }
-        // One record: a crash keeps both or neither.
-        let locs = self.write(&Record::Entries { hard_state: hs.clone(), entries: entries.to_vec() })?;
         if let Some(hs) = hs {
-            self.hard_state.recorded(hs);
+            self.hard_state.show(hs);
         }
-        self.log.append(entries.to_vec(), locs);
-        Ok(())
+        if entries.is_empty() && self.hard_state.to_record(None).is_none() {
+            return Ok(self.attach(number));
+        }
+        // Readable at once; entries and hard state go in one record, which a crash keeps
+        // whole or not at all.
+        self.log.append(entries.to_vec(), vec![Loc::UNWRITTEN; entries.len()]);
+        self.staged.get_or_insert_with(|| Staged { number, entries: Vec::new() }).add(number, entries);
+        self.pin();
+        self.advance_io()?;
+        Ok(None)
+    }
+
+    fn poll_durable(&mut self) -> Result<Option<u64>> {
+        self.advance_io()?;
+        Ok(self.reported.take())
+    }
+
+    fn flush(&mut self) -> Result<Option<u64>> {
+        self.drain()?;
+        Ok(self.reported.take())
+    }
+
+    fn set_waker(&mut self, waker: Waker) {
+        self.writer.set_waker(waker);
     }
 
     fn set_conf_state(&mut self, cs: &ConfState) -> Result<()> {
@@ -790,6 +956,45 @@ mod tests {
     /// Many small segments: entries are read back from old segments and the cache alike,
     /// compaction deletes the segments it emptied (the disk shrinks), and a restart
     /// rebuilds the same log from the segments left.
+    /// Writes made while one is out go to disk together, and each is reported durable by
+    /// the I/O thread without a `flush`.
+    #[test]
+    fn async_writes_are_grouped_and_reported_by_the_io_thread() {
+        let dir = scratch("async");
+        let mut s = SegmentStore::open_with(&dir, 64 << 10).expect("open");
+        let hs = HardState { term: 1, vote: 1, commit: 0 };
+        s.persist(&[], Some(&hs), true).expect("hard state");
+        let syncs_before = s.sync_latency().lock().expect("histogram").count;
+        for n in 1..=400u64 {
+            let r = s.persist_async(n, &[ent(n, 1, 300)], None, true).expect("write");
+            assert!(r.is_none_or(|d| d < n), "a write is not durable before the I/O thread syncs it");
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut durable = 0;
+        while durable < 400 {
+            assert!(std::time::Instant::now() < deadline, "the I/O thread reported only up to {durable}");
+            if let Some(n) = s.poll_durable().expect("poll") {
+                durable = n;
+            }
+            std::thread::yield_now();
+        }
+        let syncs = s.sync_latency().lock().expect("histogram").count - syncs_before;
+        assert!(syncs < 400, "400 writes made while others were out took {syncs} syncs");
+        // More, flushed in rounds: the segment fills and the next starts between writes.
+        for n in 401..=600u64 {
+            s.persist_async(n, &[ent(n, 1, 300)], None, true).expect("write");
+            if n % 50 == 0 {
+                assert!(s.flush().expect("flush").is_some_and(|d| d == n));
+            }
+        }
+        assert!(s.segment_count() > 1, "the writes crossed segments");
+        drop(s);
+        let s = SegmentStore::open_with(&dir, 64 << 10).expect("reopen");
+        assert_eq!(s.last_index().expect("last"), 600);
+        assert_eq!(s.entries(1, 601, None, GetEntriesContext::empty(false)).expect("read").len(), 600);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn segments_rotate_compact_away_and_replay() {
         let dir = scratch("rotate");

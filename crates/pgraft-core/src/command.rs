@@ -20,8 +20,15 @@ use crate::kv::KvOp;
 /// The encoding version of membership change contexts.
 pub const FORMAT: u8 = 1;
 
-/// The encoding version of proposals (2 added `low`).
+/// The encoding version of proposals (2 added `low`). A release that adds a kind of
+/// entry (a `Body` or `HaCommand` variant) raises it, so that a member of an older build
+/// tells an entry it cannot read yet from a damaged one (see `member/apply_block.rs`).
 pub const PROPOSAL_FORMAT: u8 = 2;
+
+/// Whether entry data says it was written in a format newer than this build's.
+pub fn is_newer_proposal_format(bytes: &[u8]) -> bool {
+    bytes.first().is_some_and(|v| *v > PROPOSAL_FORMAT)
+}
 
 /// Who proposed an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

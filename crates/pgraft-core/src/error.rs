@@ -42,6 +42,10 @@ pub enum Error {
         /// The oldest readable one.
         compacted: u64,
     },
+    /// The member met an entry it cannot read and applies nothing more (see
+    /// `member/apply_block.rs`).
+    #[error("{0}")]
+    ApplyBlocked(String),
     /// The member is stopping or stopped.
     #[error("the Raft member is not running")]
     Stopped,

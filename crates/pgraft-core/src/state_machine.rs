@@ -142,6 +142,12 @@ pub struct SnapshotDecodeError(pub String);
 /// state, 2 the sessions; 1 to 5 are still read.
 const SNAPSHOT_FORMAT: u8 = 6;
 
+/// Whether an image says it was written in a format newer than this build's (by a newer
+/// pgraft), rather than being damaged or forged.
+pub fn is_newer_snapshot_format(bytes: &[u8]) -> bool {
+    bytes.first().is_some_and(|v| *v > SNAPSHOT_FORMAT)
+}
+
 impl StateMachine {
     /// The state to put in a snapshot.
     pub fn encode(&self) -> Vec<u8> {

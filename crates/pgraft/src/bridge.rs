@@ -166,5 +166,10 @@ pub fn raise(e: Error) -> ! {
             Some("The worker restarts the member; check the server log."),
         ),
         Error::Storage(_) => fail(ERRCODE_IO_ERROR, msg, None),
+        Error::ApplyBlocked(_) => fail(
+            ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            msg,
+            Some("Start this member on the pgraft version the rest of the cluster runs, or run the request on another member."),
+        ),
     }
 }

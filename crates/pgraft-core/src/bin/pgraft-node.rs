@@ -90,11 +90,13 @@ fn main() {
             }
             ["status"] => match h.status() {
                 Some(s) => format!(
-                    "status {{\"id\":{},\"role\":\"{}\",\"term\":{},\"vote\":{},\"leader\":{},\"commit\":{},\"applied\":{}}}",
+                    "status {{\"id\":{},\"role\":\"{}\",\"term\":{},\"vote\":{},\"durable_term\":{},\"durable_vote\":{},\"leader\":{},\"commit\":{},\"applied\":{}}}",
                     s.id,
                     s.role.as_str(),
                     s.term,
                     s.vote,
+                    s.durable_term,
+                    s.durable_vote,
                     s.leader_id,
                     s.commit,
                     s.applied

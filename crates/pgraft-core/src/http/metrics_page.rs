@@ -435,6 +435,9 @@ mod tests {
         counters.sent_by_type[3] = 7;
         counters.received_by_type[4] = 6;
         let st = MemberStatus {
+            apply_blocked: None,
+            durable_term: 0,
+            durable_vote: 0,
             id: 1,
             role: Role::Leader,
             term: 5,

@@ -145,6 +145,12 @@ pub struct MemberStatus {
     pub term: u64,
     /// Whom it voted for in this term (0: nobody).
     pub vote: u64,
+    /// Term and vote as the log holds them durably: what the member may have promised
+    /// others. `term` and `vote` run ahead while their write is out.
+    #[serde(default)]
+    pub durable_term: u64,
+    #[serde(default)]
+    pub durable_vote: u64,
     /// The leader it knows of (0: none).
     pub leader_id: u64,
     /// Commit index.
@@ -177,6 +183,10 @@ pub struct MemberStatus {
     pub links_closed_ms: BTreeMap<u64, i64>,
     /// Members a leader has not heard from within an election timeout (empty elsewhere).
     pub unreachable: Vec<u64>,
+    /// Why this member stopped applying: an entry or snapshot it cannot read (see
+    /// `apply_block.rs`).
+    #[serde(default)]
+    pub apply_blocked: Option<String>,
 }
 
 impl<S: LogStore> Member<S> {
@@ -216,6 +226,8 @@ impl<S: LogStore> Member<S> {
             role: Role::of(r.state),
             term: r.term,
             vote: r.vote,
+            durable_term: self.durable_term_vote.0,
+            durable_vote: self.durable_term_vote.1,
             leader_id: r.leader_id,
             commit: r.raft_log.committed,
             applied: self.sm.applied_index,
@@ -230,6 +242,7 @@ impl<S: LogStore> Member<S> {
             quorum_active: self.quorum_active(),
             last_heard_ms: self.last_heard.clone(),
             links_closed_ms: self.links_closed.clone(),
+            apply_blocked: self.apply_blocked.clone(),
             unreachable: if r.state == StateRole::Leader {
                 let mut ids: Vec<u64> =
                     r.prs().iter().map(|(id, _)| *id).filter(|id| !self.heard_recently(*id)).collect();

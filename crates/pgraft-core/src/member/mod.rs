@@ -24,6 +24,7 @@ use crate::snapshot_job::SnapshotJob;
 use crate::state_machine::StateMachine;
 use crate::storage::{snapshot_of, Identity, LogStore};
 
+mod apply_block;
 pub mod hand_net;
 mod member_status;
 mod membership;
@@ -160,6 +161,16 @@ pub struct Member<S: LogStore> {
     last_drop: String,
     /// Messages that promise a `Ready` is durable, by its number, until the store says so.
     held: std::collections::VecDeque<(u64, Vec<Message>)>,
+    /// Term and vote of the `Ready`s whose writes are out, by number.
+    hard_states_out: std::collections::VecDeque<(u64, u64, u64)>,
+    /// Term and vote durable in the store (see [`MemberStatus::durable_term`]).
+    durable_term_vote: (u64, u64),
+    /// Why applying stopped (see `apply_block.rs`).
+    apply_blocked: Option<String>,
+    /// The tick a blocked leader last handed its leadership on.
+    handed_on_tick: Option<u64>,
+    /// A leader's snapshot decoded when it arrived, by index, for `process_ready`.
+    incoming_state: Option<(u64, StateMachine)>,
 }
 
 /// Where `process_ready` spent its time since the last [`Member::ready_times`] call, for
@@ -263,6 +274,8 @@ impl<S: LogStore> Member<S> {
         }
         rc.validate().map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let last_snapshot = sm.applied_index;
+        let hs = store.hard_state();
+        let durable_term_vote = (hs.term, hs.vote);
         let raw = RawNode::new(&rc, store, logger).map_err(raft_err)?;
         Ok(Self {
             raw,
@@ -293,6 +306,11 @@ impl<S: LogStore> Member<S> {
             last_drop_logged_ms: i64::MIN / 2,
             last_drop: String::new(),
             held: std::collections::VecDeque::new(),
+            hard_states_out: std::collections::VecDeque::new(),
+            durable_term_vote,
+            apply_blocked: None,
+            handed_on_tick: None,
+            incoming_state: None,
         })
     }
 
@@ -376,6 +394,7 @@ impl<S: LogStore> Member<S> {
         self.raw.tick();
         self.last_elapsed = self.raw.raft.election_elapsed;
         self.ticks += 1;
+        self.hand_leadership_on();
         self.retry_dropped();
         self.promote_caught_up_learners();
         self.resolve_promotions();
@@ -447,7 +466,8 @@ impl<S: LogStore> Member<S> {
         }
         let et = r.election_timeout();
         let limit = CAMPAIGN_HOLD_ROUNDS as usize * et;
-        if !self.campaign_hold || r.state == StateRole::Leader || self.held_ticks >= limit {
+        let hold = self.campaign_hold || self.apply_blocked.is_some();
+        if !hold || r.state == StateRole::Leader || self.held_ticks >= limit {
             return;
         }
         if r.election_elapsed + 1 < r.randomized_election_timeout() {
@@ -505,13 +525,7 @@ impl<S: LogStore> Member<S> {
             *n += 1;
         }
         if let Err(why) = self.check_peer_message(&mut m) {
-            self.counters.messages_dropped += 1;
-            let kind = message_type_name(m.get_msg_type() as usize);
-            self.last_drop = format!("a {kind} from node {} (term {}): {why}", m.from, m.term);
-            if self.now_ms - self.last_drop_logged_ms >= 1_000 {
-                self.last_drop_logged_ms = self.now_ms;
-                log::warn!("dropped {} ({} dropped so far)", self.last_drop, self.counters.messages_dropped);
-            }
+            self.drop_message(&m, &why);
             return Ok(());
         }
         self.last_heard.insert(m.from, self.now_ms);
@@ -538,6 +552,16 @@ impl<S: LogStore> Member<S> {
             );
             m.commit = last;
         }
+        if m.get_msg_type() == raft::prelude::MessageType::MsgSnapshot {
+            match self.snapshot_readable(&m) {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(why) => {
+                    self.drop_message(&m, &why);
+                    return Ok(());
+                }
+            }
+        }
         if m.get_msg_type() == raft::prelude::MessageType::MsgReadIndex && !self.read_index_ready() {
             if !self.reads.hold(m) {
                 log::warn!(
@@ -547,6 +571,17 @@ impl<S: LogStore> Member<S> {
             return Ok(());
         }
         self.step_raft(m)
+    }
+
+    /// Counts a peer's message dropped as malformed, and logs why (at most once a second).
+    fn drop_message(&mut self, m: &Message, why: &str) {
+        self.counters.messages_dropped += 1;
+        let kind = message_type_name(m.get_msg_type() as usize);
+        self.last_drop = format!("a {kind} from node {} (term {}): {why}", m.from, m.term);
+        if self.now_ms - self.last_drop_logged_ms >= 1_000 {
+            self.last_drop_logged_ms = self.now_ms;
+            log::warn!("dropped {} ({} dropped so far)", self.last_drop, self.counters.messages_dropped);
+        }
     }
 
     fn step_raft(&mut self, m: Message) -> Result<()> {
@@ -698,6 +733,18 @@ impl<S: LogStore> Member<S> {
             // Without this the request would wait for a leader that no longer talks to
             // this member, and end in a timeout that tells the client nothing.
             return self.answer(token, Err(Error::Removed(self.cfg.id)));
+        }
+        let needs_apply = matches!(
+            req,
+            Request::Propose(_)
+                | Request::ProposeInTerm { .. }
+                | Request::Read(..)
+                | Request::WaitApplied(_)
+                | Request::CompactLog
+        );
+        if needs_apply && self.apply_blocked.is_some() {
+            let e = self.blocked_error();
+            return self.answer(token, Err(e));
         }
         match req {
             Request::Propose(body) => {

@@ -17,18 +17,20 @@
 //!                           carries entries
 //!   append                  entries follow the index one by one, their terms never fall,
 //!                           none above the message's; none rewrites a committed entry;
-//!                           every payload decodes
+//!                           every payload decodes, or says it is of a newer format (a
+//!                           newer build wrote it: stored, and applying stops there)
 //!   append answer           acknowledges nothing past this member's last index
 //!   heartbeat               commits no further than this member's log goes (clamped, and
 //!                           logged: the member lost its Raft data)
-//!   snapshot                metadata present, its state machine image decodes
+//!   snapshot                metadata present; its state machine image decodes or says
+//!                           it is of a newer format (checked in `Member::step`, which
+//!                           keeps the decoded state for `process_ready`)
 //! ```
 
 use raft::prelude::{ConfChange, ConfChangeV2, EntryType, Message, MessageType};
 
 use super::Member;
-use crate::command::Proposal;
-use crate::state_machine::StateMachine;
+use crate::command::{is_newer_proposal_format, Proposal};
 use crate::storage::LogStore;
 
 impl<S: LogStore> Member<S> {
@@ -77,9 +79,6 @@ impl<S: LogStore> Member<S> {
                     }
                     Some(_) => {}
                 }
-                if let Err(e) = StateMachine::decode(&snap.data) {
-                    return Err(format!("its snapshot does not decode: {e}"));
-                }
             }
             _ => {}
         }
@@ -112,7 +111,9 @@ impl<S: LogStore> Member<S> {
                     EntryType::EntryNormal if e.data.is_empty() => {}
                     EntryType::EntryNormal => {
                         if let Err(err) = Proposal::decode(&e.data) {
-                            return Err(format!("entry {} does not decode: {err}", e.index));
+                            if !is_newer_proposal_format(&e.data) {
+                                return Err(format!("entry {} does not decode: {err}", e.index));
+                            }
                         }
                     }
                     EntryType::EntryConfChangeV2 => {

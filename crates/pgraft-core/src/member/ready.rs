@@ -25,6 +25,29 @@ use crate::request::Response;
 use crate::state_machine::StateMachine;
 use crate::storage::LogStore;
 
+/// Whether a message a follower or candidate sends says something about what its log or
+/// hard state holds, so must wait until that is durable. raft-rs holds all of a
+/// non-leader's messages until the write; these do not need to:
+/// - a heartbeat answer claims nothing about the log (a leader that sees it sends the
+///   entries the follower lacks by the append path), only that the sender is in the
+///   leader's term now, which is true whether or not that term is durable yet;
+/// - a forwarded proposal or read request asks the leader, it promises nothing;
+/// - a pre-vote and its answer record no vote and no term.
+///
+/// Votes (a candidate's request rests on its own vote), vote answers and append answers
+/// do, and so does anything not named here.
+pub(crate) fn promises_durability(m: &Message) -> bool {
+    use raft::prelude::MessageType as T;
+    !matches!(
+        m.get_msg_type(),
+        T::MsgHeartbeatResponse
+            | T::MsgPropose
+            | T::MsgReadIndex
+            | T::MsgRequestPreVote
+            | T::MsgRequestPreVoteResponse
+    )
+}
+
 impl<S: LogStore> Member<S> {
     /// Persists and applies what raft has ready, in the order that keeps every promise:
     /// returns the messages to send now (see [`Member::process_ready_sending`]).
@@ -93,8 +116,14 @@ impl<S: LogStore> Member<S> {
             //     once everything written before it is durable, synchronously.
             self.raw.mut_store().flush()?;
             let snap = rd.snapshot().clone();
+            let index = snap.get_metadata().index;
+            // Decoded when it arrived (`snapshot_readable`), before anything is written.
+            let sm = match self.incoming_state.take() {
+                Some((at, sm)) if at == index => sm,
+                _ => StateMachine::decode(&snap.data).map_err(|e| Error::Storage(e.to_string()))?,
+            };
             self.raw.mut_store().apply_snapshot(&snap)?;
-            self.sm = StateMachine::decode(&snap.data).map_err(|e| Error::Storage(e.to_string()))?;
+            self.sm = sm;
             self.last_snapshot = self.sm.applied_index;
             self.counters.snapshots_installed += 1;
             self.ready_times.snapshot += started.elapsed();
@@ -104,10 +133,17 @@ impl<S: LogStore> Member<S> {
             Some(number)
         };
         self.ready_times.persisted += rd.entries().len();
+        if let Some(hs) = rd.hs() {
+            self.hard_states_out.push_back((number, hs.term, hs.vote));
+        }
         // 3. Committed entries: raft-rs hands out only entries durable here.
         let committed = rd.take_committed_entries();
-        // 4. Messages that promise what this Ready wrote leave once it is durable.
-        let promised = rd.take_persisted_messages();
+        // 4. Messages that promise what this Ready wrote leave once it is durable; the
+        //    others leave now (a slow disk must not hold a follower's heartbeat answers, or
+        //    its leader would lose its quorum to a disk).
+        let (promised, free): (Vec<Message>, Vec<Message>) =
+            rd.take_persisted_messages().into_iter().partition(promises_durability);
+        out.extend(free);
         if !promised.is_empty() {
             self.held.push_back((number, promised));
         }
@@ -128,7 +164,17 @@ impl<S: LogStore> Member<S> {
         let started = Instant::now();
         self.ready_times.applied += committed.len();
         self.apply_entries(committed)?;
-        self.raw.advance_apply();
+        match self.apply_blocked {
+            None => self.raw.advance_apply(),
+            // Only what was applied: raft-rs hands the rest out once, and a restart on a
+            // build that reads them applies them from the log.
+            Some(_) => {
+                let applied = self.sm.applied_index.min(self.raw.raft.raft_log.committed);
+                if applied > self.raw.raft.raft_log.applied {
+                    self.raw.advance_apply_to(applied);
+                }
+            }
+        }
         self.ready_times.apply += started.elapsed();
         let started = Instant::now();
         self.maybe_snapshot();
@@ -156,6 +202,11 @@ impl<S: LogStore> Member<S> {
         if !removed_leader {
             self.raw.on_persist_ready(number);
         }
+        while self.hard_states_out.front().is_some_and(|(n, _, _)| *n <= number) {
+            if let Some((_, term, vote)) = self.hard_states_out.pop_front() {
+                self.durable_term_vote = (term, vote);
+            }
+        }
         while self.held.front().is_some_and(|(n, _)| *n <= number) {
             if let Some((_, msgs)) = self.held.pop_front() {
                 out.extend(msgs);
@@ -178,6 +229,9 @@ impl<S: LogStore> Member<S> {
 
     fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<()> {
         for e in entries {
+            if self.apply_blocked.is_some() {
+                break; // nothing after an entry that cannot be read
+            }
             if e.index <= self.sm.applied_index {
                 continue; // already in the state machine (restored from a snapshot)
             }
@@ -187,9 +241,14 @@ impl<S: LogStore> Member<S> {
                     self.sm.apply_empty(e.index, e.term, self.now_ms)
                 }
                 EntryType::EntryNormal => {
-                    let p = Proposal::decode(&e.data).map_err(|err| {
-                        Error::Storage(format!("entry {} cannot be applied: {err}", e.index))
-                    })?;
+                    let p = match Proposal::decode(&e.data) {
+                        Ok(p) => p,
+                        Err(err) => {
+                            self.counters.applied_entries -= 1;
+                            self.block_apply(format!("entry {} cannot be read ({err})", e.index));
+                            break;
+                        }
+                    };
                     // `None`: a copy of a proposal already applied, answered then.
                     if let Some(outcome) = self.sm.apply(e.index, e.term, &p, self.now_ms) {
                         self.complete(p.origin, Ok(Response::Applied { index: e.index, outcome }));

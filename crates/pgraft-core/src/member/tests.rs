@@ -145,3 +145,67 @@ fn messages_raft_rs_would_panic_on_are_dropped_and_counted() {
     let answers = net.member(1).take_answers();
     assert!(answers.iter().any(|(t, r)| *t == 7 && r.is_ok()), "{answers:?}");
 }
+
+/// An entry written by a newer build (a payload format this one does not know) stops
+/// applying on each member that meets it: none fails (which, restarted, would fail again on
+/// the same entry: a crash loop), each says why and answers what needs its state machine
+/// at once, the log goes on, the leader hands its leadership on, and a restart on the same
+/// build stops at the same place.
+#[test]
+fn an_entry_this_build_cannot_read_stops_applying_and_waits() {
+    use crate::command::Body;
+    use crate::kv::KvOp;
+    use crate::Error;
+    let mut net = Net::three();
+    net.elect_one();
+    let put = |k: &str| {
+        Request::Propose(Body::Kv(KvOp::Put { key: k.into(), value: b"v".to_vec(), time_ms: 1000 }))
+    };
+    net.member(1).submit(1, put("before"));
+    net.pump(|_| false);
+    assert!(
+        net.member(1).take_answers().iter().any(|(t, r)| *t == 1 && r.is_ok()),
+        "the first write applies"
+    );
+    let applied = net.member(1).state().applied_index;
+    // A newer build's entry: proposal format 99.
+    net.member(1).raw.propose(vec![], vec![99, 1, 2, 3]).expect("propose");
+    net.pump(|_| false);
+    let bad = applied + 1;
+    for id in 1..=3 {
+        let m = net.member(id);
+        let why = m.apply_blocked().map(str::to_string).unwrap_or_default();
+        assert!(why.contains(&format!("entry {bad} cannot be read")), "node {id}: {why:?}");
+        assert_eq!(m.state().applied_index, applied, "node {id} applied past the entry");
+        assert_eq!(m.status().apply_blocked.as_deref(), Some(why.as_str()));
+    }
+    // What needs the state machine is refused at once, with the reason.
+    let get = Request::Read(Read::Get { key: "before".into(), revision: None }, Consistency::Serializable);
+    net.member(2).submit(2, get);
+    let answers = net.member(2).take_answers();
+    assert!(
+        matches!(answers.as_slice(), [(2, Err(Error::ApplyBlocked(why)))] if why.contains("newer pgraft")),
+        "{answers:?}"
+    );
+    // The log goes on (entries are stored and committed, not applied), and the leader
+    // hands its leadership to another member.
+    let commit = net.member(2).status().commit;
+    for _ in 0..200 {
+        net.tick_all();
+        net.pump(|_| false);
+        if net.member(1).role() != crate::Role::Leader && net.member(2).status().commit > commit {
+            break;
+        }
+    }
+    assert_ne!(net.member(1).role(), crate::Role::Leader, "the blocked leader kept its leadership");
+    assert!(net.member(2).status().commit > commit, "nothing was committed after the entry");
+    // A restart on the same build: it stops at the same entry, without an error.
+    let store = net.member(3).store().clone();
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let mut m = Member::new(MemberConfig::new(3, "t", 2), store, &logger).expect("restart");
+    while m.has_ready() {
+        m.process_ready().expect("a restart does not fail on the entry");
+    }
+    assert_eq!(m.state().applied_index, applied);
+    assert!(m.apply_blocked().is_some_and(|w| w.contains(&format!("entry {bad} cannot be read"))));
+}

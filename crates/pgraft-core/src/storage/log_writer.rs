@@ -26,9 +26,44 @@ use std::time::Instant;
 use super::{Result, StorageError, Waker};
 use crate::metrics::Histogram;
 
+/// For the crash test's power cuts: with `PGRAFT_TEST_SYNC_TRAIL` set in the environment,
+/// every sync of a segment appends `<segment> <length synced>` to `<data dir>/sync-trail`
+/// (without a sync of its own: the test kills the process, the kernel keeps the lines), so
+/// the test can cut each segment back to what was synced, as a power cut would, before it
+/// restarts the member.
+pub(crate) struct SyncTrail(File);
+
+/// The trail's file name in the data directory.
+pub(crate) const SYNC_TRAIL: &str = "sync-trail";
+
+impl SyncTrail {
+    /// The trail of `dir`, if the environment asks for one.
+    pub fn open_if_asked(dir: &std::path::Path) -> Result<Option<Arc<SyncTrail>>> {
+        if std::env::var_os("PGRAFT_TEST_SYNC_TRAIL").is_none() {
+            return Ok(None);
+        }
+        let path = dir.join(SYNC_TRAIL);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| StorageError::Io(format!("open {}: {e}", path.display())))?;
+        Ok(Some(Arc::new(SyncTrail(file))))
+    }
+
+    /// Segment `seq` is synced up to `len` bytes.
+    pub fn note(&self, seq: u64, len: u64) {
+        use std::io::Write as _;
+        // One write of one line: appends of both threads never interleave.
+        let _ = (&self.0).write_all(format!("{seq} {len}\n").as_bytes());
+    }
+}
+
 /// One record to write at `offset` of a segment file, then sync.
 pub(crate) struct Job {
     pub file: Arc<File>,
+    /// The segment's number, for the sync trail.
+    pub seq: u64,
     pub path: PathBuf,
     pub offset: u64,
     pub bytes: Vec<u8>,
@@ -64,7 +99,7 @@ pub(crate) struct LogWriter {
 
 impl LogWriter {
     /// Starts the thread; it records every sync's latency in `syncs`.
-    pub fn start(syncs: Arc<Mutex<Histogram>>) -> Result<Self> {
+    pub fn start(syncs: Arc<Mutex<Histogram>>, trail: Option<Arc<SyncTrail>>) -> Result<Self> {
         let (tx, rx) = channel::<Job>();
         let shared = Arc::new(Shared::default());
         let theirs = Arc::clone(&shared);
@@ -82,6 +117,9 @@ impl LogWriter {
                             job.file.sync_data().map_err(|e| StorageError::Io(format!("sync {what}: {e}")))
                         });
                     lock(&syncs).observe(started.elapsed());
+                    if let (Ok(()), Some(t)) = (&r, &trail) {
+                        t.note(job.seq, job.offset + job.bytes.len() as u64);
+                    }
                     {
                         let mut slot = lock(&theirs.slot);
                         slot.busy = false;

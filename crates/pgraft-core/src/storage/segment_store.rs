@@ -30,7 +30,7 @@ use raft::{GetEntriesContext, RaftState};
 
 use super::log_index::{Loc, LogIndex, CACHE_BYTES};
 use super::log_segment::{header, scan, Record, State, HEADER};
-use super::log_writer::{Job, LogWriter};
+use super::log_writer::{Job, LogWriter, SyncTrail};
 use super::mem_store::check_append;
 use super::pending_hard_state::PendingHardState;
 use super::read_stats::ReadStats;
@@ -183,6 +183,7 @@ pub struct SegmentStore {
     syncs: Arc<Mutex<Histogram>>,
     reaper: Reaper,
     writer: LogWriter,
+    trail: Option<Arc<SyncTrail>>,
     staged: Option<Staged>,
     in_flight: Option<InFlight>,
     /// The highest `Ready` number made durable and not yet reported.
@@ -275,6 +276,7 @@ impl SegmentStore {
             identity: None,
             gap: 0,
         };
+        let trail = SyncTrail::open_if_asked(dir)?;
         let mut segments = Vec::new();
         let mut write_pos = 0;
         for (i, &seq) in seqs.iter().enumerate() {
@@ -307,9 +309,18 @@ impl SegmentStore {
                 .map_err(|e| io(format!("open {what}"), e))?;
             if found.torn.is_some() {
                 file.set_len(found.end).map_err(|e| io(format!("cut {what}"), e))?;
+            }
+            // After a crash of the process (not of the machine) the newest segment can hold
+            // records written but never synced, which replay just took as the log: they
+            // are synced before the member answers anything about them (PostgreSQL syncs
+            // its data directory after a crash for the same reason).
+            if newest {
                 file.sync_all().map_err(|e| io(format!("sync {what}"), e))?;
             }
             write_pos = found.end;
+            if let Some(t) = &trail {
+                t.note(seq, found.end);
+            }
             segments.push(Segment { seq, path, file: Arc::new(file) });
         }
         if replay.gap > replay.trunc.0 {
@@ -329,7 +340,7 @@ impl SegmentStore {
             }
         }
         let syncs: Arc<Mutex<Histogram>> = Arc::default();
-        let writer = LogWriter::start(Arc::clone(&syncs))?;
+        let writer = LogWriter::start(Arc::clone(&syncs), trail.clone())?;
         let mut s = Self {
             log_dir,
             snap_dir,
@@ -347,6 +358,7 @@ impl SegmentStore {
             syncs,
             reaper: Reaper::start(),
             writer,
+            trail,
             staged: None,
             in_flight: None,
             reported: None,
@@ -419,6 +431,9 @@ impl SegmentStore {
         file.write_all_at(&bytes, 0).map_err(|e| io(format!("write {what}"), e))?;
         file.sync_all().map_err(|e| io(format!("sync {what}"), e))?;
         sync_dir(&self.log_dir)?;
+        if let Some(t) = &self.trail {
+            t.note(seq, bytes.len() as u64);
+        }
         self.segments.push(Segment { seq, path, file: Arc::new(file) });
         self.write_pos = bytes.len() as u64;
         Ok(())
@@ -487,8 +502,14 @@ impl SegmentStore {
             self.hard_state.recorded(hs);
         }
         self.write_pos += bytes.len() as u64;
-        let job =
-            Job { file: Arc::clone(&seg.file), path: seg.path.clone(), offset, bytes, number: st.number };
+        let job = Job {
+            file: Arc::clone(&seg.file),
+            seq: seg.seq,
+            path: seg.path.clone(),
+            offset,
+            bytes,
+            number: st.number,
+        };
         self.in_flight = Some(InFlight { covers: st.number, first: first.unwrap_or(u64::MAX) });
         self.writer.submit(job)?;
         self.pin();
@@ -535,6 +556,9 @@ impl SegmentStore {
         seg.file.sync_data().map_err(|e| io(format!("sync {}", what()), e))?;
         self.syncs.lock().unwrap_or_else(|p| p.into_inner()).observe(started.elapsed());
         self.write_pos += bytes.len() as u64;
+        if let Some(t) = &self.trail {
+            t.note(seg.seq, self.write_pos);
+        }
         Ok(())
     }
 

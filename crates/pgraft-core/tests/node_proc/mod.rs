@@ -25,6 +25,8 @@ impl Proc {
             .args(["--listen", &format!("127.0.0.1:{port}"), "--election-ms", "300", "--heartbeat-ms", "30"])
             .arg("--dir")
             .arg(dir)
+            // Segments' synced lengths, for the crash test's power cuts.
+            .env("PGRAFT_TEST_SYNC_TRAIL", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -50,11 +52,15 @@ impl Proc {
         self.lines.recv_timeout(Duration::from_secs(8)).ok()
     }
 
-    /// (term, vote) from a status answer.
+    /// (term, vote) as the member's log holds them durably, from a status answer (term
+    /// and vote as they stand from a release that does not tell them apart).
     pub fn term_vote(&mut self) -> Option<(u64, u64)> {
         let s = self.ask("status")?;
         let json: serde_json::Value = serde_json::from_str(s.strip_prefix("status ")?).ok()?;
-        Some((json["term"].as_u64()?, json["vote"].as_u64()?))
+        match (json["durable_term"].as_u64(), json["durable_vote"].as_u64()) {
+            (Some(t), Some(v)) => Some((t, v)),
+            _ => Some((json["term"].as_u64()?, json["vote"].as_u64()?)),
+        }
     }
 
     /// Kills the process (SIGKILL) and reaps it.

@@ -255,6 +255,14 @@ fn pgraft_health_check() -> TableIterator<
         unreachable.is_empty(),
         "warning",
     ));
+    // An entry this build cannot read: the member applies nothing more until it runs the
+    // cluster's version (see the operations guide, "Upgrading pgraft").
+    rows.push(row(
+        "apply_blocked",
+        m.apply_blocked.clone().unwrap_or_else(|| "no".into()),
+        m.apply_blocked.is_none(),
+        "critical",
+    ));
     let apply_lag = m.commit.saturating_sub(m.applied);
     rows.push(row("apply_lag_entries", apply_lag.to_string(), apply_lag < 1000, "warning"));
     let commit_lag = m.last_index.saturating_sub(m.commit);

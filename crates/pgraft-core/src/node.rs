@@ -628,9 +628,20 @@ fn run_loop(
             snapshots.send(job).map_err(|_| Error::Storage("the snapshot thread is gone".into()))?;
         }
         let answers = member.take_answers();
-        if !answers.is_empty() {
-            // Publish the state before answering, so a caller that heard "done" never
-            // reads an older status (a membership change it made, the commit it waited for).
+        // Publish the state before answering, so a caller that heard "done" never reads an
+        // older status (a membership change it made, the commit it waited for). Reads
+        // changed nothing: a pass that only answers reads (most of them, under a read
+        // load) leaves it to the periodic publish.
+        let reads_only = |r: &Result<Response>| {
+            matches!(
+                r,
+                Ok(Response::Kvs(_)
+                    | Response::Changes { .. }
+                    | Response::Hash { .. }
+                    | Response::KvFigures(_))
+            )
+        };
+        if answers.iter().any(|(_, r)| !reads_only(r)) {
             publish(&member, &learned, &mut addresses, &transport, shared);
             last_status = Instant::now();
         }

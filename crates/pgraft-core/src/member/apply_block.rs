@@ -74,8 +74,9 @@ impl<S: LogStore> Member<S> {
         if self.apply_blocked.is_some() {
             return Ok(false);
         }
-        if index <= self.raw.raft.raft_log.committed {
-            return Ok(true); // raft-rs ignores it: nothing to decode
+        if index < self.raw.raft.raft_log.committed {
+            // raft-rs ignores it (one at the commit index it may still install: decoded).
+            return Ok(true);
         }
         match StateMachine::decode(&snap.data) {
             Ok(sm) => {

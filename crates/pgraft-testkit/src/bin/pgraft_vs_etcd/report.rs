@@ -1,6 +1,9 @@
 //! The run's figures as text (stdout) and as a Markdown report with PNG plots.
 
 use std::fmt::Write as _;
+
+/// The leader's profile before issue #16's write path, shown next to the run's own.
+const BEFORE_PROFILE: &str = "docs/benchmarks/profile-before.md";
 use std::path::Path;
 use std::time::Duration;
 
@@ -383,6 +386,14 @@ impl Report {
                 let _ = writeln!(s, "| {pct:.1}% | `{}` |", sym.replace('|', "\\|"));
             }
             s.push('\n');
+        }
+        // The same profile of the build before issue #16's write path, taken once (with this
+        // tool, `--only kv --perf`, against that build) and kept beside the report.
+        if !self.profiles.is_empty() {
+            if let Ok(before) = std::fs::read_to_string(BEFORE_PROFILE) {
+                s.push_str(before.trim_end());
+                s.push_str("\n\n");
+            }
         }
         if !self.pgbench.is_empty() {
             let _ = writeln!(

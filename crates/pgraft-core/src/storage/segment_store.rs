@@ -541,10 +541,7 @@ impl SegmentStore {
     /// starts a new segment first when the newest is full.
     fn write(&mut self, record: &Record) -> Result<()> {
         self.drain()?;
-        if self.write_pos >= self.segment_bytes {
-            let next = self.segments.last().map_or(1, |s| s.seq + 1);
-            self.start_segment(next)?;
-        }
+        self.rotate_if_full()?;
         let mut bytes = Vec::new();
         let Some(seg) = self.segments.last() else {
             return Err(StorageError::Invalid("the log has no segment to write to".into()));

@@ -25,6 +25,16 @@ pub const FORMAT: u8 = 1;
 /// tells an entry it cannot read yet from a damaged one (see `member/apply_block.rs`).
 pub const PROPOSAL_FORMAT: u8 = 2;
 
+/// The format a member that has not announced the formats it reads is taken to read:
+/// that of the last release before members announced (see `member/cluster_format.rs`).
+pub const FORMAT_UNANNOUNCED: u8 = 2;
+
+/// The cluster setting under which member `id` announces the newest proposal format it
+/// reads (a `SetConfig` entry: every release applies one).
+pub fn format_setting(id: u64) -> String {
+    format!("reads_format.{id}")
+}
+
 /// Whether entry data says it was written in a format newer than this build's.
 pub fn is_newer_proposal_format(bytes: &[u8]) -> bool {
     bytes.first().is_some_and(|v| *v > PROPOSAL_FORMAT)
@@ -63,6 +73,17 @@ pub enum Body {
 }
 
 impl Body {
+    /// The proposal format an entry of this kind is written in: the format that added the
+    /// kind, at least 2 (format 2's proposal carries `low`). A release that adds a kind
+    /// raises [`PROPOSAL_FORMAT`] and returns it here for that kind only: the other kinds
+    /// stay readable by the release before, and the new one is proposed once every member
+    /// reads it (`member/cluster_format.rs`).
+    pub fn format(&self) -> u8 {
+        match self {
+            Body::Kv(_) | Body::Raw(_) | Body::SetConfig { .. } | Body::Probe | Body::Ha(_) => 2,
+        }
+    }
+
     /// The entry's operation name, as shown in `pgraft.log_index_mapping`.
     pub fn name(&self) -> &'static str {
         match self {
@@ -129,7 +150,7 @@ fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError> {
 impl Proposal {
     /// The entry data.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![PROPOSAL_FORMAT];
+        let mut out = vec![self.body.format()];
         out.extend(postcard::to_stdvec(self).expect("postcard serialises plain data into a Vec"));
         out
     }
@@ -137,7 +158,7 @@ impl Proposal {
     /// Reads entry data of either format.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         match bytes.split_first() {
-            Some((&PROPOSAL_FORMAT, rest)) => {
+            Some((2..=PROPOSAL_FORMAT, rest)) => {
                 postcard::from_bytes(rest).map_err(|e| DecodeError(e.to_string()))
             }
             Some((1, rest)) => {

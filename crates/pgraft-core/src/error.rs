@@ -46,6 +46,10 @@ pub enum Error {
     /// `member/apply_block.rs`).
     #[error("{0}")]
     ApplyBlocked(String),
+    /// An entry of a kind some member's build does not read yet (see
+    /// `member/cluster_format.rs`).
+    #[error("{0}")]
+    NotUpgraded(String),
     /// The member is stopping or stopped.
     #[error("the Raft member is not running")]
     Stopped,

@@ -38,6 +38,7 @@ pub mod sim;
 pub mod snapshot_job;
 pub mod state_machine;
 pub mod storage;
+pub mod thread_slice;
 pub mod transport;
 
 pub use error::{Error, Result};

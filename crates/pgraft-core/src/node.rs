@@ -32,7 +32,7 @@ use crate::member::{Member, MemberConfig, MemberStatus, Role, Token};
 use crate::metrics::Histogram;
 use crate::request::{Request, Response};
 use crate::snapshot_job::{SnapshotDone, SnapshotJob};
-use crate::storage::{LogStore, SegmentStore};
+use crate::storage::SegmentStore;
 use crate::transport::{ClusterSecret, Inbound, Tls, TlsFiles, Transport, TransportConfig};
 
 /// How a new member's storage is initialised on its first start.
@@ -201,12 +201,18 @@ impl Node {
             None => None,
         };
         let (tx, rx) = channel::<Input>();
-        // The log's I/O thread wakes the Raft thread when a write became durable.
+        let mut member = Member::new(cfg.member.clone(), store, &crate::logger::raft_logger())?;
+        // When a write became durable, the log's I/O thread sends the answers that waited
+        // for it (once the transport is up, below) and wakes the Raft thread.
+        let held = member.held_messages();
         let waker_tx = Mutex::new(tx.clone());
-        store.set_waker(Arc::new(move || {
+        member.set_log_waker(Arc::new(move |durable| {
+            if let Some(n) = durable {
+                held.durable(n);
+            }
             let _ = lock(&waker_tx).send(Input::Persisted);
         }));
-        let member = Member::new(cfg.member.clone(), store, &crate::logger::raft_logger())?;
+        let held = member.held_messages();
         let shared = Arc::new(Shared::default());
         *lock(&shared.syncs) = Some(syncs);
         let handle = NodeHandle { tx: tx.clone(), shared: Arc::clone(&shared) };
@@ -214,6 +220,9 @@ impl Node {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .thread_name("pgraft-net")
+                .on_thread_start(|| {
+                    crate::thread_slice::ask_for_short_slices();
+                })
                 .enable_all()
                 .build()
                 .map_err(|e| Error::Storage(format!("start the network runtime: {e}")))?;
@@ -228,6 +237,9 @@ impl Node {
             tcfg.secret = cfg.secret.clone();
             let transport = Transport::start(tcfg, sink, runtime.handle().clone())
                 .map_err(|e| Error::InvalidArgument(format!("listen on {}: {e}", cfg.listen)))?;
+            let transport = Arc::new(transport);
+            let theirs = Arc::clone(&transport);
+            held.set_sender(Arc::new(move |m| theirs.send(m)));
             let local_addr = transport.local_addr;
             *lock(&shared.transport) = Some(Arc::clone(&transport.stats));
             let timing = cfg.timing;
@@ -237,6 +249,9 @@ impl Node {
             let thread = std::thread::Builder::new()
                 .name("pgraft-raft".into())
                 .spawn(move || {
+                    if !crate::thread_slice::ask_for_short_slices() {
+                        log::debug!("the scheduler did not take a short slice for the Raft thread");
+                    }
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         run_loop(member, transport, rx, timing, &shared2, &snapshots)
                     }));
@@ -513,7 +528,7 @@ fn tick_interval(role: Role, t: &Timing, election_tick: usize) -> Duration {
 
 fn run_loop(
     mut member: Member<SegmentStore>,
-    transport: Transport,
+    transport: Arc<Transport>,
     rx: Receiver<Input>,
     mut timing: Timing,
     shared: &Shared,

@@ -2,8 +2,10 @@
 //! last build that kept the Raft log in redb (`raft.redb`, commit `PREVIOUS`) take writes;
 //! then, one member at a time, each is stopped and started again with this build on the
 //! same data directory, which carries its log over to the segment files, while the others
-//! go on taking writes. Every acknowledged write is on every member at the end, and no
-//! member keeps a `raft.redb`.
+//! go on taking writes. Each upgraded member announces the entry format it reads (an
+//! entry the old members apply; see `member/cluster_format.rs`) before writes go through
+//! all three again. Every acknowledged write is on every member at the end, every member
+//! has announced, and no member keeps a `raft.redb`.
 //!
 //! The previous build is compiled from the repository's history (once; cached under the
 //! target directory): the test needs the commit, so a shallow clone fails it and says how
@@ -108,6 +110,12 @@ fn a_three_member_cluster_is_upgraded_one_member_at_a_time() {
             put(&mut procs, others[i % 2], format!("during-{up}-{i}"), format!("w{i}"), &mut acked);
         }
         procs[up] = Proc::spawn(current, "t45", up as u64 + 1, &dirs[up], &members, ports[up]);
+        // It announces the entry format it reads, in an entry the old members apply too
+        // (the writes through them below would time out if it stopped their applying).
+        let own = format!("{}:{}:true", up + 1, pgraft_core::command::PROPOSAL_FORMAT);
+        wait_for(&format!("member {}'s format announcement", up + 1), Duration::from_secs(20), || {
+            procs[up].ask("formats").filter(|a| a.split(' ').any(|f| f == own)).map(|_| ())
+        });
         // The upgraded member answers writes, mixed with the others.
         for i in 0..20 {
             put(&mut procs, (up + i) % 3, format!("after-{up}-{i}"), format!("x{i}"), &mut acked);
@@ -115,6 +123,12 @@ fn a_three_member_cluster_is_upgraded_one_member_at_a_time() {
         assert!(!dirs[up].join("raft.redb").exists(), "member {} kept raft.redb", up + 1);
         assert!(dirs[up].join("raftlog").is_dir(), "member {} has no raftlog/", up + 1);
     }
+    // Every member announced, so a new kind of entry could now be proposed.
+    let all: Vec<String> =
+        (1..=3).map(|id| format!("{id}:{}:true", pgraft_core::command::PROPOSAL_FORMAT)).collect();
+    wait_for("every member's format announcement", Duration::from_secs(20), || {
+        procs[0].ask("formats").filter(|a| all.iter().all(|f| a.split(' ').any(|x| x == f))).map(|_| ())
+    });
     // Every acknowledged write on every member, read linearizably on each.
     for (m, p) in procs.iter_mut().enumerate() {
         for (k, v) in &acked {

@@ -166,6 +166,11 @@ pub fn raise(e: Error) -> ! {
             Some("The worker restarts the member; check the server log."),
         ),
         Error::Storage(_) => fail(ERRCODE_IO_ERROR, msg, None),
+        Error::NotUpgraded(_) => fail(
+            ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            msg,
+            Some("Finish the rolling upgrade (docs/operations.md): every member must run a build that reads this kind of entry."),
+        ),
         Error::ApplyBlocked(_) => fail(
             ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             msg,

@@ -331,6 +331,9 @@ impl Worker {
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .thread_name("pgraft-ipc")
+                .on_thread_start(|| {
+                    pgraft_core::thread_slice::ask_for_short_slices();
+                })
                 .enable_all()
                 .build()
         })

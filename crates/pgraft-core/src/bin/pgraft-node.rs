@@ -103,6 +103,16 @@ fn main() {
                 ),
                 None => "err no status yet".to_string(),
             },
+            // The entry format each member announced (`member/cluster_format.rs`):
+            // `formats <id>:<format>:<announced> ...`.
+            ["formats"] => match h.status() {
+                Some(s) => {
+                    let f: Vec<String> =
+                        s.entry_formats.iter().map(|(id, f, a)| format!("{id}:{f}:{a}")).collect();
+                    format!("formats {}", f.join(" "))
+                }
+                None => "err no status yet".to_string(),
+            },
             ["quit"] => break,
             _ => format!("err unknown command {line:?}"),
         };

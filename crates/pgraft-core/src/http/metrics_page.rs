@@ -436,6 +436,7 @@ mod tests {
         counters.received_by_type[4] = 6;
         let st = MemberStatus {
             apply_blocked: None,
+            entry_formats: vec![(1, 2, true)],
             durable_term: 0,
             durable_vote: 0,
             id: 1,

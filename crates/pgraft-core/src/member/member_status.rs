@@ -187,6 +187,10 @@ pub struct MemberStatus {
     /// `apply_block.rs`).
     #[serde(default)]
     pub apply_blocked: Option<String>,
+    /// The newest entry format each member announced it reads, by node id, and whether it
+    /// announced (see `cluster_format.rs`): a kind of entry is proposed once all read it.
+    #[serde(default)]
+    pub entry_formats: Vec<(u64, u8, bool)>,
 }
 
 impl<S: LogStore> Member<S> {
@@ -243,6 +247,7 @@ impl<S: LogStore> Member<S> {
             last_heard_ms: self.last_heard.clone(),
             links_closed_ms: self.links_closed.clone(),
             apply_blocked: self.apply_blocked.clone(),
+            entry_formats: super::cluster_format::member_formats(&self.sm),
             unreachable: if r.state == StateRole::Leader {
                 let mut ids: Vec<u64> =
                     r.prs().iter().map(|(id, _)| *id).filter(|id| !self.heard_recently(*id)).collect();

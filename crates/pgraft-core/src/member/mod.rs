@@ -25,7 +25,9 @@ use crate::state_machine::StateMachine;
 use crate::storage::{snapshot_of, Identity, LogStore};
 
 mod apply_block;
+pub mod cluster_format;
 pub mod hand_net;
+pub mod held_messages;
 mod member_status;
 mod membership;
 mod peer_check;
@@ -160,11 +162,13 @@ pub struct Member<S: LogStore> {
     /// What the last dropped peer message was and why.
     last_drop: String,
     /// Messages that promise a `Ready` is durable, by its number, until the store says so.
-    held: std::collections::VecDeque<(u64, Vec<Message>)>,
+    held: std::sync::Arc<held_messages::HeldMessages>,
     /// Term and vote of the `Ready`s whose writes are out, by number.
     hard_states_out: std::collections::VecDeque<(u64, u64, u64)>,
     /// Term and vote durable in the store (see [`MemberStatus::durable_term`]).
     durable_term_vote: (u64, u64),
+    /// The tick this member last checked its format announcement (`cluster_format.rs`).
+    format_checked_tick: u64,
     /// Why applying stopped (see `apply_block.rs`).
     apply_blocked: Option<String>,
     /// The tick a blocked leader last handed its leadership on.
@@ -305,9 +309,10 @@ impl<S: LogStore> Member<S> {
             ready_times: ReadyTimes::default(),
             last_drop_logged_ms: i64::MIN / 2,
             last_drop: String::new(),
-            held: std::collections::VecDeque::new(),
+            held: Default::default(),
             hard_states_out: std::collections::VecDeque::new(),
             durable_term_vote,
+            format_checked_tick: 0,
             apply_blocked: None,
             handed_on_tick: None,
             incoming_state: None,
@@ -350,6 +355,17 @@ impl<S: LogStore> Member<S> {
     /// The store.
     pub fn store(&self) -> &S {
         self.raw.store()
+    }
+
+    /// Whom the store wakes when a write became durable (see [`LogStore::set_waker`]).
+    pub fn set_log_waker(&mut self, waker: crate::storage::Waker) {
+        self.raw.mut_store().set_waker(waker);
+    }
+
+    /// The messages that wait for the log's writes, for the store's waker to send (see
+    /// `held_messages.rs`).
+    pub fn held_messages(&self) -> std::sync::Arc<held_messages::HeldMessages> {
+        std::sync::Arc::clone(&self.held)
     }
 
     /// The current role.
@@ -395,6 +411,7 @@ impl<S: LogStore> Member<S> {
         self.last_elapsed = self.raw.raft.election_elapsed;
         self.ticks += 1;
         self.hand_leadership_on();
+        self.announce_format();
         self.retry_dropped();
         self.promote_caught_up_learners();
         self.resolve_promotions();
@@ -748,7 +765,7 @@ impl<S: LogStore> Member<S> {
         }
         match req {
             Request::Propose(body) => {
-                if let Err(e) = validate_body(&body) {
+                if let Err(e) = validate_body(&body).and_then(|()| self.check_format(&body)) {
                     return self.answer(token, Err(e));
                 }
                 let (origin, low) = self.next_origin();

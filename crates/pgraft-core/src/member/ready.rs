@@ -5,7 +5,8 @@
 //!          ──▶ entries + hard state: handed to the store (persist_async), readable at once
 //!          ──▶ messages that promise them (votes, append answers): held by Ready number
 //!          ──▶ committed entries: applied (raft-rs gives only entries durable here)
-//!  the store reports number N durable ──▶ on_persist_ready(N), held messages ≤ N leave
+//!  the store's I/O thread synced N ──▶ held messages ≤ N leave from there (`held_messages.rs`)
+//!  the store reports number N durable ──▶ on_persist_ready(N), what is still held ≤ N leaves
 //! ```
 //!
 //! The Raft thread never waits for a sync: it steps messages, ticks and stages the next
@@ -65,13 +66,13 @@ impl<S: LogStore> Member<S> {
     /// has made durable since the last call. Call it again while [`Member::has_ready`],
     /// and when the store's waker says a write became durable.
     pub fn process_ready_sending(&mut self, send_now: &mut dyn FnMut(Message)) -> Result<Vec<Message>> {
+        // Released messages were counted when held.
         let mut out = Vec::new();
         if let Some(n) = self.raw.mut_store().poll_durable()? {
             self.persisted(n, &mut out);
         }
         if !self.raw.has_ready() {
             self.resolve_waiters();
-            self.count_all(&out);
             return Ok(out);
         }
         let mut rd = self.raw.ready();
@@ -143,9 +144,11 @@ impl<S: LogStore> Member<S> {
         //    its leader would lose its quorum to a disk).
         let (promised, free): (Vec<Message>, Vec<Message>) =
             rd.take_persisted_messages().into_iter().partition(promises_durability);
+        self.count_all(&free);
         out.extend(free);
         if !promised.is_empty() {
-            self.held.push_back((number, promised));
+            self.count_all(&promised);
+            out.extend(self.held.hold(number, promised));
         }
         for rs in rd.take_read_states() {
             let Some(round) = self.round_of_read(&rs.request_ctx) else { continue };
@@ -186,7 +189,6 @@ impl<S: LogStore> Member<S> {
         // driver asks again while `has_ready`.
         self.start_read_round();
         self.ready_times.after += started.elapsed();
-        self.count_all(&out);
         Ok(out)
     }
 
@@ -207,11 +209,7 @@ impl<S: LogStore> Member<S> {
                 self.durable_term_vote = (term, vote);
             }
         }
-        while self.held.front().is_some_and(|(n, _)| *n <= number) {
-            if let Some((_, msgs)) = self.held.pop_front() {
-                out.extend(msgs);
-            }
-        }
+        out.extend(self.held.release(number));
     }
 
     fn count_all(&mut self, out: &[Message]) {

@@ -209,3 +209,60 @@ fn an_entry_this_build_cannot_read_stops_applying_and_waits() {
     assert_eq!(m.state().applied_index, applied);
     assert!(m.apply_blocked().is_some_and(|w| w.contains(&format!("entry {bad} cannot be read"))));
 }
+
+/// Every member announces the entry format it reads through the log; an entry of a format
+/// some member does not read is refused with the members it waits for, and a member whose
+/// replicated announcement is not its own (started on another build) announces again.
+#[test]
+fn entries_are_proposed_only_in_a_format_every_member_announced() {
+    use super::cluster_format::{cluster_format, member_formats};
+    use crate::command::{format_setting, Body, Proposal, PROPOSAL_FORMAT};
+    use crate::kv::KvOp;
+    use crate::Error;
+    let mut net = Net::three();
+    net.elect_one();
+    let announced = |net: &mut Net| member_formats(net.member(1).state()).iter().all(|(_, _, a)| *a);
+    for _ in 0..100 {
+        if announced(&mut net) {
+            break;
+        }
+        net.tick_all();
+        net.pump(|_| false);
+    }
+    for id in 1..=3 {
+        let formats = member_formats(net.member(id).state());
+        assert_eq!(
+            formats,
+            vec![(1, PROPOSAL_FORMAT, true), (2, PROPOSAL_FORMAT, true), (3, PROPOSAL_FORMAT, true)]
+        );
+        assert_eq!(cluster_format(net.member(id).state()), PROPOSAL_FORMAT);
+    }
+    // Node 3 says it reads only format 1 (a build from before `low`), as that build would.
+    let origin = crate::command::Origin { node: 3, incarnation: 99, seq: 1 };
+    let body = Body::SetConfig { name: format_setting(3), value: "1".into() };
+    let data = Proposal { origin, time_ms: 0, body, low: 0 }.encode();
+    net.member(1).raw.propose(vec![], data).expect("propose");
+    net.pump(|_| false);
+    assert_eq!(cluster_format(net.member(1).state()), 1);
+    let put = Request::Propose(Body::Kv(KvOp::Put { key: "k".into(), value: b"v".to_vec(), time_ms: 1 }));
+    net.member(1).submit(1, put.clone());
+    let answers = net.member(1).take_answers();
+    assert!(
+        matches!(answers.as_slice(), [(1, Err(Error::NotUpgraded(why)))]
+            if why.contains("node 3 reads up to format 1") && !why.contains("node 2")),
+        "{answers:?}"
+    );
+    // Node 3 runs this build: it sees the replicated value is not its own and says so again.
+    for _ in 0..100 {
+        net.tick_all();
+        net.pump(|_| false);
+        if cluster_format(net.member(1).state()) == PROPOSAL_FORMAT {
+            break;
+        }
+    }
+    assert_eq!(cluster_format(net.member(1).state()), PROPOSAL_FORMAT, "node 3 announced again");
+    net.member(1).submit(2, put);
+    net.pump(|_| false);
+    let answers = net.member(1).take_answers();
+    assert!(answers.iter().any(|(t, r)| *t == 2 && r.is_ok()), "{answers:?}");
+}

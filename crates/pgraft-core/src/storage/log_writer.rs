@@ -106,6 +106,7 @@ impl LogWriter {
         let thread = std::thread::Builder::new()
             .name("pgraft-log".into())
             .spawn(move || {
+                crate::thread_slice::ask_for_short_slices();
                 for job in rx {
                     let started = Instant::now();
                     let what = job.path.display();
@@ -120,6 +121,7 @@ impl LogWriter {
                     if let (Ok(()), Some(t)) = (&r, &trail) {
                         t.note(job.seq, job.offset + job.bytes.len() as u64);
                     }
+                    let durable = r.is_ok().then_some(job.number);
                     {
                         let mut slot = lock(&theirs.slot);
                         slot.busy = false;
@@ -128,7 +130,7 @@ impl LogWriter {
                     theirs.finished.notify_all();
                     let waker = lock(&theirs.waker).clone();
                     if let Some(w) = waker {
-                        w();
+                        w(durable);
                     }
                 }
             })

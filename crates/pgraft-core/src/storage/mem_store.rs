@@ -79,7 +79,13 @@ impl MemStore {
     pub fn crashed(&self) -> MemStore {
         match &self.durable {
             Some(before) => before.crashed(),
-            None => MemStore { hard_state: self.synced_hard_state.clone(), reported: None, ..self.clone() },
+            // `Ready` numbers are the member's that wrote them: the next one counts from 1.
+            None => MemStore {
+                hard_state: self.synced_hard_state.clone(),
+                reported: None,
+                pending: 0,
+                ..self.clone()
+            },
         }
     }
 

@@ -57,8 +57,10 @@ pub enum StorageError {
 /// Results of stores.
 pub type Result<T> = std::result::Result<T, StorageError>;
 
-/// Wakes the Raft thread when a write became durable (see [`LogStore::set_waker`]).
-pub type Waker = std::sync::Arc<dyn Fn() + Send + Sync>;
+/// Called on the store's I/O thread when a write ended (see [`LogStore::set_waker`]):
+/// `Some(n)`, every `Ready` up to `n` is durable; `None`, the write failed (the next
+/// `poll_durable` says why).
+pub type Waker = std::sync::Arc<dyn Fn(Option<u64>) + Send + Sync>;
 
 /// The write side of a member's storage.
 ///

@@ -263,6 +263,27 @@ fn pgraft_health_check() -> TableIterator<
         m.apply_blocked.is_none(),
         "critical",
     ));
+    // The entry formats the members announced: a rolling upgrade is done when every
+    // member reads what this build writes (see the operations guide, "Upgrading pgraft").
+    let own = pgraft_core::command::PROPOSAL_FORMAT;
+    let behind: Vec<String> = m
+        .entry_formats
+        .iter()
+        .filter(|(_, f, announced)| *f != own || !announced)
+        .map(|(id, f, announced)| match announced {
+            true => format!("node {id} reads up to {f}"),
+            false => format!("node {id} has not announced"),
+        })
+        .collect();
+    rows.push((
+        "entry_formats".into(),
+        match behind.is_empty() {
+            true => format!("every member reads up to {own}"),
+            false => format!("this member reads up to {own}; {}", behind.join(", ")),
+        },
+        "OK".into(),
+        if behind.is_empty() { "ok" } else { "info" }.into(),
+    ));
     let apply_lag = m.commit.saturating_sub(m.applied);
     rows.push(row("apply_lag_entries", apply_lag.to_string(), apply_lag < 1000, "warning"));
     let commit_lag = m.last_index.saturating_sub(m.commit);
@@ -407,5 +428,10 @@ mod tests {
             "SELECT value FROM pgraft_health_check() WHERE metric = 'raft_thread_longest_pass_ms'",
         );
         assert!(longest.parse::<u64>().is_ok_and(|ms| ms < 60_000), "{longest}");
+        // The member announces the entry format it reads through the log.
+        eventually(
+            "SELECT value = 'every member reads up to 2' AND severity = 'ok' FROM pgraft_health_check() \
+              WHERE metric = 'entry_formats'",
+        );
     }
 }

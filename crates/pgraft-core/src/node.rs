@@ -218,7 +218,7 @@ impl Node {
         let handle = NodeHandle { tx: tx.clone(), shared: Arc::clone(&shared) };
         let (runtime, thread, local_addr) = with_signals_blocked(|| -> Result<_> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+                .worker_threads(1)
                 .thread_name("pgraft-net")
                 .on_thread_start(|| {
                     crate::thread_slice::ask_for_short_slices();

@@ -65,7 +65,15 @@ impl<S: LogStore> Member<S> {
             MsgAppend if m.log_term == 0 && m.index != 0 => {
                 return Err(format!("says index {} has term 0", m.index));
             }
-            MsgAppendResponse if !m.reject && m.index > last => {
+            // Only a leader of the message's term takes an acknowledgement (raft-rs ignores
+            // it elsewhere), and its log never shrinks in its term; a member that led that
+            // term, crashed and lost its unsynced tail still hears its followers' answers.
+            MsgAppendResponse
+                if !m.reject
+                    && m.index > last
+                    && self.raw.raft.state == raft::StateRole::Leader
+                    && m.term == self.raw.raft.term =>
+            {
                 return Err(format!("acknowledges index {} beyond the last one here, {last}", m.index));
             }
             MsgSnapshot => {

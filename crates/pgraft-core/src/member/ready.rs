@@ -17,6 +17,7 @@
 use std::time::Instant;
 
 use raft::prelude::{Entry, EntryType, Message};
+use raft::GetEntriesContext;
 use raft::StateRole;
 
 use super::Member;
@@ -172,12 +173,14 @@ impl<S: LogStore> Member<S> {
             // Only what was applied: raft-rs hands the rest out once, and a restart on a
             // build that reads them applies them from the log.
             Some(_) => {
-                let applied = self.sm.applied_index.min(self.raw.raft.raft_log.committed);
-                if applied > self.raw.raft.raft_log.applied {
+                let log = &self.raw.raft.raft_log;
+                let applied = self.sm.applied_index.min(log.committed).min(log.persisted);
+                if applied > log.applied {
                     self.raw.advance_apply_to(applied);
                 }
             }
         }
+        self.apply_committed_ahead()?;
         self.ready_times.apply += started.elapsed();
         let started = Instant::now();
         self.maybe_snapshot();
@@ -210,6 +213,30 @@ impl<S: LogStore> Member<S> {
             }
         }
         out.extend(self.held.release(number));
+    }
+
+    /// Applies the committed entries this member's own log has not made durable yet.
+    /// raft-rs hands out only entries durable here, but committed means durable on a
+    /// quorum: the entry can no longer be lost, and applying it (the state machine is in
+    /// memory, rebuilt from the durable log at start) promises nothing about this member's
+    /// log. etcd applies committed entries while its own write is out, too. So a write
+    /// proposed through a follower is answered once the leader's commit reaches it, not
+    /// after the follower's own sync as well, and a leader answers on its followers'
+    /// acknowledgements without waiting for its own disk. Membership changes are left to
+    /// raft-rs's order (raft-rs applies them itself): this stops at the first.
+    fn apply_committed_ahead(&mut self) -> Result<()> {
+        let log = &self.raw.raft.raft_log;
+        let (from, to) = (self.sm.applied_index.max(log.applied) + 1, log.committed);
+        if self.apply_blocked.is_some() || to <= log.persisted || from > to {
+            return Ok(()); // nothing past what raft-rs hands out itself
+        }
+        let Ok(entries) = log.slice(from, to + 1, None, GetEntriesContext::empty(false)) else {
+            return Ok(()); // compacted or replaced meanwhile: raft-rs's path applies it
+        };
+        let normal: Vec<Entry> =
+            entries.into_iter().take_while(|e| e.get_entry_type() == EntryType::EntryNormal).collect();
+        self.ready_times.applied += normal.len();
+        self.apply_entries(normal)
     }
 
     fn count_all(&mut self, out: &[Message]) {

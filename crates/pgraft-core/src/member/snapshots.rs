@@ -36,7 +36,10 @@ impl<S: LogStore> Member<S> {
     /// Prepares a snapshot job when one is due and none is being written: a clone of the
     /// state (cheap: persistent structures) that the driver encodes and writes elsewhere.
     pub(super) fn maybe_snapshot(&mut self) {
-        if self.snapshot_in_flight.is_some() {
+        // Not while entries applied ahead of this member's own log are out
+        // (`apply_committed_ahead`): a snapshot's image and the compaction behind it
+        // follow what the log holds.
+        if self.snapshot_in_flight.is_some() || self.sm.applied_index > self.raw.raft.raft_log.persisted {
             return;
         }
         let applied = self.sm.applied_index;

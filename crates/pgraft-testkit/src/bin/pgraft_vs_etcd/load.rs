@@ -53,26 +53,35 @@ pub struct Figures {
     pub latencies_us: Vec<u32>,
     /// Requests that failed (timed out) and were sent again (`fill` only).
     pub retried: u64,
+    /// Latencies (µs, sorted) by the member the clients talk to, client i on member
+    /// i mod [`MEMBERS`] (`run` only).
+    pub by_member: Vec<Vec<u32>>,
+}
+
+/// Members of the clusters the KV cases spread their clients over.
+pub const MEMBERS: usize = 3;
+
+/// The latency at quantile `q` of sorted latencies in µs.
+pub fn quantile(sorted: &[u32], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    Duration::from_micros(u64::from(sorted[i]))
 }
 
 impl Figures {
     /// Figures of `all` latencies (µs) over `elapsed`.
     pub fn from(mut all: Vec<u32>, elapsed: Duration) -> Self {
         all.sort_unstable();
-        let pct = |p: f64| {
-            if all.is_empty() {
-                return Duration::ZERO;
-            }
-            let i = ((all.len() as f64 * p).ceil() as usize).clamp(1, all.len()) - 1;
-            Duration::from_micros(u64::from(all[i]))
-        };
         Figures {
             per_second: all.len() as f64 / elapsed.as_secs_f64().max(1e-9),
-            p50: pct(0.50),
-            p99: pct(0.99),
-            p999: pct(0.999),
+            p50: quantile(&all, 0.50),
+            p99: quantile(&all, 0.99),
+            p999: quantile(&all, 0.999),
             latencies_us: all,
             retried: 0,
+            by_member: Vec::new(),
         }
     }
 }
@@ -121,10 +130,16 @@ pub fn run(
         barrier.wait();
         let started = Instant::now();
         let mut all = Vec::new();
-        for h in handles {
-            all.extend(h.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??);
+        let mut by_member = vec![Vec::new(); MEMBERS];
+        for (id, h) in handles.into_iter().enumerate() {
+            let lat = h.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+            by_member[id % MEMBERS].extend_from_slice(&lat);
+            all.extend(lat);
         }
-        Ok(Figures::from(all, started.elapsed()))
+        let mut f = Figures::from(all, started.elapsed());
+        by_member.iter_mut().for_each(|l| l.sort_unstable());
+        f.by_member = by_member;
+        Ok(f)
     })
 }
 

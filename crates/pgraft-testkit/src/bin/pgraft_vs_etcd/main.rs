@@ -410,6 +410,7 @@ fn kv_cases(ctx: &Ctx, rep: &mut Report, pgraft: &LocalCluster, etcd: &etcd::Etc
                 } else {
                     None
                 };
+                let pgraft_leader = profile::leader_index(&pg).ok();
                 let p = load::run(&mut clients, op, duration, args.keys, &ctx.value)?;
                 if let Some(r) = recording {
                     match r.finish(&args.perf, &format!("{} with {n} clients", op.name()), 25) {
@@ -418,9 +419,16 @@ fn kv_cases(ctx: &Ctx, rep: &mut Report, pgraft: &LocalCluster, etcd: &etcd::Etc
                     }
                 }
                 eprintln!("{} with {n} clients: etcd", op.name());
+                let etcd_leader = etcd.leader_seen_by(0, Duration::from_secs(5)).ok().flatten();
                 let e =
                     load::run(&mut etcd_clients(&etcd.client_urls, n)?, op, duration, args.keys, &ctx.value)?;
-                rep.kv.push(KvRow { op, clients: n, pgraft: p, etcd: e });
+                rep.kv.push(KvRow {
+                    op,
+                    clients: n,
+                    pgraft: p,
+                    etcd: e,
+                    leaders: (pgraft_leader, etcd_leader),
+                });
             }
         }
     }

@@ -24,6 +24,17 @@ pub struct Recording {
     data: std::path::PathBuf,
 }
 
+/// The index in `conninfos` of the member that leads.
+pub fn leader_index(conninfos: &[String]) -> Result<usize> {
+    for (i, c) in conninfos.iter().enumerate() {
+        let mut conn = postgres::Client::connect(c, postgres::NoTls).context("connect to find the leader")?;
+        if conn.query_one("SELECT pgraft_is_leader()", &[])?.get::<_, bool>(0) {
+            return Ok(i);
+        }
+    }
+    anyhow::bail!("no member leads")
+}
+
 /// The pid of the pgraft worker on the member that leads: the postmaster's child whose
 /// title is `pgraft worker` (a worker without a database connection is not in
 /// `pg_stat_activity`).

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 
 use crate::cost::{median, Disk, IdleCpu, Memory, Pgbench};
 use crate::failover::{median_worst, Trial};
-use crate::load::{Figures, Op};
+use crate::load::{self, Figures, Op};
 use crate::machine::Machine;
 use crate::plot::{self, Panel, Series, ETCD, PGRAFT};
 use crate::{Args, Plan, ELECTION_MS, HEARTBEAT_MS};
@@ -22,6 +22,8 @@ pub struct KvRow {
     pub clients: usize,
     pub pgraft: Figures,
     pub etcd: Figures,
+    /// The member (index into the clients' spread) that led during each system's case.
+    pub leaders: (Option<usize>, Option<usize>),
 }
 
 /// Everything measured in one run.
@@ -57,6 +59,45 @@ pub struct Report {
     pub health: Vec<crate::health::HealthRow>,
     pub ha: Vec<crate::ha_cases::HaRun>,
     pub errors: Vec<String>,
+}
+
+impl Report {
+    /// The KV cases' latencies split by the member the clients talk to: a request through a
+    /// follower crosses more hops (forwarded to the leader, the commit back), so where the
+    /// tail comes from shows here.
+    fn kv_by_member(&self) -> String {
+        let mut s = String::from(
+            "Latency by the member a client talks to, ms (p50 / p99): the leader's clients, and the \
+             followers' (their requests are forwarded to the leader, and answered when the commit comes \
+             back).\n\n| op | clients | pgraft leader | pgraft followers | etcd leader | etcd followers |\n\
+             |---|--:|--:|--:|--:|--:|\n",
+        );
+        let split = |f: &Figures, leader: Option<usize>| -> (String, String) {
+            let Some(l) = leader.filter(|l| *l < f.by_member.len()) else { return ("-".into(), "-".into()) };
+            let mut followers: Vec<u32> = f
+                .by_member
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != l)
+                .flat_map(|(_, v)| v.iter().copied())
+                .collect();
+            followers.sort_unstable();
+            let fig = |v: &[u32]| {
+                if v.is_empty() {
+                    return "-".to_string();
+                }
+                format!("{} / {}", ms(load::quantile(v, 0.5)), ms(load::quantile(v, 0.99)))
+            };
+            (fig(&f.by_member[l]), fig(&followers))
+        };
+        for r in self.kv.iter().filter(|r| r.clients >= load::MEMBERS) {
+            let (pl, pf) = split(&r.pgraft, r.leaders.0);
+            let (el, ef) = split(&r.etcd, r.leaders.1);
+            let _ = writeln!(s, "| {} | {} | {pl} | {pf} | {el} | {ef} |", r.op.name(), r.clients);
+        }
+        s.push('\n');
+        s
+    }
 }
 
 fn ms(d: Duration) -> String {
@@ -150,6 +191,7 @@ impl Report {
                 );
             }
             s.push('\n');
+            s.push_str(&self.kv_by_member());
         }
         if !self.replicate.is_empty() {
             let _ = writeln!(s, "## Replicated entries (`pgraft_replicate_entry`)\n");

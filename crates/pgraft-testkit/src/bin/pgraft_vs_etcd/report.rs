@@ -4,6 +4,9 @@ use std::fmt::Write as _;
 
 /// The leader's profile before issue #16's write path, shown next to the run's own.
 const BEFORE_PROFILE: &str = "docs/benchmarks/profile-before.md";
+/// What earlier runs and changes measured apart showed (written by hand, kept beside the
+/// report, included after "The run").
+const HISTORY: &str = "docs/benchmarks/history.md";
 use std::path::Path;
 use std::time::Duration;
 
@@ -549,6 +552,13 @@ impl Report {
              through gRPC (etcd-client), one connection per client. Closed loop: each client sends its next \
              request when the previous one is answered.\n"
         );
+        // A quick run's report goes elsewhere and is not compared with anything.
+        if !self.args.quick {
+            if let Ok(history) = std::fs::read_to_string(HISTORY) {
+                s.push_str(history.trim_end());
+                s.push_str("\n\n");
+            }
+        }
         s.push_str(&self.text());
         s.push_str(
             "## How to reproduce\n\n\

@@ -205,14 +205,14 @@ impl Node {
         // When a write became durable, the log's I/O thread sends the answers that waited
         // for it (once the transport is up, below) and wakes the Raft thread.
         let held = member.held_messages();
+        let waker_held = Arc::clone(&held);
         let waker_tx = Mutex::new(tx.clone());
         member.set_log_waker(Arc::new(move |durable| {
             if let Some(n) = durable {
-                held.durable(n);
+                waker_held.durable(n);
             }
             let _ = lock(&waker_tx).send(Input::Persisted);
         }));
-        let held = member.held_messages();
         let shared = Arc::new(Shared::default());
         *lock(&shared.syncs) = Some(syncs);
         let handle = NodeHandle { tx: tx.clone(), shared: Arc::clone(&shared) };

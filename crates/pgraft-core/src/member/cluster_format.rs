@@ -22,7 +22,7 @@
 //! a leader and has applied all it knows is committed.
 
 use super::{Member, NO_CLIENT};
-use crate::command::{format_setting, Body, Proposal, FORMAT_UNANNOUNCED, PROPOSAL_FORMAT};
+use crate::command::{format_setting, Body, FORMAT_UNANNOUNCED, PROPOSAL_FORMAT};
 use crate::error::{Error, Result};
 use crate::state_machine::StateMachine;
 use crate::storage::LogStore;
@@ -93,9 +93,8 @@ impl<S: LogStore> Member<S> {
             return;
         }
         log::info!("announcing that this member reads entries up to format {PROPOSAL_FORMAT}");
-        let (origin, low) = self.next_origin();
-        let body = Body::SetConfig { name, value: own };
-        let data = Proposal { origin, time_ms: self.now_ms, body, low }.encode();
-        self.propose_entry(NO_CLIENT, origin.seq, data);
+        // Not through `submit`: the announcement must not wait for the format check it
+        // feeds (a member that announced an older format announces again here).
+        self.propose_body(NO_CLIENT, Body::SetConfig { name, value: own });
     }
 }

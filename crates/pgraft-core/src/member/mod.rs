@@ -768,10 +768,8 @@ impl<S: LogStore> Member<S> {
                 if let Err(e) = validate_body(&body).and_then(|()| self.check_format(&body)) {
                     return self.answer(token, Err(e));
                 }
-                let (origin, low) = self.next_origin();
-                let data = Proposal { origin, time_ms: self.now_ms, body, low }.encode();
                 self.waiting.insert(token, Waiting::Proposal);
-                self.propose_entry(token, origin.seq, data);
+                self.propose_body(token, body);
             }
             Request::ProposeInTerm { term, body } => {
                 let current = self.raw.raft.term;
@@ -830,6 +828,14 @@ impl<S: LogStore> Member<S> {
     }
 
     /// Hands a normal entry to raft for the first time and keeps it until it is applied.
+    /// Proposes `body` as an entry of this member's next origin; `token` (or
+    /// [`NO_CLIENT`]) hears the outcome.
+    fn propose_body(&mut self, token: Token, body: Body) {
+        let (origin, low) = self.next_origin();
+        let data = Proposal { origin, time_ms: self.now_ms, body, low }.encode();
+        self.propose_entry(token, origin.seq, data);
+    }
+
     fn propose_entry(&mut self, token: Token, seq: u64, data: Vec<u8>) {
         let (term, leader) = (self.raw.raft.term, self.is_leader());
         match self.raw.propose(vec![], data.clone()) {
